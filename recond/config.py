@@ -1,0 +1,181 @@
+"""Every setting of recond in one validated object.
+
+Settings come from a TOML file (``config/recond.toml`` documents each key), overridden by
+``RECOND_*`` environment variables. They are read once, here, and nowhere else: the rest of
+the code receives a :class:`Settings` instance. A bad value stops start-up with one line
+naming the setting, because a daemon that half-starts on a typo is worse than one that refuses.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+ENV_PREFIX = "RECOND_"
+CONFIG_ENV_VAR = "RECOND_CONFIG"
+
+Background = Literal["auto", "rembg", "alpha", "none"]
+DType = Literal["auto", "float32", "float16", "bfloat16"]
+
+
+class SettingsError(ValueError):
+    """A setting has a value recond cannot use; the message is one line naming it."""
+
+
+class Settings(BaseSettings):
+    """All knobs of the daemon, the pipeline and the CLI (flat, so each maps to one variable)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        extra="forbid",
+        validate_default=True,
+        protected_namespaces=(),
+    )
+
+    # Folders.
+    inbox: Path = Field(Path("inbox"), description="Folder people drop photos into.")
+    outbox: Path = Field(Path("outbox"), description="Folder result folders are published to.")
+    state_dir: Path = Field(Path("state"), description="SQLite job database and JSON log.")
+
+    # Model.
+    model: str = Field("stabilityai/TripoSR", description="Model folder or Hugging Face id.")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
+    dtype: DType = Field("auto", description="auto (float32 on CPU, float16 on CUDA) or explicit.")
+    chunk_size: int = Field(65536, ge=1024, description="Points per decoder call (memory bound).")
+    model_retry_seconds: float = Field(180.0, gt=0, description="Retry loading missing weights.")
+
+    # Intake.
+    polling: bool = Field(False, description="Poll the inbox instead of OS events (SMB/NFS).")
+    poll_interval: float = Field(2.0, gt=0, description="Seconds between polls in polling mode.")
+    settle_seconds: float = Field(3.0, ge=0, description="Size/mtime must be stable this long.")
+    rescan_seconds: float = Field(300.0, gt=0, description="Full inbox rescan period.")
+    max_attempts: int = Field(3, ge=1, description="Crashes a job survives before it fails.")
+
+    # Pipeline: input.
+    max_image_pixels: int = Field(60_000_000, ge=1, description="Refuse larger images.")
+    max_file_bytes: int = Field(200 * 1024 * 1024, ge=1, description="Refuse larger files.")
+    background: Background = Field("auto", description="auto, rembg, alpha or none.")
+    rembg_model: str = Field("u2net", description="rembg model name.")
+    rembg_home: Path | None = Field(None, description="Folder with rembg .onnx files (U2NET_HOME).")
+    foreground_ratio: float = Field(0.85, gt=0.1, le=1.0, description="Object size in the frame.")
+
+    # Pipeline: reconstruction and outputs.
+    mc_resolution: int = Field(256, ge=16, le=1024, description="Marching-cubes grid size.")
+    mc_threshold: float = Field(25.0, gt=0, description="Density level of the surface.")
+    bake_texture: bool = Field(True, description="Bake a UV texture (else vertex colours).")
+    texture_resolution: int = Field(1024, ge=64, le=8192, description="Texture size in pixels.")
+    render_views: int = Field(30, ge=1, le=720, description="Turntable frames.")
+    render_size: int = Field(256, ge=32, le=4096, description="Turntable frame size in pixels.")
+    video_fps: int = Field(30, ge=1, le=120, description="Turntable video frame rate.")
+
+    # Logging.
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info")
+    log_max_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="Rotate the JSON log here.")
+    log_backups: int = Field(5, ge=0, description="Rotated JSON logs kept.")
+
+    @field_validator("device")
+    @classmethod
+    def _device_is_known(cls, value: str) -> str:
+        value = value.strip().lower()
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", value):
+            raise ValueError("must be auto, cpu, cuda or cuda:N")
+        return value
+
+    @model_validator(mode="after")
+    def _folders_do_not_feed_back(self) -> Settings:
+        """An outbox or state dir inside the inbox would be watched and reprocessed forever."""
+        inbox = self.inbox.expanduser().resolve()
+        for name in ("outbox", "state_dir"):
+            other = getattr(self, name).expanduser().resolve()
+            if other == inbox or inbox in other.parents:
+                raise ValueError(
+                    f"{name} {other} lies inside the inbox {inbox}; "
+                    "results would be reprocessed in a loop"
+                )
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Precedence: explicit arguments, then RECOND_* variables, then the TOML file.
+        toml_file = settings_cls.model_config.get("toml_file")
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if toml_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+        return tuple(sources)
+
+    def resolved_device(self) -> str:
+        """The torch device string to use: 'auto' picks CUDA when torch sees one."""
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    def resolved_dtype(self) -> str:
+        """float32 on CPU (exact), float16 on CUDA (fast) unless set explicitly."""
+        if self.dtype != "auto":
+            return self.dtype
+        return "float32" if self.resolved_device() in ("cpu", "mps") else "float16"
+
+    @property
+    def db_path(self) -> Path:
+        return self.state_dir / "recond.db"
+
+    @property
+    def log_path(self) -> Path:
+        return self.state_dir / "recond.log"
+
+
+def config_path_from_env() -> Path | None:
+    """The TOML file named by RECOND_CONFIG, if any (the one other variable we honour)."""
+    value = os.environ.get(CONFIG_ENV_VAR)
+    return Path(value) if value else None
+
+
+def load_settings(config_path: Path | None = None, **overrides: object) -> Settings:
+    """Read the TOML file (argument, else RECOND_CONFIG) and RECOND_* variables, validated.
+
+    Raises SettingsError with one line naming the offending setting.
+    """
+    path = config_path or config_path_from_env()
+    if path is not None and not Path(path).is_file():
+        raise SettingsError(f"config file {path} does not exist")
+
+    class _FromFile(Settings):
+        model_config = SettingsConfigDict(toml_file=str(path) if path else None)
+
+    try:
+        loaded = _FromFile(**overrides)
+    except ValidationError as exc:
+        raise SettingsError(_one_line(exc, path)) from None
+    except Exception as exc:  # a TOML syntax error surfaces as a decoder exception
+        raise SettingsError(f"config file {path}: {exc}") from None
+    return Settings.model_construct(**loaded.model_dump())
+
+
+def _one_line(exc: ValidationError, path: Path | None) -> str:
+    error = exc.errors()[0]
+    field = ".".join(str(part) for part in error["loc"])
+    if not field:  # a check across several settings: its message names them
+        return f"settings: {error['msg'].removeprefix('Value error, ')}"
+    where = f" (env {ENV_PREFIX}{field.upper()} or key '{field}' in {path or 'the config file'})"
+    if error["type"] == "extra_forbidden":
+        return f"unknown setting '{field}'{where}"
+    return f"setting {field}: {error['msg']}{where}"
