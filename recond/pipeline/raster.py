@@ -1,0 +1,143 @@
+"""A vectorised triangle rasteriser in torch, shared by the texture bake and the turntable.
+
+Both stages need the same answer -- which triangle covers each pixel, and where inside it --
+once in UV space (texels to surface points) and once in screen space (pixels to texture
+samples), so one batched rasteriser that runs on CPU and CUDA serves both without OpenGL.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+# Upper bound on pixel candidates examined at once: bounds memory for huge triangles while
+# keeping thousands of small triangles in one batch.
+CANDIDATES_PER_BATCH = 1 << 22
+
+
+@dataclass
+class Fragments:
+    """Per-pixel result of rasterising one triangle set; empty pixels have face_id -1."""
+
+    face_id: torch.Tensor  # [H, W] int64, index of the nearest covering triangle or -1
+    bary: torch.Tensor  # [H, W, 3] float32 screen-space barycentrics of that triangle
+    depth: torch.Tensor  # [H, W] float32, +inf where empty
+
+    @property
+    def covered(self) -> torch.Tensor:
+        return self.face_id >= 0
+
+
+def rasterize(vertices: torch.Tensor, faces: torch.Tensor, height: int, width: int) -> Fragments:
+    """Rasterise triangles given in pixel units: x right, y down, z smaller = nearer.
+
+    Pixel (row, col) samples the point (col + 0.5, row + 0.5). Depth must be affine in screen
+    space (e.g. NDC z or -1/distance) for the interpolated z-test to be exact. Pixels on an
+    edge shared by two triangles go to the nearer one (ties to the higher face id).
+    """
+    device = vertices.device
+    triangles = vertices[faces.long()].float()  # [F, 3, 3]
+    pixels, face_ids, barys, depths = _fragments(triangles, height, width)
+    return _resolve_depth(pixels, face_ids, barys, depths, height, width, device)
+
+
+def interpolate(fragments: Fragments, faces: torch.Tensor, attributes: torch.Tensor) -> torch.Tensor:
+    """Barycentric interpolation of per-vertex attributes [V, C] -> [H, W, C] (zero where empty)."""
+    face_id = fragments.face_id.clamp(min=0)
+    corner_values = attributes[faces.long()[face_id]]  # [H, W, 3, C]
+    values = (fragments.bary.unsqueeze(-1) * corner_values).sum(dim=-2)
+    return values * fragments.covered.unsqueeze(-1)
+
+
+def _fragments(triangles: torch.Tensor, height: int, width: int):
+    """Every (pixel, triangle) pair where the pixel centre lies inside the triangle."""
+    xy = triangles[..., :2]
+    # Pixel centres sit at +0.5, so the first column a triangle can cover is ceil(min - 0.5).
+    col0 = torch.ceil(xy[..., 0].amin(1) - 0.5).clamp(min=0)
+    col1 = torch.floor(xy[..., 0].amax(1) - 0.5).clamp(max=width - 1)
+    row0 = torch.ceil(xy[..., 1].amin(1) - 0.5).clamp(min=0)
+    row1 = torch.floor(xy[..., 1].amax(1) - 0.5).clamp(max=height - 1)
+    box_w = (col1 - col0 + 1).long()
+    box_h = (row1 - row0 + 1).long()
+    area2 = _edge(xy[:, 0], xy[:, 1], xy[:, 2])
+    visible = (box_w > 0) & (box_h > 0) & (area2.abs() > 1e-12)
+
+    # Group triangles by bounding box rounded up to powers of two: small triangles (the
+    # common case) are batched together and only large ones pay for large candidate grids.
+    bucket_w = _next_pow2(box_w.clamp(min=1))
+    bucket_h = _next_pow2(box_h.clamp(min=1))
+    bucket_key = bucket_w * (2 * max(height, width) + 1) + bucket_h
+    outputs = []
+    for key in torch.unique(bucket_key[visible]).tolist():
+        members = torch.nonzero(visible & (bucket_key == key)).squeeze(1)
+        bw = int(bucket_w[members[0]])
+        bh = int(bucket_h[members[0]])
+        per_batch = max(1, CANDIDATES_PER_BATCH // (bw * bh))
+        for batch in members.split(per_batch):
+            outputs.append(
+                _cover(triangles[batch], batch, col0[batch], row0[batch], box_w[batch], box_h[batch],
+                       area2[batch], bw, bh, width)
+            )
+    if not outputs:
+        device = triangles.device
+        empty = torch.empty(0, device=device)
+        return empty.long(), empty.long(), empty.reshape(0, 3), empty
+    return tuple(torch.cat(parts) for parts in zip(*outputs))
+
+
+def _cover(triangles, face_ids, col0, row0, box_w, box_h, area2, bw: int, bh: int, width: int):
+    """Test a bw x bh candidate grid anchored at each triangle's box corner."""
+    device = triangles.device
+    offset_row, offset_col = torch.meshgrid(
+        torch.arange(bh, device=device), torch.arange(bw, device=device), indexing="ij"
+    )
+    offset_row = offset_row.reshape(1, -1)
+    offset_col = offset_col.reshape(1, -1)
+    in_box = (offset_col < box_w[:, None]) & (offset_row < box_h[:, None])
+    col = col0[:, None] + offset_col
+    row = row0[:, None] + offset_row
+    point = torch.stack([col + 0.5, row + 0.5], dim=-1)  # [T, K, 2]
+
+    a, b, c = (triangles[:, i, None, :2] for i in range(3))
+    # Barycentric weight of a vertex = signed area of the opposite sub-triangle / total.
+    w0 = _edge(b, c, point) / area2[:, None]
+    w1 = _edge(c, a, point) / area2[:, None]
+    w2 = 1.0 - w0 - w1
+    inside = in_box & (w0 >= 0) & (w1 >= 0) & (w2 >= 0)
+
+    tri_index, cand_index = torch.nonzero(inside, as_tuple=True)
+    bary = torch.stack(
+        [w0[tri_index, cand_index], w1[tri_index, cand_index], w2[tri_index, cand_index]], dim=-1
+    )
+    depth = (bary * triangles[tri_index, :, 2]).sum(-1)
+    pixel = row[tri_index, cand_index].long() * width + col[tri_index, cand_index].long()
+    return pixel, face_ids[tri_index], bary, depth
+
+
+def _resolve_depth(pixels, face_ids, barys, depths, height: int, width: int, device) -> Fragments:
+    """Keep, per pixel, the nearest fragment (z-buffer over the flat fragment list)."""
+    n_pixels = height * width
+    zbuffer = torch.full((n_pixels,), float("inf"), device=device)
+    zbuffer.scatter_reduce_(0, pixels, depths, reduce="amin")
+    nearest = depths <= zbuffer[pixels]
+    winner = torch.full((n_pixels,), -1, dtype=torch.long, device=device)
+    winner.scatter_reduce_(0, pixels[nearest], face_ids[nearest], reduce="amax")
+    chosen = nearest & (face_ids == winner[pixels])
+
+    bary = torch.zeros((n_pixels, 3), device=device)
+    bary[pixels[chosen]] = barys[chosen]
+    return Fragments(
+        face_id=winner.reshape(height, width),
+        bary=bary.reshape(height, width, 3),
+        depth=zbuffer.reshape(height, width),
+    )
+
+
+def _edge(a: torch.Tensor, b: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """Twice the signed area of triangle (a, b, p)."""
+    return (b[..., 0] - a[..., 0]) * (p[..., 1] - a[..., 1]) - (b[..., 1] - a[..., 1]) * (p[..., 0] - a[..., 0])
+
+
+def _next_pow2(n: torch.Tensor) -> torch.Tensor:
+    return torch.pow(2, torch.ceil(torch.log2(n.double()))).long()

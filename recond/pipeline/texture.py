@@ -1,0 +1,104 @@
+"""UV-unwrap a mesh with xatlas and bake a colour field into a texture image.
+
+Marching-cubes meshes carry colour per vertex, which blurs detail at the vertex spacing; a
+baked texture samples the model's colour once per texel instead (the upstream TripoSR
+``--bake-texture`` option does the same with xatlas + OpenGL; here the rasteriser is ours).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+import trimesh
+import xatlas
+from PIL import Image
+from scipy import ndimage
+
+from recond.pipeline.raster import interpolate, rasterize
+
+# Empty texels xatlas keeps between charts; the dilation below fills them with the nearest
+# chart colour, so bilinear filtering and mipmaps never reach uncoloured atlas background.
+CHART_PADDING = 4
+QUERY_CHUNK = 1 << 18
+
+
+def bake_texture(
+    mesh: trimesh.Trimesh,
+    color_at: Callable[[np.ndarray], np.ndarray],
+    resolution: int,
+    progress: Callable[[float], None] | None = None,
+) -> trimesh.Trimesh:
+    """Return a new mesh (vertices split at UV seams) whose texture holds color_at on its surface.
+
+    color_at maps points [N, 3] float32 in the mesh's coordinates to colours [N, 3] in [0, 1].
+    """
+    report = progress or (lambda fraction: None)
+    report(0.0)
+    vertex_map, faces, uv = _unwrap(mesh, resolution)
+    report(0.5)
+
+    vertices = np.asarray(mesh.vertices, dtype=np.float32)[vertex_map]
+    points, texel_mask = _texel_positions(vertices, faces, uv, resolution)
+    colors = _query_colors(color_at, points, lambda f: report(0.5 + 0.45 * f))
+    image = np.zeros((resolution, resolution, 3), dtype=np.float32)
+    image[texel_mask] = colors
+    image = _fill_from_nearest(image, texel_mask)
+    report(0.95)
+
+    texture = Image.fromarray(np.round(np.clip(image, 0.0, 1.0) * 255).astype(np.uint8), mode="RGB")
+    baked = trimesh.Trimesh(
+        vertices=vertices,
+        faces=faces,
+        visual=trimesh.visual.TextureVisuals(uv=uv, image=texture),
+        process=False,
+    )
+    report(1.0)
+    return baked
+
+
+def _unwrap(mesh: trimesh.Trimesh, resolution: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """xatlas charts + packing for a square atlas of `resolution` texels."""
+    atlas = xatlas.Atlas()
+    atlas.add_mesh(np.asarray(mesh.vertices, dtype=np.float32), np.asarray(mesh.faces, dtype=np.uint32))
+    pack = xatlas.PackOptions()
+    pack.resolution = resolution
+    pack.padding = CHART_PADDING
+    atlas.generate(xatlas.ChartOptions(), pack)
+    vertex_map, faces, uv = atlas[0]
+    return vertex_map, faces.astype(np.int64), uv.astype(np.float32)
+
+
+def _texel_positions(
+    vertices: np.ndarray, faces: np.ndarray, uv: np.ndarray, resolution: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Surface point under each covered texel centre, and the [R, R] mask of covered texels."""
+    # Image row 0 is the top of the texture while UV v points up, hence the flip.
+    uv_pixels = torch.from_numpy(
+        np.stack([uv[:, 0] * resolution, (1.0 - uv[:, 1]) * resolution, np.zeros(len(uv))], axis=1)
+    ).float()
+    faces_t = torch.from_numpy(faces)
+    fragments = rasterize(uv_pixels, faces_t, resolution, resolution)
+    positions = interpolate(fragments, faces_t, torch.from_numpy(vertices))
+    mask = fragments.covered
+    return positions[mask].numpy(), mask.numpy()
+
+
+def _query_colors(
+    color_at: Callable[[np.ndarray], np.ndarray], points: np.ndarray, report: Callable[[float], None]
+) -> np.ndarray:
+    colors = np.empty((len(points), 3), dtype=np.float32)
+    for start in range(0, len(points), QUERY_CHUNK):
+        stop = start + QUERY_CHUNK
+        colors[start:stop] = np.asarray(color_at(points[start:stop]), dtype=np.float32)
+        report(min(stop, len(points)) / max(len(points), 1))
+    return colors
+
+
+def _fill_from_nearest(image: np.ndarray, filled: np.ndarray) -> np.ndarray:
+    """Give every empty texel the colour of the nearest baked texel (dilation to the whole atlas)."""
+    if not filled.any():
+        return image
+    _, (rows, cols) = ndimage.distance_transform_edt(~filled, return_indices=True)
+    return image[rows, cols]
