@@ -29,17 +29,24 @@ class Fragments:
         return self.face_id >= 0
 
 
-def rasterize(vertices: torch.Tensor, faces: torch.Tensor, height: int, width: int) -> Fragments:
+def rasterize(
+    vertices: torch.Tensor, faces: torch.Tensor, height: int, width: int, margin: float = 0.0
+) -> Fragments:
     """Rasterise triangles given in pixel units: x right, y down, z smaller = nearer.
 
     Pixel (row, col) samples the point (col + 0.5, row + 0.5). Depth must be affine in screen
     space (e.g. NDC z or -1/distance) for the interpolated z-test to be exact. Pixels on an
     edge shared by two triangles go to the nearer one (ties to the higher face id).
+
+    With a margin, pixel centres up to `margin` pixels outside a triangle count as covered
+    too, with barycentrics clamped onto the triangle; a pixel truly inside some triangle
+    always prefers it. Texture baking uses this so texels that chart edges only partly
+    overlap still get their own chart's colour.
     """
     device = vertices.device
     triangles = vertices[faces.long()].float()  # [F, 3, 3]
-    pixels, face_ids, barys, depths = _fragments(triangles, height, width)
-    return _resolve_depth(pixels, face_ids, barys, depths, height, width, device)
+    fragments = _fragments(triangles, height, width, margin)
+    return _resolve_depth(*fragments, height, width, device)
 
 
 def interpolate(fragments: Fragments, faces: torch.Tensor, attributes: torch.Tensor) -> torch.Tensor:
@@ -50,14 +57,14 @@ def interpolate(fragments: Fragments, faces: torch.Tensor, attributes: torch.Ten
     return values * fragments.covered.unsqueeze(-1)
 
 
-def _fragments(triangles: torch.Tensor, height: int, width: int):
-    """Every (pixel, triangle) pair where the pixel centre lies inside the triangle."""
+def _fragments(triangles: torch.Tensor, height: int, width: int, margin: float):
+    """Every (pixel, triangle) pair where the pixel centre lies inside the (grown) triangle."""
     xy = triangles[..., :2]
     # Pixel centres sit at +0.5, so the first column a triangle can cover is ceil(min - 0.5).
-    col0 = torch.ceil(xy[..., 0].amin(1) - 0.5).clamp(min=0)
-    col1 = torch.floor(xy[..., 0].amax(1) - 0.5).clamp(max=width - 1)
-    row0 = torch.ceil(xy[..., 1].amin(1) - 0.5).clamp(min=0)
-    row1 = torch.floor(xy[..., 1].amax(1) - 0.5).clamp(max=height - 1)
+    col0 = torch.ceil(xy[..., 0].amin(1) - margin - 0.5).clamp(min=0)
+    col1 = torch.floor(xy[..., 0].amax(1) + margin - 0.5).clamp(max=width - 1)
+    row0 = torch.ceil(xy[..., 1].amin(1) - margin - 0.5).clamp(min=0)
+    row1 = torch.floor(xy[..., 1].amax(1) + margin - 0.5).clamp(max=height - 1)
     box_w = (col1 - col0 + 1).long()
     box_h = (row1 - row0 + 1).long()
     area2 = _edge(xy[:, 0], xy[:, 1], xy[:, 2])
@@ -77,16 +84,16 @@ def _fragments(triangles: torch.Tensor, height: int, width: int):
         for batch in members.split(per_batch):
             outputs.append(
                 _cover(triangles[batch], batch, col0[batch], row0[batch], box_w[batch], box_h[batch],
-                       area2[batch], bw, bh, width)
+                       area2[batch], bw, bh, width, margin)
             )
     if not outputs:
         device = triangles.device
         empty = torch.empty(0, device=device)
-        return empty.long(), empty.long(), empty.reshape(0, 3), empty
+        return empty.long(), empty.long(), empty.reshape(0, 3), empty, empty
     return tuple(torch.cat(parts) for parts in zip(*outputs))
 
 
-def _cover(triangles, face_ids, col0, row0, box_w, box_h, area2, bw: int, bh: int, width: int):
+def _cover(triangles, face_ids, col0, row0, box_w, box_h, area2, bw: int, bh: int, width: int, margin: float):
     """Test a bw x bh candidate grid anchored at each triangle's box corner."""
     device = triangles.device
     offset_row, offset_col = torch.meshgrid(
@@ -104,20 +111,32 @@ def _cover(triangles, face_ids, col0, row0, box_w, box_h, area2, bw: int, bh: in
     w0 = _edge(b, c, point) / area2[:, None]
     w1 = _edge(c, a, point) / area2[:, None]
     w2 = 1.0 - w0 - w1
-    inside = in_box & (w0 >= 0) & (w1 >= 0) & (w2 >= 0)
+    weights = torch.stack([w0, w1, w2], dim=-1)  # [T, K, 3]
+    if margin > 0:
+        # A weight times (twice the area / opposite edge length) is the distance to that edge.
+        edge_length = (triangles[:, [2, 0, 1], :2] - triangles[:, [1, 2, 0], :2]).norm(dim=-1)
+        edge_distance = weights * (area2.abs()[:, None] / edge_length.clamp(min=1e-12))[:, None, :]
+        outside = (-edge_distance.amin(-1)).clamp(min=0)
+    else:
+        outside = -weights.amin(-1).clamp(max=0)
+    covered = in_box & (outside <= margin)
 
-    tri_index, cand_index = torch.nonzero(inside, as_tuple=True)
-    bary = torch.stack(
-        [w0[tri_index, cand_index], w1[tri_index, cand_index], w2[tri_index, cand_index]], dim=-1
-    )
+    tri_index, cand_index = torch.nonzero(covered, as_tuple=True)
+    bary = weights[tri_index, cand_index].clamp(min=0)
+    bary = bary / bary.sum(-1, keepdim=True)
     depth = (bary * triangles[tri_index, :, 2]).sum(-1)
     pixel = row[tri_index, cand_index].long() * width + col[tri_index, cand_index].long()
-    return pixel, face_ids[tri_index], bary, depth
+    return pixel, face_ids[tri_index], bary, depth, outside[tri_index, cand_index]
 
 
-def _resolve_depth(pixels, face_ids, barys, depths, height: int, width: int, device) -> Fragments:
+def _resolve_depth(pixels, face_ids, barys, depths, outside, height: int, width: int, device) -> Fragments:
     """Keep, per pixel, the nearest fragment (z-buffer over the flat fragment list)."""
     n_pixels = height * width
+    least_outside = torch.full((n_pixels,), float("inf"), device=device)
+    least_outside.scatter_reduce_(0, pixels, outside, reduce="amin")
+    keep = outside <= least_outside[pixels]
+    pixels, face_ids, barys, depths = pixels[keep], face_ids[keep], barys[keep], depths[keep]
+
     zbuffer = torch.full((n_pixels,), float("inf"), device=device)
     zbuffer.scatter_reduce_(0, pixels, depths, reduce="amin")
     nearest = depths <= zbuffer[pixels]

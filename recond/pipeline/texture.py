@@ -20,7 +20,11 @@ from recond.pipeline.raster import interpolate, rasterize
 
 # Empty texels xatlas keeps between charts; the dilation below fills them with the nearest
 # chart colour, so bilinear filtering and mipmaps never reach uncoloured atlas background.
-CHART_PADDING = 4
+CHART_PADDING = 5
+# Texels whose centre lies this close outside a chart are still baked from that chart's
+# surface: a bilinear lookup anywhere inside a triangle reads texels up to sqrt(2) away.
+EDGE_MARGIN_TEXELS = 1.5
+ATLAS_BORDER_TEXELS = 3
 QUERY_CHUNK = 1 << 18
 
 
@@ -41,7 +45,7 @@ def bake_texture(
 
     vertices = np.asarray(mesh.vertices, dtype=np.float32)[vertex_map]
     points, texel_mask = _texel_positions(vertices, faces, uv, resolution)
-    colors = _query_colors(color_at, points, lambda f: report(0.5 + 0.45 * f))
+    colors = _query_colors(color_at, points, lambda f: report(0.5 + 0.4 * f))
     image = np.zeros((resolution, resolution, 3), dtype=np.float32)
     image[texel_mask] = colors
     image = _fill_from_nearest(image, texel_mask)
@@ -67,6 +71,10 @@ def _unwrap(mesh: trimesh.Trimesh, resolution: int) -> tuple[np.ndarray, np.ndar
     pack.padding = CHART_PADDING
     atlas.generate(xatlas.ChartOptions(), pack)
     vertex_map, faces, uv = atlas[0]
+    # xatlas packs charts against the atlas border; a viewer sampling with REPEAT wrapping
+    # (glTF's default) would blend in the opposite edge there, so keep a border free.
+    border = ATLAS_BORDER_TEXELS / resolution
+    uv = border + uv * (1.0 - 2.0 * border)
     return vertex_map, faces.astype(np.int64), uv.astype(np.float32)
 
 
@@ -79,7 +87,7 @@ def _texel_positions(
         np.stack([uv[:, 0] * resolution, (1.0 - uv[:, 1]) * resolution, np.zeros(len(uv))], axis=1)
     ).float()
     faces_t = torch.from_numpy(faces)
-    fragments = rasterize(uv_pixels, faces_t, resolution, resolution)
+    fragments = rasterize(uv_pixels, faces_t, resolution, resolution, margin=EDGE_MARGIN_TEXELS)
     positions = interpolate(fragments, faces_t, torch.from_numpy(vertices))
     mask = fragments.covered
     return positions[mask].numpy(), mask.numpy()
