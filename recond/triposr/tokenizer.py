@@ -1,0 +1,32 @@
+"""The learned triplane queries, flattened into a token sequence and folded back into planes.
+
+Upstream Triplane1DTokenizer: one (3, C, p, p) parameter; token order is (plane, row, col).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from recond.triposr.config import TokenizerConfig
+
+
+class TriplaneTokenizer(nn.Module):
+    def __init__(self, config: TokenizerConfig) -> None:
+        super().__init__()
+        self.plane_size = config.plane_size
+        self.num_channels = config.num_channels
+        self.embeddings = nn.Parameter(
+            torch.randn(3, config.num_channels, config.plane_size, config.plane_size)
+            / config.num_channels ** 0.5)
+
+    def forward(self, batch_size: int) -> torch.Tensor:
+        """The query tokens [B, C, 3 * p * p] for a batch."""
+        tokens = self.embeddings.permute(1, 0, 2, 3).reshape(self.num_channels, -1)
+        return tokens.unsqueeze(0).expand(batch_size, -1, -1)
+
+    def detokenize(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Tokens [B, C, 3 * p * p] -> triplanes [B, 3, C, p, p]."""
+        batch = tokens.shape[0]
+        planes = tokens.reshape(batch, self.num_channels, 3, self.plane_size, self.plane_size)
+        return planes.permute(0, 2, 1, 3, 4)
