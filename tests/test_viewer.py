@@ -5,6 +5,7 @@ needs no extra Python package: messages are JSON strings separated by NUL bytes.
 """
 
 import base64
+import fcntl
 import io
 import json
 import os
@@ -41,8 +42,11 @@ class DevToolsPipe:
         self._from_browser, from_browser_write = os.pipe()
 
         def give_child_the_pipe():  # Chromium expects its command pipe on fd 3, replies on fd 4
-            os.dup2(to_browser_read, 3)
-            os.dup2(from_browser_write, 4)
+            # Lift both ends above 4 first: a pipe end may itself be fd 3 or 4.
+            read_end = fcntl.fcntl(to_browser_read, fcntl.F_DUPFD, 10)
+            write_end = fcntl.fcntl(from_browser_write, fcntl.F_DUPFD, 10)
+            os.dup2(read_end, 3)
+            os.dup2(write_end, 4)
 
         self.process = subprocess.Popen(
             [
@@ -92,36 +96,65 @@ class DevToolsPipe:
             os.close(self._to_browser)
 
 
-def open_page(page: Path, profile_dir: Path, extra_flags: tuple[str, ...] = ()) -> dict:
-    """Open page via file://, wait for the viewer, return state, screenshot, errors, requests."""
-    browser = DevToolsPipe(profile_dir, extra_flags)
-    try:
-        target = browser.call("Target.createTarget", url="about:blank")["targetId"]
-        session = browser.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+class ViewerPage:
+    """One page opened from file:// in its own headless Chromium, waited on until the viewer is up."""
+
+    def __init__(self, page: Path, profile_dir: Path, extra_flags: tuple[str, ...] = ()):
+        self.browser = DevToolsPipe(profile_dir, extra_flags)
+        target = self.browser.call("Target.createTarget", url="about:blank")["targetId"]
+        self.session = self.browser.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
         for domain in ("Runtime", "Log", "Page", "Network"):
-            browser.call(f"{domain}.enable", session)
-        browser.call("Emulation.setDeviceMetricsOverride", session, width=WINDOW[0], height=WINDOW[1],
-                     deviceScaleFactor=1, mobile=False)
-        browser.call("Page.navigate", session, url=page.resolve().as_uri())
-        state, deadline = None, time.monotonic() + 40
-        while state not in ("ready", "fallback") and time.monotonic() < deadline:
+            self.call(f"{domain}.enable")
+        self.call("Emulation.setDeviceMetricsOverride", width=WINDOW[0], height=WINDOW[1],
+                  deviceScaleFactor=1, mobile=False)
+        self.call("Page.navigate", url=page.resolve().as_uri())
+        self.state, deadline = None, time.monotonic() + 40
+        while self.state not in ("ready", "fallback") and time.monotonic() < deadline:
             time.sleep(0.2)
-            state = browser.call("Runtime.evaluate", session, expression="document.documentElement.dataset.viewer",
-                                 returnByValue=True)["result"].get("value")
-        time.sleep(0.5)  # let a few animation frames reach the compositor
-        shot = browser.call("Page.captureScreenshot", session, format="png")["data"]
-        video_shown = browser.call(
-            "Runtime.evaluate", session, returnByValue=True,
-            expression="getComputedStyle(document.getElementById('fallback')).display !== 'none'",
-        )["result"]["value"]
-    finally:
-        browser.close()
-    errors = [event for event in browser.events if _is_error(event)]
-    requests = [event["params"]["request"]["url"] for event in browser.events
+            self.state = self.evaluate("document.documentElement.dataset.viewer")
+        time.sleep(0.3)  # let a few animation frames reach the compositor
+
+    def call(self, method: str, **params) -> dict:
+        return self.browser.call(method, self.session, **params)
+
+    def evaluate(self, expression: str):
+        return self.call("Runtime.evaluate", expression=expression, returnByValue=True)["result"].get("value")
+
+    def screenshot(self) -> np.ndarray:
+        time.sleep(0.3)  # the viewer redraws on the next animation frame
+        data = self.call("Page.captureScreenshot", format="png")["data"]
+        return np.asarray(Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB"))
+
+    def drag(self, start: tuple[int, int], end: tuple[int, int], button: str = "left", modifiers: int = 0):
+        steps = [start, ((start[0] + end[0]) // 2, (start[1] + end[1]) // 2), end]
+        self.call("Input.dispatchMouseEvent", type="mousePressed", x=start[0], y=start[1], button=button,
+                  clickCount=1, modifiers=modifiers)
+        for x, y in steps[1:]:
+            self.call("Input.dispatchMouseEvent", type="mouseMoved", x=x, y=y, button=button, modifiers=modifiers,
+                      buttons=2 if button == "right" else 1)
+        self.call("Input.dispatchMouseEvent", type="mouseReleased", x=end[0], y=end[1], button=button,
+                  clickCount=1, modifiers=modifiers)
+
+    def wheel(self, at: tuple[int, int], delta_y: float):
+        self.call("Input.dispatchMouseEvent", type="mouseWheel", x=at[0], y=at[1], deltaX=0, deltaY=delta_y)
+
+    @property
+    def errors(self) -> list[dict]:
+        return [event for event in self.browser.events if _is_error(event)]
+
+    @property
+    def requests(self) -> list[str]:
+        return [event["params"]["request"]["url"] for event in self.browser.events
                 if event.get("method") == "Network.requestWillBeSent"]
-    screenshot = np.asarray(Image.open(io.BytesIO(base64.b64decode(shot))).convert("RGB"))
-    return {"state": state, "screenshot": screenshot, "errors": errors, "requests": requests,
-            "video_shown": video_shown}
+
+    def close(self):
+        self.browser.close()
+
+
+def model_mask(screenshot: np.ndarray) -> np.ndarray:
+    """Pixels of the canvas right of the panel that are not background."""
+    canvas = screenshot[:, PANEL_RIGHT_EDGE:].astype(int)
+    return np.abs(canvas - BACKGROUND).max(-1) > 30
 
 
 def _is_error(event: dict) -> bool:
@@ -149,23 +182,25 @@ def result_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def opened(result_dir, tmp_path_factory) -> dict:
-    return open_page(result_dir / "index.html", tmp_path_factory.mktemp("profile"))
+def viewer(result_dir, tmp_path_factory):
+    page = ViewerPage(result_dir / "index.html", tmp_path_factory.mktemp("profile"))
+    yield page
+    page.close()
 
 
-def test_page_shows_the_textured_model_without_console_errors(opened, tmp_path):
-    Image.fromarray(opened["screenshot"]).save(tmp_path / "viewer.png")
-    assert opened["state"] == "ready"
-    assert opened["errors"] == []
-    canvas = opened["screenshot"][:, PANEL_RIGHT_EDGE:].astype(int)
-    model = np.abs(canvas - BACKGROUND).max(-1) > 30
+def test_page_shows_the_textured_model_without_console_errors(viewer):
+    assert viewer.state == "ready"
+    screenshot = viewer.screenshot()
+    assert viewer.errors == []
+    canvas = screenshot[:, PANEL_RIGHT_EDGE:].astype(int)
+    model = model_mask(screenshot)
     assert model.mean() > 0.05, "the canvas shows (almost) only background"
     red = model & (canvas[..., 0] > 2 * canvas[..., 1]) & (canvas[..., 0] > 100)
     assert red.sum() > 0.8 * model.sum(), "the model is not coloured by its texture"
 
 
-def test_page_requests_nothing_but_itself(opened, result_dir):
-    assert opened["requests"] == [(result_dir / "index.html").resolve().as_uri()]
+def test_page_requests_nothing_but_itself(viewer, result_dir):
+    assert viewer.requests == [(result_dir / "index.html").resolve().as_uri()]
     page = (result_dir / "index.html").read_text()
     assert not re.search(r"https?://", page)
 
@@ -178,20 +213,55 @@ def test_page_links_every_file_and_escapes_the_title(result_dir):
     assert "{{" not in page  # every placeholder was filled
 
 
+def test_controls_orbit_zoom_pan_and_wireframe(viewer):
+    viewer.evaluate("document.getElementById('rotate').click()")  # stop auto-rotation
+    still = viewer.screenshot()
+    assert np.array_equal(still, viewer.screenshot()), "the view still moves with auto-rotate off"
+    centre = (PANEL_RIGHT_EDGE + (WINDOW[0] - PANEL_RIGHT_EDGE) // 2, WINDOW[1] // 2)
+
+    viewer.drag(centre, (centre[0] + 120, centre[1] + 40))
+    orbited = viewer.screenshot()
+    assert (model_mask(orbited) != model_mask(still)).mean() > 0.01
+
+    viewer.wheel(centre, -200)
+    zoomed = viewer.screenshot()
+    assert model_mask(zoomed).sum() > 1.3 * model_mask(orbited).sum()
+
+    viewer.drag(centre, (centre[0] - 150, centre[1]), button="right")
+    panned = viewer.screenshot()
+    columns_before = np.nonzero(model_mask(zoomed))[1]
+    columns_after = np.nonzero(model_mask(panned))[1]
+    assert columns_after.mean() < columns_before.mean() - 60
+
+    viewer.evaluate("document.getElementById('wireframe').click()")
+    wired = viewer.screenshot()
+    dark = lambda image: (image[:, PANEL_RIGHT_EDGE:].max(-1) < 70).sum()  # noqa: E731
+    assert dark(wired) > dark(panned) + 500
+    assert viewer.evaluate("document.getElementById('wireframe').getAttribute('aria-pressed')") == "true"
+    assert viewer.errors == []
+
+
 def test_without_webgl2_the_turntable_video_is_shown(result_dir, tmp_path):
-    opened = open_page(result_dir / "index.html", tmp_path / "profile", extra_flags=("--disable-3d-apis",))
-    assert opened["state"] == "fallback"
-    assert opened["video_shown"] is True
-    assert '<video src="render.mp4"' in (result_dir / "index.html").read_text()
+    page = ViewerPage(result_dir / "index.html", tmp_path / "profile", extra_flags=("--disable-3d-apis",))
+    try:
+        assert page.state == "fallback"
+        assert page.evaluate("getComputedStyle(document.getElementById('fallback')).display") == "flex"
+        assert page.evaluate("document.querySelector('#fallback video').getAttribute('src')") == "render.mp4"
+    finally:
+        page.close()
 
 
 def test_vertex_coloured_mesh_page_is_small_and_loads(tmp_path):
     sphere = trimesh.creation.icosphere(subdivisions=3)
     sphere.visual.vertex_colors = np.tile([30, 160, 60, 255], (len(sphere.vertices), 1))
-    page = write_viewer(tmp_path, sphere, ["mesh.glb"], title="Green sphere", video=None)
-    opened = open_page(page, tmp_path / "profile")
-    assert opened["state"] == "ready" and opened["errors"] == []
-    canvas = opened["screenshot"][:, PANEL_RIGHT_EDGE:].astype(int)
+    path = write_viewer(tmp_path, sphere, ["mesh.glb"], title="Green sphere", video=None)
+    page = ViewerPage(path, tmp_path / "profile")
+    try:
+        screenshot = page.screenshot()
+        assert page.state == "ready" and page.errors == []
+    finally:
+        page.close()
+    canvas = screenshot[:, PANEL_RIGHT_EDGE:].astype(int)
     green = (canvas[..., 1] > 1.8 * canvas[..., 0]) & (canvas[..., 1] > 80)
     assert green.mean() > 0.05
-    assert page.stat().st_size < 200_000
+    assert path.stat().st_size < 200_000

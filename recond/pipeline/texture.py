@@ -38,6 +38,8 @@ def bake_texture(
 
     color_at maps points [N, 3] float32 in the mesh's coordinates to colours [N, 3] in [0, 1].
     """
+    if len(mesh.faces) == 0:
+        raise ValueError("bake_texture needs a mesh with at least one face")
     report = progress or (lambda fraction: None)
     report(0.0)
     vertex_map, faces, uv = _unwrap(mesh, resolution)

@@ -55,6 +55,8 @@ def render_turntable(
     progress: Callable[[float], None] | None = None,
 ) -> list[np.ndarray]:
     """Render n_views frames (uint8 [size, size, 3]) orbiting the +Y axis of a +Y-up mesh."""
+    if len(mesh.faces) == 0:
+        raise ValueError("render_turntable needs a mesh with at least one face")
     report = progress or (lambda fraction: None)
     scene = _scene_tensors(mesh, torch.device(device))
     frames = []
@@ -91,7 +93,7 @@ def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     corners = vertices[faces]
     # The cross product's length is twice the face area, so large faces weigh more.
     face_normals = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
-    point_normals = np.zeros((point_id.max() + 1, 3), dtype=np.float64)
+    point_normals = np.zeros((len(vertices), 3), dtype=np.float64)
     for corner in range(3):
         np.add.at(point_normals, point_id[faces[:, corner]], face_normals)
     normals = point_normals[point_id]

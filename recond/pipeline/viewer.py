@@ -12,7 +12,6 @@ import html
 import io
 import json
 import re
-from importlib import resources
 from pathlib import Path
 from urllib.parse import quote
 
@@ -34,7 +33,7 @@ def write_viewer(
 ) -> Path:
     """Write result_dir/index.html showing `mesh` (+Y up) and linking every name in `files`."""
     result_dir = Path(result_dir)
-    assets = resources.files("recond.pipeline") / "viewer_assets"
+    assets = Path(__file__).with_name("viewer_assets")
     values = {
         "TITLE": html.escape(title),
         "FACTS": f"{len(mesh.faces):,} triangles · {len(mesh.vertices):,} vertices",
