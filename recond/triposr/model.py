@@ -100,7 +100,13 @@ class TripoSR(nn.Module):
 
         A field that never crosses the threshold gives an empty mesh and a logged warning.
         """
-        grid = self.density_grid(scene_code, resolution, chunk_size).numpy()
+        grid = self.density_grid(scene_code, resolution, chunk_size)
+        return self.surface(scene_code, grid, threshold, chunk_size)
+
+    def surface(self, scene_code: torch.Tensor, density_grid: torch.Tensor, threshold: float = 25.0,
+                chunk_size: int = DEFAULT_CHUNK_SIZE) -> trimesh.Trimesh:
+        """Marching cubes on a :meth:`density_grid`, vertices coloured by querying the field there."""
+        grid = density_grid.detach().cpu().float().numpy()
         unit_vertices, faces = isosurface.marching_cubes(grid, threshold)
         if len(faces) == 0:
             log.warning("The density field never reaches the surface threshold %s (grid max %.4g); "
