@@ -45,18 +45,20 @@ def bake_texture(
     vertex_map, faces, uv = _unwrap(mesh, resolution)
     report(0.5)
 
-    vertices = np.asarray(mesh.vertices, dtype=np.float32)[vertex_map]
-    points, texel_mask = _texel_positions(vertices, faces, uv, resolution)
+    vertices = np.asarray(mesh.vertices)[vertex_map]
+    points, texel_mask = _texel_positions(vertices.astype(np.float32), faces, uv, resolution)
     colors = _query_colors(color_at, points, lambda f: report(0.5 + 0.4 * f))
     image = np.zeros((resolution, resolution, 3), dtype=np.float32)
     image[texel_mask] = colors
     image = _fill_from_nearest(image, texel_mask)
     report(0.95)
 
-    texture = Image.fromarray(np.round(np.clip(image, 0.0, 1.0) * 255).astype(np.uint8), mode="RGB")
+    texture = Image.fromarray(np.round(np.clip(image, 0.0, 1.0) * 255).astype(np.uint8))
     baked = trimesh.Trimesh(
         vertices=vertices,
         faces=faces,
+        # Copies of a vertex split at a seam keep the original's normal, so shading shows no seam.
+        vertex_normals=np.asarray(mesh.vertex_normals)[vertex_map],
         visual=trimesh.visual.TextureVisuals(uv=uv, image=texture),
         process=False,
     )
