@@ -265,3 +265,17 @@ def test_vertex_coloured_mesh_page_is_small_and_loads(tmp_path):
     green = (canvas[..., 1] > 1.8 * canvas[..., 0]) & (canvas[..., 1] > 80)
     assert green.mean() > 0.05
     assert path.stat().st_size < 200_000
+
+
+def test_page_that_cannot_draw_falls_back_to_the_video(result_dir, tmp_path):
+    page = (result_dir / "index.html").read_text()
+    # An undecodable texture (e.g. a truncated download) must not leave a blank page.
+    broken = re.sub(r'"texture": "[^"]+"', '"texture": "bm90IGFuIGltYWdl"', page)
+    assert broken != page
+    (tmp_path / "index.html").write_text(broken)
+    opened = ViewerPage(tmp_path / "index.html", tmp_path / "profile")
+    try:
+        assert opened.state == "fallback"
+        assert opened.evaluate("getComputedStyle(document.querySelector('.controls')).display") == "none"
+    finally:
+        opened.close()

@@ -37,7 +37,7 @@ def write_viewer(
     values = {
         "TITLE": html.escape(title),
         "FACTS": f"{len(mesh.faces):,} triangles · {len(mesh.vertices):,} vertices",
-        "VIDEO": _video_tag(video),
+        "FALLBACK": _fallback(video),
         "FILES": "".join(_file_item(result_dir, name) for name in files),
         # "</" inside a script element would end it early; JSON allows escaping the slash.
         "MESH_DATA": json.dumps(_mesh_payload(mesh)).replace("</", "<\\/"),
@@ -93,11 +93,15 @@ def _file_item(result_dir: Path, name: str) -> str:
     return f'<li><a href="{quote(name)}" download>{html.escape(name)}</a>{size}</li>'
 
 
-def _video_tag(video: str | None) -> str:
+def _fallback(video: str | None) -> str:
+    """What the page shows instead of the 3D view when the browser has no WebGL2."""
     if video is None:
-        return ""
+        return "<p>This browser cannot show the 3D view (WebGL2 is unavailable).</p>"
     # preload="none": the video is only fetched when the fallback is actually shown.
-    return f'<video src="{quote(video)}" preload="none" loop muted playsinline controls></video>'
+    return (
+        "<p>This browser cannot show the 3D view (WebGL2 is unavailable); here is the turntable instead.</p>"
+        f'<video src="{quote(video)}" preload="none" loop muted playsinline controls></video>'
+    )
 
 
 def _human_size(n_bytes: int) -> str:

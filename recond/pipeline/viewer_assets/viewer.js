@@ -2,6 +2,22 @@
 // works from file:// with no network (Chromium refuses fetch/XHR on file:// pages).
 "use strict";
 
+function showFallback() {
+  document.getElementById("stage").style.display = "none";
+  document.getElementById("fallback").style.display = "flex";
+  const video = document.querySelector("#fallback video");
+  if (video) video.play().catch(() => {}); // muted, so browsers allow playing without a click
+  document.documentElement.dataset.viewer = "fallback";
+}
+
+// Whatever goes wrong before the first frame (a driver refusing a shader, an undecodable
+// texture), the visitor still gets the turntable rather than an empty page.
+function fallBackUnlessShown() {
+  if (document.documentElement.dataset.viewer !== "ready") showFallback();
+}
+window.addEventListener("error", fallBackUnlessShown);
+window.addEventListener("unhandledrejection", fallBackUnlessShown);
+
 (function () {
   const FOVY = (40 * Math.PI) / 180; // same field of view as the turntable renders
   const ELEVATION = (12 * Math.PI) / 180;
@@ -14,14 +30,6 @@
   if (!gl) {
     showFallback();
     return;
-  }
-
-  function showFallback() {
-    document.getElementById("stage").style.display = "none";
-    document.getElementById("fallback").style.display = "flex";
-    const video = document.querySelector("#fallback video");
-    if (video) video.play().catch(() => {}); // muted, so browsers allow playing without a click
-    document.documentElement.dataset.viewer = "fallback";
   }
 
   function decodeBase64(text) {
