@@ -74,9 +74,11 @@ class TriplaneField:
         rays_o, rays_d = rays_o.reshape(-1, 3), rays_d.reshape(-1, 3)
         t_near, t_far, valid = intersect_box(rays_o, rays_d, self.config.radius)
         colour = torch.ones(rays_o.shape[0], 3, dtype=torch.float32, device=rays_o.device)
-        if valid.any():
-            colour[valid] = self._composite(scene_code, rays_o[valid], rays_d[valid],
-                                            t_near[valid], t_far[valid], chunk_size)
+        hits = valid.nonzero()[:, 0]
+        # whole rays per chunk, so at most ~chunk_size samples are alive at once
+        for group in hits.split(max(1, chunk_size // self.config.num_samples_per_ray)):
+            colour[group] = self._composite(scene_code, rays_o[group], rays_d[group],
+                                            t_near[group], t_far[group], chunk_size)
         return colour.reshape(*shape, 3)
 
     def _composite(self, scene_code: torch.Tensor, rays_o: torch.Tensor, rays_d: torch.Tensor,
