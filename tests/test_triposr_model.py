@@ -69,7 +69,7 @@ def test_field_that_never_reaches_the_threshold_gives_an_empty_mesh_and_a_warnin
     with caplog.at_level(logging.WARNING, logger="recond.triposr"):
         mesh = model.extract_mesh(scene_code, resolution=16, threshold=1e12)
     assert len(mesh.vertices) == 0 and len(mesh.faces) == 0
-    assert "never reaches the surface threshold" in caplog.text
+    assert "never crosses the surface threshold" in caplog.text
 
 
 def test_tiny_model_surface_is_a_non_empty_coloured_mesh_in_the_box(model: TripoSR, scene_code: torch.Tensor) -> None:

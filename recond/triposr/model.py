@@ -52,7 +52,7 @@ class TripoSR(nn.Module):
     def from_pretrained(cls, source: str | Path, device: str | torch.device = "cpu",
                         dtype: torch.dtype = torch.float32) -> TripoSR:
         """Load a model folder or Hugging Face id; raises ModelLoadError with one sentence."""
-        from recond.triposr.loader import load_model
+        from recond.triposr.loader import load_model  # the loader builds TripoSR: import late
 
         return load_model(str(source), torch.device(device), dtype)
 
@@ -109,8 +109,8 @@ class TripoSR(nn.Module):
         grid = density_grid.detach().cpu().float().numpy()
         unit_vertices, faces = isosurface.marching_cubes(grid, threshold)
         if len(faces) == 0:
-            log.warning("The density field never reaches the surface threshold %s (grid max %.4g); "
-                        "the mesh is empty.", threshold, float(grid.max()))
+            log.warning("The density field never crosses the surface threshold %s (grid values %.4g to "
+                        "%.4g), so the mesh is empty.", threshold, float(grid.min()), float(grid.max()))
             return trimesh.Trimesh()
         vertices = isosurface.unit_to_box(torch.from_numpy(unit_vertices), self.radius)
         colours = self.query(scene_code, vertices, chunk_size)["color"].cpu().numpy()
