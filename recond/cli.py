@@ -1,0 +1,381 @@
+"""`reconctl`: look at and steer a recond installation (status, jobs, show, retry, doctor) and
+process pictures one-shot without the daemon (process).
+
+Commands are thin: read the settings and the job database, call one function, print. Every
+listing has ``--json`` for scripts. Status reads the database, so it works while the daemon is down.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from recond.config import Settings, SettingsError, load_settings
+from recond.intake import FAILED_FOLDER, result_name_for
+from recond.store import FAILED, RUNNING, Job, Store, pid_alive
+
+STALE_HEARTBEAT_SECONDS = 30.0  # the daemon beats every 5 s; six missed beats means it hangs
+
+
+def _settings(ctx: click.Context, **overrides: object) -> Settings:
+    try:
+        return load_settings(ctx.obj["config"], **{k: v for k, v in overrides.items() if v})
+    except SettingsError as error:
+        raise click.ClickException(str(error)) from None
+
+
+def _store(settings: Settings) -> Store | None:
+    """The job database, or None when recond has never run with these settings."""
+    return Store(settings.db_path) if settings.db_path.is_file() else None
+
+
+@click.group()
+@click.option("--config", "config_path", type=click.Path(path_type=Path, dir_okay=False),
+              help="TOML settings file (default: $RECOND_CONFIG, then built-in defaults).")
+@click.pass_context
+def cli(ctx: click.Context, config_path: Path | None) -> None:
+    """Inspect and control recond, the photo-to-3D inbox daemon."""
+    ctx.obj = {"config": config_path}
+
+
+# status
+
+
+def status_report(settings: Settings, recent: int = 10) -> dict[str, Any]:
+    """Everything `reconctl status` shows, as plain data (also the --json output)."""
+    store = _store(settings)
+    daemon = (store.daemon_state() if store else None) or {}
+    now = time.time()
+    beat_age = now - daemon["heartbeat_at"] if daemon.get("heartbeat_at") else None
+    running = bool(daemon) and not daemon.get("stopped_at") and pid_alive(daemon.get("pid"))
+    report: dict[str, Any] = {
+        "daemon": {
+            "running": running and beat_age is not None and beat_age < STALE_HEARTBEAT_SECONDS,
+            "pid": daemon.get("pid") if running else None,
+            "uptime_s": round(now - daemon["started_at"]) if running else None,
+            "heartbeat_age_s": round(beat_age, 1) if beat_age is not None else None,
+            "unresponsive": running and (beat_age is None or beat_age >= STALE_HEARTBEAT_SECONDS),
+            "model": daemon.get("model_status"),
+            "model_detail": daemon.get("model_detail"),
+            "device": daemon.get("device"),
+            "watcher_warnings": daemon.get("watcher_warnings", []),
+        },
+        "counts": store.counts() if store else dict.fromkeys(
+            ("queued", "running", "done", "failed", "duplicate"), 0),
+        "current": None,
+        "recent": [],
+    }
+    if store:
+        current = store.running()
+        if current:
+            report["current"] = {"id": current.id, "source": current.source, "stage": current.stage,
+                                 "progress": current.progress, "eta_s": current.eta_s,
+                                 "started_at": current.started_at}
+        report["recent"] = [_summary(job) for job in store.jobs(limit=recent)
+                            if job.state != RUNNING]
+        store.close()
+    return report
+
+
+def _summary(job: Job) -> dict[str, Any]:
+    return {"id": job.id, "source": job.source, "state": job.state, "output": job.output,
+            "error": job.error, "duplicate_of": job.duplicate_of, "finished_at": job.finished_at}
+
+
+def _format_status(report: dict[str, Any]) -> str:
+    daemon, counts = report["daemon"], report["counts"]
+    if daemon["running"]:
+        line = f"recond: up (pid {daemon['pid']}, up {_duration(daemon['uptime_s'])})"
+    elif daemon["unresponsive"]:
+        line = f"recond: NOT RESPONDING (no heartbeat for {_duration(daemon['heartbeat_age_s'])})"
+    else:
+        line = "recond: down"
+    lines = [line]
+    if daemon["model"]:
+        device = f" on {daemon['device']}" if daemon["device"] else ""
+        lines.append(f"model:  {daemon['model']}{device}: {daemon['model_detail'] or ''}".rstrip(": "))
+    lines.append("jobs:   " + ", ".join(f"{number} {state}" for state, number in counts.items()))
+    current = report["current"]
+    if current:
+        eta = f", ETA {_duration(current['eta_s'])}" if current["eta_s"] is not None else ""
+        lines.append(f"now:    #{current['id']} {current['source']}: {current['stage'] or 'starting'} "
+                     f"{round((current['progress'] or 0) * 100)}%{eta}")
+    if report["recent"]:
+        lines.append("recent:")
+        for job in report["recent"]:
+            outcome = job["error"] if job["state"] == FAILED else job["output"] or ""
+            if job["duplicate_of"]:
+                outcome = f"same bytes as #{job['duplicate_of']}: {outcome}"
+            lines.append(f"  #{job['id']:<5} {job['state']:<9} {job['source']}  {outcome}".rstrip())
+    for warning in daemon["watcher_warnings"]:
+        lines.append(f"warning: {warning}")
+    return "\n".join(lines)
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {seconds:02d}s" if minutes else f"{seconds}s"
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--watch", is_flag=True, help="Refresh every 2 seconds until Ctrl-C.")
+@click.pass_context
+def status(ctx: click.Context, as_json: bool, watch: bool) -> None:
+    """Is the daemon up, is the model loaded, what is queued, running, done or failed."""
+    settings = _settings(ctx)
+    while True:
+        report = status_report(settings)
+        text = json.dumps(report, indent=2) if as_json else _format_status(report)
+        if watch:
+            click.clear()
+        click.echo(text)
+        if not watch:
+            return
+        time.sleep(2)
+
+
+# jobs, show, retry
+
+
+@cli.command()
+@click.option("--state", type=click.Choice(["queued", "running", "done", "failed", "duplicate"]))
+@click.option("--limit", default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def jobs(ctx: click.Context, state: str | None, limit: int, as_json: bool) -> None:
+    """List jobs, newest first."""
+    store = _store(_settings(ctx))
+    listed = store.jobs(state, limit) if store else []
+    if as_json:
+        click.echo(json.dumps([job.as_dict() for job in listed], indent=2))
+        return
+    for job in listed:
+        outcome = job.error if job.state == FAILED else job.output or job.result_name or ""
+        click.echo(f"#{job.id:<5} {job.state:<9} {job.source}  {outcome}".rstrip())
+
+
+@cli.command()
+@click.argument("job_id", type=int)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def show(ctx: click.Context, job_id: int, as_json: bool) -> None:
+    """Every recorded fact about one job."""
+    job = _job(_settings(ctx), job_id)
+    if as_json:
+        click.echo(json.dumps(job.as_dict(), indent=2))
+        return
+    for name, value in job.as_dict().items():
+        if name.endswith("_at") and value:
+            value = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value))
+        click.echo(f"{name:>13}: {'' if value is None else value}")
+
+
+@cli.command()
+@click.argument("job_id", type=int)
+@click.pass_context
+def retry(ctx: click.Context, job_id: int) -> None:
+    """Put a failed job's file back into the inbox, where it becomes a new job."""
+    settings = _settings(ctx)
+    job = _job(settings, job_id)
+    if job.state != FAILED:
+        raise click.ClickException(f"job {job_id} is {job.state}; only failed jobs can be retried")
+    kept = Path(job.output) if job.output else None
+    if kept is None or not kept.is_file():
+        raise click.ClickException(
+            f"the file of job {job_id} is no longer in {settings.inbox / FAILED_FOLDER}; "
+            "drop it into the inbox again to retry")
+    target = settings.inbox / job.source
+    if target.exists():
+        target = settings.inbox / kept.name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(kept, target)
+    kept.with_name(kept.name + ".error.txt").unlink(missing_ok=True)
+    click.echo(f"moved back to {target}; recond will queue it as a new job")
+
+
+def _job(settings: Settings, job_id: int) -> Job:
+    store = _store(settings)
+    job = store.get(job_id) if store else None
+    if job is None:
+        raise click.ClickException(f"no job {job_id} in {settings.db_path}")
+    return job
+
+
+# doctor
+
+
+@dataclass
+class Check:
+    name: str
+    level: str  # ok, warn or fail
+    message: str
+
+
+def doctor_checks(settings: Settings) -> list[Check]:
+    """Each thing recond needs, checked for real (the weights are loaded, ffmpeg is run)."""
+    return [*_folder_checks(settings), _gpu_check(settings), _weights_check(settings),
+            _rembg_check(settings), _ffmpeg_check(), _daemon_check(settings)]
+
+
+def _folder_checks(settings: Settings) -> list[Check]:
+    checks = []
+    for name in ("inbox", "outbox", "state_dir"):
+        folder = getattr(settings, name).resolve()
+        if not folder.is_dir():
+            parent_ok = os.access(folder.parent, os.W_OK)
+            checks.append(Check(name, "warn" if parent_ok else "fail",
+                                f"{folder} does not exist" + (" (recond creates it on start)"
+                                                               if parent_ok else " and cannot be created")))
+        elif not os.access(folder, os.R_OK | os.W_OK | os.X_OK):
+            checks.append(Check(name, "fail", f"{folder} is not readable and writable by this user "
+                                              f"(uid {os.getuid()}); fix its owner or mode"))
+        else:
+            checks.append(Check(name, "ok", str(folder)))
+    return checks
+
+
+def _gpu_check(settings: Settings) -> Check:
+    import torch
+
+    if torch.cuda.is_available():
+        return Check("gpu", "ok", f"{torch.cuda.get_device_name(0)} (device setting: {settings.device})")
+    if settings.device.startswith("cuda"):
+        return Check("gpu", "fail", f"device = {settings.device} but torch sees no CUDA GPU "
+                                    "(driver, /dev/nvidia* access, or a CPU-only torch build)")
+    return Check("gpu", "warn", "no CUDA GPU: recond runs on the CPU (minutes per photo)")
+
+
+def _weights_check(settings: Settings) -> Check:
+    import torch
+
+    from recond.triposr import TripoSR
+
+    try:
+        model = TripoSR.from_pretrained(settings.model, device=settings.resolved_device(),
+                                        dtype=getattr(torch, settings.resolved_dtype()))
+    except Exception as error:  # any reason the weights do not load is what doctor reports
+        from recond.worker import MODEL_HELP
+
+        return Check("weights", "fail", f"{settings.model}: {error} -- to fix: {MODEL_HELP}")
+    parameters = sum(parameter.numel() for parameter in model.parameters())
+    return Check("weights", "ok", f"{settings.model} loads ({parameters / 1e6:.1f} M parameters)")
+
+
+def _rembg_check(settings: Settings) -> Check:
+    try:
+        from recond.pipeline.background import rembg_model_status
+    except ImportError:
+        return Check("rembg", "warn", "this build has no rembg status check")
+    try:
+        status = rembg_model_status(settings)
+    except Exception as error:  # report, do not crash the other checks
+        return Check("rembg", "fail", str(error))
+    ok, message = status if isinstance(status, tuple) else (bool(status), str(status))
+    return Check("rembg", "ok" if ok else "warn", message)
+
+
+def _ffmpeg_check() -> Check:
+    try:
+        import imageio_ffmpeg
+
+        executable = imageio_ffmpeg.get_ffmpeg_exe()
+        version = subprocess.run([executable, "-version"], capture_output=True, text=True,
+                                 timeout=30, check=True).stdout.splitlines()[0]
+    except Exception as error:  # missing binary, not executable, crashes: all mean no video
+        return Check("ffmpeg", "fail", f"ffmpeg not usable ({error}); render.mp4 cannot be written")
+    return Check("ffmpeg", "ok", f"{executable} ({version})")
+
+
+def _daemon_check(settings: Settings) -> Check:
+    daemon = status_report(settings, recent=0)["daemon"]
+    if not daemon["running"]:
+        return Check("daemon", "warn", "recond is not running (systemctl start recond)")
+    if daemon["model"] == "missing":
+        return Check("daemon", "fail", f"running, but without a model: {daemon['model_detail']}")
+    return Check("daemon", "ok", f"running (pid {daemon['pid']}), model {daemon['model']}")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def doctor(ctx: click.Context, as_json: bool) -> None:
+    """Check folders, GPU, weights, rembg model, ffmpeg and the daemon; exit 1 if any fails."""
+    checks = doctor_checks(_settings(ctx))
+    if as_json:
+        click.echo(json.dumps([check.__dict__ for check in checks], indent=2))
+    else:
+        for check in checks:
+            click.echo(f"{check.level.upper():<5} {check.name:<9} {check.message}")
+    if any(check.level == "fail" for check in checks):
+        sys.exit(1)
+
+
+# process
+
+
+@cli.command()
+@click.argument("images", nargs=-1, required=True,
+                type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for the result folders (default: the outbox setting).")
+@click.option("--model", help="Model folder or Hugging Face id (default: the model setting).")
+@click.pass_context
+def process(ctx: click.Context, images: tuple[Path, ...], out: Path | None, model: str | None) -> None:
+    """Turn IMAGES into result folders now, with one warm pipeline, without the daemon."""
+    from tqdm import tqdm
+
+    from recond.logging import configure_logging
+    from recond.worker import MODEL_HELP, build_pipeline, describe_failure
+
+    settings = _settings(ctx, model=model)
+    configure_logging(settings.model_copy(update={"log_level": "warning"}), to_file=False)
+    try:
+        pipeline = build_pipeline(settings)
+    except Exception as error:  # the one-line reason and the fix, not a traceback
+        raise click.ClickException(f"model {settings.model} not loaded: {error} -- {MODEL_HELP}")
+    out = (out or settings.outbox).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    failures = 0
+    for image in images:
+        name = _free_name(out, result_name_for(image.name, time.time()))
+        with tqdm(total=100, desc=image.name, unit="%", file=sys.stderr, leave=False) as bar:
+            def report(progress: Any, bar: tqdm = bar) -> None:
+                bar.set_postfix_str(progress.stage, refresh=False)
+                bar.update(round(progress.overall * 100) - bar.n)
+            try:
+                result = pipeline.run(image.resolve(), out, name, progress=report)
+            except Exception as error:  # recorded per image; the others still run
+                failures += 1
+                click.echo(f"{image}: failed: {describe_failure(error)[0]}")
+                continue
+        click.echo(f"{image}: {result.result_dir}")
+    sys.exit(1 if failures else 0)
+
+
+def _free_name(out: Path, name: str) -> str:
+    candidate, number = name, 1
+    while (out / candidate).exists():
+        number += 1
+        candidate = f"{name}-{number}"
+    return candidate
+
+
+def main() -> None:
+    cli(prog_name="reconctl")
+
+
+if __name__ == "__main__":
+    main()

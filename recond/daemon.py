@@ -1,0 +1,181 @@
+"""The `recond` command: wires intake, worker, signals and systemd notification into one process.
+
+SIGTERM/SIGINT stop it cleanly (the running job finishes its stage and is requeued), SIGHUP
+re-reads the settings and retries a missing model. ``--once`` processes what is waiting, then exits.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import IO
+
+import click
+import sdnotify
+
+from recond.config import Settings, SettingsError, load_settings
+from recond.intake import Intake
+from recond.logging import configure_logging, get_logger
+from recond.store import Store
+from recond.worker import Worker
+
+HEARTBEAT_SECONDS = 5.0  # daemon row refresh and systemd watchdog ping (WatchdogSec=60)
+INTAKE_FIELDS = ("inbox", "polling", "poll_interval", "settle_seconds", "rescan_seconds")
+
+log = get_logger("recond.daemon")
+
+
+class AlreadyRunning(RuntimeError):
+    """Another recond holds the state directory's lock."""
+
+
+class Daemon:
+    """One running recond: call ``run`` from the main thread (signal handlers live there)."""
+
+    def __init__(self, settings: Settings, config_path: Path | None = None) -> None:
+        self.settings = settings
+        self.config_path = config_path
+        self.systemd = sdnotify.SystemdNotifier()
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+
+    def run(self, once: bool = False) -> int:
+        settings = self.settings
+        for folder in (settings.inbox, settings.outbox, settings.state_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        configure_logging(settings)
+        lock = _lock_state_dir(settings.state_dir)
+        store = Store(settings.db_path)
+        store.daemon_started(os.getpid())
+        worker = Worker(settings, store)
+        requeued, exhausted = store.recover_after_crash(settings.max_attempts)
+        for job in requeued:
+            log.warning("job requeued after a crash", job=job.id, file=job.source,
+                        attempts=job.attempts)
+        for job in exhausted:
+            log.error("job failed", job=job.id, file=job.source, error=job.error)
+            worker.fail_job(job, job.error)
+        intake = Intake(settings, store, on_enqueued=lambda job: worker.wake())
+        self._install_signal_handlers()
+        worker.start()
+        intake.start()
+        self.systemd.notify("READY=1")
+        log.info("recond started", pid=os.getpid(), inbox=str(settings.inbox.resolve()),
+                 outbox=str(settings.outbox.resolve()), polling=settings.polling, once=once)
+        try:
+            exit_code = self._loop(store, intake, worker, once)
+        finally:
+            self.systemd.notify("STOPPING=1")
+            log.info("stopping: no new jobs; a running job is requeued at its next stage")
+            intake.stop()
+            worker.stop()
+            store.daemon_update(stopped_at=time.time(), heartbeat_at=time.time())
+            store.close()
+            lock.close()
+            log.info("recond stopped")
+        return exit_code
+
+    def _loop(self, store: Store, intake: Intake, worker: Worker, once: bool) -> int:
+        last_beat = 0.0
+        while not self._stop.wait(0.5 if once else 1.0):
+            if self._reload.is_set():
+                self._reload.clear()
+                intake = self._reload_settings(store, intake, worker)
+            intake.supervise()
+            if not worker.is_alive():
+                log.error("worker thread died; exiting so systemd restarts recond")
+                return 1
+            if time.monotonic() - last_beat >= HEARTBEAT_SECONDS:
+                last_beat = time.monotonic()
+                self._heartbeat(store, intake)
+            if once:
+                finished = self._once_finished(store, intake, worker)
+                if finished is not None:
+                    return finished
+        return 0
+
+    def _heartbeat(self, store: Store, intake: Intake) -> None:
+        store.daemon_update(heartbeat_at=time.time(), watcher_warnings=intake.warnings)
+        counts = store.counts()
+        state = store.daemon_state() or {}
+        self.systemd.notify(f"WATCHDOG=1\nSTATUS=model {state.get('model_status')}; "
+                            f"{counts['queued']} queued, {counts['running']} running, "
+                            f"{counts['done']} done, {counts['failed']} failed")
+
+    def _once_finished(self, store: Store, intake: Intake, worker: Worker) -> int | None:
+        """Exit code once everything waiting is processed (1 when the model cannot load)."""
+        model_status = (store.daemon_state() or {}).get("model_status")
+        if model_status == "missing":
+            log.error("model missing: nothing was processed", queued=store.counts()["queued"])
+            return 1
+        if not intake.idle() or worker.busy:
+            return None
+        counts = store.counts()
+        return 0 if counts["queued"] == counts["running"] == 0 else None
+
+    def _reload_settings(self, store: Store, intake: Intake, worker: Worker) -> Intake:
+        try:
+            new = load_settings(self.config_path)
+        except SettingsError as error:
+            log.error("SIGHUP: settings not reloaded, keeping the old ones", error=str(error))
+            return intake
+        if new.state_dir.resolve() != self.settings.state_dir.resolve():
+            log.warning("state_dir changes only take effect after a restart")
+            new = new.model_copy(update={"state_dir": self.settings.state_dir})
+        old, self.settings = self.settings, new
+        configure_logging(new)
+        log.info("SIGHUP: settings reloaded; retrying the model if it is missing")
+        worker.reload(new)
+        if any(getattr(old, name) != getattr(new, name) for name in INTAKE_FIELDS):
+            new.inbox.mkdir(parents=True, exist_ok=True)
+            intake.stop()
+            intake = Intake(new, store, on_enqueued=lambda job: worker.wake())
+            intake.start()
+        return intake
+
+    def _install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, lambda signum, frame: self._stop.set())
+        signal.signal(signal.SIGINT, lambda signum, frame: self._stop.set())
+        signal.signal(signal.SIGHUP, lambda signum, frame: self._reload.set())
+
+
+def _lock_state_dir(state_dir: Path) -> IO[str]:
+    """Hold an exclusive lock for the process lifetime: two daemons on one database would race."""
+    handle = (state_dir / "recond.lock").open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise AlreadyRunning(
+            f"another recond (pid {holder}) is already using {state_dir}; stop it first") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
+@click.command()
+@click.option("--config", "config_path", type=click.Path(path_type=Path, dir_okay=False),
+              help="TOML settings file (default: $RECOND_CONFIG, then built-in defaults).")
+@click.option("--once", is_flag=True, help="Process what is waiting in the inbox, then exit.")
+def main(config_path: Path | None, once: bool) -> None:
+    """Watch the inbox and turn every photo dropped there into a 3D result folder in the outbox."""
+    try:
+        settings = load_settings(config_path)
+        code = Daemon(settings, config_path).run(once=once)
+    except (SettingsError, AlreadyRunning, OSError) as error:
+        click.echo(f"recond: {error}", err=True)
+        sys.exit(2 if isinstance(error, SettingsError) else 1)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()
