@@ -19,6 +19,7 @@ import torch.nn.functional as F
 import trimesh
 from PIL import Image
 
+from recond.pipeline.appearance import bounding_sphere, surface_color, vertex_normals
 from recond.pipeline.raster import interpolate, rasterize
 
 FOVY_DEG = 40.0  # upstream tsr/system.py renders with fovy 40 as well
@@ -26,7 +27,6 @@ ELEVATION_DEG = 12.0  # a little above the object reads its shape better than th
 FRAME_MARGIN = 1.08  # the bounding sphere fills ~93% of the frame height
 SUPERSAMPLE = 2  # render at 2x and average: cheap anti-aliasing for the rasteriser
 BACKGROUND = (1.0, 1.0, 1.0)
-UNTEXTURED_GREY = (0.7, 0.7, 0.7)
 # Shading: mostly the baked colour (TripoSR's colours already contain the photo's lighting),
 # plus a soft headlight so the silhouette's relief stays readable.
 AMBIENT = 0.62
@@ -86,52 +86,25 @@ def write_turntable(frames: list[np.ndarray], result_dir: Path, fps: int) -> lis
     return written
 
 
-def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    """Smooth unit normals that ignore UV seams: split copies of one point share one normal."""
-    _, point_id = np.unique(vertices, axis=0, return_inverse=True)
-    point_id = point_id.reshape(-1)
-    corners = vertices[faces]
-    # The cross product's length is twice the face area, so large faces weigh more.
-    face_normals = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
-    point_normals = np.zeros((len(vertices), 3), dtype=np.float64)
-    for corner in range(3):
-        np.add.at(point_normals, point_id[faces[:, corner]], face_normals)
-    normals = point_normals[point_id]
-    lengths = np.linalg.norm(normals, axis=1, keepdims=True)
-    return (normals / np.where(lengths > 0, lengths, 1.0)).astype(np.float32)
-
-
 def _scene_tensors(mesh: trimesh.Trimesh, device: torch.device) -> _SceneTensors:
     vertices = np.asarray(mesh.vertices, dtype=np.float32)
     faces = np.asarray(mesh.faces, dtype=np.int64)
-    center = (vertices.min(0) + vertices.max(0)) / 2 if len(vertices) else np.zeros(3, np.float32)
-    radius = float(np.linalg.norm(vertices - center, axis=1).max()) if len(vertices) else 1.0
-    uv, texture, colors = _color_source(mesh)
+    center, radius = bounding_sphere(vertices)
+    color = surface_color(mesh)
+    texture = None
+    if color.texture is not None:
+        texture = (np.asarray(color.texture, dtype=np.float32) / 255.0).transpose(2, 0, 1)[None].copy()
     as_tensor = lambda array: None if array is None else torch.from_numpy(array).to(device)  # noqa: E731
     return _SceneTensors(
         positions=as_tensor(vertices),
         faces=as_tensor(faces),
         normals=as_tensor(vertex_normals(vertices, faces)),
-        uv=as_tensor(uv),
+        uv=as_tensor(color.uv),
         texture=as_tensor(texture),
-        colors=as_tensor(colors),
-        center=as_tensor(center.astype(np.float32)),
-        radius=max(radius, 1e-6),
+        colors=as_tensor(color.vertex_colors),
+        center=as_tensor(center),
+        radius=radius,
     )
-
-
-def _color_source(mesh: trimesh.Trimesh):
-    """(uv, texture [1,3,H,W]) for a textured mesh, else per-vertex colours in [0, 1]."""
-    visual = mesh.visual
-    image = getattr(getattr(visual, "material", None), "image", None)
-    if visual.kind == "texture" and visual.uv is not None and image is not None:
-        texture = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-        return np.asarray(visual.uv, dtype=np.float32), texture.transpose(2, 0, 1)[None].copy(), None
-    if visual.kind in ("vertex", "face"):
-        colors = np.asarray(visual.vertex_colors[:, :3], dtype=np.float32) / 255.0
-    else:
-        colors = np.tile(np.asarray(UNTEXTURED_GREY, dtype=np.float32), (len(mesh.vertices), 1))
-    return None, None, colors
 
 
 def _render_view(scene: _SceneTensors, azimuth: float, size: int) -> torch.Tensor:

@@ -17,8 +17,9 @@ from urllib.parse import quote
 
 import numpy as np
 import trimesh
+from PIL import Image
 
-from recond.pipeline.turntable import vertex_normals
+from recond.pipeline.appearance import bounding_sphere, surface_color, vertex_normals
 
 TEXTURE_JPEG_QUALITY = 92  # the page only displays the texture; the PNG stays in the downloads
 PLACEHOLDER = re.compile(r"\{\{([A-Z_]+)\}\}")
@@ -55,8 +56,7 @@ def _mesh_payload(mesh: trimesh.Trimesh) -> dict:
     """Typed arrays as base64 (little-endian, as every WebGL platform reads them)."""
     vertices = np.asarray(mesh.vertices, dtype=np.float32)
     faces = np.asarray(mesh.faces, dtype=np.int64)
-    center = (vertices.min(0) + vertices.max(0)) / 2 if len(vertices) else np.zeros(3, np.float32)
-    radius = float(np.linalg.norm(vertices - center, axis=1).max()) if len(vertices) else 1.0
+    center, radius = bounding_sphere(vertices)
     index_type = "uint16" if len(vertices) <= 0xFFFF else "uint32"
     payload = {
         "positions": _b64(vertices.astype("<f4")),
@@ -64,16 +64,15 @@ def _mesh_payload(mesh: trimesh.Trimesh) -> dict:
         "indices": _b64(faces.astype("<u2" if index_type == "uint16" else "<u4")),
         "index_type": index_type,
         "center": [float(c) for c in center],
-        "radius": max(radius, 1e-6),
+        "radius": radius,
     }
-    visual = mesh.visual
-    image = getattr(getattr(visual, "material", None), "image", None)
-    if visual.kind == "texture" and visual.uv is not None and image is not None:
-        payload["uvs"] = _b64(np.asarray(visual.uv, dtype="<f4"))
-        payload["texture"] = _b64_jpeg(image)
+    color = surface_color(mesh)
+    if color.texture is not None:
+        payload["uvs"] = _b64(color.uv.astype("<f4"))
+        payload["texture"] = _b64_jpeg(color.texture)
         payload["texture_type"] = "image/jpeg"
-    elif visual.kind in ("vertex", "face"):
-        payload["colors"] = _b64(np.asarray(visual.vertex_colors[:, :3], dtype=np.uint8))
+    else:
+        payload["colors"] = _b64(np.round(color.vertex_colors * 255).astype(np.uint8))
     return payload
 
 
@@ -81,9 +80,9 @@ def _b64(array: np.ndarray) -> str:
     return base64.b64encode(np.ascontiguousarray(array).tobytes()).decode("ascii")
 
 
-def _b64_jpeg(image) -> str:
+def _b64_jpeg(image: Image.Image) -> str:
     buffer = io.BytesIO()
-    image.convert("RGB").save(buffer, format="JPEG", quality=TEXTURE_JPEG_QUALITY)
+    image.save(buffer, format="JPEG", quality=TEXTURE_JPEG_QUALITY)
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
