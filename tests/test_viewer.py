@@ -91,8 +91,11 @@ class DevToolsPipe:
     def close(self):
         try:
             self.call("Browser.close")
-        finally:
             self.process.wait(timeout=10)
+        finally:
+            if self.process.poll() is None:  # never leave a browser behind, even after a failure
+                self.process.kill()
+                self.process.wait()
             os.close(self._to_browser)
 
 
@@ -101,6 +104,13 @@ class ViewerPage:
 
     def __init__(self, page: Path, profile_dir: Path, extra_flags: tuple[str, ...] = ()):
         self.browser = DevToolsPipe(profile_dir, extra_flags)
+        try:
+            self._open(page)
+        except BaseException:
+            self.browser.close()
+            raise
+
+    def _open(self, page: Path):
         target = self.browser.call("Target.createTarget", url="about:blank")["targetId"]
         self.session = self.browser.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
         for domain in ("Runtime", "Log", "Page", "Network"):
