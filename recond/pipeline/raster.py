@@ -51,10 +51,13 @@ def rasterize(
 
 def interpolate(fragments: Fragments, faces: torch.Tensor, attributes: torch.Tensor) -> torch.Tensor:
     """Barycentric interpolation of per-vertex attributes [V, C] -> [H, W, C] (zero where empty)."""
-    face_id = fragments.face_id.clamp(min=0)
-    corner_values = attributes[faces.long()[face_id]]  # [H, W, 3, C]
-    values = (fragments.bary.unsqueeze(-1) * corner_values).sum(dim=-2)
-    return values * fragments.covered.unsqueeze(-1)
+    covered = fragments.covered
+    # Only covered pixels are gathered: large textures are mostly chart interiors, but a
+    # turntable frame is mostly background.
+    corner_values = attributes[faces.long()[fragments.face_id[covered]]]  # [N, 3, C]
+    values = attributes.new_zeros((*covered.shape, attributes.shape[-1]))
+    values[covered] = (fragments.bary[covered].unsqueeze(-1) * corner_values).sum(dim=-2)
+    return values
 
 
 def _fragments(triangles: torch.Tensor, height: int, width: int, margin: float):
