@@ -73,3 +73,20 @@ def test_dense_sphere_covers_its_disc_without_holes():
     # Every visible pixel shows a front-facing triangle (the z-buffer hid the back half).
     front = torch.tensor(sphere.face_normals[:, 2] > -0.05)
     assert front[fragments.face_id[fragments.covered]].all()
+
+
+def test_margin_grows_coverage_but_inside_pixels_keep_their_own_triangle():
+    # Two triangles 3 px apart: with a 1.5 px margin each claims the gap's nearer half.
+    vertices = torch.tensor(
+        [[4.0, 4.0, 0], [14.0, 4.0, 0], [4.0, 28.0, 0], [17.0, 4.0, 0], [28.0, 4.0, 0], [28.0, 28.0, 0]]
+    )
+    faces = torch.tensor([[0, 1, 2], [3, 4, 5]])
+    exact = rasterize(vertices, faces, 32, 32)
+    grown = rasterize(vertices, faces, 32, 32, margin=1.5)
+    assert grown.covered.sum() > exact.covered.sum()
+    assert torch.equal(grown.face_id[exact.covered], exact.face_id[exact.covered])
+    assert grown.face_id[5, 14] == 0 and grown.face_id[5, 16] == 1  # gap columns split by distance
+    # Outside pixels get barycentrics clamped onto their triangle: interpolated x stays inside it.
+    x = interpolate(grown, faces, vertices[:, :1])[..., 0]
+    assert x[5, 14] <= 14.0 + 1e-4 and x[5, 16] >= 17.0 - 1e-4
+    assert torch.all(grown.bary[grown.covered] >= 0)
