@@ -232,7 +232,7 @@ class Store:
         if "watcher_warnings" in values:
             values["watcher_warnings"] = json.dumps(values["watcher_warnings"])
         with self._lock, self.db.atomic():
-            self.db["daemon"].update(1, values)
+            self.db["daemon"].upsert({"id": 1, **values}, pk="id")
 
     def daemon_state(self) -> dict[str, Any] | None:
         rows = list(self.db["daemon"].rows_where("id = 1"))

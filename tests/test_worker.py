@@ -1,0 +1,215 @@
+"""The worker against a real job database and real folders.
+
+Most tests drive it with ``StandInPipeline``: a small real object with the Pipeline.run contract
+(partial folder, byte-identical source copy, rename when complete, progress per stage), because
+the real pipeline would make these state-machine tests take seconds each. The end-to-end tests
+in test_daemon_*.py run the real Pipeline.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from recond.config import Settings, load_settings
+from recond.store import DONE, FAILED, QUEUED, Store
+from recond.worker import Worker
+
+STAGES = ("load", "background", "reconstruct", "texture", "export", "render", "viewer", "record")
+
+
+@dataclass
+class Progress:
+    stage: str
+    stage_fraction: float
+    overall: float
+    elapsed_s: float
+    eta_s: float | None
+
+
+@dataclass
+class Result:
+    result_dir: Path
+    warnings: list[str] = field(default_factory=list)
+
+
+class StandInPipeline:
+    """Publishes a folder with source.<ext> the way Pipeline.run does; can fail or dawdle."""
+
+    model_id, device, background_method = "stand-in", "cpu", "none"
+
+    def __init__(self, error: Exception | None = None, stage_seconds: float = 0.0) -> None:
+        self.error, self.stage_seconds, self.runs = error, stage_seconds, []
+        self.started = threading.Event()
+
+    def run(self, source: Path, outbox: Path, result_name: str, progress: Any = None) -> Result:
+        self.runs.append(result_name)
+        partial = outbox / f".{result_name}.partial"
+        partial.mkdir(parents=True)
+        try:
+            shutil.copyfile(source, partial / f"source{source.suffix}")
+            for index, stage in enumerate(STAGES):
+                self.started.set()
+                if self.error:
+                    raise self.error
+                time.sleep(self.stage_seconds)
+                if progress:
+                    progress(Progress(stage, 0.0, index / len(STAGES), 0.0, 1.0))
+        except BaseException:
+            shutil.rmtree(partial)
+            raise
+        partial.rename(outbox / result_name)
+        return Result(outbox / result_name, ["stand-in warning"])
+
+
+def settings_for(tmp_path: Path) -> Settings:
+    settings = load_settings(inbox=tmp_path / "inbox", outbox=tmp_path / "outbox",
+                             state_dir=tmp_path / "state", model_retry_seconds=0.2)
+    for folder in (settings.inbox, settings.outbox):
+        folder.mkdir(parents=True)
+    return settings
+
+
+def queue_file(settings: Settings, store: Store, name: str, data: bytes = b"picture") -> int:
+    (settings.inbox / name).parent.mkdir(parents=True, exist_ok=True)
+    (settings.inbox / name).write_bytes(data)
+    job, _ = store.enqueue(name, name, len(data), f"20260101-000000_{Path(name).stem}")
+    return job.id
+
+
+def wait_for(condition: Any, timeout: float = 10.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := condition():
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"condition not met within {timeout} s")
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return settings_for(tmp_path)
+
+
+def run_worker(settings: Settings, store: Store, pipeline: Any) -> Worker:
+    worker = Worker(settings, store, pipeline_factory=lambda s: pipeline)
+    worker.start()
+    return worker
+
+
+def test_success_publishes_the_folder_and_removes_the_original(settings: Settings) -> None:
+    store = Store(settings.db_path)
+    job_id = queue_file(settings, store, "kitchen/mug.jpg", b"mug bytes")
+    worker = run_worker(settings, store, StandInPipeline())
+    try:
+        done = wait_for(lambda: (job := store.get(job_id)).state == DONE and job)
+    finally:
+        worker.stop()
+    result = Path(done.output)
+    assert (result / "source.jpg").read_bytes() == b"mug bytes"
+    assert not (settings.inbox / "kitchen/mug.jpg").exists()
+    assert done.warnings == ["stand-in warning"] and done.progress == 1.0
+
+
+def test_failure_moves_the_original_to_failed_with_a_note(settings: Settings) -> None:
+    from recond.pipeline.errors import InputError
+
+    store = Store(settings.db_path)
+    job_id = queue_file(settings, store, "broken.jpg", b"not a picture")
+    worker = run_worker(settings, store, StandInPipeline(InputError("broken.jpg is not a picture")))
+    try:
+        failed = wait_for(lambda: (job := store.get(job_id)).state == FAILED and job)
+    finally:
+        worker.stop()
+    kept = settings.inbox.resolve() / "failed" / "broken.jpg"
+    assert failed.error == "broken.jpg is not a picture" and failed.output == str(kept)
+    assert kept.read_bytes() == b"not a picture"
+    assert "broken.jpg is not a picture" in (kept.parent / "broken.jpg.error.txt").read_text()
+    assert not list(settings.outbox.iterdir())  # nothing half-written published
+
+
+def test_unexpected_error_is_recorded_with_its_type(settings: Settings) -> None:
+    store = Store(settings.db_path)
+    job_id = queue_file(settings, store, "a.jpg")
+    worker = run_worker(settings, store, StandInPipeline(MemoryError("out of memory in texture")))
+    try:
+        failed = wait_for(lambda: (job := store.get(job_id)).state == FAILED and job)
+    finally:
+        worker.stop()
+    assert failed.error == "MemoryError: out of memory in texture"
+
+
+def test_missing_model_keeps_jobs_queued_until_reload_brings_it(settings: Settings) -> None:
+    store = Store(settings.db_path)
+    store.daemon_started(1)
+    job_id = queue_file(settings, store, "a.jpg")
+    stand_in = StandInPipeline()
+    attempts = []
+
+    def factory(current: Settings) -> StandInPipeline:
+        from recond.triposr import TripoSR
+
+        attempts.append(current.model)
+        if current.model == "stand-in":
+            return stand_in
+        return TripoSR.from_pretrained(current.model)  # a missing folder: the real ModelLoadError
+
+    missing = settings.model_copy(update={"model": str(settings.state_dir / "no-such-model")})
+    worker = Worker(missing, store, pipeline_factory=factory)
+    worker.start()
+    try:
+        wait_for(lambda: len(attempts) >= 2)  # retried every model_retry_seconds
+        state = store.daemon_state()
+        assert state["model_status"] == "missing" and "RECOND_MODEL" in state["model_detail"]
+        assert store.get(job_id).state == QUEUED
+        worker.reload(settings.model_copy(update={"model": "stand-in"}))
+        wait_for(lambda: store.get(job_id).state == DONE)
+    finally:
+        worker.stop()
+    assert store.daemon_state()["model_status"] == "ready"
+
+
+def test_stopping_mid_job_requeues_it_without_counting_the_attempt(settings: Settings) -> None:
+    store = Store(settings.db_path)
+    job_id = queue_file(settings, store, "slow.jpg")
+    pipeline = StandInPipeline(stage_seconds=0.3)
+    worker = run_worker(settings, store, pipeline)
+    pipeline.started.wait(5)
+    worker.stop()
+    job = store.get(job_id)
+    assert job.state == QUEUED and job.attempts == 0
+    assert (settings.inbox / "slow.jpg").exists() and not list(settings.outbox.iterdir())
+
+
+def test_result_published_before_a_crash_is_not_made_twice(settings: Settings) -> None:
+    store = Store(settings.db_path)
+    job_id = queue_file(settings, store, "a.jpg")
+    job = store.claim_next()
+    (settings.outbox / job.result_name).mkdir()  # the crash came after the rename
+    (settings.outbox / f".{job.result_name}.partial").mkdir()
+    pipeline = StandInPipeline()
+    worker = Worker(settings, store, pipeline_factory=lambda s: pipeline)
+    worker.pipeline = pipeline
+    worker.process(job)
+    assert store.get(job_id).state == DONE and pipeline.runs == []
+    assert not (settings.inbox / "a.jpg").exists()
+
+
+def test_partial_folder_left_by_a_crash_is_cleared_before_the_rerun(settings: Settings) -> None:
+    store = Store(settings.db_path)
+    queue_file(settings, store, "a.jpg")
+    job = store.claim_next()
+    leftover = settings.outbox / f".{job.result_name}.partial"
+    leftover.mkdir()
+    (leftover / "mesh.obj").write_text("half")
+    worker = Worker(settings, store)
+    worker.pipeline = StandInPipeline()
+    worker.process(job)
+    assert store.get(job.id).state == DONE
+    assert [p.name for p in settings.outbox.iterdir()] == [job.result_name]
