@@ -189,18 +189,26 @@ window.addEventListener("unhandledrejection", fallBackUnlessShown);
 
   // ---- camera: orbit around a target, yaw 0 looks from +X like turntable frame 0 ----------
   const radius = mesh.radius;
-  const home = () => ({ target: mesh.center.slice(), yaw: 0, pitch: ELEVATION, distance: (1.08 * radius) / Math.sin(FOVY / 2) });
+  // zoom 1 fits the bounding sphere in the narrower of the two fields of view.
+  const home = () => ({ target: mesh.center.slice(), yaw: 0, pitch: ELEVATION, zoom: 1 });
   let camera = home();
   let autoRotate = true;
   let wireframe = false;
   let axes = null;
 
+  let distance = 1;
+
+  function fitDistance(aspect) {
+    const fov = Math.min(FOVY, 2 * Math.atan(Math.tan(FOVY / 2) * aspect));
+    return (1.08 * radius) / Math.sin(fov / 2);
+  }
+
   function eyePosition() {
     const c = Math.cos(camera.pitch);
     return [
-      camera.target[0] + camera.distance * c * Math.cos(camera.yaw),
-      camera.target[1] + camera.distance * Math.sin(camera.pitch),
-      camera.target[2] - camera.distance * c * Math.sin(camera.yaw),
+      camera.target[0] + distance * c * Math.cos(camera.yaw),
+      camera.target[1] + distance * Math.sin(camera.pitch),
+      camera.target[2] - distance * c * Math.sin(camera.yaw),
     ];
   }
 
@@ -214,20 +222,26 @@ window.addEventListener("unhandledrejection", fallBackUnlessShown);
     gl.clear(gl.COLOR_BUFFER_BIT | gl.DEPTH_BUFFER_BIT);
     gl.enable(gl.DEPTH_TEST);
 
+    distance = camera.zoom * fitDistance(width / height);
     const eye = eyePosition();
-    const near = Math.max(camera.distance - 2 * radius, camera.distance * 0.01);
-    const frameCamera = viewProjection(eye, camera.target, width / height, near, camera.distance + 2 * radius);
+    const near = Math.max(distance - 2 * radius, distance * 0.01);
+    const frameCamera = viewProjection(eye, camera.target, width / height, near, distance + 2 * radius);
     axes = frameCamera;
     const light = normalize([
       -frameCamera.forward[0] + 0.45 * frameCamera.up[0] - 0.3 * frameCamera.right[0],
       -frameCamera.forward[1] + 0.45 * frameCamera.up[1] - 0.3 * frameCamera.right[1],
       -frameCamera.forward[2] + 0.45 * frameCamera.up[2] - 0.3 * frameCamera.right[2],
     ]);
-    // On wide windows, centre the model in the space right of the panel (a lens shift).
+    // Centre the model in the space the panel leaves free (a lens shift): right of it on
+    // wide windows, above it when it is a strip along the bottom (phones).
     const panel = document.getElementById("panel").getBoundingClientRect();
-    if (canvas.clientWidth > 2.5 * panel.right) {
-      const shift = panel.right / canvas.clientWidth;
-      for (let c = 0; c < 4; c++) frameCamera.matrix[c * 4] += shift * frameCamera.matrix[c * 4 + 3];
+    let shiftX = 0;
+    let shiftY = 0;
+    if (canvas.clientWidth > 2.5 * panel.right) shiftX = panel.right / canvas.clientWidth;
+    else if (panel.top > canvas.clientHeight / 2) shiftY = 1 - panel.top / canvas.clientHeight;
+    for (let c = 0; c < 4; c++) {
+      frameCamera.matrix[c * 4] += shiftX * frameCamera.matrix[c * 4 + 3];
+      frameCamera.matrix[c * 4 + 1] += shiftY * frameCamera.matrix[c * 4 + 3];
     }
     gl.uniformMatrix4fv(u.viewProjection, false, frameCamera.matrix);
     gl.uniform3fv(u.eye, eye);
@@ -264,7 +278,7 @@ window.addEventListener("unhandledrejection", fallBackUnlessShown);
     drag.y = event.clientY;
     if (drag.pan && axes) {
       // One pixel moves the target by one pixel's worth of the view at the target's depth.
-      const perPixel = (2 * camera.distance * Math.tan(FOVY / 2)) / canvas.clientHeight;
+      const perPixel = (2 * distance * Math.tan(FOVY / 2)) / canvas.clientHeight;
       for (let i = 0; i < 3; i++) camera.target[i] += (-dx * axes.right[i] + dy * axes.up[i]) * perPixel;
     } else {
       camera.yaw -= dx * 0.008;
@@ -277,7 +291,7 @@ window.addEventListener("unhandledrejection", fallBackUnlessShown);
   canvas.addEventListener("pointercancel", endDrag);
   canvas.addEventListener("wheel", (event) => {
     event.preventDefault();
-    camera.distance = Math.min(20 * radius, Math.max(0.2 * radius, camera.distance * Math.exp(event.deltaY * 0.0015)));
+    camera.zoom = Math.min(8, Math.max(0.1, camera.zoom * Math.exp(event.deltaY * 0.0015)));
     requestDraw();
   }, { passive: false });
 
