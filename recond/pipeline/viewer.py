@@ -21,7 +21,7 @@ from PIL import Image
 
 from recond.pipeline.appearance import bounding_sphere, surface_color, vertex_normals
 
-TEXTURE_JPEG_QUALITY = 92  # the page only displays the texture; the PNG stays in the downloads
+TEXTURE_JPEG_QUALITY = 95  # the page only displays the texture; the PNG stays in the downloads
 PLACEHOLDER = re.compile(r"\{\{([A-Z_]+)\}\}")
 
 
@@ -82,7 +82,9 @@ def _b64(array: np.ndarray) -> str:
 
 def _b64_jpeg(image: Image.Image) -> str:
     buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=TEXTURE_JPEG_QUALITY)
+    # No chroma subsampling: 4:2:0 would average colours across neighbouring atlas charts and
+    # blotch the seams.
+    image.save(buffer, format="JPEG", quality=TEXTURE_JPEG_QUALITY, subsampling=0)
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
