@@ -81,7 +81,7 @@ class Daemon:
         return exit_code
 
     def _loop(self, store: Store, intake: Intake, worker: Worker, once: bool) -> int:
-        last_beat = 0.0
+        last_beat, reported_warnings = 0.0, list(intake.warnings)
         while not self._stop.wait(0.5 if once else 1.0):
             if self._reload.is_set():
                 self._reload.clear()
@@ -90,8 +90,9 @@ class Daemon:
             if not worker.is_alive():
                 log.error("worker thread died; exiting so systemd restarts recond")
                 return 1
-            if time.monotonic() - last_beat >= HEARTBEAT_SECONDS:
-                last_beat = time.monotonic()
+            if (time.monotonic() - last_beat >= HEARTBEAT_SECONDS
+                    or intake.warnings != reported_warnings):  # a new warning shows at once
+                last_beat, reported_warnings = time.monotonic(), list(intake.warnings)
                 self._heartbeat(store, intake)
             if once:
                 finished = self._once_finished(store, intake, worker)
