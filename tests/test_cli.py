@@ -1,0 +1,157 @@
+"""`reconctl` through click's CliRunner against a real job database in tmp_path."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from recond.cli import cli
+from recond.config import Settings, load_settings
+from recond.store import Store
+from recond.worker import move_to_failed
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    path = tmp_path / "recond.toml"
+    path.write_text(f'inbox = "{tmp_path / "inbox"}"\noutbox = "{tmp_path / "outbox"}"\n'
+                    f'state_dir = "{tmp_path / "state"}"\nmodel = "{tmp_path / "no-weights"}"\n'
+                    'device = "cpu"\n')
+    (tmp_path / "inbox").mkdir()
+    return path
+
+
+def settings_of(config: Path) -> Settings:
+    return load_settings(config)
+
+
+def reconctl(config: Path, *arguments: str) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, ["--config", str(config), *arguments])
+    return result.exit_code, result.output
+
+
+def test_status_before_the_daemon_ever_ran_says_down_with_zero_counts(config: Path) -> None:
+    code, output = reconctl(config, "status", "--json")
+    report = json.loads(output)
+    assert code == 0 and report["daemon"]["running"] is False
+    assert report["counts"] == {"queued": 0, "running": 0, "done": 0, "failed": 0, "duplicate": 0}
+    assert report["current"] is None and report["recent"] == []
+
+
+def test_status_shows_the_live_daemon_running_job_and_recent_results(config: Path, tmp_path: Path) -> None:
+    store = Store(settings_of(config).db_path)
+    store.daemon_started(os.getpid())  # this test process stands for a live daemon
+    store.daemon_update(model_status="ready", device="cpu", watcher_warnings=["inbox missing"])
+    done, _ = store.enqueue("a.jpg", "aa", 1, "t_a")
+    store.claim_next()
+    store.finish(done.id, tmp_path / "outbox" / "t_a", [])
+    running, _ = store.enqueue("kitchen/b.jpg", "bb", 1, "t_b")
+    store.claim_next()
+    store.report_progress(running.id, "texture", 0.42, 75.0)
+
+    report = json.loads(reconctl(config, "status", "--json")[1])
+    assert report["daemon"]["running"] is True and report["daemon"]["pid"] == os.getpid()
+    assert report["counts"]["done"] == 1 and report["counts"]["running"] == 1
+    assert report["current"] == {"id": running.id, "source": "kitchen/b.jpg", "stage": "texture",
+                                 "progress": 0.42, "eta_s": 75.0,
+                                 "started_at": report["current"]["started_at"]}
+    assert report["recent"][0]["output"] == str(tmp_path / "outbox" / "t_a")
+    code, text = reconctl(config, "status")
+    assert code == 0 and f"up (pid {os.getpid()}" in text
+    assert "kitchen/b.jpg: texture 42%, ETA 1m 15s" in text and "warning:" in text
+
+
+def test_status_says_down_when_the_recorded_daemon_process_is_gone(config: Path) -> None:
+    store = Store(settings_of(config).db_path)
+    store.daemon_started(2**22 + 12345)  # above the default pid_max: no such process
+    code, output = reconctl(config, "status")
+    assert code == 0 and output.startswith("recond: down")
+
+
+def test_status_flags_a_daemon_whose_heartbeat_stopped(config: Path) -> None:
+    store = Store(settings_of(config).db_path)
+    store.daemon_started(os.getpid())
+    store.daemon_update(heartbeat_at=time.time() - 600)
+    assert "NOT RESPONDING" in reconctl(config, "status")[1]
+
+
+def test_jobs_and_show_list_what_the_store_holds(config: Path) -> None:
+    store = Store(settings_of(config).db_path)
+    job, _ = store.enqueue("a.jpg", "aa", 7, "t_a")
+    store.claim_next()
+    store.fail(job.id, "a.jpg is not a picture")
+    code, listing = reconctl(config, "jobs")
+    assert code == 0 and f"#{job.id}" in listing and "a.jpg is not a picture" in listing
+    shown = json.loads(reconctl(config, "show", str(job.id), "--json")[1])
+    assert shown["state"] == "failed" and shown["size"] == 7 and shown["attempts"] == 1
+    code, output = reconctl(config, "show", "999")
+    assert code == 1 and "no job 999" in output
+
+
+def test_retry_moves_a_failed_file_back_into_the_inbox(config: Path) -> None:
+    settings = settings_of(config)
+    store = Store(settings.db_path)
+    (settings.inbox / "sub").mkdir()
+    (settings.inbox / "sub" / "a.jpg").write_bytes(b"bytes")
+    job, _ = store.enqueue("sub/a.jpg", "aa", 5, "t_a")
+    kept = move_to_failed(settings.inbox, job, "boom")
+    store.fail(job.id, "boom", kept_at=kept)
+    assert (settings.inbox / "failed" / "a.jpg.error.txt").is_file()
+    code, output = reconctl(config, "retry", str(job.id))
+    assert code == 0 and (settings.inbox / "sub" / "a.jpg").read_bytes() == b"bytes"
+    assert not list((settings.inbox / "failed").iterdir())
+    code, output = reconctl(config, "retry", str(job.id))  # the file is gone from failed/ now
+    assert code == 1 and "no longer in" in output
+
+
+def test_retry_refuses_a_job_that_did_not_fail(config: Path) -> None:
+    store = Store(settings_of(config).db_path)
+    job, _ = store.enqueue("a.jpg", "aa", 1, "t_a")
+    code, output = reconctl(config, "retry", str(job.id))
+    assert code == 1 and "only failed jobs" in output
+
+
+def test_doctor_reports_missing_weights_with_the_fix_and_fails(config: Path) -> None:
+    code, output = reconctl(config, "doctor", "--json")
+    checks = {check["name"]: check for check in json.loads(output)}
+    assert code == 1
+    assert checks["weights"]["level"] == "fail" and "RECOND_MODEL" in checks["weights"]["message"]
+    assert checks["ffmpeg"]["level"] == "ok" and "ffmpeg version" in checks["ffmpeg"]["message"]
+    assert checks["inbox"]["level"] == "ok" and checks["outbox"]["level"] == "warn"
+    assert checks["daemon"]["level"] == "warn"
+
+
+def test_doctor_loads_real_weights(config: Path, tiny_model_dir: Path) -> None:
+    result = CliRunner().invoke(cli, ["--config", str(config), "doctor"],
+                                env={"RECOND_MODEL": str(tiny_model_dir)})
+    line = next(line for line in result.output.splitlines() if " weights " in line)
+    assert line.startswith("OK") and "loads" in line
+
+
+def test_bad_setting_is_one_line_naming_it(config: Path) -> None:
+    config.write_text(config.read_text() + "settle_seconds = -1\n")
+    code, output = reconctl(config, "status")
+    assert code == 1 and "settle_seconds" in output and len(output.strip().splitlines()) == 1
+
+
+def test_process_prints_a_folder_per_picture_and_fails_on_a_bad_one(
+        config: Path, tmp_path: Path, tiny_model_dir: Path, shared_dir: Path) -> None:
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"this is not a picture")
+    out = tmp_path / "results"
+    env = {"RECOND_MC_RESOLUTION": "32", "RECOND_TEXTURE_RESOLUTION": "128",
+           "RECOND_RENDER_VIEWS": "4", "RECOND_RENDER_SIZE": "64",
+           "RECOND_REMBG_HOME": str(tmp_path / "no-rembg-models")}
+    result = CliRunner().invoke(cli, ["--config", str(config), "process",
+                                      str(shared_dir / "examples" / "chair.png"), str(broken),
+                                      "--out", str(out), "--model", str(tiny_model_dir)], env=env)
+    assert result.exit_code == 1, result.output
+    folders = [path for path in out.iterdir()]
+    assert len(folders) == 1 and (folders[0] / "index.html").is_file()
+    assert f"chair.png: {folders[0]}" in result.output
+    assert "broken.png: failed:" in result.output
