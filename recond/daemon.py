@@ -48,8 +48,8 @@ class Daemon:
         settings = self.settings
         for folder in (settings.inbox, settings.outbox, settings.state_dir):
             folder.mkdir(parents=True, exist_ok=True)
-        configure_logging(settings)
         lock = _lock_state_dir(settings.state_dir)
+        configure_logging(settings)
         store = Store(settings.db_path)
         store.daemon_started(os.getpid())
         worker = Worker(settings, store)

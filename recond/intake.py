@@ -199,8 +199,11 @@ class Intake:
         if job.state == DUPLICATE:
             # Byte-identical to a photo that has (or will have) a result: its bytes already live
             # there as source.<ext>, so removing this copy loses nothing.
-            path.unlink(missing_ok=True)
-            log.info("duplicate removed", job=job.id, file=source, duplicate_of=job.duplicate_of,
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as error:
+                log.warning("duplicate not removed from the inbox", file=source, error=str(error))
+            log.info("duplicate recorded", job=job.id, file=source, duplicate_of=job.duplicate_of,
                      output=job.output)
             return
         log.info("job queued", job=job.id, file=source, bytes=size, result_name=job.result_name)

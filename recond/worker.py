@@ -151,13 +151,18 @@ class Worker:
         source, result_dir = inbox / job.source, outbox / job.result_name
         if result_dir.is_dir():
             # Published before a crash stopped us from recording it: finish, never redo.
-            source.unlink(missing_ok=True)
-            self.store.finish(job.id, result_dir, job.warnings)
+            self.store.finish(job.id, result_dir, job.warnings + _remove_original(source))
             log.info("job done (already published)", job=job.id, file=job.source,
                      output=str(result_dir))
             return
         partial_dir = outbox / f".{job.result_name}.partial"
         shutil.rmtree(partial_dir, ignore_errors=True)  # left by a crash mid-job
+        if not inbox.is_dir():
+            # A network share that went away: wait for it rather than fail every queued job.
+            self.store.requeue(job.id)
+            log.warning("inbox missing; job waits", job=job.id, inbox=str(inbox))
+            self._stopping.wait(5.0)
+            return
         if not source.is_file():
             self.store.fail(job.id, "the file was removed from the inbox before it was processed")
             log.warning("job failed", job=job.id, file=job.source, error="file removed")
@@ -178,8 +183,7 @@ class Worker:
                       seconds=round(time.monotonic() - started, 2), exc_info=not user_caused)
             self.fail_job(job, reason)
             return
-        source.unlink(missing_ok=True)
-        self.store.finish(job.id, result.result_dir, list(result.warnings))
+        self.store.finish(job.id, result.result_dir, [*result.warnings, *_remove_original(source)])
         log.info("job done", job=job.id, file=job.source, output=str(result.result_dir),
                  seconds=round(time.monotonic() - started, 2), warnings=len(result.warnings))
 
@@ -228,6 +232,16 @@ def move_to_failed(inbox: Path, job: Job, reason: str) -> Path | None:
         f"To try again, move {target.name} back into the inbox (or run `reconctl retry {job.id}`).\n",
         encoding="utf-8")
     return target
+
+
+def _remove_original(source: Path) -> list[str]:
+    """Remove the inbox original (its bytes are source.<ext> in the result); a warning if we cannot."""
+    try:
+        source.unlink(missing_ok=True)
+    except OSError as error:
+        log.warning("original not removed from the inbox", file=str(source), error=str(error))
+        return [f"the original could not be removed from the inbox: {error}"]
+    return []
 
 
 def _rounded(seconds: float | None) -> float | None:

@@ -213,3 +213,15 @@ def test_partial_folder_left_by_a_crash_is_cleared_before_the_rerun(settings: Se
     worker.process(job)
     assert store.get(job.id).state == DONE
     assert [p.name for p in settings.outbox.iterdir()] == [job.result_name]
+
+
+def test_job_waits_instead_of_failing_while_the_inbox_share_is_gone(settings: Settings) -> None:
+    store = Store(settings.db_path)
+    job_id = queue_file(settings, store, "a.jpg")
+    shutil.rmtree(settings.inbox)
+    worker = Worker(settings, store)
+    worker.pipeline = StandInPipeline()
+    worker._stopping.set()  # skip the pause before the next claim
+    worker.process(store.claim_next())
+    job = store.get(job_id)
+    assert job.state == QUEUED and job.attempts == 0 and worker.pipeline.runs == []
