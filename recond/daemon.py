@@ -41,6 +41,7 @@ class Daemon:
         self.settings = settings
         self.config_path = config_path
         self.systemd = sdnotify.SystemdNotifier()
+        self.intake: Intake | None = None
         self._stop = threading.Event()
         self._reload = threading.Event()
 
@@ -60,19 +61,19 @@ class Daemon:
         for job in exhausted:
             log.error("job failed", job=job.id, file=job.source, error=job.error)
             worker.fail_job(job, job.error)
-        intake = Intake(settings, store, on_enqueued=lambda job: worker.wake())
+        self.intake = Intake(settings, store, on_enqueued=lambda job: worker.wake())
         self._install_signal_handlers()
         worker.start()
-        intake.start()
+        self.intake.start()
         self.systemd.notify("READY=1")
         log.info("recond started", pid=os.getpid(), inbox=str(settings.inbox.resolve()),
                  outbox=str(settings.outbox.resolve()), polling=settings.polling, once=once)
         try:
-            exit_code = self._loop(store, intake, worker, once)
+            exit_code = self._loop(store, worker, once)
         finally:
             self.systemd.notify("STOPPING=1")
             log.info("stopping: no new jobs; a running job is requeued at its next stage")
-            intake.stop()
+            self.intake.stop()
             worker.stop()
             store.daemon_update(stopped_at=time.time(), heartbeat_at=time.time())
             store.close()
@@ -80,12 +81,13 @@ class Daemon:
             log.info("recond stopped")
         return exit_code
 
-    def _loop(self, store: Store, intake: Intake, worker: Worker, once: bool) -> int:
-        last_beat, reported_warnings = 0.0, list(intake.warnings)
+    def _loop(self, store: Store, worker: Worker, once: bool) -> int:
+        last_beat, reported_warnings = 0.0, []
         while not self._stop.wait(0.5 if once else 1.0):
             if self._reload.is_set():
                 self._reload.clear()
-                intake = self._reload_settings(store, intake, worker)
+                self._reload_settings(store, worker)
+            intake = self.intake
             intake.supervise()
             if not worker.is_alive():
                 log.error("worker thread died; exiting so systemd restarts recond")
@@ -119,12 +121,12 @@ class Daemon:
         counts = store.counts()
         return 0 if counts["queued"] == counts["running"] == 0 else None
 
-    def _reload_settings(self, store: Store, intake: Intake, worker: Worker) -> Intake:
+    def _reload_settings(self, store: Store, worker: Worker) -> None:
         try:
             new = load_settings(self.config_path)
         except SettingsError as error:
             log.error("SIGHUP: settings not reloaded, keeping the old ones", error=str(error))
-            return intake
+            return
         if new.state_dir.resolve() != self.settings.state_dir.resolve():
             log.warning("state_dir changes only take effect after a restart")
             new = new.model_copy(update={"state_dir": self.settings.state_dir})
@@ -134,10 +136,9 @@ class Daemon:
         worker.reload(new)
         if any(getattr(old, name) != getattr(new, name) for name in INTAKE_FIELDS):
             new.inbox.mkdir(parents=True, exist_ok=True)
-            intake.stop()
-            intake = Intake(new, store, on_enqueued=lambda job: worker.wake())
-            intake.start()
-        return intake
+            self.intake.stop()
+            self.intake = Intake(new, store, on_enqueued=lambda job: worker.wake())
+            self.intake.start()
 
     def _install_signal_handlers(self) -> None:
         signal.signal(signal.SIGTERM, lambda signum, frame: self._stop.set())

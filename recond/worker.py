@@ -30,8 +30,12 @@ MODEL_HELP = (
 PROGRESS_WRITE_SECONDS = 0.5  # how often a running job's progress reaches the database
 
 
-class JobCancelled(Exception):
-    """Raised from the progress callback so a stopping daemon leaves the pipeline between stages."""
+class JobCancelled(BaseException):
+    """Raised from the progress callback so a stopping daemon leaves the pipeline between stages.
+
+    A BaseException, like asyncio.CancelledError, so that a stage's ``except Exception`` cannot
+    turn a shutdown into a failed job.
+    """
 
 
 def build_pipeline(settings: Settings) -> Any:
