@@ -131,6 +131,20 @@ def test_pictures_dropped_like_a_share_become_complete_result_folders(installati
         assert not path.exists()  # the original moved into its result folder
     assert {job["output"] for job in status["recent"]} == {str(f) for f in folders}
     assert installation.stop() == 0
+    events = [json.loads(line) for line in (installation.state / "recond.log").read_text().splitlines()]
+    done = [event for event in events if event["event"] == "job done"]
+    assert {event["file"] for event in done} == {"chair.png", "shelf/robot.png"}
+    assert all(event["seconds"] > 0 and event["job"] for event in done)
+    assert any(event["event"] == "job stage" and "eta_s" in event for event in events)
+
+
+def test_refuses_to_start_when_the_outbox_lies_inside_the_inbox(tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    env = {**os.environ, "RECOND_INBOX": str(inbox), "RECOND_OUTBOX": str(inbox / "results")}
+    result = subprocess.run([sys.executable, "-m", "recond.daemon"], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "outbox" in result.stderr and "inside the inbox" in result.stderr
 
 
 def test_kill_9_mid_job_then_restart_completes_the_job_exactly_once(installation: Installation) -> None:
