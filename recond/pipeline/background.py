@@ -1,0 +1,154 @@
+"""Background stage: isolate the object, because TripoSR expects it on a plain grey field.
+
+The method is chosen once, when the pipeline is built, so a job never waits on (or tries) a
+model download: a picture with a real alpha channel keeps it; otherwise rembg runs with a warm
+session when its model file is on disk, and if it is not, OpenCV GrabCut seeded from the image
+border stands in and the result carries a warning.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from recond.config import Settings
+
+# GrabCut runs on a copy no larger than this (it is iterative and slow on full-size photos).
+GRABCUT_MAX_SIDE = 512
+GRABCUT_BORDER = 0.04  # share of each side taken as sure background
+GRABCUT_ITERATIONS = 5
+GRABCUT_WARNING = (
+    "rembg model not available offline; background removed with GrabCut, which is less "
+    "precise (copy the rembg model file into the rembg home, see README)"
+)
+
+
+class BackgroundUnavailable(RuntimeError):
+    """The configured background method cannot run on this machine."""
+
+
+@dataclass(frozen=True)
+class RembgStatus:
+    available: bool
+    path: Path
+    message: str
+
+    def __iter__(self):  # `ok, message = status` reads naturally at call sites
+        return iter((self.available, self.message))
+
+
+def rembg_model_status(settings: Settings) -> RembgStatus:
+    """Is the rembg model file on disk? Looked up where rembg itself looks, without a download."""
+    point_rembg_at(settings)
+    session_class = _rembg_session_class(settings.rembg_model)
+    file_name = f"{settings.rembg_model}.onnx"
+    found = session_class.resolve_existing(file_name)
+    if found:
+        return RembgStatus(True, Path(found), f"rembg model {settings.rembg_model} found at {found}")
+    expected = Path(session_class.model_dir()) / file_name
+    return RembgStatus(
+        False,
+        expected,
+        f"rembg model {settings.rembg_model} not found (looked in {expected} and "
+        f"{Path(session_class.legacy_home()) / file_name}); GrabCut will be used instead",
+    )
+
+
+def _rembg_session_class(model_name: str):
+    from rembg.sessions import sessions_class
+
+    for session_class in sessions_class:
+        if session_class.name() == model_name:
+            return session_class
+    known = ", ".join(sorted(c.name() for c in sessions_class))
+    raise BackgroundUnavailable(f"unknown rembg model '{model_name}' (setting rembg_model; known: {known})")
+
+
+def point_rembg_at(settings: Settings) -> None:
+    """Hand the rembg_home setting to rembg, which reads U2NET_HOME itself.
+
+    The one place recond writes the environment: rembg offers no other way to name its folder.
+    """
+    if settings.rembg_home is not None:
+        os.environ["U2NET_HOME"] = str(settings.rembg_home.expanduser().resolve())
+
+
+def has_real_alpha(image: Image.Image) -> bool:
+    """True when the alpha channel masks something: some of it clear, some of it solid."""
+    if image.mode != "RGBA":
+        return False
+    alpha = np.asarray(image)[..., 3]
+    clear = np.mean(alpha < 16)
+    solid = np.mean(alpha > 127)
+    return clear >= 0.01 and solid >= 0.001
+
+
+class BackgroundRemover:
+    """Holds the warm rembg session (if any) and applies the configured background method."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.mode = settings.background
+        self.session = None
+        self.method = {"alpha": "alpha", "none": "none"}.get(self.mode, "rembg")
+        if self.method == "rembg":
+            status = rembg_model_status(settings)
+            if status.available:
+                from rembg import new_session
+
+                self.session = new_session(settings.rembg_model)
+            elif self.mode == "rembg":
+                raise BackgroundUnavailable(f"background = rembg, but {status.message.split(';')[0]}")
+            else:
+                self.method = "grabcut"
+
+    def remove(self, image: Image.Image) -> tuple[Image.Image, str, list[str]]:
+        """An RGBA picture -> (RGBA with the object opaque, method used, warnings)."""
+        if self.mode == "none":
+            return _opaque(image), "none", []
+        if self.mode == "alpha" or (self.mode == "auto" and has_real_alpha(image)):
+            if has_real_alpha(image):
+                return image, "alpha", []
+            return _opaque(image), "alpha", ["the picture has no transparency; the whole frame was used"]
+        if self.session is not None:
+            from rembg import remove
+
+            return remove(image.convert("RGB"), session=self.session).convert("RGBA"), "rembg", []
+        return grabcut_foreground(image), "grabcut", [GRABCUT_WARNING]
+
+
+def _opaque(image: Image.Image) -> Image.Image:
+    rgba = np.asarray(image.convert("RGBA")).copy()
+    rgba[..., 3] = 255
+    return Image.fromarray(rgba)
+
+
+def grabcut_foreground(image: Image.Image) -> Image.Image:
+    """Cut the object out with GrabCut, seeding the image border as background."""
+    import cv2
+
+    rgb = np.asarray(image.convert("RGB"))
+    height, width = rgb.shape[:2]
+    scale = min(1.0, GRABCUT_MAX_SIDE / max(height, width))
+    small = cv2.resize(rgb, (max(1, round(width * scale)), max(1, round(height * scale))),
+                       interpolation=cv2.INTER_AREA)
+    mask = np.zeros(small.shape[:2], np.uint8)
+    border_y = max(1, round(small.shape[0] * GRABCUT_BORDER))
+    border_x = max(1, round(small.shape[1] * GRABCUT_BORDER))
+    rect = (border_x, border_y, small.shape[1] - 2 * border_x, small.shape[0] - 2 * border_y)
+    background_model = np.zeros((1, 65), np.float64)
+    foreground_model = np.zeros((1, 65), np.float64)
+    try:
+        cv2.grabCut(cv2.cvtColor(small, cv2.COLOR_RGB2BGR), mask, rect, background_model,
+                    foreground_model, GRABCUT_ITERATIONS, cv2.GC_INIT_WITH_RECT)
+        foreground = np.isin(mask, (cv2.GC_FGD, cv2.GC_PR_FGD)).astype(np.float32)
+    except cv2.error:  # too small or uniform to model: keep the whole frame
+        foreground = np.ones(small.shape[:2], np.float32)
+    # Soft edge at full size, as a matte would have.
+    alpha = cv2.resize(cv2.GaussianBlur(foreground, (0, 0), 1.0), (width, height),
+                       interpolation=cv2.INTER_LINEAR)
+    rgba = np.dstack([rgb, np.clip(alpha * 255 + 0.5, 0, 255).astype(np.uint8)])
+    return Image.fromarray(rgba)

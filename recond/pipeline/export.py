@@ -1,0 +1,83 @@
+"""Export stage: the mesh as OBJ (+MTL +PNG), STL and GLB, all standing upright (+Y up).
+
+TripoSR works z-up; Blender, three.js and glTF expect +Y up, and upstream run.py's files come
+out lying on their side (TripoSR issue #18). We rotate once, here, and every output (files,
+turntable, viewer) uses that one oriented mesh. The OBJ carries `vt`, `mtllib` and `usemtl`
+and its MTL names the texture, which upstream's baked OBJ lacks (TripoSR issues #101, #142).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import trimesh
+from trimesh.exchange.obj import export_obj
+from trimesh.visual.material import PBRMaterial, SimpleMaterial
+
+OBJ_NAME = "mesh.obj"
+MTL_NAME = "mesh.mtl"
+TEXTURE_STEM = "mesh_texture"  # trimesh names the texture file after the material
+STL_NAME = "mesh.stl"
+GLB_NAME = "mesh.glb"
+
+# (x, y, z) -> (x, z, -y): a -90 degree turn about X takes TripoSR's +Z up to +Y up.
+Z_UP_TO_Y_UP = np.array(
+    [[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, -1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]]
+)
+
+
+def orient_y_up(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
+    """A copy of a z-up mesh turned +Y up (normals and texture kept)."""
+    oriented = mesh.copy(include_cache=True)
+    oriented.apply_transform(Z_UP_TO_Y_UP)
+    return oriented
+
+
+def texture_image(mesh: trimesh.Trimesh):
+    """The baked texture of a textured mesh, or None for a vertex-coloured one."""
+    if mesh.visual.kind != "texture":
+        return None
+    material = mesh.visual.material
+    return getattr(material, "image", None) or getattr(material, "baseColorTexture", None)
+
+
+def export_meshes(mesh: trimesh.Trimesh, result_dir: Path) -> list[str]:
+    """Write mesh.obj (+ mesh.mtl + mesh_texture.png when textured), mesh.stl, mesh.glb."""
+    result_dir = Path(result_dir)
+    written = _write_obj(mesh, result_dir)
+    (result_dir / STL_NAME).write_bytes(mesh.export(file_type="stl"))
+    (result_dir / GLB_NAME).write_bytes(_glb_ready(mesh).export(file_type="glb"))
+    return [*written, STL_NAME, GLB_NAME]
+
+
+def _write_obj(mesh: trimesh.Trimesh, result_dir: Path) -> list[str]:
+    image = texture_image(mesh)
+    if image is None:
+        text = export_obj(mesh, include_normals=True, include_color=True, include_texture=False)
+        (result_dir / OBJ_NAME).write_text(text, encoding="utf-8")
+        return [OBJ_NAME]
+    # White diffuse: many viewers multiply map_Kd by Kd, and trimesh's default Kd is 0.4 grey.
+    material = SimpleMaterial(image=image, diffuse=(255, 255, 255, 255), ambient=(255, 255, 255, 255),
+                              specular=(0, 0, 0, 255), name=TEXTURE_STEM)
+    textured = trimesh.Trimesh(vertices=mesh.vertices, faces=mesh.faces, process=False,
+                               vertex_normals=mesh.vertex_normals,
+                               visual=trimesh.visual.TextureVisuals(uv=mesh.visual.uv, material=material))
+    text, extra_files = export_obj(textured, include_normals=True, include_texture=True,
+                                   return_texture=True, mtl_name=MTL_NAME)
+    (result_dir / OBJ_NAME).write_text(text, encoding="utf-8")
+    for name, data in extra_files.items():
+        (result_dir / name).write_bytes(data)
+    return [OBJ_NAME, *sorted(extra_files)]
+
+
+def _glb_ready(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
+    """A textured mesh with a plain PBR material (not metallic, fully rough), as a scan looks."""
+    image = texture_image(mesh)
+    if image is None:
+        return mesh
+    material = PBRMaterial(baseColorTexture=image, metallicFactor=0.0, roughnessFactor=1.0,
+                           name=TEXTURE_STEM)
+    return trimesh.Trimesh(vertices=mesh.vertices, faces=mesh.faces, process=False,
+                           vertex_normals=mesh.vertex_normals,
+                           visual=trimesh.visual.TextureVisuals(uv=mesh.visual.uv, material=material))

@@ -1,0 +1,82 @@
+"""Load stage: read a dropped file and turn it into one upright RGBA picture, or refuse it.
+
+Anything Pillow reads is accepted (any mode, EXIF orientation, first frame of an animation);
+everything else gets an :class:`InputError` that says in one sentence what is wrong, so the job
+record explains itself without a traceback.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from recond.pipeline.errors import InputError
+
+
+def read_source(path: Path, max_bytes: int) -> bytes:
+    """The file's bytes, read once (they are hashed, copied and decoded from this one read)."""
+    try:
+        size = path.stat().st_size
+    except OSError as error:
+        raise InputError(f"cannot read {path.name}: {error.strerror}") from None
+    if size == 0:
+        raise InputError(f"{path.name} is empty (0 bytes)")
+    if size > max_bytes:
+        raise InputError(
+            f"{path.name} is {size / 1e6:.1f} MB, over the {max_bytes / 1e6:.1f} MB limit "
+            "(setting max_file_bytes)"
+        )
+    return path.read_bytes()
+
+
+def decode_image(data: bytes, name: str, max_pixels: int) -> Image.Image:
+    """Decode bytes into an RGBA picture, upright, refusing absurd sizes before decoding."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if width * height > max_pixels:
+                raise InputError(
+                    f"{name} is {width}x{height} pixels, over the {max_pixels:,}-pixel limit "
+                    "(setting max_image_pixels)"
+                )
+            image.seek(0)  # an animation: its first frame
+            image.load()
+    except InputError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise InputError(f"{name} declares an enormous size (a decompression bomb); refused") from None
+    except UnidentifiedImageError:
+        raise InputError(f"{name} is not an image format recond can read") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        raise InputError(f"{name} is truncated or corrupt ({error})") from None
+    if width == 0 or height == 0:
+        raise InputError(f"{name} has no pixels")
+    return to_rgba(ImageOps.exif_transpose(image))
+
+
+def load_image(path: Path, max_pixels: int, max_bytes: int) -> Image.Image:
+    """read_source + decode_image for callers that only need the picture."""
+    return decode_image(read_source(path, max_bytes), path.name, max_pixels)
+
+
+def to_rgba(image: Image.Image) -> Image.Image:
+    """Any Pillow mode -> RGBA, keeping transparency and scaling deep greys to 8 bits."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # Pillow's own conversion clips these to 255; scale the real range down instead.
+        values = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if image.mode.startswith("I;16") else max(values.max(), 1.0)
+        grey = np.clip(values / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(grey).convert("RGBA")
+    if image.mode == "RGBA":
+        return image.copy()
+    if image.mode == "P" and "transparency" in image.info:
+        return image.convert("RGBA")
+    if image.mode in ("LA", "La", "RGBa", "PA"):
+        return image.convert("RGBA")
+    return image.convert("RGB").convert("RGBA")

@@ -1,0 +1,23 @@
+"""job.json: what went into a result and how it was made, for people and for scripts."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+RECORD_NAME = "job.json"
+
+
+def sha256_of(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_record(result_dir: Path, record: dict[str, Any]) -> Path:
+    """Write job.json, listing every file of the folder (job.json included)."""
+    path = result_dir / RECORD_NAME
+    files = sorted({p.name for p in result_dir.iterdir() if p.is_file()} | {RECORD_NAME})
+    path.write_text(json.dumps({**record, "files": files}, indent=2, default=str) + "\n",
+                    encoding="utf-8")
+    return path
