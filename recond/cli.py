@@ -275,16 +275,13 @@ def _weights_check(settings: Settings) -> Check:
 
 
 def _rembg_check(settings: Settings) -> Check:
+    from recond.pipeline.background import rembg_model_status
+
     try:
-        from recond.pipeline.background import rembg_model_status
-    except ImportError:
-        return Check("rembg", "warn", "this build has no rembg status check")
-    try:
-        status = rembg_model_status(settings)
-    except Exception as error:  # report, do not crash the other checks
+        available, message = rembg_model_status(settings)
+    except Exception as error:  # e.g. an unknown rembg_model: report it, run the other checks
         return Check("rembg", "fail", str(error))
-    ok, message = status if isinstance(status, tuple) else (bool(status), str(status))
-    return Check("rembg", "ok" if ok else "warn", message)
+    return Check("rembg", "ok" if available else "warn", message)
 
 
 def _ffmpeg_check() -> Check:
