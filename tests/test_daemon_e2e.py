@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -68,6 +69,20 @@ class Installation:
             assert self.process is None or self.process.poll() is None, self.stderr()
             time.sleep(0.1)
         raise AssertionError(f"daemon never reached the expected state; last status {status}\n{self.stderr()}")
+
+    def wait_for_stage(self, stages: tuple[str, ...], timeout: float = 60) -> str:
+        """Poll the job table directly (milliseconds, unlike a reconctl run) for a running stage."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with sqlite3.connect(self.state / "recond.db") as db:
+                    row = db.execute("select stage from jobs where state = 'running'").fetchone()
+            except sqlite3.Error:
+                row = None
+            if row and row[0] in stages:
+                return row[0]
+            time.sleep(0.01)
+        raise AssertionError(f"no job reached {stages} within {timeout} s\n{self.stderr()}")
 
     def drop_like_a_share(self, picture: str, folder: str = "") -> Path:
         """Write under a .part name in slow chunks, then rename into place, as Samba clients do."""
@@ -147,11 +162,23 @@ def test_refuses_to_start_when_the_outbox_lies_inside_the_inbox(tmp_path: Path) 
     assert result.stderr.count("\n") == 1 and "outbox" in result.stderr and "inside the inbox" in result.stderr
 
 
-def test_kill_9_mid_job_then_restart_completes_the_job_exactly_once(installation: Installation) -> None:
+# The upper end of the small settings, so a job lasts long enough to be interrupted mid-way.
+SLOWER_JOB = {"mc_resolution": 48, "texture_resolution": 256, "render_views": 8}
+
+
+def test_kill_9_mid_job_then_restart_completes_the_job_exactly_once(tmp_path: Path, tiny_model_dir: Path,
+                                                                    shared_dir: Path) -> None:
+    installation = Installation(tmp_path, tiny_model_dir, shared_dir / "examples", **SLOWER_JOB)
+    try:
+        kill_mid_job_and_restart(installation)
+    finally:
+        installation.stop()
+
+
+def kill_mid_job_and_restart(installation: Installation) -> None:
     installation.start()
     installation.drop_like_a_share("flamingo.png")
-    installation.wait(lambda s: s["current"] and s["current"]["stage"] in
-                      ("background", "reconstruct", "texture", "export", "render"))
+    installation.wait_for_stage(("texture", "export"))
     installation.process.kill()
     installation.process.wait(10)
     assert installation.status()["daemon"]["running"] is False
@@ -187,19 +214,30 @@ def test_polling_mode_keeps_working_after_the_inbox_vanishes(tmp_path: Path, tin
         installation.stop()
 
 
-def test_sigterm_mid_job_exits_0_and_the_job_is_kept(installation: Installation) -> None:
+def test_sigterm_mid_job_exits_0_and_the_job_is_kept(tmp_path: Path, tiny_model_dir: Path,
+                                                     shared_dir: Path) -> None:
+    installation = Installation(tmp_path, tiny_model_dir, shared_dir / "examples", **SLOWER_JOB)
+    try:
+        stop_mid_job_and_finish_with_once(installation)
+    finally:
+        installation.stop()
+
+
+def stop_mid_job_and_finish_with_once(installation: Installation) -> None:
     installation.start()
     installation.drop_like_a_share("robot.png")
-    installation.wait(lambda s: s["current"] is not None)
+    installation.wait_for_stage(("reconstruct",))
     assert installation.stop() == 0
     status = installation.status()
     assert status["daemon"]["running"] is False
-    assert counts(status)["queued"] + counts(status)["done"] == 1 and counts(status)["failed"] == 0
-    assert not [f for f in installation.result_folders() if f.name.startswith(".")]
-    if counts(status)["queued"]:  # requeued, not lost: --once finishes it
-        assert (installation.inbox / "robot.png").exists()
-        assert installation.start("--once").wait(120) == 0
-        assert counts(installation.status())["done"] == 1
+    # Cancelled at the next stage boundary and put back, without counting an attempt.
+    assert counts(status)["queued"] == 1 and counts(status)["done"] == counts(status)["failed"] == 0
+    job = json.loads(installation.reconctl("show", str(status["recent"][0]["id"]), "--json").stdout)
+    assert job["attempts"] == 0 and job["stage"] is None
+    assert installation.result_folders() == []  # the partial folder is gone too
+    assert (installation.inbox / "robot.png").exists()
+    assert installation.start("--once").wait(120) == 0  # --once finishes what is waiting
+    assert counts(installation.status())["done"] == 1
     assert len(installation.result_folders()) == 1
 
 
