@@ -235,7 +235,8 @@ def _folder_checks(settings: Settings) -> list[Check]:
     for name in ("inbox", "outbox", "state_dir"):
         folder = getattr(settings, name).resolve()
         if not folder.is_dir():
-            parent_ok = os.access(folder.parent, os.W_OK)
+            existing = next(parent for parent in folder.parents if parent.exists())
+            parent_ok = os.access(existing, os.W_OK | os.X_OK)
             checks.append(Check(name, "warn" if parent_ok else "fail",
                                 f"{folder} does not exist" + (" (recond creates it on start)"
                                                                if parent_ok else " and cannot be created")))

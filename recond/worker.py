@@ -28,6 +28,10 @@ MODEL_HELP = (
     "`systemctl reload recond` (SIGHUP); recond also retries every model_retry_seconds"
 )
 PROGRESS_WRITE_SECONDS = 0.5  # how often a running job's progress reaches the database
+# Settings the pipeline never reads: changing only these on SIGHUP keeps the warm model.
+DAEMON_ONLY_SETTINGS = {"inbox", "outbox", "state_dir", "polling", "poll_interval", "settle_seconds",
+                        "rescan_seconds", "max_attempts", "model_retry_seconds", "log_level",
+                        "log_max_bytes", "log_backups"}
 
 
 class JobCancelled(BaseException):
@@ -123,8 +127,11 @@ class Worker:
         settings, self._new_settings = self._new_settings, None
         if settings is None:
             return
-        if settings != self.settings or self.pipeline is None:
-            self.settings, self.pipeline, self._next_load = settings, None, 0.0
+        changed = {name for name in type(settings).model_fields
+                   if getattr(settings, name) != getattr(self.settings, name)}
+        self.settings = settings
+        if self.pipeline is None or changed - DAEMON_ONLY_SETTINGS:
+            self.pipeline, self._next_load = None, 0.0
 
     def _load_model(self) -> None:
         self.store.daemon_update(model_status="loading", model_detail=self.settings.model)

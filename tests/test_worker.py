@@ -225,3 +225,23 @@ def test_job_waits_instead_of_failing_while_the_inbox_share_is_gone(settings: Se
     worker.process(store.claim_next())
     job = store.get(job_id)
     assert job.state == QUEUED and job.attempts == 0 and worker.pipeline.runs == []
+
+
+def test_reload_keeps_the_warm_pipeline_unless_a_pipeline_setting_changed(settings: Settings) -> None:
+    store = Store(settings.db_path)
+    built = []
+
+    def factory(current: Settings) -> StandInPipeline:
+        built.append(current.mc_resolution)
+        return StandInPipeline()
+
+    worker = Worker(settings, store, pipeline_factory=factory)
+    worker.start()
+    try:
+        wait_for(lambda: built == [settings.mc_resolution])
+        worker.reload(settings.model_copy(update={"polling": True, "settle_seconds": 9.0}))
+        wait_for(lambda: worker.settings.polling)
+        worker.reload(settings.model_copy(update={"mc_resolution": 64}))
+        wait_for(lambda: built == [settings.mc_resolution, 64])
+    finally:
+        worker.stop()
