@@ -336,14 +336,14 @@ def process(ctx: click.Context, images: tuple[Path, ...], out: Path | None, mode
     from tqdm import tqdm
 
     from recond.logging import configure_logging
-    from recond.worker import MODEL_HELP, build_pipeline, describe_failure
+    from recond.worker import build_pipeline, describe_failure, loading_fix
 
     settings = _settings(ctx, model=model)
     configure_logging(settings.model_copy(update={"log_level": "warning"}), to_file=False)
     try:
         pipeline = build_pipeline(settings)
     except Exception as error:  # the one-line reason and the fix, not a traceback
-        raise click.ClickException(f"model {settings.model} not loaded: {error} -- {MODEL_HELP}")
+        raise click.ClickException(f"pipeline not loaded: {error} -- to fix: {loading_fix(error)}")
     out = (out or settings.outbox).resolve()
     out.mkdir(parents=True, exist_ok=True)
     failures = 0

@@ -27,6 +27,10 @@ MODEL_HELP = (
     "set model = \"/that/folder\" in the config file (or RECOND_MODEL), then run "
     "`systemctl reload recond` (SIGHUP); recond also retries every model_retry_seconds"
 )
+SETTINGS_HELP = (
+    "fix the setting named above in the config file, then run `systemctl reload recond` (SIGHUP); "
+    "`reconctl doctor` checks each part"
+)
 PROGRESS_WRITE_SECONDS = 0.5  # how often a running job's progress reaches the database
 # Settings the pipeline never reads: changing only these on SIGHUP keeps the warm model.
 DAEMON_ONLY_SETTINGS = {"inbox", "outbox", "state_dir", "polling", "poll_interval", "settle_seconds",
@@ -47,6 +51,13 @@ def build_pipeline(settings: Settings) -> Any:
     from recond.pipeline import Pipeline
 
     return Pipeline(settings)
+
+
+def loading_fix(error: BaseException) -> str:
+    """How to fix a pipeline that would not build: the weights, or another setting."""
+    from recond.triposr import ModelLoadError
+
+    return MODEL_HELP if isinstance(error, ModelLoadError) else SETTINGS_HELP
 
 
 def describe_failure(error: BaseException) -> tuple[str, bool]:
@@ -139,12 +150,12 @@ class Worker:
         try:
             pipeline = self.pipeline_factory(self.settings)
         except Exception as error:  # any failure here means "no model"; jobs wait, nothing fails
-            detail = f"{' '.join(str(error).split())} -- to fix: {MODEL_HELP}"
+            fix = loading_fix(error)
+            detail = f"{' '.join(str(error).split())} -- to fix: {fix}"
             self._next_load = time.monotonic() + self.settings.model_retry_seconds
             self.store.daemon_update(model_status="missing", model_detail=detail, device=None)
             log.error("model not loaded; jobs stay queued", model=self.settings.model,
-                      error=str(error), fix=MODEL_HELP,
-                      retry_in_s=self.settings.model_retry_seconds)
+                      error=str(error), fix=fix, retry_in_s=self.settings.model_retry_seconds)
             return
         self.pipeline = pipeline
         device = str(getattr(pipeline, "device", self.settings.resolved_device()))
