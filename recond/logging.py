@@ -24,7 +24,7 @@ _SHARED_PROCESSORS = [
 def configure_logging(settings: Settings, to_file: bool = True) -> None:
     """Route structlog through the standard library to stderr and, optionally, the JSON file."""
     handlers: list[logging.Handler] = []
-    stderr = logging.StreamHandler(sys.stderr)
+    stderr = _StderrHandler()
     stderr.setFormatter(_formatter(structlog.dev.ConsoleRenderer(colors=False)))
     handlers.append(stderr)
     if to_file:
@@ -49,6 +49,18 @@ def configure_logging(settings: Settings, to_file: bool = True) -> None:
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=False,
     )
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the moment (click's runner and pytest swap it)."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: object) -> None:
+        pass
 
 
 def _formatter(renderer: structlog.typing.Processor) -> structlog.stdlib.ProcessorFormatter:

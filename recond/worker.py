@@ -108,10 +108,6 @@ class Worker:
     def is_alive(self) -> bool:
         return self._thread.is_alive()
 
-    @property
-    def model_ready(self) -> bool:
-        return self.pipeline is not None
-
     # The loop.
 
     def _loop(self) -> None:
