@@ -145,6 +145,9 @@ def test_pictures_dropped_like_a_share_become_complete_result_folders(installati
         assert_complete_result(folder, (installation.examples / path.name).read_bytes())
         assert not path.exists()  # the original moved into its result folder
     assert {job["output"] for job in status["recent"]} == {str(f) for f in folders}
+    second = subprocess.run([sys.executable, "-m", "recond.daemon", "--config", str(installation.config)],
+                            cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert second.returncode == 1 and "already using" in second.stderr  # one daemon per database
     assert installation.stop() == 0
     events = [json.loads(line) for line in (installation.state / "recond.log").read_text().splitlines()]
     done = [event for event in events if event["event"] == "job done"]
