@@ -225,7 +225,7 @@ class Worker:
                 log.info("job stage", job=job.id, file=job.source, stage=progress.stage,
                          percent=round(progress.overall * 100), eta_s=_rounded(progress.eta_s))
             elif decile != last["decile"]:
-                log.info("job progress", job=job.id, stage=progress.stage,
+                log.info("job progress", job=job.id, file=job.source, stage=progress.stage,
                          percent=round(progress.overall * 100), eta_s=_rounded(progress.eta_s))
             last["stage"], last["decile"] = progress.stage, decile
 
