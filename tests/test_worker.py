@@ -245,3 +245,17 @@ def test_reload_keeps_the_warm_pipeline_unless_a_pipeline_setting_changed(settin
         wait_for(lambda: built == [settings.mc_resolution, 64])
     finally:
         worker.stop()
+
+
+def test_job_that_keeps_crashing_the_daemon_ends_in_failed_with_its_file_kept(settings: Settings) -> None:
+    store = Store(settings.db_path)
+    job_id = queue_file(settings, store, "poison.jpg", b"crashes the pipeline")
+    for _ in range(settings.max_attempts):  # each claim followed by a "crash" and a restart
+        store.claim_next()
+        _, exhausted = store.recover_after_crash(settings.max_attempts)
+    assert [job.id for job in exhausted] == [job_id]
+    Worker(settings, store).fail_job(exhausted[0], exhausted[0].error)
+    job = store.get(job_id)
+    kept = settings.inbox.resolve() / "failed" / "poison.jpg"
+    assert job.state == FAILED and job.output == str(kept) and kept.read_bytes() == b"crashes the pipeline"
+    assert f"{settings.max_attempts} times" in (kept.parent / "poison.jpg.error.txt").read_text()
