@@ -1,0 +1,142 @@
+"""Background stage: a real alpha channel is kept, and without the rembg model on disk the
+remover falls back to GrabCut (with a warning) instead of trying a download.
+
+rembg cannot download its model here (no internet), and no u2net.onnx is shipped, so the rembg
+session itself is not exercised: every test points rembg_home at an empty folder, which is
+also what a fresh offline install looks like.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from recond.config import Settings, load_settings
+from recond.pipeline.background import (
+    BackgroundRemover,
+    BackgroundUnavailable,
+    has_real_alpha,
+    rembg_model_status,
+)
+
+EXAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "examples"
+
+
+def example(name: str) -> Image.Image:
+    path = EXAMPLES / name
+    if not path.is_file():
+        pytest.skip(f"example picture {path} not found (../shared beside the repository)")
+    return Image.open(path).convert("RGBA")
+
+
+@pytest.fixture
+def offline_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Settings whose rembg home is an empty folder; U2NET_HOME is restored afterwards
+    (the remover hands rembg_home to rembg through that variable)."""
+    home = tmp_path / "rembg_home"
+    home.mkdir()
+    monkeypatch.setenv("U2NET_HOME", str(home))
+
+    def make(**overrides: object) -> Settings:
+        return load_settings(rembg_home=home, **overrides)
+
+    return make
+
+
+def alpha_of(picture: Image.Image) -> np.ndarray:
+    return np.asarray(picture.convert("RGBA"))[..., 3]
+
+
+def test_cut_out_picture_has_real_alpha() -> None:
+    assert has_real_alpha(example("chair.png"))
+
+
+def test_fully_opaque_alpha_is_not_real_alpha() -> None:
+    assert not has_real_alpha(Image.new("RGBA", (32, 32), (10, 200, 30, 255)))
+    assert not has_real_alpha(Image.new("RGB", (32, 32), (10, 200, 30)))
+
+
+def test_status_says_where_it_looked_for_the_missing_rembg_model(offline_settings) -> None:
+    settings = offline_settings()
+    status = rembg_model_status(settings)
+    assert not status.available
+    home = str(settings.rembg_home.resolve())
+    assert str(status.path).startswith(home)
+    assert status.path.name == "u2net.onnx"
+    assert str(status.path) in status.message and "not found" in status.message
+
+
+def test_status_finds_a_model_file_placed_in_rembg_home(offline_settings) -> None:
+    # Only the lookup is checked: the file is a placeholder, never loaded as a session.
+    settings = offline_settings()
+    placed = settings.rembg_home / "u2net.onnx"
+    placed.write_bytes(b"placeholder")
+    status = rembg_model_status(settings)
+    assert status.available
+    assert status.path.resolve() == placed.resolve()
+
+
+def test_auto_without_rembg_model_falls_back_to_grabcut_with_a_warning(offline_settings) -> None:
+    remover = BackgroundRemover(offline_settings(background="auto"))
+    assert remover.method == "grabcut"
+    cutout, method, warnings = remover.remove(example("teapot.png"))
+    assert method == "grabcut"
+    assert len(warnings) == 1 and "GrabCut" in warnings[0] and "rembg" in warnings[0]
+    alpha = alpha_of(cutout)
+    height, width = alpha.shape
+    centre = alpha[height * 9 // 20: height * 11 // 20, width * 9 // 20: width * 11 // 20]
+    assert centre.min() == 255
+    corner = height // 10
+    for block in (alpha[:corner, :corner], alpha[:corner, -corner:],
+                  alpha[-corner:, :corner], alpha[-corner:, -corner:]):
+        assert block.max() == 0
+
+
+def test_grabcut_recovers_a_cut_out_flattened_onto_white(offline_settings) -> None:
+    original = example("chair.png")
+    flattened = Image.alpha_composite(Image.new("RGBA", original.size, "white"), original)
+    flattened = flattened.convert("RGB").convert("RGBA")
+    assert not has_real_alpha(flattened)
+    cutout, method, _ = BackgroundRemover(offline_settings()).remove(flattened)
+    assert method == "grabcut"
+    found, truth = alpha_of(cutout) > 127, alpha_of(original) > 127
+    overlap = (found & truth).sum() / (found | truth).sum()
+    assert overlap > 0.85
+
+
+def test_auto_keeps_a_real_alpha_channel_untouched(offline_settings) -> None:
+    original = example("robot.png")
+    cutout, method, warnings = BackgroundRemover(offline_settings()).remove(original)
+    assert (method, warnings) == ("alpha", [])
+    assert np.array_equal(np.asarray(cutout), np.asarray(original))
+
+
+def test_forced_rembg_without_its_model_fails_at_build_with_one_line(offline_settings) -> None:
+    settings = offline_settings(background="rembg")
+    with pytest.raises(BackgroundUnavailable) as caught:
+        BackgroundRemover(settings)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "rembg" in message and "not found" in message
+    assert str(settings.rembg_home.resolve()) in message
+
+
+def test_none_keeps_the_whole_frame_opaque(offline_settings) -> None:
+    remover = BackgroundRemover(offline_settings(background="none"))
+    assert remover.method == "none"
+    original = example("chair.png")
+    kept, method, warnings = remover.remove(original)
+    assert (method, warnings) == ("none", [])
+    assert alpha_of(kept).min() == 255
+    assert np.array_equal(np.asarray(kept)[..., :3], np.asarray(original)[..., :3])
+
+
+def test_alpha_mode_on_an_opaque_picture_warns_and_uses_the_whole_frame(offline_settings) -> None:
+    remover = BackgroundRemover(offline_settings(background="alpha"))
+    kept, method, warnings = remover.remove(example("teapot.png"))
+    assert method == "alpha"
+    assert len(warnings) == 1 and "transparency" in warnings[0]
+    assert alpha_of(kept).min() == 255
