@@ -19,19 +19,8 @@ import pytest
 
 from recond.config import Settings, load_settings
 from recond.store import DONE, FAILED, QUEUED, Store
+from recond.pipeline.progress import STAGES, Progress
 from recond.worker import Worker
-
-STAGES = ("load", "background", "reconstruct", "texture", "export", "render", "viewer", "record")
-
-
-@dataclass
-class Progress:
-    stage: str
-    stage_fraction: float
-    overall: float
-    elapsed_s: float
-    eta_s: float | None
-
 
 @dataclass
 class Result:
