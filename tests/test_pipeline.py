@@ -135,6 +135,27 @@ def test_default_turntable_video_has_thirty_frames(pipeline: Pipeline, small_set
     assert len(list(result.result_dir.glob("render_*.png"))) == 30
 
 
+def test_untextured_setting_gives_vertex_coloured_meshes(pipeline: Pipeline, small_settings,
+                                                         tmp_path: Path) -> None:
+    source = EXAMPLES / "teapot.png"
+    if not source.is_file():
+        pytest.skip(f"example picture {source} not found")
+    dropped = tmp_path / "TEAPOT.PNG"  # an upper-case name, as cameras and phones write them
+    dropped.write_bytes(source.read_bytes())
+    settings = small_settings(bake_texture=False, background="none")
+    result = Pipeline(settings, model=pipeline.model).run(dropped, tmp_path / "outbox", "teapot")
+    names = {p.name for p in result.result_dir.iterdir()}
+    assert {"mesh.obj", "mesh.stl", "mesh.glb", "source.png"} <= names
+    assert not names & {"mesh.mtl", "mesh_texture.png"}
+    assert (result.record["background"], result.record["textured"]) == ("none", False)
+    first_vertex = next(line for line in (result.result_dir / "mesh.obj").read_text().splitlines()
+                        if line.startswith("v "))
+    assert len(first_vertex.split()) == 7  # v x y z r g b
+    glb = trimesh.load(result.result_dir / "mesh.glb", force="mesh")
+    assert glb.visual.kind == "vertex"
+    assert validate_glb(result.result_dir / "mesh.glb")["issues"]["numErrors"] == 0
+
+
 # --- (c) bad files are refused in one line and leave nothing behind ----------------------
 
 def write_truncated_png(path: Path) -> None:
