@@ -186,9 +186,6 @@ def test_bad_file_is_refused_in_one_line_leaving_nothing(pipeline: Pipeline, tmp
     assert leftovers(outbox) == []
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason=(
-    "known bug: prepare_image's upstream-style exclusive crop leaves a 0x0 picture for a "
-    "one-pixel object, and saving input.png raises ValueError instead of InputError"))
 def test_one_pixel_picture_is_refused_in_one_line(pipeline: Pipeline, tmp_path: Path) -> None:
     source = tmp_path / "spacer.png"
     Image.new("RGB", (1, 1), (200, 10, 10)).save(source)

@@ -37,6 +37,7 @@ __all__ = ["InputError", "JobResult", "Pipeline", "Progress"]
 
 INPUT_NAME = "input.png"
 VIDEO_NAME = "render.mp4"
+MIN_OBJECT_PIXELS = 8  # framing drops the last row and column, as upstream does: tiny crops vanish
 
 
 @dataclass
@@ -93,10 +94,7 @@ class Pipeline:
         with tracker.stage("background"):
             cutout, background_used, notes = self.background.remove(picture)
             warnings += notes
-            try:
-                prepared = prepare_image(cutout, settings.foreground_ratio)
-            except ValueError as error:  # nothing visible after background removal
-                raise InputError(f"{source.name}: {error}") from None
+            prepared = _prepared_for_model(cutout, settings.foreground_ratio, source.name)
             Image.fromarray(np.round(prepared * 255).astype(np.uint8)).save(result_dir / INPUT_NAME)
 
         with tracker.stage("reconstruct") as report:
@@ -139,6 +137,17 @@ class Pipeline:
             record["stage_seconds"] = dict(tracker.stage_seconds)
             write_record(result_dir, record)
         return JobResult(result_dir, warnings, dict(tracker.stage_seconds), record)
+
+
+def _prepared_for_model(cutout: Image.Image, foreground_ratio: float, name: str) -> np.ndarray:
+    """prepare_image, with the pictures it cannot frame turned into a one-line refusal."""
+    try:
+        prepared = prepare_image(cutout, foreground_ratio)
+    except ValueError as error:  # nothing visible after background removal
+        raise InputError(f"{name}: {error}") from None
+    if min(prepared.shape[:2]) < MIN_OBJECT_PIXELS:
+        raise InputError(f"{name}: the object is only a few pixels across; recond needs a larger picture of it")
+    return prepared
 
 
 def _download_order(result_dir: Path) -> list[str]:

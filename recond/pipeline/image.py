@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -36,21 +38,23 @@ def read_source(path: Path, max_bytes: int) -> bytes:
 def decode_image(data: bytes, name: str, max_pixels: int) -> Image.Image:
     """Decode bytes into an RGBA picture, upright, refusing absurd sizes before decoding."""
     try:
+        with _pillow_bomb_check_off():
+            image = Image.open(io.BytesIO(data))  # reads the header only
+        width, height = image.size
+        if width * height > max_pixels:
+            bomb = " (a decompression bomb)" if len(data) * 100 < width * height else ""
+            raise InputError(
+                f"{name} is {width}x{height} pixels{bomb}, over the {max_pixels:,}-pixel "
+                "limit (setting max_image_pixels); refused before decoding"
+            )
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            width, height = image.size
-            if width * height > max_pixels:
-                raise InputError(
-                    f"{name} is {width}x{height} pixels, over the {max_pixels:,}-pixel limit "
-                    "(setting max_image_pixels)"
-                )
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image.seek(0)  # an animation: its first frame
             image.load()
     except InputError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise InputError(f"{name} declares an enormous size (a decompression bomb); refused") from None
+    except Image.DecompressionBombError:  # a later frame larger than the header said
+        raise InputError(f"{name} holds a frame over Pillow's size limit (a decompression bomb)") from None
     except UnidentifiedImageError:
         raise InputError(f"{name} is not an image format recond can read") from None
     except (OSError, SyntaxError, ValueError, EOFError) as error:
@@ -58,6 +62,18 @@ def decode_image(data: bytes, name: str, max_pixels: int) -> Image.Image:
     if width == 0 or height == 0:
         raise InputError(f"{name} has no pixels")
     return to_rgba(ImageOps.exif_transpose(image))
+
+
+@contextmanager
+def _pillow_bomb_check_off() -> Iterator[None]:
+    """Pillow's own header-size check (default ~89.5 MP) would overrule the max_image_pixels
+    setting; ours replaces it, on the same header, before any pixel is decoded."""
+    default = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = default
 
 
 def load_image(path: Path, max_pixels: int, max_bytes: int) -> Image.Image:
