@@ -285,3 +285,31 @@ def test_failure_mid_run_leaves_no_partial_and_no_result(pipeline: Pipeline, tmp
         pipeline.run(source, outbox, "chair", progress=fail_at_export)
     assert partial_seen == [True]  # it really was mid-run, with files written
     assert leftovers(outbox) == []
+
+
+def test_stale_partial_from_a_crash_is_replaced_by_a_complete_result(pipeline: Pipeline,
+                                                                     tmp_path: Path) -> None:
+    source = EXAMPLES / "chair.png"
+    if not source.is_file():
+        pytest.skip(f"example picture {source} not found")
+    outbox = tmp_path / "outbox"
+    stale = outbox / ".chair.partial"
+    stale.mkdir(parents=True)
+    (stale / "mesh.obj").write_text("half a mesh from a crashed run\n")
+    result = pipeline.run(source, outbox, "chair")
+    assert leftovers(outbox) == ["chair"]
+    assert (result.result_dir / "mesh.obj").read_text() != "half a mesh from a crashed run\n"
+
+
+def test_picture_where_the_model_finds_nothing_is_refused_in_one_line(pipeline: Pipeline, small_settings,
+                                                                       tmp_path: Path) -> None:
+    source = EXAMPLES / "chair.png"
+    if not source.is_file():
+        pytest.skip(f"example picture {source} not found")
+    # A surface level no density reaches stands in for a picture the model sees nothing in.
+    blind = Pipeline(small_settings(mc_threshold=1e12), model=pipeline.model)
+    outbox = tmp_path / "outbox"
+    with pytest.raises(InputError, match="found no object") as caught:
+        blind.run(source, outbox, "chair")
+    assert "\n" not in str(caught.value)
+    assert leftovers(outbox) == []
