@@ -1,9 +1,10 @@
 """Background stage: a real alpha channel is kept, and without the rembg model on disk the
 remover falls back to GrabCut (with a warning) instead of trying a download.
 
-rembg cannot download its model here (no internet), and no u2net.onnx is shipped, so the rembg
-session itself is not exercised: every test points rembg_home at an empty folder, which is
-also what a fresh offline install looks like.
+rembg cannot download its model here (no internet), and no u2net.onnx is shipped: every test
+points rembg_home at an empty folder, which is also what a fresh offline install looks like.
+The rembg path itself runs on a tiny u2net.onnx written by the test (darkness as the mask),
+through a real rembg session and onnxruntime.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import rembg
 from PIL import Image
 
 from recond.config import Settings, load_settings
@@ -140,3 +142,65 @@ def test_alpha_mode_on_an_opaque_picture_warns_and_uses_the_whole_frame(offline_
     assert method == "alpha"
     assert len(warnings) == 1 and "transparency" in warnings[0]
     assert alpha_of(kept).min() == 255
+
+
+def protobuf_field(number: int, value: int | str | bytes) -> bytes:
+    """One protocol-buffers field (varint or length-delimited); enough to spell an ONNX model."""
+    def varint(n: int) -> bytes:
+        out = bytearray()
+        while True:
+            out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+            n >>= 7
+            if not n:
+                return bytes(out)
+
+    if isinstance(value, int):
+        return varint(number << 3) + varint(value)
+    data = value.encode() if isinstance(value, str) else value
+    return varint(number << 3 | 2) + varint(len(data)) + data
+
+
+def tiny_u2net_onnx() -> bytes:
+    """A ModelProto shaped like u2net (1x3x320x320 in, 1x1x320x320 out) whose mask is darkness:
+    out = -mean over colour. Written by hand because the onnx package is not installed; field
+    numbers from onnx/onnx.proto (ModelProto, GraphProto, NodeProto, AttributeProto, ValueInfoProto)."""
+    f = protobuf_field
+
+    def float_tensor(name: str, dims: list[int]) -> bytes:
+        shape = b"".join(f(1, f(1, d)) for d in dims)
+        return f(1, name) + f(2, f(1, f(1, 1) + f(2, shape)))  # elem_type 1 = FLOAT
+
+    axes = f(1, "axes") + f(20, 7) + f(8, 1)  # attribute type 7 = INTS
+    keepdims = f(1, "keepdims") + f(20, 2) + f(3, 1)  # attribute type 2 = INT
+    mean = f(1, "input.1") + f(2, "mean") + f(4, "ReduceMean") + f(5, axes) + f(5, keepdims)
+    negate = f(1, "mean") + f(2, "mask") + f(4, "Neg")
+    graph = (f(1, mean) + f(1, negate) + f(2, "tiny_u2net")
+             + f(11, float_tensor("input.1", [1, 3, 320, 320]))
+             + f(12, float_tensor("mask", [1, 1, 320, 320])))
+    return f(1, 8) + f(7, graph) + f(8, f(2, 13))  # IR version 8, opset 13 (axes as attribute)
+
+
+def dark_disc_on_white() -> Image.Image:
+    picture = np.full((200, 240, 3), 255, np.uint8)
+    rows, cols = np.mgrid[:200, :240]
+    picture[(rows - 100) ** 2 + (cols - 120) ** 2 < 60 ** 2] = (40, 30, 20)
+    return Image.fromarray(picture).convert("RGBA")
+
+
+def test_rembg_model_on_disk_gives_a_warm_session_used_for_every_picture(
+        offline_settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = offline_settings()
+    (settings.rembg_home / "u2net.onnx").write_bytes(tiny_u2net_onnx())
+    sessions: list[object] = []
+    real_new_session = rembg.new_session
+    monkeypatch.setattr(rembg, "new_session",
+                        lambda *a, **k: sessions.append(real_new_session(*a, **k)) or sessions[-1])
+
+    remover = BackgroundRemover(settings)
+    assert remover.method == "rembg"
+    for _ in range(2):
+        cutout, method, notes = remover.remove(dark_disc_on_white())
+        alpha = alpha_of(cutout)
+        assert (method, notes) == ("rembg", [])
+        assert alpha[100, 120] > 200 and alpha[5, 5] < 30 and alpha[195, 235] < 30
+    assert len(sessions) == 1 and remover.session is sessions[0]
