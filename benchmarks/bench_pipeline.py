@@ -2,12 +2,15 @@
 
 The weights are the tests' tiny random checkpoint (tests/conftest.py builds it; the real
 1.7 GB weights cannot be downloaded here), so the model-bound parts of reconstruct (encode,
-density queries) and texture (colour queries) are far cheaper than with the real network:
-benchmarks/bench_triposr.py times those with the full-size architecture. Every other stage
-(loading, background, marching cubes, UV unwrap, export, turntable, viewer) does the same work
-as in production. Prints the machine, the settings and JobResult.stage_seconds.
+density queries) and texture (colour queries) are far cheaper than with the real network.
+Every other stage (loading, background, marching cubes, UV unwrap, export, turntable, viewer)
+does the same work as in production. Prints the machine, the settings and
+JobResult.stage_seconds. Then, unless --skip-full-size, the pipeline's reconstruct stage (encode +
+density grid + marching cubes) runs on the full-size official architecture with random weights,
+built by benchmarks/bench_triposr.py, at --full-size-resolution.
 
     python benchmarks/bench_pipeline.py [--example chair.png] [--threads N] [--runs 1]
+                                        [--full-size-resolution 256] [--skip-full-size]
 """
 
 from __future__ import annotations
@@ -29,8 +32,13 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from conftest import build_tiny_checkpoint  # noqa: E402  (the tests' tiny checkpoint builder)
 
-from recond.config import load_settings  # noqa: E402
+sys.path.insert(0, str(REPO / "benchmarks"))
+import bench_triposr  # noqa: E402  (A's full-size random-weight model, so both benches time the same network)
+
+from recond.config import Settings, load_settings  # noqa: E402
 from recond.pipeline import Pipeline  # noqa: E402
+from recond.pipeline.reconstruct import reconstruct  # noqa: E402
+from recond.triposr import prepare_image  # noqa: E402
 
 
 def peak_rss_gib() -> float:
@@ -42,6 +50,9 @@ def main() -> None:
     parser.add_argument("--example", default="chair.png", help="a picture in ../shared/examples")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--runs", type=int, default=1, help="runs on the same warm pipeline")
+    parser.add_argument("--full-size-resolution", type=int, default=256,
+                        help="marching-cubes resolution for the full-size reconstruct stage")
+    parser.add_argument("--skip-full-size", action="store_true", help="only the tiny-checkpoint run")
     args = parser.parse_args()
     source = EXAMPLES / args.example
     if not source.is_file():
@@ -76,6 +87,28 @@ def main() -> None:
             for warning in result.warnings:
                 print(f"  warning: {warning}")
         print(f"peak RSS: {peak_rss_gib():.2f} GiB")
+        if not args.skip_full_size:
+            bench_full_size_reconstruct(settings, args.full_size_resolution)
+
+
+def bench_full_size_reconstruct(settings: Settings, resolution: int) -> None:
+    """The reconstruct stage as Pipeline.run calls it, with the full-size network."""
+    started = time.perf_counter()
+    model = bench_triposr.random_official_model(seed=0)
+    print(f"full-size architecture (random weights): built in {time.perf_counter() - started:.1f} s, "
+          f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters")
+    prepared = prepare_image(bench_triposr.picture(), settings.foreground_ratio)
+    bench_triposr.place_surface(model, model.encode([prepared])[0], settings.mc_threshold)
+    marks: list[tuple[float, float]] = []
+    full_settings = settings.model_copy(update={"mc_resolution": resolution})
+    started = time.perf_counter()
+    _, mesh = reconstruct(model, prepared, full_settings,
+                          lambda fraction: marks.append((fraction, time.perf_counter())))
+    finished = time.perf_counter()
+    encoded = next(t for f, t in marks if f >= 0.35)  # reconstruct reports 0.35 after encode
+    print(f"full-size reconstruct at {resolution}^3: {finished - started:.1f} s total (encode "
+          f"{encoded - started:.1f} s, density grid + marching cubes {finished - encoded:.1f} s), "
+          f"{len(mesh.vertices)} vertices, {len(mesh.faces)} faces, peak RSS {peak_rss_gib():.2f} GiB")
 
 
 if __name__ == "__main__":
