@@ -279,10 +279,10 @@ def _rembg_check(settings: Settings) -> Check:
     from recond.pipeline.background import rembg_model_status
 
     try:
-        available, message = rembg_model_status(settings)
+        status = rembg_model_status(settings)
     except Exception as error:  # e.g. an unknown rembg_model: report it, run the other checks
         return Check("rembg", "fail", str(error))
-    return Check("rembg", "ok" if available else "warn", message)
+    return Check("rembg", "ok" if status.available else "warn", status.message)
 
 
 def _ffmpeg_check() -> Check:

@@ -37,9 +37,6 @@ class RembgStatus:
     path: Path
     message: str
 
-    def __iter__(self):  # `ok, message = status` reads naturally at call sites
-        return iter((self.available, self.message))
-
 
 def rembg_model_status(settings: Settings) -> RembgStatus:
     """Is the rembg model file on disk? Looked up where rembg itself looks, without a download."""
