@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import bench_triposr  # noqa: E402  (A's full-size random-weight model, so both benches time the same network)
 
 from recond.config import Settings, load_settings  # noqa: E402
-from recond.pipeline import Pipeline  # noqa: E402
+from recond.pipeline.runner import Pipeline  # noqa: E402
 from recond.pipeline.reconstruct import reconstruct  # noqa: E402
 from recond.triposr import prepare_image  # noqa: E402
 

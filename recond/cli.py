@@ -268,7 +268,7 @@ def _weights_check(settings: Settings) -> Check:
         model = TripoSR.from_pretrained(settings.model, device=settings.resolved_device(),
                                         dtype=getattr(torch, settings.resolved_dtype()))
     except Exception as error:  # any reason the weights do not load is what doctor reports
-        from recond.worker import MODEL_HELP
+        from recond.errors import MODEL_HELP
 
         return Check("weights", "fail", f"{settings.model}: {error} -- to fix: {MODEL_HELP}")
     parameters = sum(parameter.numel() for parameter in model.parameters())
@@ -336,7 +336,8 @@ def process(ctx: click.Context, images: tuple[Path, ...], out: Path | None, mode
     from tqdm import tqdm
 
     from recond.logging import configure_logging
-    from recond.worker import build_pipeline, describe_failure, loading_fix
+    from recond.errors import describe_failure, loading_fix
+    from recond.worker import build_pipeline
 
     settings = _settings(ctx, model=model)
     configure_logging(settings.model_copy(update={"log_level": "warning"}), to_file=False)

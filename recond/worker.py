@@ -16,21 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from recond.config import Settings
+from recond.errors import describe_failure, loading_fix
 from recond.intake import FAILED_FOLDER
 from recond.logging import get_logger
 from recond.store import Job, Store
 
 log = get_logger("recond.worker")
 
-MODEL_HELP = (
-    "put the TripoSR weights (config.yaml + model.ckpt from stabilityai/TripoSR) in a folder, "
-    "set model = \"/that/folder\" in the config file (or RECOND_MODEL), then run "
-    "`systemctl reload recond` (SIGHUP); recond also retries every model_retry_seconds"
-)
-SETTINGS_HELP = (
-    "fix the setting named above in the config file, then run `systemctl reload recond` (SIGHUP); "
-    "`reconctl doctor` checks each part"
-)
 PROGRESS_WRITE_SECONDS = 0.5  # how often a running job's progress reaches the database
 # Settings the pipeline never reads: changing only these on SIGHUP keeps the warm model.
 DAEMON_ONLY_SETTINGS = {"inbox", "outbox", "state_dir", "polling", "poll_interval", "settle_seconds",
@@ -48,26 +40,9 @@ class JobCancelled(BaseException):
 
 def build_pipeline(settings: Settings) -> Any:
     """The real, warm pipeline (imported here: torch loads in the worker thread, not at start-up)."""
-    from recond.pipeline import Pipeline
+    from recond.pipeline.runner import Pipeline
 
     return Pipeline(settings)
-
-
-def loading_fix(error: BaseException) -> str:
-    """How to fix a pipeline that would not build: the weights, or another setting."""
-    from recond.triposr import ModelLoadError
-
-    return MODEL_HELP if isinstance(error, ModelLoadError) else SETTINGS_HELP
-
-
-def describe_failure(error: BaseException) -> tuple[str, bool]:
-    """One line for the job record and whether the user caused it (bad input, no traceback)."""
-    from recond.pipeline.errors import InputError
-
-    message = " ".join(str(error).split())
-    if isinstance(error, InputError):
-        return message, True
-    return f"{type(error).__name__}: {message}", False
 
 
 class Worker:

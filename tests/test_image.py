@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from recond.pipeline.errors import InputError
+from recond.errors import InputError
 from recond.pipeline.image import load_image
 
 MAX_PIXELS = 60_000_000

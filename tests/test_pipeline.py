@@ -21,8 +21,8 @@ from PIL import Image
 
 import recond.pipeline.background as background_module
 from recond.config import Settings, load_settings
-from recond.pipeline import JobResult, Pipeline, Progress
-from recond.pipeline.errors import InputError
+from recond.pipeline.runner import JobResult, Pipeline, Progress
+from recond.errors import InputError
 from recond.triposr import TripoSR
 from test_export import validate_glb
 

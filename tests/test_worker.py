@@ -107,7 +107,7 @@ def test_success_publishes_the_folder_and_removes_the_original(settings: Setting
 
 
 def test_failure_moves_the_original_to_failed_with_a_note(settings: Settings) -> None:
-    from recond.pipeline.errors import InputError
+    from recond.errors import InputError
 
     store = Store(settings.db_path)
     job_id = queue_file(settings, store, "broken.jpg", b"not a picture")

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from recond.pipeline.errors import InputError
+from recond.errors import InputError
 
 
 def read_source(path: Path, max_bytes: int) -> bytes:

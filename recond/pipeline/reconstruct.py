@@ -9,7 +9,7 @@ import torch
 import trimesh
 
 from recond.config import Settings
-from recond.pipeline.errors import InputError
+from recond.errors import InputError
 from recond.triposr import TripoSR
 
 

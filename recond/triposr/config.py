@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from recond.triposr.errors import ModelLoadError
+from recond.errors import ModelLoadError
 
 OFFICIAL_CONFIG_PATH = Path(__file__).with_name("official_config.yaml")
 DINO_VITB16_ID = "facebook/dino-vitb16"

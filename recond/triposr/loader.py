@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from recond.triposr.config import load_config
-from recond.triposr.errors import ModelLoadError
+from recond.errors import ModelLoadError
 from recond.triposr.model import TripoSR
 
 CONFIG_NAME = "config.yaml"

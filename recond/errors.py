@@ -1,0 +1,53 @@
+"""Errors a user can cause, and the one-line fix recond shows for each.
+
+Light on purpose (no torch, no numpy): the worker, ``reconctl`` and the model port all import
+it, and ``reconctl status`` must answer without loading the heavy stack.
+"""
+
+from __future__ import annotations
+
+
+class InputError(Exception):
+    """The picture cannot become a model (not an image, truncated, too large, nothing in it).
+
+    Its message is one sentence a person can act on; the worker records it on the job and in
+    the log as it is, without a traceback.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(message.split()))
+
+
+class ResultExistsError(FileExistsError):
+    """The result folder's name is taken; results are never overwritten."""
+
+
+class ModelLoadError(RuntimeError):
+    """The model folder, its config or its weights are missing or do not fit together.
+
+    It carries a single sentence (which file, what was expected) so the daemon can show it as is.
+    """
+
+
+MODEL_HELP = (
+    "put the TripoSR weights (config.yaml + model.ckpt from stabilityai/TripoSR) in a folder, "
+    "set model = \"/that/folder\" in the config file (or RECOND_MODEL), then run "
+    "`systemctl reload recond` (SIGHUP); recond also retries every model_retry_seconds"
+)
+SETTINGS_HELP = (
+    "fix the setting named above in the config file, then run `systemctl reload recond` (SIGHUP); "
+    "`reconctl doctor` checks each part"
+)
+
+
+def loading_fix(error: BaseException) -> str:
+    """How to fix a pipeline that would not build: the weights, or another setting."""
+    return MODEL_HELP if isinstance(error, ModelLoadError) else SETTINGS_HELP
+
+
+def describe_failure(error: BaseException) -> tuple[str, bool]:
+    """One line for the job record and whether the user caused it (bad input, no traceback)."""
+    message = " ".join(str(error).split())
+    if isinstance(error, InputError):
+        return message, True
+    return f"{type(error).__name__}: {message}", False

@@ -1,0 +1,180 @@
+"""The warm pipeline: built once (model and rembg session warm), then one picture in,
+one complete result folder out, stage by stage, with progress.
+
+A result is assembled in ``<outbox>/.<name>.partial`` and renamed to ``<outbox>/<name>`` only
+when every file is written, so a folder under its final name is always complete; on any failure
+the partial folder is removed. The source file is copied byte for byte and never touched.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from recond import __version__
+from recond.config import Settings
+from recond.pipeline.background import BackgroundRemover
+from recond.errors import InputError, ResultExistsError
+from recond.pipeline.export import GLB_NAME, export_meshes, orient_y_up
+from recond.pipeline.image import decode_image, read_source
+from recond.pipeline.progress import Progress, ProgressTracker
+from recond.pipeline.reconstruct import color_query, reconstruct
+from recond.pipeline.record import sha256_of, write_record
+from recond.pipeline.texture import bake_texture
+from recond.pipeline.turntable import render_turntable, write_turntable
+from recond.pipeline.viewer import write_viewer
+from recond.triposr import TripoSR, prepare_image
+
+__all__ = ["InputError", "JobResult", "Pipeline", "Progress"]
+
+INPUT_NAME = "input.png"
+VIDEO_NAME = "render.mp4"
+MIN_OBJECT_PIXELS = 8  # framing drops the last row and column, as upstream does: tiny crops vanish
+
+
+@dataclass
+class JobResult:
+    result_dir: Path
+    warnings: list[str] = field(default_factory=list)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+class Pipeline:
+    """One warm TripoSR model and background remover, reused for every picture."""
+
+    def __init__(self, settings: Settings, model: TripoSR | None = None) -> None:
+        self.settings = settings
+        self.device = settings.resolved_device()
+        self.dtype = settings.resolved_dtype()
+        self.model_id = settings.model
+        self.model = model or TripoSR.from_pretrained(settings.model, device=self.device,
+                                                      dtype=getattr(torch, self.dtype))
+        self.background = BackgroundRemover(settings)
+        self.background_method = self.background.method
+
+    def run(self, source: Path, outbox: Path, result_name: str,
+            progress: Callable[[Progress], None] | None = None) -> JobResult:
+        """Turn ``source`` into ``outbox/result_name``; raises InputError for a bad picture."""
+        source, outbox = Path(source), Path(outbox)
+        final_dir = outbox / result_name
+        if final_dir.exists():
+            raise ResultExistsError(f"result folder {final_dir} already exists; not overwritten")
+        partial_dir = outbox / f".{result_name}.partial"
+        shutil.rmtree(partial_dir, ignore_errors=True)  # left behind by a crash
+        partial_dir.mkdir(parents=True)
+        try:
+            result = self._build(source, partial_dir, ProgressTracker(progress))
+            os.rename(partial_dir, final_dir)
+        except BaseException:
+            shutil.rmtree(partial_dir, ignore_errors=True)
+            raise
+        _sync_directory(outbox)
+        result.result_dir = final_dir
+        return result
+
+    def _build(self, source: Path, result_dir: Path, tracker: ProgressTracker) -> JobResult:
+        settings = self.settings
+        warnings: list[str] = []
+
+        with tracker.stage("load"):
+            data = read_source(source, settings.max_file_bytes)
+            picture = decode_image(data, source.name, settings.max_image_pixels)
+            source_copy = f"source{source.suffix.lower() or '.bin'}"
+            (result_dir / source_copy).write_bytes(data)
+
+        with tracker.stage("background"):
+            cutout, background_used, notes = self.background.remove(picture)
+            warnings += notes
+            prepared = _prepared_for_model(cutout, settings.foreground_ratio, source.name)
+            Image.fromarray(np.round(prepared * 255).astype(np.uint8)).save(result_dir / INPUT_NAME)
+
+        with tracker.stage("reconstruct") as report:
+            scene_code, mesh = reconstruct(self.model, prepared, settings, report)
+
+        with tracker.stage("texture") as report:
+            if settings.bake_texture:
+                color_at = color_query(self.model, scene_code, settings.chunk_size)
+                mesh = bake_texture(mesh, color_at, settings.texture_resolution, progress=report)
+
+        with tracker.stage("export"):
+            oriented = orient_y_up(mesh)
+            export_meshes(oriented, result_dir)
+
+        with tracker.stage("render") as report:
+            frames = render_turntable(oriented, settings.render_views, settings.render_size,
+                                      device=self.device, progress=report)
+            write_turntable(frames, result_dir, settings.video_fps)
+
+        with tracker.stage("viewer"):
+            downloads = _download_order(result_dir)
+            write_viewer(result_dir, oriented, downloads, title=source.name, video=VIDEO_NAME)
+
+        record = {
+            "recond_version": __version__,
+            "source": source.name,
+            "source_copy": source_copy,
+            "sha256": sha256_of(data),
+            "model": self.model_id,
+            "device": self.device,
+            "dtype": self.dtype,
+            "background": background_used,
+            "warnings": warnings,
+            "vertices": int(len(oriented.vertices)),
+            "faces": int(len(oriented.faces)),
+            "textured": bool(settings.bake_texture),
+            "settings": _pipeline_settings(settings),
+        }
+        with tracker.stage("record"):
+            record["stage_seconds"] = dict(tracker.stage_seconds)
+            write_record(result_dir, record)
+        return JobResult(result_dir, warnings, dict(tracker.stage_seconds), record)
+
+
+def _prepared_for_model(cutout: Image.Image, foreground_ratio: float, name: str) -> np.ndarray:
+    """prepare_image, with the pictures it cannot frame turned into a one-line refusal."""
+    try:
+        prepared = prepare_image(cutout, foreground_ratio)
+    except ValueError as error:  # nothing visible after background removal
+        raise InputError(f"{name}: {error}") from None
+    if min(prepared.shape[:2]) < MIN_OBJECT_PIXELS:
+        raise InputError(f"{name}: the object is only a few pixels across; recond needs a larger picture of it")
+    return prepared
+
+
+def _download_order(result_dir: Path) -> list[str]:
+    """The files a person would want first: the GLB, other meshes, the video, then the rest."""
+    first = [GLB_NAME, "mesh.obj", "mesh.mtl", "mesh_texture.png", "mesh.stl", VIDEO_NAME, INPUT_NAME]
+    present = {p.name for p in result_dir.iterdir() if p.is_file()}
+    rest = sorted(name for name in present if name not in first and not name.startswith("render_"))
+    return [name for name in first if name in present] + rest + ["job.json"]
+
+
+def _pipeline_settings(settings: Settings) -> dict[str, Any]:
+    """The settings that shaped this result (folders and daemon knobs left out)."""
+    keys = ("background", "rembg_model", "foreground_ratio", "mc_resolution", "mc_threshold",
+            "chunk_size", "bake_texture", "texture_resolution", "render_views", "render_size",
+            "video_fps", "max_image_pixels", "max_file_bytes")
+    return {key: getattr(settings, key) for key in keys}
+
+
+def _sync_directory(path: Path) -> None:
+    """Make the rename durable, so a power cut cannot bring back the partial name."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
