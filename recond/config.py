@@ -11,11 +11,12 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -83,12 +84,30 @@ class Settings(BaseSettings):
     log_max_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="Rotate the JSON log here.")
     log_backups: int = Field(5, ge=0, description="Rotated JSON logs kept.")
 
+    # Web front end: read only by `recond-web` (recond/web/); the daemon ignores them.
+    web_host: str = Field("127.0.0.1", description="Address recond-web listens on.")
+    web_port: int = Field(8765, ge=1, le=65535, description="Port recond-web listens on.")
+    web_token: str | None = Field(None, min_length=16, description=(
+        "Bearer token every request but /healthz must carry; required off loopback."))
+    web_cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Origins allowed to call the API from a browser (CORS).")
+    web_max_files: int = Field(20, ge=1, description="Files accepted in one upload request.")
+    web_max_uploads: int = Field(8, ge=1, description="Upload requests received at the same time.")
+
     @field_validator("device")
     @classmethod
     def _device_is_known(cls, value: str) -> str:
         value = value.strip().lower()
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", value):
             raise ValueError("must be auto, cpu, cuda or cuda:N")
+        return value
+
+    @field_validator("web_cors_origins", mode="before")
+    @classmethod
+    def _origins_from_text(cls, value: object) -> object:
+        """RECOND_WEB_CORS_ORIGINS is a comma-separated list; the TOML file gives a real list."""
+        if isinstance(value, str):
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
         return value
 
     @model_validator(mode="after")
@@ -141,6 +160,10 @@ class Settings(BaseSettings):
     @property
     def log_path(self) -> Path:
         return self.state_dir / "recond.log"
+
+
+# Settings only recond-web reads: a change to them never rebuilds the daemon's warm pipeline.
+WEB_SETTINGS = frozenset(name for name in Settings.model_fields if name.startswith("web_"))
 
 
 def config_path_from_env() -> Path | None:

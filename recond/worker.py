@@ -15,8 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from recond.config import Settings
+from recond.config import WEB_SETTINGS, Settings
 from recond.errors import describe_failure, loading_fix
+from recond.gallery import write_gallery
 from recond.intake import FAILED_FOLDER
 from recond.logging import get_logger
 from recond.store import Job, Store
@@ -27,7 +28,7 @@ PROGRESS_WRITE_SECONDS = 0.5  # how often a running job's progress reaches the d
 # Settings the pipeline never reads: changing only these on SIGHUP keeps the warm model.
 DAEMON_ONLY_SETTINGS = {"inbox", "outbox", "state_dir", "polling", "poll_interval", "settle_seconds",
                         "rescan_seconds", "max_attempts", "model_retry_seconds", "log_level",
-                        "log_max_bytes", "log_backups"}
+                        "log_max_bytes", "log_backups"} | WEB_SETTINGS
 
 
 class JobCancelled(BaseException):
@@ -177,6 +178,7 @@ class Worker:
             self.fail_job(job, reason)
             return
         self.store.finish(job.id, result.result_dir, [*result.warnings, *_remove_original(source)])
+        write_gallery(outbox, self.store)
         log.info("job done", job=job.id, file=job.source, output=str(result.result_dir),
                  seconds=round(time.monotonic() - started, 2), warnings=len(result.warnings))
 
