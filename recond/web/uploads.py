@@ -139,7 +139,11 @@ class _Receiver:
         upload_id, name, path, descriptor = self._current
         os.close(descriptor)
         self._current = None
-        self._check_picture(name, path)
+        try:
+            self._check_picture(name, path)
+        except UploadRefused:
+            path.unlink(missing_ok=True)
+            raise
         source = f"{upload_prefix(upload_id)}{name}"
         self.accepted.append((Upload(upload_id, name, source, self._size), path))
 
