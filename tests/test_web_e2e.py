@@ -160,7 +160,10 @@ def test_upload_page_shows_live_progress_then_result_and_gallery(
             page = browser.new_page(viewport={"width": 960, "height": 640})
             requested: list[str] = []
             page.on("request", lambda request: requested.append(request.url))
+            page.set_viewport_size({"width": 390, "height": 800})  # a phone: nothing wider than it
             page.goto(f"{web.url}/")
+            assert page.evaluate("document.documentElement.scrollWidth") <= 390
+            page.set_viewport_size({"width": 960, "height": 640})
             page.evaluate("""() => { window.seen = [];
                 new MutationObserver(() => { const row = document.querySelector('#uploads li');
                   if (row) window.seen.push([row.dataset.state, row.querySelector('progress').value,
@@ -187,6 +190,8 @@ def test_upload_page_shows_live_progress_then_result_and_gallery(
             page.wait_for_function(f"""() => {{ const img = document.querySelector(
                 '.gallery a[href="{result_path}"] img'); return img && img.complete && img.naturalWidth > 0; }}""")
             assert all(url.startswith(web.url) for url in requested), requested  # no CDN, no internet
+            page.set_viewport_size({"width": 390, "height": 800})
+            assert page.evaluate("document.documentElement.scrollWidth") <= 390
 
             # The daemon's own gallery works from the share with no server at all.
             page.goto((installation.outbox / "index.html").as_uri())

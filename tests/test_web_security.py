@@ -18,8 +18,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 from PIL import Image
 
+from recond.config import Settings, SettingsError, load_settings
+from recond.web.app import create_app
 from web_server import REPO, WebServer, free_port
 
 MAX_FILE_BYTES = 300_000
@@ -232,3 +235,30 @@ def test_an_open_bind_without_a_token_refuses_to_start(tmp_path: Path) -> None:
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and result.stderr.count("\n") == 1
     assert "web_token" in result.stderr and "0.0.0.0" in result.stderr
+
+
+def app_settings(tmp_path: Path, **values: object) -> Settings:
+    return load_settings(write_config(tmp_path, **values))
+
+
+def test_cors_is_off_unless_origins_are_configured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    preflight = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST"}
+    with TestClient(create_app(app_settings(tmp_path))) as client:
+        assert "access-control-allow-origin" not in client.get("/healthz", headers=preflight).headers
+        assert client.options("/api/jobs", headers=preflight).status_code == 405
+    monkeypatch.setenv("RECOND_WEB_CORS_ORIGINS", "https://app.example, https://other.example")
+    settings = app_settings(tmp_path, web_token=TOKEN)
+    assert settings.web_cors_origins == ["https://app.example", "https://other.example"]
+    with TestClient(create_app(settings)) as client:
+        allowed = client.options("/api/jobs", headers=preflight)  # preflights carry no token
+        other = client.get("/healthz", headers={"Origin": "https://evil.example"})
+    assert allowed.status_code == 200
+    assert allowed.headers["access-control-allow-origin"] == "https://app.example"
+    assert "access-control-allow-origin" not in other.headers
+
+
+def test_web_settings_refuse_bad_values_naming_the_key(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="web_token.*RECOND_WEB_TOKEN"):
+        app_settings(tmp_path, web_token="short")
+    with pytest.raises(SettingsError, match="web_port"):
+        app_settings(tmp_path, web_port=70000)

@@ -75,7 +75,7 @@ def create_app(settings: Settings) -> FastAPI:
     reader = StoreReader(settings.db_path)
     metrics = Metrics(settings)
     feed = JobFeed(reader, observers=(metrics.observe,))
-    uploads_running = [0]  # upload requests being received now (one event loop: no lock)
+    upload_slots = asyncio.Semaphore(settings.web_max_uploads)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -146,21 +146,19 @@ def create_app(settings: Settings) -> FastAPI:
     async def upload(request: Request) -> Response:
         """Upload one or more pictures (multipart/form-data, any field name). All or nothing:
         a refused file leaves nothing of the request in the inbox."""
-        if uploads_running[0] >= settings.web_max_uploads:
+        if upload_slots.locked():
             return JSONResponse({"detail": f"{settings.web_max_uploads} uploads are already "
                                            "running (setting web_max_uploads); retry shortly"},
                                 status_code=429, headers={"Retry-After": "1"})
-        uploads_running[0] += 1
-        try:
-            accepted = await receive_uploads(request, settings)
-        except UploadRefused as refusal:
-            log.info("upload refused", status=refusal.status, reason=str(refusal))
-            return JSONResponse({"detail": str(refusal)}, status_code=refusal.status)
-        except ClientDisconnect:
-            log.info("upload abandoned by the client; its files were removed")
-            return Response(status_code=400)
-        finally:
-            uploads_running[0] -= 1
+        async with upload_slots:
+            try:
+                accepted = await receive_uploads(request, settings)
+            except UploadRefused as refusal:
+                log.info("upload refused", status=refusal.status, reason=str(refusal))
+                return JSONResponse({"detail": str(refusal)}, status_code=refusal.status)
+            except ClientDisconnect:
+                log.info("upload abandoned by the client; its files were removed")
+                return Response(status_code=400)
         log.info("upload accepted", files=[item.source for item in accepted])
         headers = {"Location": f"/api/uploads/{accepted[0].upload_id}"} if len(accepted) == 1 else {}
         return JSONResponse({"uploads": [_upload_view(item) for item in accepted]},
