@@ -21,7 +21,8 @@ from recond.logging import get_logger
 from recond.pipeline.record import RECORD_NAME
 from recond.store import DONE, Job, Store
 
-GALLERY_NAME = "index.html"
+GALLERY_NAME = "index.html"  # outbox/index.html
+VIEWER_NAME = "index.html"  # each result folder's viewer page (pipeline/viewer.py writes it)
 THUMBNAIL_NAME = "render_000.png"  # the turntable's first frame (pipeline/turntable.py)
 STATIC_LIMIT = 1000  # the file:// gallery lists this many newest results; /gallery pages through all
 PAGE_CSS = Path(__file__).parent / "web" / "assets" / "page.css"
@@ -116,7 +117,7 @@ def write_gallery(outbox: Path, store: Store) -> Path | None:
         total = store.count_finished()
         cards = entries(store, outbox, STATIC_LIMIT)
         more = f"; the newest {STATIC_LIMIT} are shown" if total > STATIC_LIMIT else ""
-        page = render_page(cards, "", GALLERY_NAME, "Results",
+        page = render_page(cards, "", VIEWER_NAME, "Results",
                            summary=f"{total:,} finished jobs, newest first{more}.")
         descriptor, temporary = tempfile.mkstemp(dir=outbox, prefix=".index.", suffix=".tmp")
         try:

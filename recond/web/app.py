@@ -29,14 +29,15 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from recond import __version__
 from recond.cli import status_report
 from recond.config import Settings
-from recond.gallery import GALLERY_NAME, entries, render_page
+from recond.gallery import VIEWER_NAME, entries, render_page
 from recond.logging import get_logger
 from recond.store import ACTIVE, DONE, DUPLICATE, STATES, Job, Store
 from recond.web.feed import JobFeed, StoreReader
 from recond.web.metrics import Metrics
 from recond.web.uploads import UPLOAD_ID, Upload, UploadRefused, receive_uploads, upload_prefix
 
-ASSETS = Path(__file__).with_name("assets")
+ASSETS = Path(__file__).with_name("assets")  # served as they are under /assets/
+UPLOAD_PAGE = Path(__file__).with_name("upload.html")  # the page at /, its nav filled in
 GALLERY_PAGE_SIZE = 50
 OPEN_PATHS = ("/healthz",)  # reachable without the token (load balancers, systemd checks)
 NAV = '<a href="/">Upload</a><a href="/gallery">Gallery</a><a href="/docs">API</a>'
@@ -106,9 +107,11 @@ def create_app(settings: Settings) -> FastAPI:
 
     # Pages.
 
+    upload_page_html = UPLOAD_PAGE.read_text(encoding="utf-8").replace("{{NAV}}", NAV)
+
     @app.get("/", include_in_schema=False)
-    async def upload_page() -> FileResponse:
-        return FileResponse(ASSETS / "upload.html")
+    async def upload_page() -> HTMLResponse:
+        return HTMLResponse(upload_page_html)
 
     @app.get("/gallery", include_in_schema=False)
     async def gallery(page: int = Query(1, ge=1)) -> HTMLResponse:
@@ -127,7 +130,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/results/{name}/", include_in_schema=False)
     async def result_page(name: str) -> FileResponse:
-        return FileResponse(_result_file(outbox, name, GALLERY_NAME))
+        return FileResponse(_result_file(outbox, name, VIEWER_NAME))
 
     @app.get("/results/{name}/{file}", include_in_schema=False)
     async def result_file(name: str, file: str) -> FileResponse:
