@@ -39,6 +39,7 @@ def write_config(root: Path, **values: object) -> Path:
     settings = {"inbox": str(root / "inbox"), "outbox": str(root / "outbox"),
                 "state_dir": str(root / "state"), "max_file_bytes": MAX_FILE_BYTES,
                 "web_port": free_port(), "web_max_files": 3, "web_max_uploads": 2, **values}
+    Path(settings["inbox"]).mkdir(parents=True, exist_ok=True)
     config = root / "recond.toml"
     config.write_text("".join(f"{key} = {json.dumps(value)}\n" for key, value in settings.items()))
     return config
@@ -220,7 +221,7 @@ def test_with_a_token_every_request_but_healthz_needs_it(tmp_path: Path) -> None
         upload = anonymous.post("/api/jobs", files={"image": ("a.png", picture(), "image/png")})
         wrong = anonymous.get("/api/jobs", headers={"Authorization": "Bearer wrong-token-0000000"})
         assert upload.status_code == 401 and wrong.status_code == 401
-        assert not (tmp_path / "inbox").exists() or inbox_files(server) == []
+        assert inbox_files(server) == []
         with server.client() as client:
             assert client.get("/api/jobs").json() == []
         anonymous.close()
@@ -262,3 +263,12 @@ def test_web_settings_refuse_bad_values_naming_the_key(tmp_path: Path) -> None:
         app_settings(tmp_path, web_token="short")
     with pytest.raises(SettingsError, match="web_port"):
         app_settings(tmp_path, web_port=70000)
+
+
+def test_a_missing_inbox_is_never_created_by_an_upload(tmp_path: Path) -> None:
+    settings = app_settings(tmp_path)
+    settings.inbox.rmdir()  # e.g. the share it lives on is not mounted
+    with TestClient(create_app(settings)) as client:
+        answer = client.post("/api/jobs", files={"image": ("a.png", picture(), "image/png")})
+    assert answer.status_code == 503 and "not there" in answer.json()["detail"]
+    assert not settings.inbox.exists()

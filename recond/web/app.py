@@ -145,7 +145,8 @@ def create_app(settings: Settings) -> FastAPI:
                          401: {"description": "Token missing (when web_token is set)."},
                          413: {"description": "A file over max_file_bytes or too many files."},
                          415: {"description": "Not multipart, or a file that is no picture."},
-                         429: {"description": "Too many uploads at once; retry shortly."}})
+                         429: {"description": "Too many uploads at once; retry shortly."},
+                         503: {"description": "The inbox is not there (a share that is down)."}})
     async def upload(request: Request) -> Response:
         """Upload one or more pictures (multipart/form-data, any field name). All or nothing:
         a refused file leaves nothing of the request in the inbox."""

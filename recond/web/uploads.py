@@ -206,8 +206,11 @@ async def receive_uploads(request: Request, settings: Settings) -> list[Upload]:
                                  f"{settings.max_file_bytes / 1e6:.1f} MB (settings "
                                  "web_max_files, max_file_bytes); nothing was saved")
     inbox = settings.inbox.resolve()
+    if not inbox.is_dir():  # never create it: on an unmounted share that would hide the mount
+        raise UploadRefused(503, f"the inbox {inbox} is not there (a share that is down?); "
+                                 "try again later")
     folder = inbox / UPLOAD_FOLDER
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(exist_ok=True)
     receiver = _Receiver(settings, folder)
     parser = MultipartParser(options[b"boundary"], receiver.callbacks())
     body = request.stream()
