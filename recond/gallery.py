@@ -20,6 +20,7 @@ from urllib.parse import quote
 from recond.logging import get_logger
 from recond.pipeline.record import RECORD_NAME
 from recond.store import DONE, Job, Store
+from recond.web.names import shown_name
 
 GALLERY_NAME = "index.html"  # outbox/index.html
 VIEWER_NAME = "index.html"  # each result folder's viewer page (pipeline/viewer.py writes it)
@@ -87,7 +88,7 @@ def render_page(cards: list[Entry], results_href: str, viewer_file: str, title: 
 
 
 def _card(card: Entry, results_href: str, viewer_file: str) -> str:
-    name = html.escape(card.source)
+    name = html.escape(shown_name(card.source))
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(card.finished_at)) if card.finished_at else ""
     if card.folder is None:
         return (f'<li class="card failed" data-job="{card.job_id}"><div class="no-thumb">failed</div>'

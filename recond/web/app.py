@@ -34,7 +34,8 @@ from recond.logging import get_logger
 from recond.store import ACTIVE, DONE, DUPLICATE, STATES, Job, Store
 from recond.web.feed import JobFeed, StoreReader
 from recond.web.metrics import Metrics
-from recond.web.uploads import UPLOAD_ID, Upload, UploadRefused, receive_uploads, upload_prefix
+from recond.web.names import UPLOAD_ID, upload_prefix
+from recond.web.uploads import Upload, UploadRefused, receive_uploads
 
 ASSETS = Path(__file__).with_name("assets")  # served as they are under /assets/
 UPLOAD_PAGE = Path(__file__).with_name("upload.html")  # the page at /, its nav filled in

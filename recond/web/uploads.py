@@ -2,16 +2,14 @@
 
 Each file of a multipart request streams straight to a hidden name in ``inbox/web/`` (the intake
 ignores dot-files), is checked by the pipeline's own rules (size, image header), and only when
-every file of the request passed is each renamed to ``web/<upload id>-<name>``. The upload id
-in that name is how a client finds its job before the daemon has made it: the job's ``source``
-starts with ``web/<upload id>-``. A refusal or a client that goes away removes every
+every file of the request passed is each renamed to its upload name (names.py), whose upload id
+is how a client finds its job before the daemon has made it. A refusal or a client that goes away removes every
 temporary file, so nothing half-written is ever left in the inbox.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import secrets
 import unicodedata
 from collections.abc import AsyncIterator
@@ -26,9 +24,8 @@ from recond.config import Settings
 from recond.errors import InputError
 from recond.intake import is_ignored
 from recond.pipeline.image import check_size, open_image
+from recond.web.names import UPLOAD_FOLDER, upload_source
 
-UPLOAD_FOLDER = "web"  # inbox/web/: result names then read <time>_web_<upload id>-<name>
-UPLOAD_ID = re.compile(r"[0-9a-f]{16}")
 MAX_NAME_CHARS = 120
 MULTIPART_OVERHEAD = 64 * 1024  # headers and boundaries around each file, at most
 WINDOWS_FORBIDDEN = set('<>:"|?*')  # the inbox is often an SMB share that Windows clients browse
@@ -52,11 +49,6 @@ class Upload:
     size: int
 
 
-def upload_prefix(upload_id: str) -> str:
-    """The start of the inbox path (the job's ``source``) of every file of this upload."""
-    return f"{UPLOAD_FOLDER}/{upload_id}-"
-
-
 def check_name(name: str) -> str:
     """The client's file name, if it is a plain, visible name; else UploadRefused (400)."""
     problem = None
@@ -72,7 +64,7 @@ def check_name(name: str) -> str:
         problem = "contains control or invisible characters"
     elif WINDOWS_FORBIDDEN & set(name):
         problem = "contains one of < > : \" | ? * (not allowed in names on the share)"
-    elif is_ignored(PurePosixPath(UPLOAD_FOLDER, f"{'0' * 16}-{name}")):
+    elif is_ignored(PurePosixPath(upload_source("0" * 16, name))):
         problem = "ends like a temporary file (.part, .tmp, .crdownload), which the inbox ignores"
     if problem:
         raise UploadRefused(400, f"file name {name!r} {problem}")
@@ -144,7 +136,7 @@ class _Receiver:
         except UploadRefused:
             path.unlink(missing_ok=True)
             raise
-        source = f"{upload_prefix(upload_id)}{name}"
+        source = upload_source(upload_id, name)
         self.accepted.append((Upload(upload_id, name, source, self._size), path))
 
     def _check_picture(self, name: str, path: Path) -> None:
