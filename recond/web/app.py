@@ -13,6 +13,7 @@ import math
 import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -22,6 +23,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
+from pydantic import BaseModel
 from sse_starlette import EventSourceResponse
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -46,6 +48,36 @@ NAV = '<a href="/">Upload</a><a href="/gallery">Gallery</a><a href="/docs">API</
 PLAIN_NAME = re.compile(r"[^./\\\x00-\x1f][^/\\\x00-\x1f]*")
 
 log = get_logger("recond.web")
+
+
+@dataclass
+class JobView(Job):
+    """A job as the API shows it: the fields of `reconctl show --json`, plus its result page."""
+
+    result_url: str | None = None
+
+
+class UploadView(BaseModel):
+    """One accepted file: follow it at ``status_url`` or ``events_url``."""
+
+    upload_id: str
+    name: str
+    source: str
+    bytes: int
+    status_url: str
+    events_url: str
+
+
+class UploadsAccepted(BaseModel):
+    uploads: list[UploadView]
+
+
+class UploadState(BaseModel):
+    """An upload's job, or state ``waiting`` (and no job) until the daemon has taken the file."""
+
+    upload_id: str
+    state: str
+    job: JobView | None
 
 
 class BearerToken:
@@ -99,9 +131,8 @@ def create_app(settings: Settings) -> FastAPI:
                            allow_methods=["GET", "POST"], allow_headers=["Authorization"])
     app.mount("/assets", StaticFiles(directory=ASSETS), name="assets")
 
-    def job_view(job: Job) -> dict[str, Any]:
-        """The fields of `reconctl show --json`, plus where its result page is."""
-        return {**job.as_dict(), "result_url": result_url(job, outbox)}
+    def job_view(job: Job) -> JobView:
+        return JobView(**vars(job), result_url=result_url(job, outbox))
 
     async def read(query: Callable[[Store], Any], default: Any = None) -> Any:
         return await reader.aread(query, default)
@@ -140,8 +171,8 @@ def create_app(settings: Settings) -> FastAPI:
     # API.
 
     @app.post("/api/jobs", status_code=202, tags=["jobs"], openapi_extra=UPLOAD_SCHEMA,
-              responses={202: {"description": "Accepted: one entry per file, each with its "
-                                              "upload id and where to follow it."},
+              responses={202: {"model": UploadsAccepted, "description": "Accepted: one entry "
+                                "per file, each with its upload id and where to follow it."},
                          400: {"description": "No file, a bad file name, or an empty file."},
                          401: {"description": "Token missing (when web_token is set)."},
                          413: {"description": "A file over max_file_bytes or too many files."},
@@ -170,15 +201,15 @@ def create_app(settings: Settings) -> FastAPI:
                             status_code=202, headers=headers)
 
     @app.get("/api/uploads/{upload_id}", tags=["jobs"])
-    async def upload_state(upload_id: str) -> dict[str, Any]:
+    async def upload_state(upload_id: str) -> UploadState:
         """An upload's job once the daemon made it (``job`` null and state ``waiting`` before)."""
         prefix = _upload_prefix(upload_id)
         job = await read(lambda store: store.by_source_prefix(prefix))
         if job is not None:
-            return {"upload_id": upload_id, "state": job.state, "job": job_view(job)}
+            return UploadState(upload_id=upload_id, state=job.state, job=job_view(job))
         if not any((settings.inbox / prefix).parent.glob(f"{upload_id}-*")):
             raise HTTPException(404, f"no upload {upload_id}")
-        return {"upload_id": upload_id, "state": "waiting", "job": None}
+        return UploadState(upload_id=upload_id, state="waiting", job=None)
 
     @app.get("/api/uploads/{upload_id}/events", tags=["events"])
     async def upload_events(upload_id: str) -> EventSourceResponse:
@@ -190,13 +221,13 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/api/jobs", tags=["jobs"])
     async def list_jobs(state: str | None = Query(None, pattern=f"^({'|'.join(STATES)})$"),
-                        limit: int = Query(50, ge=1, le=1000)) -> list[dict[str, Any]]:
+                        limit: int = Query(50, ge=1, le=1000)) -> list[JobView]:
         """Jobs newest first (the fields of `reconctl jobs --json`)."""
         jobs = await read(lambda store: store.jobs(state, limit), [])
         return [job_view(job) for job in jobs]
 
     @app.get("/api/jobs/{job_id}", tags=["jobs"])
-    async def show_job(job_id: int) -> dict[str, Any]:
+    async def show_job(job_id: int) -> JobView:
         """One job (the fields of `reconctl show --json`)."""
         job = await read(lambda store: store.get(job_id))
         if job is None:
@@ -270,9 +301,9 @@ def result_url(job: Job, outbox: Path) -> str | None:
 
 
 def _upload_view(upload: Upload) -> dict[str, Any]:
-    return {"upload_id": upload.upload_id, "name": upload.name, "source": upload.source,
-            "bytes": upload.size, "status_url": f"/api/uploads/{upload.upload_id}",
-            "events_url": f"/api/uploads/{upload.upload_id}/events"}
+    return UploadView(upload_id=upload.upload_id, name=upload.name, source=upload.source,
+                      bytes=upload.size, status_url=f"/api/uploads/{upload.upload_id}",
+                      events_url=f"/api/uploads/{upload.upload_id}/events").model_dump()
 
 
 def _upload_prefix(upload_id: str) -> str:
@@ -281,8 +312,8 @@ def _upload_prefix(upload_id: str) -> str:
     return upload_prefix(upload_id)
 
 
-def _event(view: dict[str, Any]) -> dict[str, str]:
-    return {"event": "job", "id": f"{view['id']}-{view['updated_at']}", "data": json.dumps(view)}
+def _event(view: JobView) -> dict[str, str]:
+    return {"event": "job", "id": f"{view.id}-{view.updated_at}", "data": json.dumps(vars(view))}
 
 
 def _result_dir(outbox: Path, name: str) -> Path:
