@@ -38,7 +38,7 @@ import bench_triposr  # noqa: E402  (A's full-size random-weight model, so both 
 from recond.config import Settings, load_settings  # noqa: E402
 from recond.pipeline.runner import Pipeline  # noqa: E402
 from recond.pipeline.reconstruct import reconstruct  # noqa: E402
-from recond.triposr import prepare_image  # noqa: E402
+from recond.triposr.preprocess import prepare_image  # noqa: E402
 
 
 def peak_rss_gib() -> float:

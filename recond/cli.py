@@ -262,7 +262,7 @@ def _gpu_check(settings: Settings) -> Check:
 def _weights_check(settings: Settings) -> Check:
     import torch
 
-    from recond.triposr import TripoSR
+    from recond.triposr.model import TripoSR
 
     try:
         model = TripoSR.from_pretrained(settings.model, device=settings.resolved_device(),

@@ -96,7 +96,9 @@ def smooth_field(model: torch.nn.Module, seed: int) -> None:
 def build_tiny_checkpoint(folder: Path, config: dict[str, Any] = TINY_CONFIG,
                           vit: dict[str, Any] = TINY_VIT, seed: int = 1234, smooth: bool = True) -> Path:
     """Write config.yaml + vit_config.json + model.ckpt whose field crosses the threshold."""
-    from recond.triposr import TripoSR, parse_config, prepare_image
+    from recond.triposr.config import parse_config
+    from recond.triposr.model import TripoSR
+    from recond.triposr.preprocess import prepare_image
     from recond.triposr.config import ViTConfig
 
     folder.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,7 @@ import recond.pipeline.background as background_module
 from recond.config import Settings, load_settings
 from recond.pipeline.runner import JobResult, Pipeline, Progress
 from recond.errors import InputError
-from recond.triposr import TripoSR
+from recond.triposr.model import TripoSR
 from test_export import validate_glb
 
 EXAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "examples"

@@ -18,7 +18,8 @@ import torch
 from PIL import Image
 from scipy.spatial import cKDTree
 
-from recond.triposr import TripoSR, prepare_image
+from recond.triposr.model import TripoSR
+from recond.triposr.preprocess import prepare_image
 from recond.triposr.cameras import spherical_cameras
 from recond.triposr.isosurface import grid_point_chunks, marching_cubes
 from recond.triposr.preprocess import frame_foreground, model_input

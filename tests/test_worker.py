@@ -142,7 +142,7 @@ def test_missing_model_keeps_jobs_queued_until_reload_brings_it(settings: Settin
     attempts = []
 
     def factory(current: Settings) -> StandInPipeline:
-        from recond.triposr import TripoSR
+        from recond.triposr.model import TripoSR
 
         attempts.append(current.model)
         if current.model == "stand-in":

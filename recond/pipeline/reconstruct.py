@@ -10,7 +10,7 @@ import trimesh
 
 from recond.config import Settings
 from recond.errors import InputError
-from recond.triposr import TripoSR
+from recond.triposr.model import TripoSR
 
 
 def reconstruct(model: TripoSR, prepared_rgb: np.ndarray, settings: Settings,

@@ -31,7 +31,8 @@ from recond.pipeline.record import sha256_of, write_record
 from recond.pipeline.texture import bake_texture
 from recond.pipeline.turntable import render_turntable, write_turntable
 from recond.pipeline.viewer import write_viewer
-from recond.triposr import TripoSR, prepare_image
+from recond.triposr.model import TripoSR
+from recond.triposr.preprocess import prepare_image
 
 __all__ = ["InputError", "JobResult", "Pipeline", "Progress"]
 
