@@ -18,8 +18,9 @@ from typing import Any
 
 import click
 
-from recond.config import Settings, SettingsError, load_settings
+from recond.config import JobSettings, Settings, SettingsError, load_settings, part_of
 from recond.intake import FAILED_FOLDER, result_name_for
+from recond.pipeline.names import VIDEO_NAME
 from recond.store import FAILED, RUNNING, Job, Store, pid_alive
 
 STALE_HEARTBEAT_SECONDS = 30.0  # the daemon beats every 5 s; six missed beats means it hangs
@@ -262,7 +263,7 @@ def _gpu_check(settings: Settings) -> Check:
 def _weights_check(settings: Settings) -> Check:
     import torch
 
-    from recond.triposr import TripoSR
+    from recond.triposr.model import TripoSR
 
     try:
         model = TripoSR.from_pretrained(settings.model, device=settings.resolved_device(),
@@ -293,7 +294,7 @@ def _ffmpeg_check() -> Check:
         version = subprocess.run([executable, "-version"], capture_output=True, text=True,
                                  timeout=30, check=True).stdout.splitlines()[0]
     except Exception as error:  # missing binary, not executable, crashes: all mean no video
-        return Check("ffmpeg", "fail", f"ffmpeg not usable ({error}); render.mp4 cannot be written")
+        return Check("ffmpeg", "fail", f"ffmpeg not usable ({error}); {VIDEO_NAME} cannot be written")
     return Check("ffmpeg", "ok", f"{executable} ({version})")
 
 
@@ -335,8 +336,9 @@ def process(ctx: click.Context, images: tuple[Path, ...], out: Path | None, mode
     """Turn IMAGES into result folders now, with one warm pipeline, without the daemon."""
     from tqdm import tqdm
 
-    from recond.logging import configure_logging
     from recond.errors import describe_failure, loading_fix
+    from recond.logging import configure_logging
+    from recond.pipeline.progress import Progress
     from recond.worker import build_pipeline
 
     settings = _settings(ctx, model=model)
@@ -351,11 +353,12 @@ def process(ctx: click.Context, images: tuple[Path, ...], out: Path | None, mode
     for image in images:
         name = _free_name(out, result_name_for(image.name, time.time()))
         with tqdm(total=100, desc=image.name, unit="%", file=sys.stderr, leave=False) as bar:
-            def report(progress: Any, bar: tqdm = bar) -> None:
+            def report(progress: Progress, bar: tqdm = bar) -> None:
                 bar.set_postfix_str(progress.stage, refresh=False)
                 bar.update(round(progress.overall * 100) - bar.n)
             try:
-                result = pipeline.run(image.resolve(), out, name, progress=report)
+                result = pipeline.run(image.resolve(), out, name, part_of(settings, JobSettings),
+                                      progress=report)
             except Exception as error:  # recorded per image; the others still run
                 failures += 1
                 click.echo(f"{image}: failed: {describe_failure(error)[0]}")

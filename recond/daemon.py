@@ -18,14 +18,13 @@ from typing import IO
 import click
 import sdnotify
 
-from recond.config import Settings, SettingsError, load_settings
+from recond.config import IntakeSettings, Settings, SettingsError, load_settings, part_of
 from recond.intake import Intake
 from recond.logging import configure_logging, get_logger
 from recond.store import Store
 from recond.worker import Worker
 
 HEARTBEAT_SECONDS = 5.0  # daemon row refresh and systemd watchdog ping (WatchdogSec=60)
-INTAKE_FIELDS = ("inbox", "polling", "poll_interval", "settle_seconds", "rescan_seconds")
 
 log = get_logger("recond.daemon")
 
@@ -134,7 +133,7 @@ class Daemon:
         configure_logging(new)
         log.info("SIGHUP: settings reloaded; retrying the model if it is missing")
         worker.reload(new)
-        if any(getattr(old, name) != getattr(new, name) for name in INTAKE_FIELDS):
+        if part_of(old, IntakeSettings) != part_of(new, IntakeSettings):
             new.inbox.mkdir(parents=True, exist_ok=True)
             self.intake.stop()
             self.intake = Intake(new, store, on_enqueued=lambda job: worker.wake())

@@ -18,13 +18,12 @@ from pathlib import Path
 from urllib.parse import quote
 
 from recond.logging import get_logger
-from recond.pipeline.record import RECORD_NAME
+from recond.pipeline.names import RECORD_NAME, VIEWER_NAME, frame_name
 from recond.store import DONE, Job, Store
 from recond.web.names import shown_name
 
 GALLERY_NAME = "index.html"  # outbox/index.html
-VIEWER_NAME = "index.html"  # each result folder's viewer page (pipeline/viewer.py writes it)
-THUMBNAIL_NAME = "render_000.png"  # the turntable's first frame (pipeline/turntable.py)
+THUMBNAIL_NAME = frame_name(0)  # the turntable's first frame
 STATIC_LIMIT = 1000  # the file:// gallery lists this many newest results; /gallery pages through all
 PAGE_CSS = Path(__file__).parent / "web" / "assets" / "page.css"
 

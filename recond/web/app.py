@@ -31,8 +31,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from recond import __version__
 from recond.cli import status_report
 from recond.config import Settings
-from recond.gallery import VIEWER_NAME, entries, render_page
+from recond.gallery import entries, render_page
 from recond.logging import get_logger
+from recond.pipeline.names import VIEWER_NAME
 from recond.store import ACTIVE, DONE, DUPLICATE, STATES, Job, Store
 from recond.web.feed import JobFeed, StoreReader
 from recond.web.metrics import Metrics

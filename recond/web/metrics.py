@@ -17,7 +17,7 @@ from prometheus_client.registry import Collector
 
 from recond.cli import status_report
 from recond.config import Settings
-from recond.pipeline.record import RECORD_NAME
+from recond.pipeline.names import RECORD_NAME
 from recond.store import DONE, Job
 
 # Seconds a pipeline stage takes: tenths on a GPU up to many minutes on a CPU.
