@@ -23,6 +23,7 @@ import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
+from recond.pipeline.progress import STAGES
 from test_daemon_e2e import Installation
 from web_server import WebServer, free_port
 
@@ -87,9 +88,10 @@ def test_api_upload_followed_over_sse_to_done(site: tuple[Installation, WebServe
     job = events[-1]
     assert job["state"] == "done" and job["source"] == upload["source"]
     assert job["source"] == f"web/{upload['upload_id']}-robot.png"
-    progress = [event["progress"] for event in events if event["state"] == "running"]
-    assert progress and progress == sorted(progress) and 0 < progress[-1] <= 1
-    assert {event["stage"] for event in events} >= {"reconstruct", "render"}
+    running = [event for event in events if event["state"] == "running"]
+    progress = [event["progress"] for event in running]
+    assert progress == sorted(progress)  # the stream samples the store: fewer events, never backwards
+    assert any(event["stage"] in STAGES and 0 < event["progress"] < 1 for event in running), running
     assert job["result_url"] == f"/results/{job['result_name']}/"
 
     with web.client() as client:
