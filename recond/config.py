@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
@@ -152,7 +152,8 @@ def part_of(settings: _Part, part: type[PartT]) -> PartT:
 
     Equal parts compare equal, which is how a reload tells what changed.
     """
-    return part.model_construct(**{name: getattr(settings, name) for name in part.model_fields})
+    values = {name: getattr(settings, name) for name in part.model_fields}
+    return cast(PartT, part.model_construct(**values))  # the pydantic plugin types it as _Part
 
 
 class Settings(IntakeSettings, ModelSettings, JobSettings, DaemonSettings, WebSettings,
@@ -205,7 +206,7 @@ def config_path_from_env() -> Path | None:
     return Path(value) if value else None
 
 
-def load_settings(config_path: Path | None = None, **overrides: object) -> Settings:
+def load_settings(config_path: Path | None = None, **overrides: Any) -> Settings:
     """Read the TOML file (argument, else RECOND_CONFIG) and RECOND_* variables, validated.
 
     Raises SettingsError with one line naming the offending setting.

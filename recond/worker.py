@@ -41,7 +41,7 @@ def build_pipeline(settings: ModelSettings) -> WarmPipeline:
     """The real, warm pipeline (imported here: torch loads in the worker thread, not at start-up)."""
     from recond.pipeline.runner import Pipeline
 
-    return Pipeline(part_of(settings, ModelSettings))
+    return Pipeline(settings)
 
 
 class Worker:

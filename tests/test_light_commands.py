@@ -61,3 +61,17 @@ def test_command_answers_without_importing_the_heavy_stack(config: Path, command
     assert report["heavy"] == []
     if command[0] == "retry":
         assert (config.parent / "inbox" / "a.jpg").read_bytes() == b"picture bytes"
+
+
+def test_looking_for_the_rembg_model_file_imports_no_torch(tmp_path: Path) -> None:
+    """`reconctl doctor` asks rembg_model_status where the file is; that alone must stay light."""
+    script = (
+        "import json, sys\n"
+        "from recond.config import load_settings\n"
+        "from recond.pipeline.background import rembg_model_status\n"
+        f"status = rembg_model_status(load_settings(rembg_home={str(tmp_path)!r}))\n"
+        f"print(json.dumps({{'found': status.available, 'torch': 'torch' in sys.modules}}))\n"
+    )
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                               timeout=60, check=True)
+    assert json.loads(completed.stdout.splitlines()[-1]) == {"found": False, "torch": False}
