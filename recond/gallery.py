@@ -52,11 +52,11 @@ def entries(store: Store, outbox: Path, limit: int, offset: int = 0) -> list[Ent
 def _entry(job: Job, outbox: Path) -> Entry:
     seconds = (job.finished_at - job.started_at
                if job.finished_at and job.started_at else None)
-    folder = job.result_name if job.state == DONE else None
-    result_dir = outbox / folder if folder else None
-    return Entry(job.id, folder, job.source, job.finished_at, seconds,
-                 _faces(result_dir) if result_dir else None,
-                 bool(result_dir) and (result_dir / THUMBNAIL_NAME).is_file(), job.error)
+    if job.state != DONE or not job.result_name:
+        return Entry(job.id, None, job.source, job.finished_at, seconds, None, False, job.error)
+    result_dir = outbox / job.result_name
+    return Entry(job.id, job.result_name, job.source, job.finished_at, seconds, _faces(result_dir),
+                 (result_dir / THUMBNAIL_NAME).is_file(), job.error)
 
 
 def _faces(result_dir: Path) -> int | None:

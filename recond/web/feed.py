@@ -64,7 +64,7 @@ class JobFeed:
         self._subscribers: set[asyncio.Queue[Job]] = set()
         self._version: int | None = None
         self._newest = 0.0
-        self._seen: dict[int, float] = {}  # job id -> updated_at last handed out
+        self._seen: dict[int, float | None] = {}  # job id -> updated_at last handed out
         self._baseline_done = False
 
     @contextmanager
@@ -92,7 +92,7 @@ class JobFeed:
             await anyio.sleep(POLL_SECONDS)
 
     def _changes(self) -> list[Job]:
-        jobs = self.reader.read(self._read_changes, [])
+        jobs: list[Job] = self.reader.read(self._read_changes, [])
         for job in jobs:
             for observe in self.observers:
                 observe(job)
@@ -111,5 +111,6 @@ class JobFeed:
         if rows:
             self._newest = max(self._newest, max(job.updated_at or 0.0 for job in rows))
         horizon = self._newest - CLOCK_SLACK_SECONDS
-        self._seen = {job.id: job.updated_at for job in rows if (job.updated_at or 0.0) >= horizon}
+        self._seen = {job.id: job.updated_at for job in rows
+                      if job.updated_at is not None and job.updated_at >= horizon}
         return fresh

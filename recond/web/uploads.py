@@ -15,6 +15,7 @@ import unicodedata
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -25,6 +26,9 @@ from recond.errors import InputError
 from recond.intake import is_ignored
 from recond.pipeline.image import check_size, open_image
 from recond.web.names import UPLOAD_FOLDER, upload_source
+
+if TYPE_CHECKING:  # python-multipart declares its callback table for type checkers only
+    from python_multipart.multipart import MultipartCallbacks
 
 MAX_NAME_CHARS = 120
 MULTIPART_OVERHEAD = 64 * 1024  # headers and boundaries around each file, at most
@@ -83,7 +87,7 @@ class _Receiver:
         self._current: tuple[str, str, Path, int] | None = None  # upload id, name, path, fd
         self._size = 0
 
-    def callbacks(self) -> dict:
+    def callbacks(self) -> MultipartCallbacks:
         return {"on_part_begin": self._part_begin, "on_header_field": self._header_field_data,
                 "on_header_value": self._header_value_data, "on_header_end": self._header_end,
                 "on_headers_finished": self._headers_finished, "on_part_data": self._part_data,
