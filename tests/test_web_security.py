@@ -272,3 +272,18 @@ def test_a_missing_inbox_is_never_created_by_an_upload(tmp_path: Path) -> None:
         answer = client.post("/api/jobs", files={"image": ("a.png", picture(), "image/png")})
     assert answer.status_code == 503 and "not there" in answer.json()["detail"]
     assert not settings.inbox.exists()
+
+
+def test_the_web_process_never_imports_the_model_stack(tmp_path: Path) -> None:
+    """A fresh process builds the whole app and serves a page; none of the heavy modules load."""
+    from test_light_commands import HEAVY_MODULES
+
+    script = (f"import json, sys\nfrom fastapi.testclient import TestClient\n"
+              f"from recond.config import load_settings\nfrom recond.web.app import create_app\n"
+              f"with TestClient(create_app(load_settings(sys.argv[1]))) as client:\n"
+              f"    assert client.get('/gallery').status_code == 200\n"
+              f"print(json.dumps([name for name in {HEAVY_MODULES!r} if name in sys.modules]))\n")
+    result = subprocess.run([sys.executable, "-c", script, str(write_config(tmp_path))], cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.splitlines()[-1]) == []
