@@ -38,10 +38,13 @@ class JobCancelled(BaseException):
     """
 
 
-def build_pipeline(settings: Settings) -> Any:
-    """The real, warm pipeline (imported here: torch loads in the worker thread, not at start-up)."""
+def build_pipeline(settings: Settings, report: Callable[[str], None] = lambda line: None) -> Any:
+    """The real, warm pipeline (imported here: torch loads in the worker thread, not at start-up),
+    after the first start's downloads (``report`` gets their progress lines)."""
+    from recond.downloads import fetch_missing_models
     from recond.pipeline.runner import Pipeline
 
+    fetch_missing_models(settings, report)
     return Pipeline(settings)
 
 
@@ -132,7 +135,7 @@ class Worker:
         device = str(getattr(pipeline, "device", self.settings.resolved_device()))
         self.store.daemon_update(model_status="ready", device=device, model_detail=(
             f"{getattr(pipeline, 'model_id', self.settings.model)} "
-            f"(background: {getattr(pipeline, 'background_method', '?')})"))
+            f"(pictures without transparency: {getattr(pipeline, 'background_method', '?')})"))
         log.info("model loaded", model=self.settings.model, device=device,
                  seconds=round(time.monotonic() - started, 2))
 
