@@ -320,7 +320,7 @@ def _gpu_check(settings: Settings) -> Check:
 
 
 def _weights_check(settings: Settings) -> Check:
-    from recond.triposr.loader import cached_files, hub_problem, is_hub_id, not_cached_message
+    from recond.hub import cached_files, hub_problem, is_hub_id, not_cached_message
 
     if is_hub_id(settings.model) and cached_files(settings.model) is None:
         problem = hub_problem(settings.model)  # doctor never downloads; it only asks the hub

@@ -19,19 +19,19 @@ def fetch_missing_models(settings: Settings, report: Callable[[str], None]) -> N
     model that cannot be fetched is only logged (GrabCut stands in).
     """
     from recond.pipeline.background import download_rembg_model
-    from recond.triposr.loader import cached_files, download_files, is_hub_id
+    from recond.hub import cached_files, download_files, is_hub_id
 
     if is_hub_id(settings.model) and cached_files(settings.model) is None:
-        shown = {"percent": -1}
+        shown: list[tuple[str, int]] = []  # the last step reported
 
         def progress(filename: str, fraction: float) -> None:
-            percent = int(fraction * 100)
-            if percent != shown["percent"]:  # one database write per percent, not per chunk
-                if shown["percent"] < 0:
-                    log.info("downloading the model weights (once; later starts use the cache)",
-                             model=settings.model, file=filename)
-                shown["percent"] = percent
-                report(f"downloading {settings.model} {filename}: {percent}%")
+            step = (filename, int(fraction * 100))
+            if not shown:
+                log.info("downloading the model weights (once; later starts use the cache)",
+                         model=settings.model)
+            if step not in shown:  # one database write per percent, not per chunk
+                shown[:] = [step]
+                report(f"downloading {settings.model} {filename}: {step[1]}%")
 
         download_files(settings.model, progress)
     problem = download_rembg_model(settings)
