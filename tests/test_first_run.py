@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
 REPO = Path(__file__).resolve().parents[1]
 HUB_MODEL = "stabilityai/TripoSR"
@@ -121,9 +121,10 @@ def test_offline_hub_model_is_one_clear_line_fast_and_drops_stay_queued(
     started = next(event for event in json_log(tmp_path / "state") if event["event"] == "recond started")
     seconds = _iso_seconds(failed[0]["timestamp"]) - _iso_seconds(started["timestamp"])
     print(f"offline weights message {seconds:.2f} s after 'recond started' (load {os.getloadavg()})")
-    # huggingface_hub's own path retried for about 25 s; one probe with a 1.5 s timeout stays
-    # far below its 10 s metadata timeout even on a loaded machine.
-    assert seconds < 10
+    # Not a speed target (benchmarks/bench_first_run.py prints the figure): huggingface_hub's
+    # own path retried for 25 s and more; one probe with a 1.5 s timeout ends well before that
+    # even on a loaded machine.
+    assert seconds < 20
     message = failed[0]["error"]
     assert "not in the local Hugging Face cache" in message and "cannot be reached" in message
     assert "config.yaml + model.ckpt" in failed[0]["fix"]
@@ -278,6 +279,29 @@ def test_checkout_config_means_the_checkouts_folders_from_any_directory(tmp_path
                              str(REPO / "config" / "recond.toml")], cwd=tmp_path, env=clean_env(),
                             capture_output=True, text=True, timeout=120)
     assert json.loads(result.stdout)["state_dir"] == str(REPO / "state")
+
+
+def test_process_prints_each_pictures_warnings(tmp_path: Path, tiny_model_dir: Path) -> None:
+    picture = tmp_path / "mug.jpg"  # no transparency and no rembg model: GrabCut, with a warning
+    drawn = Image.new("RGB", (96, 96), (240, 240, 240))
+    ImageDraw.Draw(drawn).ellipse((24, 20, 72, 76), fill=(200, 80, 40))
+    drawn.save(picture)
+    config = write_config(tmp_path / "recond.toml", rembg_home=str(tmp_path / "no-rembg"), **SMALL)
+    result = reconctl("process", str(picture), "--out", str(tmp_path / "results"), "--model",
+                      str(tiny_model_dir), "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    folder = next((tmp_path / "results").iterdir())
+    record = json.loads((folder / "job.json").read_text())
+    assert record["background"] == "grabcut" and record["warnings"]
+    assert f"{picture}: warning: {record['warnings'][0]}" in result.stdout.splitlines()
+
+
+def test_process_without_weights_says_how_to_pass_them(tmp_path: Path) -> None:
+    picture = tmp_path / "mug.png"
+    Image.new("RGB", (32, 32)).save(picture)
+    result = reconctl("process", str(picture), "--model", str(tmp_path / "no-weights"))
+    assert result.returncode == 1
+    assert "--model /that/folder" in result.stderr and "systemctl" not in result.stderr
 
 
 # The daemon and the inbox.
