@@ -11,12 +11,25 @@ import io
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cache
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from recond.errors import InputError
+
+
+@cache
+def picture_extensions() -> frozenset[str]:
+    """Extensions (lower case, with the dot) of every format Pillow can open: what load accepts."""
+    Image.init()
+    return frozenset(extension for extension, format_id in Image.registered_extensions().items()
+                     if format_id in Image.OPEN)
+
+
+def is_picture_name(name: str) -> bool:
+    return Path(name).suffix.lower() in picture_extensions()
 
 
 def read_source(path: Path, max_bytes: int) -> bytes:
