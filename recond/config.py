@@ -4,6 +4,8 @@ Settings come from a TOML file (``config/recond.toml`` documents each key), over
 ``RECOND_*`` environment variables. They are read once, here, and nowhere else: the rest of
 the code receives a :class:`Settings` instance. A bad value stops start-up with one line
 naming the setting, because a daemon that half-starts on a typo is worse than one that refuses.
+Each setting is declared in the part it belongs to (intake, model, job, daemon), which says
+what a change to it affects; ``part_of`` hands one part to the code that needs it.
 """
 
 from __future__ import annotations
