@@ -4,12 +4,15 @@ Settings come from a TOML file (``config/recond.toml`` documents each key), over
 ``RECOND_*`` environment variables. They are read once, here, and nowhere else: the rest of
 the code receives a :class:`Settings` instance. A bad value stops start-up with one line
 naming the setting, because a daemon that half-starts on a typo is worse than one that refuses.
+Each setting is declared in the part it belongs to (intake, model, job, daemon), which says
+what a change to it affects; ``part_of`` hands one part to the code that needs it.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, cast
 
@@ -24,6 +27,9 @@ from pydantic_settings import (
 
 ENV_PREFIX = "RECOND_"
 CONFIG_ENV_VAR = "RECOND_CONFIG"
+
+# Folder settings: a relative value in the TOML file is taken from the file's own folder.
+FOLDER_SETTINGS = ("inbox", "outbox", "state_dir", "rembg_home")
 
 Background = Literal["auto", "rembg", "alpha", "none"]
 DType = Literal["auto", "float32", "float16", "bfloat16"]
@@ -196,8 +202,23 @@ class Settings(IntakeSettings, ModelSettings, JobSettings, DaemonSettings, WebSe
         toml_file = settings_cls.model_config.get("toml_file")
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         if toml_file:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+            sources.append(_TomlFile(settings_cls, toml_file=toml_file))
         return tuple(sources)
+
+
+class _TomlFile(TomlConfigSettingsSource):
+    """The TOML file, with relative folders resolved against the file's folder rather than the
+    working directory: the checkout's config then means the checkout's folders wherever recond
+    or reconctl is started from."""
+
+    def _read_file(self, file_path: Path | Traversable) -> dict[str, object]:
+        data = super()._read_file(file_path)
+        base = Path(str(file_path)).resolve().parent
+        for name in FOLDER_SETTINGS:
+            value = data.get(name)
+            if isinstance(value, str) and not Path(value).expanduser().is_absolute():
+                data[name] = os.path.normpath(base / value)
+        return data
 
 
 def config_path_from_env() -> Path | None:

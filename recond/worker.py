@@ -37,10 +37,14 @@ class JobCancelled(BaseException):
     """
 
 
-def build_pipeline(settings: ModelSettings) -> WarmPipeline:
-    """The real, warm pipeline (imported here: torch loads in the worker thread, not at start-up)."""
+def build_pipeline(settings: ModelSettings,
+                   report: Callable[[str], None] = lambda line: None) -> WarmPipeline:
+    """The real, warm pipeline (imported here: torch loads in the worker thread, not at start-up),
+    after the first start's downloads (``report`` gets their progress lines)."""
+    from recond.downloads import fetch_missing_models
     from recond.pipeline.runner import Pipeline
 
+    fetch_missing_models(settings, report)
     return Pipeline(settings)
 
 
@@ -129,7 +133,7 @@ class Worker:
         self.pipeline = pipeline
         device = pipeline.device
         self.store.daemon_update(model_status="ready", device=device, model_detail=(
-            f"{pipeline.model_id} (background: {pipeline.background_method})"))
+            f"{pipeline.model_id} (pictures without transparency: {pipeline.background_method})"))
         log.info("model loaded", model=self.settings.model, device=device,
                  seconds=round(time.monotonic() - started, 2))
 

@@ -27,6 +27,9 @@ GRABCUT_WARNING = (
 )
 
 
+GRABCUT_FALLBACK = "GrabCut will be used instead"
+
+
 class BackgroundUnavailable(RuntimeError):
     """The configured background method cannot run on this machine."""
 
@@ -51,8 +54,27 @@ def rembg_model_status(settings: ModelSettings) -> RembgStatus:
         False,
         expected,
         f"rembg model {settings.rembg_model} not found (looked in {expected} and "
-        f"{Path(session_class.legacy_home()) / file_name}); GrabCut will be used instead",
+        f"{Path(session_class.legacy_home()) / file_name}); {GRABCUT_FALLBACK}",
     )
+
+
+def download_rembg_model(settings: ModelSettings) -> str | None:
+    """Fetch rembg's model into rembg's own home on the first start, never during a job.
+
+    Only when ``rembg_home`` is unset: a folder named there is the operator's, filled by hand on
+    offline servers. The download is rembg's own (pooch, a progress bar on a terminal). Returns
+    a warning line when it cannot be fetched; GrabCut then stands in, as before.
+    """
+    if settings.background in ("alpha", "none") or settings.rembg_home is not None:
+        return None
+    if rembg_model_status(settings).available:
+        return None
+    try:
+        _rembg_session_class(settings.rembg_model).download_models()
+    except Exception as error:  # offline, DNS, HTTP, checksum: GrabCut stands in
+        return (f"rembg model {settings.rembg_model} could not be downloaded ({type(error).__name__}); "
+                f"{GRABCUT_FALLBACK} (to place it by hand see the README, 'Weights on an offline server')")
+    return None
 
 
 def _rembg_session_class(model_name: str):

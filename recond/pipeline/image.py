@@ -11,6 +11,7 @@ import io
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cache
 from pathlib import Path
 from typing import BinaryIO
 
@@ -18,6 +19,18 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from recond.errors import InputError
+
+
+@cache
+def picture_extensions() -> frozenset[str]:
+    """Extensions (lower case, with the dot) of every format Pillow can open: what load accepts."""
+    Image.init()
+    return frozenset(extension for extension, format_id in Image.registered_extensions().items()
+                     if format_id in Image.OPEN)
+
+
+def is_picture_name(name: str) -> bool:
+    return Path(name).suffix.lower() in picture_extensions()
 
 
 def check_size(name: str, size: int, max_bytes: int) -> None:

@@ -29,7 +29,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from recond import __version__
-from recond.cli import status_report
+from recond.cli import job_facts, status_report
 from recond.config import Settings
 from recond.gallery import entries, render_page
 from recond.logging import get_logger
@@ -56,6 +56,8 @@ class JobView(Job):
     """A job as the API shows it: the fields of `reconctl show --json`, plus its result page."""
 
     result_url: str | None = None
+    background: str | None = None  # these two only on /api/jobs/{id}, from the job's job.json
+    stage_seconds: dict[str, float] | None = None
 
 
 class UploadView(BaseModel):
@@ -233,7 +235,7 @@ def create_app(settings: Settings) -> FastAPI:
         job = await read(lambda store: store.get(job_id))
         if job is None:
             raise HTTPException(404, f"no job {job_id}")
-        return job_view(job)
+        return JobView(**job_facts(job), result_url=result_url(job, outbox))
 
     @app.get("/api/jobs/{job_id}/events", tags=["events"])
     async def job_events(job_id: int) -> EventSourceResponse:
