@@ -24,7 +24,7 @@ from starlette.requests import Request
 from recond.config import Settings
 from recond.errors import InputError
 from recond.intake import is_ignored
-from recond.pipeline.image import check_size, open_image
+from recond.pipeline.image import check_size, is_picture_name, open_image
 from recond.web.names import UPLOAD_FOLDER, upload_source
 
 if TYPE_CHECKING:  # python-multipart declares its callback table for type checkers only
@@ -72,6 +72,9 @@ def check_name(name: str) -> str:
         problem = "ends like a temporary file (.part, .tmp, .crdownload), which the inbox ignores"
     if problem:
         raise UploadRefused(400, f"file name {name!r} {problem}")
+    if not is_picture_name(name):  # the intake would leave it in the inbox, never a job
+        raise UploadRefused(415, f"file name {name!r} does not end in a picture extension "
+                                 "(.jpg, .png, .webp, ...); nothing was saved")
     return name
 
 
