@@ -113,6 +113,11 @@ def test_oversize_non_image_and_empty_files_are_refused_with_reasons(empty_inbox
     assert misnamed.status_code == 415 and "picture extension" in misnamed.json()["detail"]
 
 
+def test_an_endless_part_header_is_refused(empty_inbox: WebServer) -> None:
+    status, detail = post_raw(empty_inbox, b"a" * 20_000 + b".png", picture())
+    assert status == 400 and "header size" in detail  # python-multipart's own limit
+
+
 def test_one_bad_file_refuses_the_whole_request(empty_inbox: WebServer) -> None:
     files = [("image", ("good.png", picture(1), "image/png")),
              ("image", ("bad.png", b"GIF89a-but-not-really", "image/png"))]
