@@ -60,10 +60,12 @@ class Settings(BaseSettings):
     settle_seconds: float = Field(3.0, ge=0, description="Size/mtime must be stable this long.")
     rescan_seconds: float = Field(300.0, gt=0, description="Full inbox rescan period.")
     max_attempts: int = Field(3, ge=1, description="Crashes a job survives before it fails.")
+    follow_inbox_links: bool = Field(False, description="Take symlinks to files inside the inbox.")
 
     # Pipeline: input.
     max_image_pixels: int = Field(60_000_000, ge=1, description="Refuse larger images.")
     max_file_bytes: int = Field(200 * 1024 * 1024, ge=1, description="Refuse larger files.")
+    max_aspect_ratio: float = Field(20.0, ge=1.0, description="Refuse longer/shorter side beyond this.")
     background: Background = Field("auto", description="auto, rembg, alpha or none.")
     rembg_model: str = Field("u2net", description="rembg model name.")
     rembg_home: Path | None = Field(None, description="Folder with rembg .onnx files (U2NET_HOME).")

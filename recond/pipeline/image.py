@@ -16,13 +16,20 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from recond.dropped import NotARegularFile, read_bounded
 from recond.errors import InputError
 
 
 def read_source(path: Path, max_bytes: int) -> bytes:
-    """The file's bytes, read once (they are hashed, copied and decoded from this one read)."""
+    """The file's bytes, read once (they are hashed, copied and decoded from this one read).
+
+    Opened without following a symlink and without blocking (a FIFO is refused, not waited on),
+    and never more than ``max_bytes`` read (issue 11).
+    """
     try:
-        size = path.stat().st_size
+        size, data = read_bounded(path, max_bytes)
+    except NotARegularFile as error:
+        raise InputError(f"cannot read {path.name}: {error}") from None
     except OSError as error:
         raise InputError(f"cannot read {path.name}: {error.strerror}") from None
     if size == 0:
@@ -32,11 +39,12 @@ def read_source(path: Path, max_bytes: int) -> bytes:
             f"{path.name} is {size / 1e6:.1f} MB, over the {max_bytes / 1e6:.1f} MB limit "
             "(setting max_file_bytes)"
         )
-    return path.read_bytes()
+    return data
 
 
-def decode_image(data: bytes, name: str, max_pixels: int) -> Image.Image:
-    """Decode bytes into an RGBA picture, upright, refusing absurd sizes before decoding."""
+def decode_image(data: bytes, name: str, max_pixels: int, max_aspect: float = 20.0) -> Image.Image:
+    """Decode bytes into an RGBA picture, upright, refusing absurd sizes and shapes before
+    decoding (a long thin strip would later be padded to a huge square)."""
     try:
         with _pillow_bomb_check_off():
             image = Image.open(io.BytesIO(data))  # reads the header only
@@ -46,6 +54,11 @@ def decode_image(data: bytes, name: str, max_pixels: int) -> Image.Image:
             raise InputError(
                 f"{name} is {width}x{height} pixels{bomb}, over the {max_pixels:,}-pixel "
                 "limit (setting max_image_pixels); refused before decoding"
+            )
+        if min(width, height) and max(width, height) / min(width, height) > max_aspect:
+            raise InputError(
+                f"{name} is {width}x{height} pixels, longer than {max_aspect:g} times its width "
+                "(setting max_aspect_ratio); refused before decoding"
             )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
