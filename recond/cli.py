@@ -19,8 +19,8 @@ from typing import Any
 import click
 
 from recond.config import Settings, SettingsError, load_settings
-from recond.intake import FAILED_FOLDER, result_name_for
-from recond.store import FAILED, RUNNING, Job, Store, pid_alive
+from recond import layout
+from recond.store import FAILED, RUNNING, Job, Store, StoreError, pid_alive
 
 STALE_HEARTBEAT_SECONDS = 30.0  # the daemon beats every 5 s; six missed beats means it hangs
 
@@ -34,7 +34,12 @@ def _settings(ctx: click.Context, **overrides: object) -> Settings:
 
 def _store(settings: Settings) -> Store | None:
     """The job database, or None when recond has never run with these settings."""
-    return Store(settings.db_path) if settings.db_path.is_file() else None
+    if not settings.db_path.is_file():
+        return None
+    try:
+        return Store(settings.db_path)
+    except StoreError as error:
+        raise click.ClickException(str(error)) from None
 
 
 @click.group()
@@ -67,6 +72,7 @@ def status_report(settings: Settings, recent: int = 10) -> dict[str, Any]:
             "model_detail": daemon.get("model_detail"),
             "device": daemon.get("device"),
             "watcher_warnings": daemon.get("watcher_warnings", []),
+            "worker_warning": daemon.get("worker_warning") if running else None,
         },
         "counts": store.counts() if store else dict.fromkeys(
             ("queued", "running", "done", "failed", "duplicate"), 0),
@@ -115,7 +121,7 @@ def _format_status(report: dict[str, Any]) -> str:
             if job["duplicate_of"]:
                 outcome = f"same bytes as #{job['duplicate_of']}: {outcome}"
             lines.append(f"  #{job['id']:<5} {job['state']:<9} {job['source']}  {outcome}".rstrip())
-    for warning in daemon["watcher_warnings"]:
+    for warning in [*daemon["watcher_warnings"], *filter(None, [daemon["worker_warning"]])]:
         lines.append(f"warning: {warning}")
     return "\n".join(lines)
 
@@ -195,14 +201,9 @@ def retry(ctx: click.Context, job_id: int) -> None:
     kept = Path(job.output) if job.output else None
     if kept is None or not kept.is_file():
         raise click.ClickException(
-            f"the file of job {job_id} is no longer in {settings.inbox / FAILED_FOLDER}; "
+            f"the file of job {job_id} is no longer in {settings.inbox / layout.FAILED_FOLDERS[0]}; "
             "drop it into the inbox again to retry")
-    target = settings.inbox / job.source
-    if target.exists():
-        target = settings.inbox / kept.name
-    target.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(kept, target)
-    kept.with_name(kept.name + ".error.txt").unlink(missing_ok=True)
+    target = layout.move_back_from_failed(settings.inbox, kept, job.source_name)
     click.echo(f"moved back to {target}; recond will queue it as a new job")
 
 
@@ -347,29 +348,24 @@ def process(ctx: click.Context, images: tuple[Path, ...], out: Path | None, mode
         raise click.ClickException(f"pipeline not loaded: {error} -- to fix: {loading_fix(error)}")
     out = (out or settings.outbox).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    owner = f"process{os.getpid()}"
     failures = 0
-    for image in images:
-        name = _free_name(out, result_name_for(image.name, time.time()))
+    for number, image in enumerate(images):
+        name = layout.result_name_for(image.name, time.time())
         with tqdm(total=100, desc=image.name, unit="%", file=sys.stderr, leave=False) as bar:
             def report(progress: Any, bar: tqdm = bar) -> None:
                 bar.set_postfix_str(progress.stage, refresh=False)
                 bar.update(round(progress.overall * 100) - bar.n)
             try:
-                result = pipeline.run(image.resolve(), out, name, progress=report)
+                _, folder = layout.build_result(
+                    out, name, f"{owner}-{number}",
+                    lambda staging: pipeline.run(image.resolve(), staging, progress=report))
             except Exception as error:  # recorded per image; the others still run
                 failures += 1
                 click.echo(f"{image}: failed: {describe_failure(error)[0]}")
                 continue
-        click.echo(f"{image}: {result.result_dir}")
+        click.echo(f"{image}: {folder}")
     sys.exit(1 if failures else 0)
-
-
-def _free_name(out: Path, name: str) -> str:
-    candidate, number = name, 1
-    while (out / candidate).exists():
-        number += 1
-        candidate = f"{name}-{number}"
-    return candidate
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ import sdnotify
 from recond.config import Settings, SettingsError, load_settings
 from recond.intake import Intake
 from recond.logging import configure_logging, get_logger
-from recond.store import Store
+from recond.store import Store, StoreError
 from recond.worker import Worker
 
 HEARTBEAT_SECONDS = 5.0  # daemon row refresh and systemd watchdog ping (WatchdogSec=60)
@@ -53,14 +53,8 @@ class Daemon:
         configure_logging(settings)
         store = Store(settings.db_path)
         store.daemon_started(os.getpid())
-        worker = Worker(settings, store)
-        requeued, exhausted = store.recover_after_crash(settings.max_attempts)
-        for job in requeued:
-            log.warning("job requeued after a crash", job=job.id, file=job.source,
-                        attempts=job.attempts)
-        for job in exhausted:
-            log.error("job failed", job=job.id, file=job.source, error=job.error)
-            worker.fail_job(job, job.error)
+        worker = Worker(settings, store, on_file_changed=self._file_changed)
+        worker.recover()
         self.intake = Intake(settings, store, on_enqueued=lambda job: worker.wake())
         self._install_signal_handlers()
         worker.start()
@@ -101,6 +95,11 @@ class Daemon:
                 if finished is not None:
                     return finished
         return 0
+
+    def _file_changed(self, path: Path) -> None:
+        """The worker found new bytes under a queued name: intake queues them once settled."""
+        if self.intake is not None:
+            self.intake.consider(path)
 
     def _heartbeat(self, store: Store, intake: Intake) -> None:
         store.daemon_update(heartbeat_at=time.time(), watcher_warnings=intake.warnings)
@@ -173,7 +172,7 @@ def main(config_path: Path | None, once: bool) -> None:
     try:
         settings = load_settings(config_path)
         code = Daemon(settings, config_path).run(once=once)
-    except (SettingsError, AlreadyRunning, OSError) as error:
+    except (SettingsError, AlreadyRunning, StoreError, OSError) as error:
         click.echo(f"recond: {error}", err=True)
         sys.exit(2 if isinstance(error, SettingsError) else 1)
     sys.exit(code)

@@ -1,15 +1,13 @@
 """The warm pipeline: built once (model and rembg session warm), then one picture in,
 one complete result folder out, stage by stage, with progress.
 
-A result is assembled in ``<outbox>/.<name>.partial`` and renamed to ``<outbox>/<name>`` only
-when every file is written, so a folder under its final name is always complete; on any failure
-the partial folder is removed. The source file is copied byte for byte and never touched.
+The pipeline writes into the folder it is handed; where that folder lives and how it is
+published is ``recond.layout``'s business (a private staging folder, renamed into the outbox when
+complete). The source file is copied byte for byte and never touched.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +20,7 @@ from PIL import Image
 from recond import __version__
 from recond.config import Settings
 from recond.pipeline.background import BackgroundRemover
-from recond.errors import InputError, ResultExistsError
+from recond.errors import InputError
 from recond.pipeline.export import GLB_NAME, export_meshes, orient_y_up
 from recond.pipeline.image import decode_image, read_source
 from recond.pipeline.progress import Progress, ProgressTracker
@@ -61,25 +59,11 @@ class Pipeline:
         self.background = BackgroundRemover(settings)
         self.background_method = self.background.method
 
-    def run(self, source: Path, outbox: Path, result_name: str,
+    def run(self, source: Path, result_dir: Path,
             progress: Callable[[Progress], None] | None = None) -> JobResult:
-        """Turn ``source`` into ``outbox/result_name``; raises InputError for a bad picture."""
-        source, outbox = Path(source), Path(outbox)
-        final_dir = outbox / result_name
-        if final_dir.exists():
-            raise ResultExistsError(f"result folder {final_dir} already exists; not overwritten")
-        partial_dir = outbox / f".{result_name}.partial"
-        shutil.rmtree(partial_dir, ignore_errors=True)  # left behind by a crash
-        partial_dir.mkdir(parents=True)
-        try:
-            result = self._build(source, partial_dir, ProgressTracker(progress))
-            os.rename(partial_dir, final_dir)
-        except BaseException:
-            shutil.rmtree(partial_dir, ignore_errors=True)
-            raise
-        _sync_directory(outbox)
-        result.result_dir = final_dir
-        return result
+        """Turn ``source`` into the files of a result inside ``result_dir`` (an empty folder the
+        caller made and publishes); raises InputError for a bad picture."""
+        return self._build(Path(source), Path(result_dir), ProgressTracker(progress))
 
     def _build(self, source: Path, result_dir: Path, tracker: ProgressTracker) -> JobResult:
         settings = self.settings
@@ -87,7 +71,8 @@ class Pipeline:
 
         with tracker.stage("load"):
             data = read_source(source, settings.max_file_bytes)
-            picture = decode_image(data, source.name, settings.max_image_pixels)
+            picture = decode_image(data, source.name, settings.max_image_pixels,
+                                   settings.max_aspect_ratio)
             source_copy = f"source{source.suffix.lower() or '.bin'}"
             (result_dir / source_copy).write_bytes(data)
 
@@ -164,17 +149,3 @@ def _pipeline_settings(settings: Settings) -> dict[str, Any]:
             "chunk_size", "bake_texture", "texture_resolution", "render_views", "render_size",
             "video_fps", "max_image_pixels", "max_file_bytes")
     return {key: getattr(settings, key) for key in keys}
-
-
-def _sync_directory(path: Path) -> None:
-    """Make the rename durable, so a power cut cannot bring back the partial name."""
-    try:
-        descriptor = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
