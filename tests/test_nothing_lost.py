@@ -346,6 +346,27 @@ def test_any_name_ends_in_a_result_or_failed_and_the_worker_lives(settings: Sett
     assert [p.name for p in settings.inbox.iterdir() if p.is_dir()] in ([], ["failed"])  # tidied
 
 
+def test_real_pipeline_publishes_names_of_any_bytes_and_length(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from recond.worker import build_pipeline
+
+    settings = settings_for(tmp_path, model=str(tiny_model_dir), device="cpu", mc_resolution=32,
+                            texture_resolution=64, render_views=2, render_size=32, video_fps=2,
+                            background="alpha")
+    names = [os.fsdecode(b"caf\xe9 \xff.png"), "x" * 251 + ".png"]
+    for size, name in zip((64, 72), names):
+        reference_picture(size).save(settings.inbox / name)
+    pictures = [(settings.inbox / name).read_bytes() for name in names]
+    with running(settings, build_pipeline(settings)) as (store, _, worker):
+        wait_for(lambda: len(store.jobs(DONE)) == 2, timeout=120)
+        assert worker.is_alive()
+    for job in store.jobs(DONE):
+        record = json.loads((Path(job.output) / "job.json").read_text())
+        assert record["source"] in {Path(name).name for name in names}
+        assert "index.html" in record["files"]
+    for data in pictures:
+        assert assert_in_one_place(data, settings.inbox, settings.outbox).startswith("result")
+
+
 def test_plain_file_named_failed_at_the_inbox_root_does_not_stop_the_worker(settings: Settings) -> None:
     (settings.inbox / "failed").write_bytes(b"corrupt: a user's file called failed")
     (settings.inbox / "bad.png").write_bytes(b"corrupt picture")

@@ -19,6 +19,7 @@ from PIL import Image
 
 from recond import __version__
 from recond.config import Settings
+from recond.layout import display_name
 from recond.pipeline.background import BackgroundRemover
 from recond.errors import InputError
 from recond.pipeline.export import GLB_NAME, export_meshes, orient_y_up
@@ -101,7 +102,7 @@ class Pipeline:
 
         with tracker.stage("viewer"):
             downloads = _download_order(result_dir)
-            write_viewer(result_dir, oriented, downloads, title=source.name, video=VIDEO_NAME)
+            write_viewer(result_dir, oriented, downloads, title=display_name(source.name), video=VIDEO_NAME)
 
         record = {
             "recond_version": __version__,
