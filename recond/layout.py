@@ -210,7 +210,7 @@ def result_holds(result_dir: str | Path | None, sha256: str) -> bool:
 def clean_staging(outbox: Path, owner: str) -> list[Path]:
     """Remove this owner's staging folders (left by a crash or a kill); others' are kept."""
     marker = f".{owner}-"
-    removed = []
+    removed: list[Path] = []
     try:
         entries = list(os.scandir(outbox))
     except OSError:

@@ -49,6 +49,10 @@ class JobWaits(Exception):
     """The job cannot run now for a reason outside its picture; it goes back to the queue."""
 
 
+class JobEnded(Exception):
+    """The job ended before its run (its file was removed, changed or unreadable); recorded."""
+
+
 def build_pipeline(settings: Settings) -> Any:
     """The real, warm pipeline (imported here: torch loads in the worker thread, not at start-up)."""
     from recond.pipeline.runner import Pipeline
@@ -163,7 +167,8 @@ class Worker:
             raise
         finally:
             self.busy = False
-        if self.paused or self.store.get(job.id).state == QUEUED:
+        after = self.store.get(job.id)
+        if self.paused or (after is not None and after.state == QUEUED):
             self._stopping.wait(WAIT_SECONDS)  # it waits for the outbox or the share: so do we
 
     def _put_back(self, job: Job) -> None:
@@ -214,31 +219,31 @@ class Worker:
         published = self._published(job)
         if published is not None:  # renamed into place just before a crash: record, never redo
             self._finish(job, published, job.warnings, job.sha256, started=None)
-            return
+        else:
+            self._run(job)
+
+    def _run(self, job: Job) -> None:
+        """Check the job's bytes, build and publish its result, and record the outcome."""
         started = time.monotonic()
         try:
             readable = self._verified_source(job)
-            if readable is None:
-                return
             log.info("job started", job=job.id, file=job.source, attempt=job.attempts)
             result, folder = layout.build_result(
                 self.outbox, job.result_name, f"{self.owner}-{job.id}",
                 lambda staging: self.pipeline.run(readable, staging, progress=self._progress_reporter(job)))
-        except JobCancelled:
+        except JobEnded:
+            pass  # recorded where it was found out
+        except (JobCancelled, JobWaits) as interruption:
             self.store.requeue(job.id)
-            log.info("job requeued (shutting down)", job=job.id, file=job.source)
-            return
-        except JobWaits:
-            self.store.requeue(job.id)
-            return
+            log.info("job requeued", job=job.id, file=job.source, reason=type(interruption).__name__)
         except Exception as error:
             self._job_error(job, error, started)
-            return
-        self._finish(job, folder, result.warnings, result.record.get("sha256", job.sha256), started)
+        else:
+            self._finish(job, folder, result.warnings, result.record.get("sha256", job.sha256), started)
 
-    def _verified_source(self, job: Job) -> Path | None:
-        """The file to hand the pipeline, holding exactly the job's bytes; or None when the job
-        has ended here (failed: removed or changed). Raises JobWaits when the inbox is away."""
+    def _verified_source(self, job: Job) -> Path:
+        """The file to hand the pipeline, holding exactly the job's bytes. Raises JobEnded when
+        the job ended here (removed, unreadable, changed) and JobWaits when the inbox is away."""
         source = self.inbox / job.source_name
         self._check_inbox_present(job)
         kind = dropped.kind(source)
@@ -248,15 +253,15 @@ class Worker:
         if kind is None:
             self.store.fail(job.id, "the file was removed from the inbox before it was processed")
             log.warning("job failed", job=job.id, file=job.source, error="file removed")
-            return None
+            raise JobEnded()
         try:
             sha256, _ = dropped.fingerprint(readable, self.inbox)
         except dropped.NotARegularFile as error:
             self.fail_job(job, f"{job.source} is no longer a regular file ({error}); recond reads only regular files")
-            return None
+            raise JobEnded()
         except PermissionError as error:
             self.fail_job(job, f"recond may not read {job.source} ({error.strerror}); fix its permissions, then retry")
-            return None
+            raise JobEnded()
         except OSError as error:  # EIO, ESTALE ... from a share in trouble: wait for it
             log.warning("inbox file unreadable for now; job waits", job=job.id, file=job.source,
                         error=str(error))
@@ -266,7 +271,7 @@ class Worker:
                                     "are queued as a new job once they stop changing")
             log.warning("job replaced: file changed after it was queued", job=job.id, file=job.source)
             self.on_file_changed(source)
-            return None
+            raise JobEnded()
         return readable
 
     def _check_inbox_present(self, job: Job) -> None:
@@ -381,7 +386,7 @@ class Worker:
         return True
 
     def _progress_reporter(self, job: Job) -> Callable[[Any], None]:
-        last = {"stage": None, "written": 0.0, "decile": -1}
+        last: dict[str, Any] = {"stage": None, "written": 0.0, "decile": -1}
 
         def report(progress: Any) -> None:
             if self._stopping.is_set():
