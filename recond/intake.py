@@ -27,6 +27,7 @@ from recond import dropped
 from recond.config import Settings
 from recond.layout import display_name, is_in_failed, remove_emptied_folders, result_holds, result_name_for
 from recond.logging import get_logger
+from recond.pipeline.image import is_picture_name
 from recond.store import ACTIVE, DONE, DUPLICATE, FAILED, Job, Store
 
 IGNORED_NAMES = (".*", "~$*", "*.part", "*.crdownload", "*.tmp", "thumbs.db", "._*")
@@ -84,6 +85,7 @@ class Intake:
         self.store = store
         self.on_enqueued = on_enqueued
         self.warnings: list[str] = []
+        self.not_pictures: set[str] = set()  # inbox paths left alone, logged once
         self._pending: dict[Path, _Observation] = {}
         self._reported: set[Path] = set()  # told once (log, status): unreadable, link, not a file
         self._changed = threading.Condition()
@@ -136,6 +138,9 @@ class Intake:
             return
         if is_ignored(relative):
             return
+        if not is_picture_name(relative.name):
+            self._leave_alone(relative.as_posix())
+            return
         with self._changed:
             seen = self._pending.get(path)
             if seen is None:
@@ -143,6 +148,21 @@ class Intake:
                 self._changed.notify_all()
             else:
                 seen.touched = True  # an event while we look at it: settle it again afterwards
+
+    def _leave_alone(self, source: str) -> None:
+        """A file that is not a picture (README.md, notes.txt) is never a job and never moved."""
+        if source not in self.not_pictures:
+            self.not_pictures.add(source)
+            log.info("not a picture; left in the inbox", file=display_name(source))
+
+    def not_pictures_note(self) -> list[str]:
+        """For status: how many such files are still in the inbox (a line, or none)."""
+        self.not_pictures = {source for source in self.not_pictures if (self.inbox / source).exists()}
+        if not self.not_pictures:
+            return []
+        names = sorted(display_name(source) for source in self.not_pictures)
+        listed = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+        return [f"{len(names)} file(s) in the inbox are not pictures and are left alone: {listed}"]
 
     # Settling and enqueueing.
 

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import TypeVar
 
-from recond.pipeline.record import RECORD_NAME
+from recond.pipeline.names import RECORD_NAME
 
 # inbox/failed/ holds what could not be processed. When something that is not a folder holds
 # that name (a user's file called "failed", a symlink), the second name is used instead.

@@ -39,7 +39,7 @@ DAEMON_COLUMNS: dict[str, type] = {
 JOB_COLUMNS: dict[str, type] = {
     "id": int,
     "source": str,  # path relative to the inbox, e.g. "kitchen/mug.jpg" (as text)
-    "source_bytes": bytes,  # the path's bytes, when they are not UTF-8 (see Job.source_name)
+    "source_hex": str,  # the path's bytes in hex, when they are not UTF-8 (see Job.source_name)
     "sha256": str,
     "size": int,
     "state": str,
@@ -81,12 +81,12 @@ class Job:
     started_at: float | None = None
     finished_at: float | None = None
     updated_at: float | None = None
-    source_bytes: bytes | None = None
+    source_hex: str | None = None
 
     @property
     def source_name(self) -> str:
         """The inbox path as the filesystem spells it (``source`` is its readable form)."""
-        return os.fsdecode(self.source_bytes) if self.source_bytes else self.source
+        return os.fsdecode(bytes.fromhex(self.source_hex)) if self.source_hex else self.source
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Job:
@@ -122,7 +122,7 @@ class Store:
 
     def _create_tables(self) -> None:
         with self._writing():
-            jobs = self.db["jobs"]
+            jobs = self.db.table("jobs")
             if not jobs.exists():
                 jobs.create(JOB_COLUMNS, pk="id", not_null={"source", "sha256", "state"},
                             defaults={"attempts": 0, "warnings": "[]"})
@@ -130,7 +130,7 @@ class Store:
                 jobs.create_index(["sha256"])
                 jobs.create_index(["source"])
                 jobs.create_index(["result_name"], unique=True)
-            daemon = self.db["daemon"]
+            daemon = self.db.table("daemon")
             if not daemon.exists():
                 daemon.create(DAEMON_COLUMNS, pk="id")
             for table, columns in ((jobs, JOB_COLUMNS), (daemon, DAEMON_COLUMNS)):
@@ -169,13 +169,13 @@ class Store:
     # Reading.
 
     def get(self, job_id: int) -> Job | None:
-        rows = list(self.db["jobs"].rows_where("id = ?", [job_id]))
+        rows = list(self.db.table("jobs").rows_where("id = ?", [job_id]))
         return Job.from_row(rows[0]) if rows else None
 
     def jobs(self, state: str | None = None, limit: int = 50) -> list[Job]:
         """Newest first."""
         where, args = ("state = ?", [state]) if state else (None, [])
-        rows = self.db["jobs"].rows_where(where, args, order_by="id desc", limit=limit)
+        rows = self.db.table("jobs").rows_where(where, args, order_by="id desc", limit=limit)
         return [Job.from_row(row) for row in rows]
 
     def counts(self) -> dict[str, int]:
@@ -185,27 +185,52 @@ class Store:
         return counts
 
     def running(self) -> Job | None:
-        rows = list(self.db["jobs"].rows_where("state = ?", [RUNNING], order_by="id", limit=1))
+        rows = list(self.db.table("jobs").rows_where("state = ?", [RUNNING], order_by="id", limit=1))
         return Job.from_row(rows[0]) if rows else None
 
     def active_sources(self) -> set[str]:
         """Inbox paths that already have a queued or running job (so a rescan skips them)."""
-        rows = self.db["jobs"].rows_where("state in (?, ?)", list(ACTIVE),
-                                          select="id, source, sha256, state, result_name, source_bytes")
+        rows = self.db.table("jobs").rows_where("state in (?, ?)", list(ACTIVE),
+                                          select="id, source, sha256, state, result_name, source_hex")
         return {Job.from_row(row).source_name for row in rows}
 
     def latest(self, source: str) -> Job | None:
         """The newest job of this inbox path, whatever its state."""
-        return self._first("source = ? and source_bytes is ?", _source_key(source))
+        return self._first("source = ? and source_hex is ?", _source_key(source))
 
     def duplicates_of(self, job_id: int) -> list[Job]:
         return [Job.from_row(row) for row in
-                self.db["jobs"].rows_where("duplicate_of = ? and state = ?", [job_id, DUPLICATE])]
+                self.db.table("jobs").rows_where("duplicate_of = ? and state = ?", [job_id, DUPLICATE])]
+
+    # Reading, for the web front end (recond/web) and the galleries (recond/gallery.py).
+
+    def finished(self, limit: int, offset: int = 0) -> list[Job]:
+        """Done and failed jobs, newest first: the entries of a gallery page."""
+        rows = self.db.table("jobs").rows_where("state in (?, ?)", [DONE, FAILED], order_by="id desc",
+                                                limit=limit, offset=offset)
+        return [Job.from_row(row) for row in rows]
+
+    def count_finished(self) -> int:
+        return self.db.execute("select count(*) from jobs where state in (?, ?)",
+                               [DONE, FAILED]).fetchone()[0]
+
+    def by_source_prefix(self, prefix: str) -> Job | None:
+        """The newest job whose inbox path starts with ``prefix`` (a web upload's id)."""
+        return self._first("substr(source, 1, ?) = ?", [len(prefix), prefix])
+
+    def changed_since(self, updated_at: float) -> list[Job]:
+        """Jobs written at or after ``updated_at`` (oldest change first)."""
+        rows = self.db.table("jobs").rows_where("updated_at >= ?", [updated_at], order_by="updated_at")
+        return [Job.from_row(row) for row in rows]
+
+    def data_version(self) -> int:
+        """Changes whenever another connection (the daemon) commits: a cheap "anything new?"."""
+        return self.db.execute("pragma data_version").fetchone()[0]
 
     # State changes.
 
     def enqueue(self, source: str, sha256: str, size: int, result_name: str,
-                result_holds: Callable[[str, str], bool] = lambda output, sha256: True
+                result_holds: Callable[[str | None, str], bool] = lambda output, sha256: True
                 ) -> tuple[Job, bool]:
         """Record a settled file as a new job; returns (job, created).
 
@@ -217,28 +242,27 @@ class Store:
         now = time.time()
         text, raw = _source_key(source)
         with self._writing():
-            active = self._first("source = ? and source_bytes is ? and state in (?, ?)",
+            active = self._first("source = ? and source_hex is ? and state in (?, ?)",
                                  [text, raw, *ACTIVE])
             if active and active.state == QUEUED and active.sha256 != sha256:
                 self._set(active.id, sha256=sha256, size=size)
                 self._promote_duplicates(active.id)
-                return self.get(active.id), False
+                return self._stored(active.id), False
             if active:
                 return active, False
             earlier = None
             if sha256 != EMPTY_SHA256:
                 earlier = self._first("sha256 = ? and state in (?, ?, ?)", [sha256, *ACTIVE, DONE])
             if earlier and (earlier.state != DONE or result_holds(earlier.output, sha256)):
-                row = {"source": text, "source_bytes": raw, "sha256": sha256, "size": size,
+                row = {"source": text, "source_hex": raw, "sha256": sha256, "size": size,
                        "state": DUPLICATE, "result_name": None, "duplicate_of": earlier.id,
                        "output": earlier.output, "queued_at": now, "finished_at": now,
                        "updated_at": now}
             else:
-                row = {"source": text, "source_bytes": raw, "sha256": sha256, "size": size,
+                row = {"source": text, "source_hex": raw, "sha256": sha256, "size": size,
                        "state": QUEUED, "result_name": self._unique_name(result_name),
                        "queued_at": now, "updated_at": now}
-            job_id = self.db["jobs"].insert(row).last_pk
-            return self.get(job_id), True
+            return self._stored(self.db.table("jobs").insert(row).last_pk), True
 
     def claim_next(self) -> Job | None:
         """Oldest queued job, now running (its attempt counted)."""
@@ -249,7 +273,7 @@ class Store:
                 return None
             self._set(job.id, state=RUNNING, attempts=job.attempts + 1, started_at=now,
                       stage=None, progress=0.0, eta_s=None, error=None)
-            return self.get(job.id)
+            return self._stored(job.id)
 
     def report_progress(self, job_id: int, stage: str, progress: float, eta_s: float | None) -> None:
         with self._writing():
@@ -279,7 +303,7 @@ class Store:
         """Put a running job back, not counting the attempt (not a crash: a clean shutdown, a
         paused outbox, a missing share, a store error)."""
         with self._writing():
-            job = self.get(job_id)
+            job = self._stored(job_id)
             self._set(job_id, state=QUEUED, attempts=max(0, job.attempts - 1), stage=None,
                       progress=None, eta_s=None, started_at=None)
 
@@ -294,18 +318,18 @@ class Store:
         """
         requeued, exhausted = [], []
         with self._writing():
-            for job in [Job.from_row(r) for r in self.db["jobs"].rows_where("state = ?", [RUNNING])]:
+            for job in [Job.from_row(r) for r in self.db.table("jobs").rows_where("state = ?", [RUNNING])]:
                 finished_work = published(job)
                 if job.attempts >= max_attempts and not finished_work:
                     self._set(job.id, state=FAILED, finished_at=time.time(), error=(
                         f"recond stopped unexpectedly {job.attempts} times while processing "
                         f"this file (max_attempts = {max_attempts}); it may crash the pipeline"))
-                    exhausted.append(self.get(job.id))
+                    exhausted.append(self._stored(job.id))
                 else:
                     attempts = job.attempts - 1 if finished_work else job.attempts
                     self._set(job.id, state=QUEUED, stage=None, progress=None, eta_s=None,
                               attempts=max(0, attempts))
-                    requeued.append(self.get(job.id))
+                    requeued.append(self._stored(job.id))
         return requeued, exhausted
 
     # Daemon state (one row), read by `reconctl status`.
@@ -313,7 +337,7 @@ class Store:
     def daemon_started(self, pid: int) -> None:
         now = time.time()
         with self._writing():
-            self.db["daemon"].upsert({"id": 1, "pid": pid, "started_at": now, "heartbeat_at": now,
+            self.db.table("daemon").upsert({"id": 1, "pid": pid, "started_at": now, "heartbeat_at": now,
                                       "stopped_at": None, "model_status": "loading",
                                       "model_detail": None, "device": None,
                                       "watcher_warnings": "[]", "worker_warning": None}, pk="id")
@@ -322,10 +346,10 @@ class Store:
         if "watcher_warnings" in values:
             values["watcher_warnings"] = json.dumps(values["watcher_warnings"])
         with self._writing():
-            self.db["daemon"].upsert({"id": 1, **values}, pk="id")
+            self.db.table("daemon").upsert({"id": 1, **values}, pk="id")
 
     def daemon_state(self) -> dict[str, Any] | None:
-        rows = list(self.db["daemon"].rows_where("id = 1"))
+        rows = list(self.db.table("daemon").rows_where("id = 1"))
         if not rows:
             return None
         state = dict(rows[0])
@@ -335,11 +359,18 @@ class Store:
     # Internals.
 
     def _first(self, where: str, args: list[Any], order_by: str = "id desc") -> Job | None:
-        rows = list(self.db["jobs"].rows_where(where, args, order_by=order_by, limit=1))
+        rows = list(self.db.table("jobs").rows_where(where, args, order_by=order_by, limit=1))
         return Job.from_row(rows[0]) if rows else None
 
+    def _stored(self, job_id: int | None) -> Job:
+        """A job this store has just written or read under its lock, so it exists."""
+        job = self.get(job_id) if job_id is not None else None
+        if job is None:
+            raise LookupError(f"job {job_id} is not in the job database")
+        return job
+
     def _set(self, job_id: int, **values: Any) -> None:
-        self.db["jobs"].update(job_id, {**values, "updated_at": time.time()})
+        self.db.table("jobs").update(job_id, {**values, "updated_at": time.time()})
 
     def _unique_name(self, result_name: str) -> str:
         return free_name(result_name, lambda name: self._first("result_name = ?", [name]) is not None)
@@ -353,10 +384,10 @@ class Store:
 
 
 def _source_key(source: str) -> list[Any]:
-    """(text, bytes or None): how a path is stored, exact even when its name is not UTF-8."""
+    """(text, hex of its bytes or None): how a path is stored, exact even when it is not UTF-8."""
     text = display_name(source)
     raw = fs_bytes(source)
-    return [text, None if raw == text.encode() else raw]
+    return [text, None if raw == text.encode() else raw.hex()]
 
 
 def _unusable(db_path: Path, error: sqlite3.DatabaseError) -> str:

@@ -20,10 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from recond import dropped, layout
-from recond.config import Settings
+from recond.config import JobSettings, ModelSettings, Settings, part_of
 from recond.errors import describe_failure, loading_fix
+from recond.gallery import write_gallery
 from recond.logging import get_logger
 from recond.outbox_gate import OutboxFault, OutboxGate
+from recond.pipeline.contract import ProgressCallback, WarmPipeline
+from recond.pipeline.progress import Progress
 from recond.store import QUEUED, RUNNING, Job, Store
 
 log = get_logger("recond.worker")
@@ -31,10 +34,6 @@ log = get_logger("recond.worker")
 PROGRESS_WRITE_SECONDS = 0.5  # how often a running job's progress reaches the database
 ERROR_PAUSE_SECONDS = 2.0  # after an unexpected error in the loop, before the next step
 WAIT_SECONDS = 5.0  # between checks while the outbox is paused or the inbox share is gone
-# Settings the pipeline never reads: changing only these on SIGHUP keeps the warm model.
-DAEMON_ONLY_SETTINGS = {"inbox", "outbox", "state_dir", "polling", "poll_interval", "settle_seconds",
-                        "rescan_seconds", "max_attempts", "model_retry_seconds", "log_level",
-                        "log_max_bytes", "log_backups", "follow_inbox_links"}
 
 
 class JobCancelled(BaseException):
@@ -53,28 +52,32 @@ class JobEnded(Exception):
     """The job ended before its run (its file was removed, changed or unreadable); recorded."""
 
 
-def build_pipeline(settings: Settings) -> Any:
-    """The real, warm pipeline (imported here: torch loads in the worker thread, not at start-up)."""
+def build_pipeline(settings: ModelSettings,
+                   report: Callable[[str], None] = lambda line: None) -> WarmPipeline:
+    """The real, warm pipeline (imported here: torch loads in the worker thread, not at start-up),
+    after the first start's downloads (``report`` gets their progress lines)."""
+    from recond.downloads import fetch_missing_models
     from recond.pipeline.runner import Pipeline
 
+    fetch_missing_models(settings, report)
     return Pipeline(settings)
 
 
 class Worker:
-    """Runs jobs from ``store`` with a pipeline built by ``pipeline_factory(settings)``.
+    """Runs jobs from ``store`` with a pipeline built by ``pipeline_factory(model settings)``.
 
     ``on_file_changed(path)`` is told about an inbox file whose bytes changed after it was
     queued (the daemon hands it to intake, which queues the new bytes once they settle).
     """
 
     def __init__(self, settings: Settings, store: Store,
-                 pipeline_factory: Callable[[Settings], Any] = build_pipeline,
+                 pipeline_factory: Callable[[ModelSettings], WarmPipeline] = build_pipeline,
                  on_file_changed: Callable[[Path], None] = lambda path: None) -> None:
         self.settings = settings
         self.store = store
         self.pipeline_factory = pipeline_factory
         self.on_file_changed = on_file_changed
-        self.pipeline: Any = None
+        self.pipeline: WarmPipeline | None = None
         self.busy = False
         self.paused: str | None = None  # why the queue waits (outbox full or unwritable)
         self.owner = layout.owner_tag(str(settings.state_dir.resolve()))
@@ -181,21 +184,20 @@ class Worker:
         settings, self._new_settings = self._new_settings, None
         if settings is None:
             return
-        changed = {name for name in type(settings).model_fields
-                   if getattr(settings, name) != getattr(self.settings, name)}
-        self.settings = settings
-        if "inbox" in changed:
+        model_changed = part_of(settings, ModelSettings) != part_of(self.settings, ModelSettings)
+        if settings.inbox != self.settings.inbox:
             self._inbox_device = None
-        if "outbox" in changed:
+        if settings.outbox != self.settings.outbox:
             self.gate = OutboxGate(settings.outbox.resolve(), self.owner)
-        if self.pipeline is None or changed - DAEMON_ONLY_SETTINGS:
+        self.settings = settings
+        if self.pipeline is None or model_changed:
             self.pipeline, self._next_load = None, 0.0
 
     def _load_model(self) -> None:
         self.store.daemon_update(model_status="loading", model_detail=self.settings.model)
         started = time.monotonic()
         try:
-            pipeline = self.pipeline_factory(self.settings)
+            pipeline = self.pipeline_factory(part_of(self.settings, ModelSettings))
         except Exception as error:  # any failure here means "no model"; jobs wait, nothing fails
             fix = loading_fix(error)
             detail = f"{' '.join(str(error).split())} -- to fix: {fix}"
@@ -205,10 +207,9 @@ class Worker:
                       error=str(error), fix=fix, retry_in_s=self.settings.model_retry_seconds)
             return
         self.pipeline = pipeline
-        device = str(getattr(pipeline, "device", self.settings.resolved_device()))
+        device = pipeline.device
         self.store.daemon_update(model_status="ready", device=device, model_detail=(
-            f"{getattr(pipeline, 'model_id', self.settings.model)} "
-            f"(background: {getattr(pipeline, 'background_method', '?')})"))
+            f"{pipeline.model_id} (pictures without transparency: {pipeline.background_method})"))
         log.info("model loaded", model=self.settings.model, device=device,
                  seconds=round(time.monotonic() - started, 2))
 
@@ -225,12 +226,15 @@ class Worker:
     def _run(self, job: Job) -> None:
         """Check the job's bytes, build and publish its result, and record the outcome."""
         started = time.monotonic()
+        pipeline = self.pipeline
+        assert pipeline is not None, "jobs run only once the model is loaded"
         try:
             readable = self._verified_source(job)
             log.info("job started", job=job.id, file=job.source, attempt=job.attempts)
             result, folder = layout.build_result(
                 self.outbox, job.result_name, f"{self.owner}-{job.id}",
-                lambda staging: self.pipeline.run(readable, staging, progress=self._progress_reporter(job)))
+                lambda staging: pipeline.run(readable, staging, part_of(self.settings, JobSettings),
+                                             progress=self._progress_reporter(job)))
         except JobEnded:
             pass  # recorded where it was found out
         except (JobCancelled, JobWaits) as interruption:
@@ -313,6 +317,7 @@ class Worker:
         self.store.finish(job.id, folder, notes,
                           sha256=published_sha256 if published_sha256 != job.sha256 else None)
         self._release_duplicates(job, folder)
+        write_gallery(self.outbox, self.store)
         seconds = None if started is None else round(time.monotonic() - started, 2)
         log.info("job done" if started is not None else "job done (already published)",
                  job=job.id, file=job.source, output=str(folder), seconds=seconds,
@@ -385,10 +390,10 @@ class Worker:
         self.store.daemon_update(worker_warning=None)
         return True
 
-    def _progress_reporter(self, job: Job) -> Callable[[Any], None]:
+    def _progress_reporter(self, job: Job) -> ProgressCallback:
         last: dict[str, Any] = {"stage": None, "written": 0.0, "decile": -1}
 
-        def report(progress: Any) -> None:
+        def report(progress: Progress) -> None:
             if self._stopping.is_set():
                 raise JobCancelled()
             now = time.monotonic()

@@ -3,37 +3,19 @@
 from __future__ import annotations
 
 import shutil
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from watchdog.observers.api import EventEmitter
 
-from recond.config import Settings, load_settings
+from conftest import TEST_TIMINGS, settings_for, wait_for
 from recond.intake import Intake
 from recond.store import DUPLICATE, Store
 
-SETTLE = 0.4
-
-
-def wait_for(condition: Callable[[], object], timeout: float = 8.0, tick: Callable[[], None] = lambda: None) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        tick()
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"condition not met within {timeout} s")
-
-
-def settings_for(tmp_path: Path, **overrides: object) -> Settings:
-    values = dict(inbox=tmp_path / "inbox", outbox=tmp_path / "outbox", state_dir=tmp_path / "state",
-                  settle_seconds=SETTLE, poll_interval=0.2)
-    values.update(overrides)
-    settings = load_settings(**values)
-    settings.inbox.mkdir(parents=True, exist_ok=True)
-    return settings
+SETTLE = TEST_TIMINGS["settle_seconds"]
 
 
 @pytest.fixture(params=["native", "polling"])
@@ -155,7 +137,10 @@ def test_dead_emitter_thread_is_detected_and_rearmed(tmp_path: Path) -> None:
     watcher = Intake(settings, Store(settings.db_path))
     watcher.start()
     try:
-        for emitter in list(watcher._observer.emitters):
+        emitters = [thread for thread in threading.enumerate() if isinstance(thread, EventEmitter)
+                    and thread.watch.path == str(watcher.inbox)]  # found as threads, not via Intake
+        assert emitters
+        for emitter in emitters:
             emitter.stop()  # what watchdog's polling emitter does on its own (issue #1065)
         wait_for(lambda: any("emitter thread died" in w for w in watcher.warnings), tick=watcher.supervise)
         (settings.inbox / "later.jpg").write_bytes(b"later")
