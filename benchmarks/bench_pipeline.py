@@ -31,6 +31,7 @@ EXAMPLES = REPO.parent / "shared" / "examples"
 sys.path.insert(0, str(REPO / "benchmarks"))
 import bench_triposr  # noqa: E402  (A's full-size random-weight model, so both benches time the same network)
 
+from recond import layout  # noqa: E402
 from recond.config import JobSettings, Settings, load_settings, part_of  # noqa: E402
 from recond.pipeline.runner import Pipeline  # noqa: E402
 from recond.pipeline.reconstruct import reconstruct  # noqa: E402
@@ -75,8 +76,9 @@ def main() -> None:
 
         for run in range(args.runs):
             started = time.perf_counter()
-            result = pipeline.run(source, scratch_dir / "outbox", f"run_{run}",
-                                  part_of(settings, JobSettings))
+            result, _ = layout.build_result(
+                scratch_dir / "outbox", f"run_{run}", "bench",
+                lambda staging: pipeline.run(source, staging, part_of(settings, JobSettings)))
             total = time.perf_counter() - started
             print(f"run {run + 1}: {total:.2f} s total, {result.record['vertices']} vertices, "
                   f"{result.record['faces']} faces, background {result.record['background']}")
