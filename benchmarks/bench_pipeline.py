@@ -1,6 +1,6 @@
 """Seconds per pipeline stage for one example picture at default settings, on CPU.
 
-The weights are the tests' tiny random checkpoint (tests/conftest.py builds it; the real
+The weights are the tests' tiny random checkpoint (recond/triposr/tiny.py builds it; the real
 1.7 GB weights cannot be downloaded here), so the model-bound parts of reconstruct (encode,
 density queries) and texture (colour queries) are far cheaper than with the real network.
 Every other stage (loading, background, marching cubes, UV unwrap, export, turntable, viewer)
@@ -28,17 +28,14 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO.parent / "shared" / "examples"
-sys.path.insert(0, str(REPO / "tests"))
-
-from conftest import build_tiny_checkpoint  # noqa: E402  (the tests' tiny checkpoint builder)
-
 sys.path.insert(0, str(REPO / "benchmarks"))
 import bench_triposr  # noqa: E402  (A's full-size random-weight model, so both benches time the same network)
 
-from recond.config import Settings, load_settings  # noqa: E402
+from recond.config import JobSettings, Settings, load_settings, part_of  # noqa: E402
 from recond.pipeline.runner import Pipeline  # noqa: E402
 from recond.pipeline.reconstruct import reconstruct  # noqa: E402
-from recond.triposr import prepare_image  # noqa: E402
+from recond.triposr.preprocess import prepare_image  # noqa: E402
+from recond.triposr.tiny import build_tiny_checkpoint  # noqa: E402  (the tests' tiny checkpoint)
 
 
 def peak_rss_gib() -> float:
@@ -65,7 +62,7 @@ def main() -> None:
         settings = load_settings(model=str(model_dir), device="cpu")
         print(f"machine: {platform.machine()}, {os.cpu_count()} cpus, torch {torch.__version__}, "
               f"threads {torch.get_num_threads()}")
-        print(f"example: {source.name}; model: tiny random checkpoint (tests/conftest.py)")
+        print(f"example: {source.name}; model: tiny random checkpoint (recond/triposr/tiny.py)")
         print(f"settings: device {settings.resolved_device()}, dtype {settings.resolved_dtype()}, "
               + ", ".join(f"{key} {getattr(settings, key)}" for key in
                           ("background", "mc_resolution", "mc_threshold", "chunk_size", "bake_texture",
@@ -78,7 +75,8 @@ def main() -> None:
 
         for run in range(args.runs):
             started = time.perf_counter()
-            result = pipeline.run(source, scratch_dir / "outbox", f"run_{run}")
+            result = pipeline.run(source, scratch_dir / "outbox", f"run_{run}",
+                                  part_of(settings, JobSettings))
             total = time.perf_counter() - started
             print(f"run {run + 1}: {total:.2f} s total, {result.record['vertices']} vertices, "
                   f"{result.record['faces']} faces, background {result.record['background']}")

@@ -21,7 +21,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from recond.triposr import TripoSR, load_config, prepare_image
+from recond.triposr.config import load_config
+from recond.triposr.model import TripoSR
+from recond.triposr.preprocess import prepare_image
 from recond.triposr.config import OFFICIAL_CONFIG_PATH
 
 INSIDE_FRACTION = 0.15

@@ -18,11 +18,11 @@ from typing import Any
 
 import click
 
-from recond.config import Settings, SettingsError, load_settings
+from recond.config import JobSettings, Settings, SettingsError, load_settings, part_of
 from recond.errors import MODEL_HELP, ModelLoadError
 from recond.folders import SHARE_FOLDERS, waiting_reason
 from recond.intake import FAILED_FOLDER, result_name_for
-from recond.pipeline.record import RECORD_NAME
+from recond.pipeline.names import RECORD_NAME, VIDEO_NAME
 from recond.store import DONE, FAILED, RUNNING, Job, Store, pid_alive
 
 PROCESS_MODEL_HELP = (
@@ -331,7 +331,7 @@ def _weights_check(settings: Settings) -> Check:
                                         "so recond downloads it (once, about 1.7 GB) when it starts")
     import torch
 
-    from recond.triposr import TripoSR
+    from recond.triposr.model import TripoSR
 
     try:
         model = TripoSR.from_pretrained(settings.model, device=settings.resolved_device(),
@@ -360,7 +360,7 @@ def _ffmpeg_check() -> Check:
         version = subprocess.run([executable, "-version"], capture_output=True, text=True,
                                  timeout=30, check=True).stdout.splitlines()[0]
     except Exception as error:  # missing binary, not executable, crashes: all mean no video
-        return Check("ffmpeg", "fail", f"ffmpeg not usable ({error}); render.mp4 cannot be written")
+        return Check("ffmpeg", "fail", f"ffmpeg not usable ({error}); {VIDEO_NAME} cannot be written")
     return Check("ffmpeg", "ok", f"{executable} ({version})")
 
 
@@ -406,6 +406,7 @@ def process(ctx: click.Context, images: tuple[Path, ...], out: Path | None, mode
 
     from recond.errors import describe_failure
     from recond.logging import configure_logging
+    from recond.pipeline.progress import Progress
     from recond.worker import build_pipeline
 
     settings = _settings(ctx, model=model)
@@ -423,11 +424,12 @@ def process(ctx: click.Context, images: tuple[Path, ...], out: Path | None, mode
         # Percent and times only: tqdm's rate would flip between %/s and s/% as stages speed up.
         with tqdm(total=100, desc=image.name, file=sys.stderr, leave=False,
                   bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}") as bar:
-            def report(progress: Any, bar: tqdm = bar) -> None:
+            def report(progress: Progress, bar: tqdm = bar) -> None:
                 bar.set_postfix_str(progress.stage, refresh=False)
                 bar.update(round(progress.overall * 100) - bar.n)
             try:
-                result = pipeline.run(image.resolve(), out, name, progress=report)
+                result = pipeline.run(image.resolve(), out, name, part_of(settings, JobSettings),
+                                      progress=report)
             except Exception as error:  # recorded per image; the others still run
                 failures += 1
                 click.echo(f"{image}: failed: {describe_failure(error)[0]}")

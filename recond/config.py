@@ -11,9 +11,9 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -35,56 +35,34 @@ class SettingsError(ValueError):
     """A setting has a value recond cannot use; the message is one line naming it."""
 
 
-class Settings(BaseSettings):
-    """All knobs of the daemon, the pipeline and the CLI (flat, so each maps to one variable)."""
+class _Part(BaseModel):
+    """Base of the four parts below; each field is declared in exactly one of them."""
 
-    model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX,
-        extra="forbid",
-        validate_default=True,
-        protected_namespaces=(),
-    )
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
-    # Folders.
+
+class IntakeSettings(_Part):
+    """How the inbox is watched: a change restarts the watcher (on SIGHUP), nothing else."""
+
     inbox: Path = Field(Path("inbox"), description="Folder people drop photos into.")
-    outbox: Path = Field(Path("outbox"), description="Folder result folders are published to.")
-    state_dir: Path = Field(Path("state"), description="SQLite job database and JSON log.")
-
-    # Model.
-    model: str = Field("stabilityai/TripoSR", description="Model folder or Hugging Face id.")
-    device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
-    dtype: DType = Field("auto", description="auto (float32 on CPU, float16 on CUDA) or explicit.")
-    chunk_size: int = Field(65536, ge=1024, description="Points per decoder call (memory bound).")
-    model_retry_seconds: float = Field(180.0, gt=0, description="Retry loading missing weights.")
-
-    # Intake.
     polling: bool = Field(False, description="Poll the inbox instead of OS events (SMB/NFS).")
     poll_interval: float = Field(2.0, gt=0, description="Seconds between polls in polling mode.")
     settle_seconds: float = Field(3.0, ge=0, description="Size/mtime must be stable this long.")
     rescan_seconds: float = Field(300.0, gt=0, description="Full inbox rescan period.")
-    max_attempts: int = Field(3, ge=1, description="Crashes a job survives before it fails.")
 
-    # Pipeline: input.
-    max_image_pixels: int = Field(60_000_000, ge=1, description="Refuse larger images.")
-    max_file_bytes: int = Field(200 * 1024 * 1024, ge=1, description="Refuse larger files.")
+
+class ModelSettings(_Part):
+    """What the warm pipeline is built from (weights, device, background session).
+
+    Only a change here reloads the model on SIGHUP, because only these are baked into it.
+    """
+
+    model: str = Field("stabilityai/TripoSR", description="Model folder or Hugging Face id.")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
+    dtype: DType = Field("auto", description="auto (float32 on CPU, float16 on CUDA) or explicit.")
     background: Background = Field("auto", description="auto, rembg, alpha or none.")
     rembg_model: str = Field("u2net", description="rembg model name.")
     rembg_home: Path | None = Field(None, description="Folder with rembg .onnx files (U2NET_HOME).")
-    foreground_ratio: float = Field(0.85, gt=0.1, le=1.0, description="Object size in the frame.")
-
-    # Pipeline: reconstruction and outputs.
-    mc_resolution: int = Field(256, ge=16, le=1024, description="Marching-cubes grid size.")
-    mc_threshold: float = Field(25.0, gt=0, description="Density level of the surface.")
-    bake_texture: bool = Field(True, description="Bake a UV texture (else vertex colours).")
-    texture_resolution: int = Field(1024, ge=64, le=8192, description="Texture size in pixels.")
-    render_views: int = Field(30, ge=1, le=720, description="Turntable frames.")
-    render_size: int = Field(256, ge=32, le=4096, description="Turntable frame size in pixels.")
-    video_fps: int = Field(30, ge=1, le=120, description="Turntable video frame rate.")
-
-    # Logging.
-    log_level: Literal["debug", "info", "warning", "error"] = Field("info")
-    log_max_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="Rotate the JSON log here.")
-    log_backups: int = Field(5, ge=0, description="Rotated JSON logs kept.")
 
     @field_validator("device")
     @classmethod
@@ -93,6 +71,82 @@ class Settings(BaseSettings):
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", value):
             raise ValueError("must be auto, cpu, cuda or cuda:N")
         return value
+
+    def resolved_device(self) -> str:
+        """The torch device string to use: 'auto' picks CUDA when torch sees one."""
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    def resolved_dtype(self) -> str:
+        """float32 on CPU (exact), float16 on CUDA (fast) unless set explicitly."""
+        if self.dtype != "auto":
+            return self.dtype
+        return "float32" if self.resolved_device() in ("cpu", "mps") else "float16"
+
+
+class JobSettings(_Part):
+    """How each picture is processed: handed to every run, recorded in job.json, no reload."""
+
+    max_image_pixels: int = Field(60_000_000, ge=1, description="Refuse larger images.")
+    max_file_bytes: int = Field(200 * 1024 * 1024, ge=1, description="Refuse larger files.")
+    foreground_ratio: float = Field(0.85, gt=0.1, le=1.0, description="Object size in the frame.")
+    chunk_size: int = Field(65536, ge=1024, description="Points per decoder call (memory bound).")
+    mc_resolution: int = Field(256, ge=16, le=1024, description="Marching-cubes grid size.")
+    mc_threshold: float = Field(25.0, gt=0, description="Density level of the surface.")
+    bake_texture: bool = Field(True, description="Bake a UV texture (else vertex colours).")
+    texture_resolution: int = Field(1024, ge=64, le=8192, description="Texture size in pixels.")
+    render_views: int = Field(30, ge=1, le=720, description="Turntable frames.")
+    render_size: int = Field(256, ge=32, le=4096, description="Turntable frame size in pixels.")
+    video_fps: int = Field(30, ge=1, le=120, description="Turntable video frame rate.")
+
+
+class DaemonSettings(_Part):
+    """The daemon's own knobs: where results and state go, retries, logging."""
+
+    outbox: Path = Field(Path("outbox"), description="Folder result folders are published to.")
+    state_dir: Path = Field(Path("state"), description="SQLite job database and JSON log.")
+    max_attempts: int = Field(3, ge=1, description="Crashes a job survives before it fails.")
+    model_retry_seconds: float = Field(180.0, gt=0, description="Retry loading missing weights.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info")
+    log_max_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="Rotate the JSON log here.")
+    log_backups: int = Field(5, ge=0, description="Rotated JSON logs kept.")
+
+    @property
+    def db_path(self) -> Path:
+        return self.state_dir / "recond.db"
+
+    @property
+    def log_path(self) -> Path:
+        return self.state_dir / "recond.log"
+
+
+PARTS: tuple[type[_Part], ...] = (IntakeSettings, ModelSettings, JobSettings, DaemonSettings)
+PartT = TypeVar("PartT", bound=_Part)
+
+
+def part_of(settings: _Part, part: type[PartT]) -> PartT:
+    """One part of the settings as its own record, e.g. ``part_of(settings, JobSettings)``.
+
+    Equal parts compare equal, which is how a reload tells what changed.
+    """
+    return part.model_construct(**{name: getattr(settings, name) for name in part.model_fields})
+
+
+class Settings(IntakeSettings, ModelSettings, JobSettings, DaemonSettings, BaseSettings):
+    """All knobs of the daemon, the pipeline and the CLI, flat (each maps to one variable).
+
+    Every field is declared in one of the parts above, which says what a change to it affects.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        extra="forbid",
+        validate_default=True,
+        protected_namespaces=(),
+    )
 
     @model_validator(mode="after")
     def _folders_do_not_feed_back(self) -> Settings:
@@ -122,28 +176,6 @@ class Settings(BaseSettings):
         if toml_file:
             sources.append(_TomlFile(settings_cls, toml_file=toml_file))
         return tuple(sources)
-
-    def resolved_device(self) -> str:
-        """The torch device string to use: 'auto' picks CUDA when torch sees one."""
-        if self.device != "auto":
-            return self.device
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-
-    def resolved_dtype(self) -> str:
-        """float32 on CPU (exact), float16 on CUDA (fast) unless set explicitly."""
-        if self.dtype != "auto":
-            return self.dtype
-        return "float32" if self.resolved_device() in ("cpu", "mps") else "float16"
-
-    @property
-    def db_path(self) -> Path:
-        return self.state_dir / "recond.db"
-
-    @property
-    def log_path(self) -> Path:
-        return self.state_dir / "recond.log"
 
 
 class _TomlFile(TomlConfigSettingsSource):

@@ -19,7 +19,7 @@ from typing import IO
 import click
 import sdnotify
 
-from recond.config import Settings, SettingsError, load_settings
+from recond.config import IntakeSettings, Settings, SettingsError, load_settings, part_of
 from recond.folders import (FolderError, create_state_dir, folder_error, missing_share_folder,
                             missing_share_folders)
 from recond.intake import Intake
@@ -28,7 +28,6 @@ from recond.store import Store
 from recond.worker import Worker, build_pipeline
 
 HEARTBEAT_SECONDS = 5.0  # daemon row refresh and systemd watchdog ping (WatchdogSec=60)
-INTAKE_FIELDS = ("inbox", "polling", "poll_interval", "settle_seconds", "rescan_seconds")
 
 log = get_logger("recond.daemon")
 
@@ -177,7 +176,7 @@ class Daemon:
         configure_logging(new)
         log.info("SIGHUP: settings reloaded; retrying the model if it is missing")
         worker.reload(new)
-        if any(getattr(old, name) != getattr(new, name) for name in INTAKE_FIELDS):
+        if part_of(old, IntakeSettings) != part_of(new, IntakeSettings):
             missing_share_folder("inbox", new.inbox)  # else the watcher waits for it and says so
             self.intake.stop()
             self.intake = Intake(new, store, on_enqueued=lambda job: worker.wake())

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from recond.config import Settings
+from recond.config import ModelSettings
 from recond.logging import get_logger
 
 log = get_logger("recond.downloads")
 
 
-def fetch_missing_models(settings: Settings, report: Callable[[str], None]) -> None:
+def fetch_missing_models(settings: ModelSettings, report: Callable[[str], None]) -> None:
     """Download what is missing; ``report`` gets lines like ``downloading model.ckpt: 42%``.
 
     Raises ModelLoadError when the TripoSR weights are neither cached nor downloadable; a rembg

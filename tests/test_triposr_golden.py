@@ -18,12 +18,13 @@ import torch
 from PIL import Image
 from scipy.spatial import cKDTree
 
-from recond.triposr import TripoSR, prepare_image
+from conftest import SHARED
+from recond.triposr.model import TripoSR
+from recond.triposr.preprocess import prepare_image
 from recond.triposr.cameras import spherical_cameras
 from recond.triposr.isosurface import grid_point_chunks, marching_cubes
 from recond.triposr.preprocess import frame_foreground, model_input
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 GOLDEN_DIRS = sorted(path.parent for path in (SHARED / "reference").glob("golden_*/expected.npz"))
 TOLERANCE = 1e-4
 DEFAULT_RENDERS = [

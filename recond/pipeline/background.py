@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from recond.config import Settings
+from recond.config import ModelSettings
 
 # GrabCut runs on a copy no larger than this (it is iterative and slow on full-size photos).
 GRABCUT_MAX_SIDE = 512
@@ -41,7 +41,7 @@ class RembgStatus:
     message: str
 
 
-def rembg_model_status(settings: Settings) -> RembgStatus:
+def rembg_model_status(settings: ModelSettings) -> RembgStatus:
     """Is the rembg model file on disk? Looked up where rembg itself looks, without a download."""
     point_rembg_at(settings)
     session_class = _rembg_session_class(settings.rembg_model)
@@ -58,7 +58,7 @@ def rembg_model_status(settings: Settings) -> RembgStatus:
     )
 
 
-def download_rembg_model(settings: Settings) -> str | None:
+def download_rembg_model(settings: ModelSettings) -> str | None:
     """Fetch rembg's model into rembg's own home on the first start, never during a job.
 
     Only when ``rembg_home`` is unset: a folder named there is the operator's, filled by hand on
@@ -87,7 +87,7 @@ def _rembg_session_class(model_name: str):
     raise BackgroundUnavailable(f"unknown rembg model '{model_name}' (setting rembg_model; known: {known})")
 
 
-def point_rembg_at(settings: Settings) -> None:
+def point_rembg_at(settings: ModelSettings) -> None:
     """Hand the rembg_home setting to rembg, which reads U2NET_HOME itself.
 
     The one place recond writes the environment: rembg offers no other way to name its folder.
@@ -109,7 +109,7 @@ def has_real_alpha(image: Image.Image) -> bool:
 class BackgroundRemover:
     """Holds the warm rembg session (if any) and applies the configured background method."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: ModelSettings) -> None:
         self.mode = settings.background
         self.session = None
         self.method = {"alpha": "alpha", "none": "none"}.get(self.mode, "rembg")

@@ -8,12 +8,12 @@ import numpy as np
 import torch
 import trimesh
 
-from recond.config import Settings
+from recond.config import JobSettings
 from recond.errors import InputError
-from recond.triposr import TripoSR
+from recond.triposr.model import TripoSR
 
 
-def reconstruct(model: TripoSR, prepared_rgb: np.ndarray, settings: Settings,
+def reconstruct(model: TripoSR, prepared_rgb: np.ndarray, settings: JobSettings,
                 report: Callable[[float], None]) -> tuple[torch.Tensor, trimesh.Trimesh]:
     """Encode the picture and extract the surface; an empty surface is the picture's fault."""
     scene_code = model.encode([prepared_rgb])[0]

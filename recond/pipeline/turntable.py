@@ -20,6 +20,7 @@ import trimesh
 from PIL import Image
 
 from recond.pipeline.appearance import bounding_sphere, surface_color, vertex_normals
+from recond.pipeline.names import VIDEO_NAME, frame_name
 from recond.pipeline.raster import interpolate, rasterize
 
 FOVY_DEG = 40.0  # upstream tsr/system.py renders with fovy 40 as well
@@ -77,10 +78,10 @@ def write_turntable(frames: list[np.ndarray], result_dir: Path, fps: int) -> lis
     result_dir = Path(result_dir)
     written = []
     for index, frame in enumerate(frames):
-        path = result_dir / f"render_{index:03d}.png"
+        path = result_dir / frame_name(index)
         Image.fromarray(frame).save(path)
         written.append(path)
-    video_path = result_dir / "render.mp4"
+    video_path = result_dir / VIDEO_NAME
     _write_video(frames, video_path, fps)
     written.append(video_path)
     return written
