@@ -4,14 +4,17 @@ Settings come from a TOML file (``config/recond.toml`` documents each key), over
 ``RECOND_*`` environment variables. They are read once, here, and nowhere else: the rest of
 the code receives a :class:`Settings` instance. A bad value stops start-up with one line
 naming the setting, because a daemon that half-starts on a typo is worse than one that refuses.
+Each setting is declared in the part it belongs to (intake, model, job, daemon), which says
+what a change to it affects; ``part_of`` hands one part to the code that needs it.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
@@ -132,7 +135,8 @@ def part_of(settings: _Part, part: type[PartT]) -> PartT:
 
     Equal parts compare equal, which is how a reload tells what changed.
     """
-    return part.model_construct(**{name: getattr(settings, name) for name in part.model_fields})
+    values = {name: getattr(settings, name) for name in part.model_fields}
+    return cast(PartT, part.model_construct(**values))  # the pydantic plugin types it as _Part
 
 
 class Settings(IntakeSettings, ModelSettings, JobSettings, DaemonSettings, BaseSettings):
@@ -183,9 +187,9 @@ class _TomlFile(TomlConfigSettingsSource):
     working directory: the checkout's config then means the checkout's folders wherever recond
     or reconctl is started from."""
 
-    def _read_file(self, file_path: Path) -> dict[str, object]:
+    def _read_file(self, file_path: Path | Traversable) -> dict[str, object]:
         data = super()._read_file(file_path)
-        base = Path(file_path).resolve().parent
+        base = Path(str(file_path)).resolve().parent
         for name in FOLDER_SETTINGS:
             value = data.get(name)
             if isinstance(value, str) and not Path(value).expanduser().is_absolute():
@@ -199,7 +203,7 @@ def config_path_from_env() -> Path | None:
     return Path(value) if value else None
 
 
-def load_settings(config_path: Path | None = None, **overrides: object) -> Settings:
+def load_settings(config_path: Path | None = None, **overrides: Any) -> Settings:
     """Read the TOML file (argument, else RECOND_CONFIG) and RECOND_* variables, validated.
 
     Raises SettingsError with one line naming the offending setting.

@@ -68,7 +68,7 @@ class Daemon:
                             attempts=job.attempts)
             for job in exhausted:
                 log.error("job failed", job=job.id, file=job.source, error=job.error)
-                worker.fail_job(job, job.error)
+                worker.fail_job(job, job.error or "")
             self.intake = Intake(settings, store, on_enqueued=lambda job: worker.wake())
             self.intake.start()
             log.info("recond started", pid=os.getpid(), inbox=str(settings.inbox.resolve()),
@@ -116,12 +116,13 @@ class Daemon:
         return True
 
     def _loop(self, store: Store, worker: Worker, once: bool) -> int:
-        last_beat, reported_warnings = 0.0, []
+        last_beat, reported_warnings = 0.0, list[str]()
         while not self._stop.wait(0.5 if once else 1.0):
             if self._reload.is_set():
                 self._reload.clear()
                 self._reload_settings(store, worker)
             intake = self.intake
+            assert intake is not None, "run() starts the intake before the loop"
             intake.supervise()
             if not worker.is_alive():
                 log.error("worker thread died; exiting so systemd restarts recond")
@@ -178,7 +179,8 @@ class Daemon:
         worker.reload(new)
         if part_of(old, IntakeSettings) != part_of(new, IntakeSettings):
             missing_share_folder("inbox", new.inbox)  # else the watcher waits for it and says so
-            self.intake.stop()
+            if self.intake is not None:
+                self.intake.stop()
             self.intake = Intake(new, store, on_enqueued=lambda job: worker.wake())
             self.intake.start()
 

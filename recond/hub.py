@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from recond.errors import ModelLoadError
 
@@ -112,16 +113,16 @@ def _reporting_bar(filename: str, progress: DownloadProgress) -> type:
     """
     from tqdm.auto import tqdm
 
-    class ReportingBar(tqdm):  # type: ignore[misc, valid-type]
-        def __init__(self, *args: object, **kwargs: object) -> None:
+    class ReportingBar(tqdm):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
-            self.received = int(kwargs.get("initial") or 0)  # type: ignore[call-overload]
+            self.received = int(kwargs.get("initial") or 0)
             self.expected = kwargs.get("total")
 
         def update(self, n: float | None = 1) -> bool | None:
             self.received += int(n or 0)
             if self.expected:
-                progress(filename, min(1.0, self.received / float(self.expected)))  # type: ignore[arg-type]
+                progress(filename, min(1.0, self.received / float(self.expected)))
             return super().update(n)
 
     return ReportingBar

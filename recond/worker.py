@@ -43,9 +43,8 @@ def build_pipeline(settings: ModelSettings,
     from recond.downloads import fetch_missing_models
     from recond.pipeline.runner import Pipeline
 
-    model_settings = part_of(settings, ModelSettings)
-    fetch_missing_models(model_settings, report)
-    return Pipeline(model_settings)
+    fetch_missing_models(settings, report)
+    return Pipeline(settings)
 
 
 class Worker:

@@ -1,8 +1,10 @@
-"""`reconctl status`, `jobs`, `show` and `retry` never load the heavy stack (torch, the meshing and
-background libraries): each runs in a real, fresh Python process against a real job database,
-and the process reports which modules it ended up importing.
+"""What must stay light never loads the heavy stack (torch, the meshing and background libraries):
+`reconctl status`, `jobs`, `show` and `retry`, the package ``__init__`` files, the worker and the
+daemon. Each check runs in a real, fresh Python process (commands against a real job database),
+which reports the heavy modules it ended up importing.
 
-How fast they answer is measured in benchmarks/, not asserted here; this is what keeps it fast.
+How fast the commands answer is measured in benchmarks/bench_cli.py, not asserted here; this
+is what keeps them fast.
 """
 
 from __future__ import annotations
@@ -61,3 +63,32 @@ def test_command_answers_without_importing_the_heavy_stack(config: Path, command
     assert report["heavy"] == []
     if command[0] == "retry":
         assert (config.parent / "inbox" / "a.jpg").read_bytes() == b"picture bytes"
+
+
+def test_looking_for_the_rembg_model_file_imports_no_torch(tmp_path: Path) -> None:
+    """`reconctl doctor` asks rembg_model_status where the file is; that alone must stay light."""
+    script = (
+        "import json, sys\n"
+        "from recond.config import load_settings\n"
+        "from recond.pipeline.background import rembg_model_status\n"
+        f"status = rembg_model_status(load_settings(rembg_home={str(tmp_path)!r}))\n"
+        f"print(json.dumps({{'found': status.available, 'torch': 'torch' in sys.modules}}))\n"
+    )
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                               timeout=60, check=True)
+    assert json.loads(completed.stdout.splitlines()[-1]) == {"found": False, "torch": False}
+
+
+def test_packages_errors_and_the_pipeline_contract_import_nothing_heavy() -> None:
+    """The daemon starts, and the worker names its pipeline, before torch loads in the worker."""
+    light = ["recond", "recond.pipeline", "recond.triposr", "recond.errors", "recond.config",
+             "recond.pipeline.contract", "recond.pipeline.names", "recond.worker", "recond.daemon"]
+    script = (
+        "import importlib, json, sys\n"
+        f"for name in {light!r}:\n"
+        "    importlib.import_module(name)\n"
+        f"print(json.dumps([name for name in {HEAVY_MODULES!r} if name in sys.modules]))\n"
+    )
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                               timeout=60, check=True)
+    assert json.loads(completed.stdout.splitlines()[-1]) == []

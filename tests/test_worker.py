@@ -53,7 +53,7 @@ class StandInPipeline:
                     raise self.error
                 time.sleep(self.stage_seconds)
                 if progress:
-                    progress(Progress(stage, 0.0, index / len(STAGES), 0.0, 1.0))
+                    progress(Progress(stage, 0.0, index / len(STAGES), 1.0))
         except BaseException:
             shutil.rmtree(partial)
             raise

@@ -103,7 +103,7 @@ def has_real_alpha(image: Image.Image) -> bool:
     alpha = np.asarray(image)[..., 3]
     clear = np.mean(alpha < 16)
     solid = np.mean(alpha > 127)
-    return clear >= 0.01 and solid >= 0.001
+    return bool(clear >= 0.01 and solid >= 0.001)
 
 
 class BackgroundRemover:

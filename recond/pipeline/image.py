@@ -89,11 +89,6 @@ def _pillow_bomb_check_off() -> Iterator[None]:
         Image.MAX_IMAGE_PIXELS = default
 
 
-def load_image(path: Path, max_pixels: int, max_bytes: int) -> Image.Image:
-    """read_source + decode_image for callers that only need the picture."""
-    return decode_image(read_source(path, max_bytes), path.name, max_pixels)
-
-
 def to_rgba(image: Image.Image) -> Image.Image:
     """Any Pillow mode -> RGBA, keeping transparency and scaling deep greys to 8 bits."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):

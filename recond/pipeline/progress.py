@@ -1,4 +1,4 @@
-"""Progress of one pipeline run: stage, fraction, elapsed seconds and an ETA.
+"""Progress of one pipeline run: stage, fraction and an ETA.
 
 The ETA weighs each stage by its usual share of a CPU run, so it is sensible from the first
 stage on rather than extrapolating from the quick ones.
@@ -30,7 +30,6 @@ class Progress:
     stage: str
     stage_fraction: float
     overall: float
-    elapsed_s: float
     eta_s: float | None
 
 
@@ -63,4 +62,4 @@ class ProgressTracker:
             return
         elapsed = time.monotonic() - self._started
         eta = elapsed * (1.0 - overall) / overall if overall > 0.02 else None
-        self.callback(Progress(stage, fraction, overall, elapsed, eta))
+        self.callback(Progress(stage, fraction, overall, eta))

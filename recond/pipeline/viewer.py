@@ -68,11 +68,11 @@ def _mesh_payload(mesh: trimesh.Trimesh) -> dict:
         "radius": radius,
     }
     color = surface_color(mesh)
-    if color.texture is not None:
+    if color.texture is not None and color.uv is not None:
         payload["uvs"] = _b64(color.uv.astype("<f4"))
         payload["texture"] = _b64_jpeg(color.texture)
         payload["texture_type"] = "image/jpeg"
-    else:
+    elif color.vertex_colors is not None:
         payload["colors"] = _b64(np.round(color.vertex_colors * 255).astype(np.uint8))
     return payload
 

@@ -82,7 +82,7 @@ def randomise_weights(model: torch.nn.Module, seed: int) -> None:
                 parameter.copy_(noise * 0.5)
 
 
-def smooth_field(model: torch.nn.Module, seed: int) -> None:
+def smooth_field(model: TripoSR, seed: int) -> None:
     """Low-frequency triplanes so the density field is a smooth blob, still image-dependent.
 
     The query planes become bicubic upsamplings of a random 2x2 grid, the backbone's image-driven
@@ -114,8 +114,10 @@ def build_tiny_checkpoint(folder: Path, config: dict[str, Any] = TINY_CONFIG,
     level = float(torch.quantile(raw_density.flatten(), 1 - INSIDE_FRACTION))
     renderer = config["renderer"]
     shift = math.log(SURFACE_THRESHOLD) - float(renderer["density_bias"]) - level
+    density_layer = model.decoder.layers[-1]
+    assert isinstance(density_layer, torch.nn.Linear)
     with torch.no_grad():
-        model.decoder.layers[-1].bias[0] += shift
+        density_layer.bias[0] += shift
     (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     (folder / "vit_config.json").write_text(json.dumps(vit, indent=2))
     torch.save(model.state_dict(), folder / "model.ckpt")
