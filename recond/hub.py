@@ -61,13 +61,12 @@ def hub_problem(repo_id: str) -> str | None:
 
     huggingface_hub's own download would, with nothing cached, retry an unreachable hub five
     times over about 25 s (file_download.py, "No local file found. Retrying.."); one metadata
-    request without retries answers in well under two seconds.
+    request (get_hf_file_metadata does not retry unless asked to) answers within its timeout.
     """
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
 
     try:
-        get_hf_file_metadata(hf_hub_url(repo_id, CONFIG_NAME), timeout=HUB_TIMEOUT_SECONDS,
-                             retry_on_errors=False)
+        get_hf_file_metadata(hf_hub_url(repo_id, CONFIG_NAME), timeout=HUB_TIMEOUT_SECONDS)
     except Exception as exc:  # offline, DNS, timeout, 401/404 for a wrong id: all mean "not now"
         first_sentence = " ".join(str(exc).split()).split(". ")[0][:200]
         return f"{type(exc).__name__}: {first_sentence}"
