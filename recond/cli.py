@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -41,7 +42,12 @@ def _settings(ctx: click.Context, **overrides: object) -> Settings:
 
 def _store(settings: Settings) -> Store | None:
     """The job database, or None when recond has never run with these settings."""
-    return Store(settings.db_path) if settings.db_path.is_file() else None
+    if not settings.db_path.is_file():
+        return None
+    try:
+        return Store(settings.db_path)
+    except sqlite3.OperationalError as error:  # e.g. a daemon starting this moment creates its tables
+        raise click.ClickException(f"{settings.db_path}: {error}; try again in a moment") from None
 
 
 def _remember_config(ctx: click.Context, param: click.Parameter, value: Path | None) -> None:
