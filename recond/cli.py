@@ -123,6 +123,13 @@ def _summary(job: Job) -> dict[str, Any]:
             "error": job.error, "duplicate_of": job.duplicate_of, "finished_at": job.finished_at}
 
 
+def job_facts(job: Job) -> dict[str, Any]:
+    """What `reconctl show` reports: the job's row, plus what its job.json says it used."""
+    record = _result_record(job)
+    return {**job.as_dict(), "background": record.get("background"),
+            "stage_seconds": record.get("stage_seconds")}
+
+
 def _result_record(job: Job) -> dict[str, Any]:
     """The job.json of a done job's result folder ({} when the folder is gone or unreadable)."""
     if job.state != DONE or not job.output:
@@ -227,10 +234,7 @@ def jobs(ctx: click.Context, state: str | None, limit: int, as_json: bool) -> No
 @click.pass_context
 def show(ctx: click.Context, job_id: int, as_json: bool) -> None:
     """Every recorded fact about one job."""
-    job = _job(_settings(ctx), job_id)
-    record = _result_record(job)
-    facts = {**job.as_dict(), "background": record.get("background"),
-             "stage_seconds": record.get("stage_seconds")}
+    facts = job_facts(_job(_settings(ctx), job_id))
     if as_json:
         click.echo(json.dumps(facts, indent=2))
         return

@@ -14,11 +14,12 @@ import os
 import re
 from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import Any, Literal, TypeVar, cast
+from typing import Annotated, Any, Literal, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -126,7 +127,29 @@ class DaemonSettings(_Part):
         return self.state_dir / "recond.log"
 
 
-PARTS: tuple[type[_Part], ...] = (IntakeSettings, ModelSettings, JobSettings, DaemonSettings)
+class WebSettings(_Part):
+    """The web front end's knobs: read only by `recond-web` (recond/web/); the daemon ignores them."""
+
+    web_host: str = Field("127.0.0.1", description="Address recond-web listens on.")
+    web_port: int = Field(8765, ge=1, le=65535, description="Port recond-web listens on.")
+    web_token: str | None = Field(None, min_length=16, description=(
+        "Bearer token every request but /healthz must carry; required off loopback."))
+    web_cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Origins allowed to call the API from a browser (CORS).")
+    web_max_files: int = Field(20, ge=1, description="Files accepted in one upload request.")
+    web_max_uploads: int = Field(8, ge=1, description="Upload requests received at the same time.")
+
+    @field_validator("web_cors_origins", mode="before")
+    @classmethod
+    def _origins_from_text(cls, value: object) -> object:
+        """RECOND_WEB_CORS_ORIGINS is a comma-separated list; the TOML file gives a real list."""
+        if isinstance(value, str):
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+
+PARTS: tuple[type[_Part], ...] = (IntakeSettings, ModelSettings, JobSettings, DaemonSettings,
+                                  WebSettings)
 PartT = TypeVar("PartT", bound=_Part)
 
 
@@ -139,7 +162,8 @@ def part_of(settings: _Part, part: type[PartT]) -> PartT:
     return cast(PartT, part.model_construct(**values))  # the pydantic plugin types it as _Part
 
 
-class Settings(IntakeSettings, ModelSettings, JobSettings, DaemonSettings, BaseSettings):
+class Settings(IntakeSettings, ModelSettings, JobSettings, DaemonSettings, WebSettings,
+               BaseSettings):
     """All knobs of the daemon, the pipeline and the CLI, flat (each maps to one variable).
 
     Every field is declared in one of the parts above, which says what a change to it affects.

@@ -136,6 +136,31 @@ class Store:
         rows = self.db.execute("select source from jobs where state in (?, ?)", ACTIVE)
         return {source for (source,) in rows}
 
+    # Reading, for the web front end (recond/web) and the galleries (recond/gallery.py).
+
+    def finished(self, limit: int, offset: int = 0) -> list[Job]:
+        """Done and failed jobs, newest first: the entries of a gallery page."""
+        rows = self.db["jobs"].rows_where("state in (?, ?)", [DONE, FAILED], order_by="id desc",
+                                          limit=limit, offset=offset)
+        return [Job.from_row(row) for row in rows]
+
+    def count_finished(self) -> int:
+        return self.db.execute("select count(*) from jobs where state in (?, ?)",
+                               [DONE, FAILED]).fetchone()[0]
+
+    def by_source_prefix(self, prefix: str) -> Job | None:
+        """The newest job whose inbox path starts with ``prefix`` (a web upload's id)."""
+        return self._first("substr(source, 1, ?) = ?", [len(prefix), prefix])
+
+    def changed_since(self, updated_at: float) -> list[Job]:
+        """Jobs written at or after ``updated_at`` (oldest change first)."""
+        rows = self.db["jobs"].rows_where("updated_at >= ?", [updated_at], order_by="updated_at")
+        return [Job.from_row(row) for row in rows]
+
+    def data_version(self) -> int:
+        """Changes whenever another connection (the daemon) commits: a cheap "anything new?"."""
+        return self.db.execute("pragma data_version").fetchone()[0]
+
     # State changes.
 
     def enqueue(self, source: str, sha256: str, size: int, result_name: str,

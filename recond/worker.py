@@ -17,6 +17,7 @@ from typing import Any
 
 from recond.config import JobSettings, ModelSettings, Settings, part_of
 from recond.errors import describe_failure, loading_fix
+from recond.gallery import write_gallery
 from recond.intake import FAILED_FOLDER
 from recond.logging import get_logger
 from recond.pipeline.contract import ProgressCallback, WarmPipeline
@@ -179,6 +180,7 @@ class Worker:
             self.fail_job(job, reason)
             return
         self.store.finish(job.id, result.result_dir, [*result.warnings, *_remove_original(source)])
+        write_gallery(outbox, self.store)
         log.info("job done", job=job.id, file=job.source, output=str(result.result_dir),
                  seconds=round(time.monotonic() - started, 2), warnings=len(result.warnings))
 

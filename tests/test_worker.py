@@ -188,7 +188,7 @@ def test_partial_folder_left_by_a_crash_is_cleared_before_the_rerun(settings: Se
     worker.pipeline = StandInPipeline()
     worker.process(job)
     assert store.get(job.id).state == DONE
-    assert [p.name for p in settings.outbox.iterdir()] == [job.result_name]
+    assert [p.name for p in settings.outbox.iterdir() if p.is_dir()] == [job.result_name]
 
 
 def test_job_waits_instead_of_failing_while_the_inbox_share_is_gone(settings: Settings) -> None:
