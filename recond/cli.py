@@ -354,7 +354,11 @@ def _rembg_check(settings: Settings) -> Check:
         status = rembg_model_status(settings)
     except Exception as error:  # e.g. an unknown rembg_model: report it, run the other checks
         return Check("rembg", "fail", str(error))
-    return Check("rembg", "ok" if status.available else "warn", status.message)
+    if status.available:
+        return Check("rembg", "ok", status.message)
+    when = (" (recond tries to download it when it starts)" if settings.rembg_home is None
+            and settings.background in ("auto", "rembg") else "")
+    return Check("rembg", "warn", status.message + when)
 
 
 def _ffmpeg_check() -> Check:

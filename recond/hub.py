@@ -39,35 +39,43 @@ def is_hub_id(source: str) -> bool:
 
 
 def cached_files(repo_id: str) -> ModelFiles | None:
-    """The hub model's files from the local Hugging Face cache, without touching the network."""
-    from huggingface_hub import hf_hub_download
+    """The hub model's files from the local Hugging Face cache: a lookup on disk, no network."""
+    from huggingface_hub import try_to_load_from_cache
 
-    def cached(filename: str) -> Path:
-        return Path(hf_hub_download(repo_id=repo_id, filename=filename, local_files_only=True))
+    def cached(filename: str) -> Path | None:
+        try:
+            found = try_to_load_from_cache(repo_id, filename)
+        except Exception:  # not a valid repository id at all: nothing of it can be cached
+            return None
+        return Path(found) if isinstance(found, str) else None  # else unknown or known absent
 
-    try:
-        config, weights = cached(CONFIG_NAME), cached(WEIGHTS_NAME)
-    except Exception:  # not cached (LocalEntryNotFoundError), or not a valid id at all
+    config, weights = cached(CONFIG_NAME), cached(WEIGHTS_NAME)
+    if config is None or weights is None:
         return None
-    try:
-        vit_config: Path | None = cached(VIT_CONFIG_NAME)
-    except Exception:  # the official repository has none: DINO ViT-B/16 facts are built in
-        vit_config = None
-    return ModelFiles(config, weights, vit_config)
+    # The official repository has no vit_config.json: DINO ViT-B/16 facts are built in.
+    return ModelFiles(config, weights, cached(VIT_CONFIG_NAME))
 
 
 def hub_problem(repo_id: str) -> str | None:
     """Why the hub cannot serve ``repo_id`` right now, asked once with a short timeout.
 
     huggingface_hub's own download would, with nothing cached, retry an unreachable hub five
-    times over about 25 s (file_download.py, "No local file found. Retrying.."); one metadata
-    request without retries answers in well under two seconds.
+    times over about 25 s (file_download.py, "No local file found. Retrying.."), and building
+    its usual headers first fetches an agent registry from the hub with a 3 s timeout
+    (utils/_detect_agent.py). So this asks with the bare session and only the token header: one
+    HEAD request, no retries, answered or given up within HUB_TIMEOUT_SECONDS.
     """
-    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+    from huggingface_hub import constants, get_token, hf_hub_url
+    from huggingface_hub.utils import get_session, hf_raise_for_status
 
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    token = get_token()
+    headers = {"authorization": f"Bearer {token}"} if token else {}
     try:
-        get_hf_file_metadata(hf_hub_url(repo_id, CONFIG_NAME), timeout=HUB_TIMEOUT_SECONDS,
-                             retry_on_errors=False)
+        response = get_session().head(hf_hub_url(repo_id, CONFIG_NAME), headers=headers,
+                                      timeout=HUB_TIMEOUT_SECONDS, follow_redirects=True)
+        hf_raise_for_status(response)
     except Exception as exc:  # offline, DNS, timeout, 401/404 for a wrong id: all mean "not now"
         first_sentence = " ".join(str(exc).split()).split(". ")[0][:200]
         return f"{type(exc).__name__}: {first_sentence}"

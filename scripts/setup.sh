@@ -37,7 +37,7 @@ python_env() {
     fi
     # torch before recond, so pyproject's range pulls nothing bigger. Any torch already in the
     # venv stays: on a GPU machine install a CUDA build there first and this step keeps it.
-    if ! "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then
+    if ! "$VENV/bin/python" -c "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is None)"; then
         echo "setup: pip install torch==$TORCH_VERSION" >&2
         "$VENV/bin/pip" install -q "torch==$TORCH_VERSION"
     fi

@@ -101,6 +101,8 @@ def json_log(state: Path) -> list[dict[str, Any]]:
 
 def status_of(config: Path) -> dict[str, Any]:
     result = reconctl("status", "--config", str(config), "--json")
+    if "try again in a moment" in result.stderr:  # the daemon was creating its tables just then
+        result = reconctl("status", "--config", str(config), "--json")
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
@@ -203,6 +205,7 @@ def test_hub_model_downloads_once_with_progress_then_comes_from_the_cache(
     from recond.config import load_settings
     from recond.downloads import fetch_missing_models
     from recond.hub import cached_files
+    from recond.triposr.model import TripoSR
 
     monkeypatch.setattr(constants, "ENDPOINT", stand_in_hub)  # both read HF_ENDPOINT at import
     monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
@@ -218,7 +221,9 @@ def test_hub_model_downloads_once_with_progress_then_comes_from_the_cache(
     assert files is not None and files.weights.read_bytes() == StandInHub.files["model.ckpt"]
     asked = len(StandInHub.requests)
     fetch_missing_models(settings, lines.append)  # second start: all from the cache
+    model = TripoSR.from_pretrained("tester/tiny-triposr")  # and the loader finds it there
     assert len(StandInHub.requests) == asked
+    assert model.config.cond_image_size == 64
 
 
 def test_rembg_model_is_fetched_before_any_job_when_rembg_home_is_unset(
