@@ -19,17 +19,13 @@ from typing import Any
 import click
 
 from recond.config import JobSettings, Settings, SettingsError, load_settings, part_of
-from recond.errors import MODEL_HELP, ModelLoadError
+from recond.errors import MODEL_HELP, process_loading_fix
 from recond.folders import SHARE_FOLDERS, waiting_reason
 from recond import layout
 from recond.pipeline.names import RECORD_NAME, VIDEO_NAME
-from recond.store import DONE, FAILED, RUNNING, Job, Store, StoreError, pid_alive
+from recond.store import (DONE, FAILED, RUNNING, STALE_HEARTBEAT_SECONDS, STATES, Job, Store, StoreError,
+                          pid_alive)
 
-PROCESS_MODEL_HELP = (
-    "put the TripoSR weights (config.yaml + model.ckpt from stabilityai/TripoSR) in a folder and "
-    "pass it: reconctl process IMAGE --model /that/folder (or set model in the config file)")
-PROCESS_SETTINGS_HELP = "fix the setting named above; `reconctl doctor` checks each part"
-STALE_HEARTBEAT_SECONDS = 30.0  # the daemon beats every 5 s; six missed beats means it hangs
 
 
 def _settings(ctx: click.Context, **overrides: object) -> Settings:
@@ -96,8 +92,7 @@ def status_report(settings: Settings, recent: int = 10) -> dict[str, Any]:
             "watcher_warnings": daemon.get("watcher_warnings", []) if running else [],
             "worker_warning": daemon.get("worker_warning") if running else None,
         },
-        "counts": store.counts() if store else dict.fromkeys(
-            ("queued", "running", "done", "failed", "duplicate"), 0),
+        "counts": store.counts() if store else dict.fromkeys(STATES, 0),
         "current": None,
         "recent": [],
         "last_background": None,
@@ -211,7 +206,7 @@ def status(ctx: click.Context, as_json: bool, watch: bool) -> None:
 
 @cli.command()
 @config_option
-@click.option("--state", type=click.Choice(["queued", "running", "done", "failed", "duplicate"]))
+@click.option("--state", type=click.Choice(STATES))
 @click.option("--limit", default=50, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
@@ -423,8 +418,8 @@ def process(ctx: click.Context, images: tuple[Path, ...], out: Path | None, mode
     try:
         pipeline = build_pipeline(settings)
     except Exception as error:  # the one-line reason and the fix, not a traceback
-        fix = PROCESS_MODEL_HELP if isinstance(error, ModelLoadError) else PROCESS_SETTINGS_HELP
-        raise click.ClickException(f"pipeline not loaded: {error} -- to fix: {fix}") from None
+        raise click.ClickException(
+            f"pipeline not loaded: {error} -- to fix: {process_loading_fix(error)}") from None
     out = (out or settings.outbox).resolve()
     out.mkdir(parents=True, exist_ok=True)
     failures, owner = 0, f"process{os.getpid()}"

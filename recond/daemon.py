@@ -24,10 +24,9 @@ from recond.folders import (FolderError, create_state_dir, folder_error, missing
                             missing_share_folders)
 from recond.intake import Intake
 from recond.logging import configure_logging, get_logger
-from recond.store import Store, StoreError
+from recond.store import HEARTBEAT_SECONDS, Store, StoreError
 from recond.worker import Worker, build_pipeline
 
-HEARTBEAT_SECONDS = 5.0  # daemon row refresh and systemd watchdog ping (WatchdogSec=60)
 
 log = get_logger("recond.daemon")
 

@@ -47,6 +47,11 @@ NUMBA_HELP = (
     "then run `systemctl reload recond` (SIGHUP)"
 )
 
+PROCESS_MODEL_HELP = (
+    "put the TripoSR weights (config.yaml + model.ckpt from stabilityai/TripoSR) in a folder and "
+    "pass it: reconctl process IMAGE --model /that/folder (or set model in the config file)")
+PROCESS_SETTINGS_HELP = "fix the setting named above; `reconctl doctor` checks each part"
+
 
 def loading_fix(error: BaseException) -> str:
     """How to fix a pipeline that would not build: the weights, numba's cache, or a setting."""
@@ -55,6 +60,14 @@ def loading_fix(error: BaseException) -> str:
     if "no locator available" in str(error) or "cannot cache function" in str(error):
         return NUMBA_HELP
     return SETTINGS_HELP
+
+
+def process_loading_fix(error: BaseException) -> str:
+    """The same for `reconctl process`, whose model comes from --model rather than the daemon."""
+    if isinstance(error, ModelLoadError):
+        return PROCESS_MODEL_HELP
+    fix = loading_fix(error)
+    return PROCESS_SETTINGS_HELP if fix == SETTINGS_HELP else fix
 
 
 def describe_failure(error: BaseException) -> tuple[str, bool]:

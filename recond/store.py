@@ -25,6 +25,10 @@ from recond.layout import display_name, free_name, fs_bytes, result_name_for
 
 QUEUED, RUNNING, DONE, FAILED, DUPLICATE = "queued", "running", "done", "failed", "duplicate"
 STATES = (QUEUED, RUNNING, DONE, FAILED, DUPLICATE)
+# The daemon refreshes its row (and pings the systemd watchdog, WatchdogSec=60) this often;
+# readers call a daemon whose row is older than six missed beats unresponsive.
+HEARTBEAT_SECONDS = 5.0
+STALE_HEARTBEAT_SECONDS = 6 * HEARTBEAT_SECONDS
 ACTIVE = (QUEUED, RUNNING)
 BUSY_TIMEOUT_SECONDS = 5.0  # SQLite's own wait for another process's lock, per attempt
 WRITE_RETRY_SECONDS = 60.0  # then a write is retried until this much time has passed
