@@ -51,7 +51,7 @@ class Settings(BaseSettings):
     model: str = Field("stabilityai/TripoSR", description="Model folder or Hugging Face id.")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
     dtype: DType = Field("auto", description="auto (float32 on CPU, float16 on CUDA) or explicit.")
-    chunk_size: int = Field(65536, ge=1024, description="Points per decoder call (memory bound).")
+    chunk_size: int = Field(8192, ge=1024, description="Points per decoder call (speed and memory).")
     model_retry_seconds: float = Field(180.0, gt=0, description="Retry loading missing weights.")
 
     # Intake.
@@ -72,6 +72,10 @@ class Settings(BaseSettings):
     # Pipeline: reconstruction and outputs.
     mc_resolution: int = Field(256, ge=16, le=1024, description="Marching-cubes grid size.")
     mc_threshold: float = Field(25.0, gt=0, description="Density level of the surface.")
+    floater_fraction: float = Field(0.02, ge=0, lt=1, description="Drop pieces smaller than this "
+                                    "fraction of the largest piece's area (0 keeps all).")
+    target_faces: int = Field(20000, ge=0, description="Simplify the mesh to this many faces "
+                              "(0 keeps every face).")
     bake_texture: bool = Field(True, description="Bake a UV texture (else vertex colours).")
     texture_resolution: int = Field(1024, ge=64, le=8192, description="Texture size in pixels.")
     render_views: int = Field(30, ge=1, le=720, description="Turntable frames.")

@@ -21,6 +21,7 @@ from PIL import Image
 
 import recond.pipeline.background as background_module
 from recond.config import Settings, load_settings
+from recond.pipeline.progress import DEFAULT_STAGE_SECONDS
 from recond.pipeline.runner import JobResult, Pipeline, Progress
 from recond.errors import InputError
 from recond.triposr import TripoSR
@@ -31,7 +32,7 @@ EXAMPLE_PICTURES = sorted(EXAMPLES.glob("*.png")) or [
     pytest.param(None, marks=pytest.mark.skip(reason=f"example pictures not found in {EXAMPLES}"))
 ]
 SMALL = {"mc_resolution": 32, "texture_resolution": 128, "render_views": 4, "render_size": 64}
-STAGE_ORDER = ["load", "background", "reconstruct", "texture", "export", "render", "viewer", "record"]
+STAGE_ORDER = ["load", "background", "reconstruct", "mesh", "texture", "export", "render", "viewer", "record"]
 RECORD_FIELDS = {"source", "sha256", "settings", "model", "device", "background", "warnings",
                  "stage_seconds", "vertices", "faces", "files"}
 
@@ -103,6 +104,9 @@ def test_example_picture_becomes_a_complete_valid_result(pipeline: Pipeline, sou
     assert (record["model"], record["device"]) == (pipeline.model_id, "cpu")
     assert record["settings"]["mc_resolution"] == 32
     assert record["settings"]["texture_resolution"] == 128
+    assert record["mesh"]["faces"] == record["faces"] <= record["mesh"]["marching_cubes_faces"]
+    assert record["mesh"]["pieces"] > record["mesh"]["pieces_dropped"] >= 0
+    assert record["texture"]["charts"] >= 1 and 0 < record["texture"]["atlas_use"] < 1
     assert set(STAGE_ORDER[:-1]) <= set(record["stage_seconds"])
     assert set(result.stage_seconds) == set(STAGE_ORDER)
     cut_out = Image.open(source).mode == "RGBA"
@@ -247,6 +251,20 @@ def test_progress_reports_stages_in_order_up_to_complete(pipeline: Pipeline, tmp
     assert overall[-1] == pytest.approx(1.0)
     assert all(0.0 <= r.stage_fraction <= 1.0 for r in reports)
     assert reports[-1].eta_s == pytest.approx(0.0, abs=1e-6)
+
+
+def test_stage_seconds_of_each_job_feed_the_next_jobs_eta(pipeline: Pipeline, small_settings,
+                                                         tmp_path: Path) -> None:
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    learning = Pipeline(small_settings(state_dir=state_dir), model=pipeline.model)
+    first = learning.run(EXAMPLES / "chair.png", tmp_path / "outbox", "first")
+    learnt = json.loads((state_dir / "stage_seconds.json").read_text())
+    assert learnt["reconstruct"] == pytest.approx(
+        (DEFAULT_STAGE_SECONDS["reconstruct"] + first.stage_seconds["reconstruct"]) / 2, abs=1e-3)
+    reports: list[Progress] = []
+    learning.run(EXAMPLES / "chair.png", tmp_path / "outbox", "second", progress=reports.append)
+    assert reports[0].eta_s == pytest.approx(sum(learnt.values()))
 
 
 # --- (f), (g) results are never overwritten, and failures leave nothing ------------------

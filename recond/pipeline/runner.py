@@ -25,7 +25,9 @@ from recond.pipeline.background import BackgroundRemover
 from recond.errors import InputError, ResultExistsError
 from recond.pipeline.export import GLB_NAME, export_meshes, orient_y_up
 from recond.pipeline.image import decode_image, read_source
-from recond.pipeline.progress import Progress, ProgressTracker
+from recond.pipeline.mesh import build_mesh
+from recond.pipeline.progress import (Progress, ProgressTracker, expected_stage_seconds,
+                                      remember_stage_seconds)
 from recond.pipeline.reconstruct import color_query, reconstruct
 from recond.pipeline.record import sha256_of, write_record
 from recond.pipeline.texture import bake_texture
@@ -72,7 +74,8 @@ class Pipeline:
         shutil.rmtree(partial_dir, ignore_errors=True)  # left behind by a crash
         partial_dir.mkdir(parents=True)
         try:
-            result = self._build(source, partial_dir, ProgressTracker(progress))
+            tracker = ProgressTracker(progress, expected_stage_seconds(self.settings.state_dir))
+            result = self._build(source, partial_dir, tracker)
             os.rename(partial_dir, final_dir)
         except BaseException:
             shutil.rmtree(partial_dir, ignore_errors=True)
@@ -98,12 +101,16 @@ class Pipeline:
             Image.fromarray(np.round(prepared * 255).astype(np.uint8)).save(result_dir / INPUT_NAME)
 
         with tracker.stage("reconstruct") as report:
-            scene_code, mesh = reconstruct(self.model, prepared, settings, report)
+            scene_code = reconstruct(self.model, prepared, report)
 
+        with tracker.stage("mesh") as report:
+            mesh, mesh_facts = build_mesh(self.model, scene_code, settings, report)
+
+        atlas = None
         with tracker.stage("texture") as report:
             if settings.bake_texture:
                 color_at = color_query(self.model, scene_code, settings.chunk_size)
-                mesh = bake_texture(mesh, color_at, settings.texture_resolution, progress=report)
+                mesh, atlas = bake_texture(mesh, color_at, settings.texture_resolution, progress=report)
 
         with tracker.stage("export"):
             oriented = orient_y_up(mesh)
@@ -130,12 +137,15 @@ class Pipeline:
             "warnings": warnings,
             "vertices": int(len(oriented.vertices)),
             "faces": int(len(oriented.faces)),
+            "mesh": mesh_facts.as_record(),
             "textured": bool(settings.bake_texture),
+            "texture": atlas.as_record() if atlas else None,
             "settings": _pipeline_settings(settings),
         }
         with tracker.stage("record"):
             record["stage_seconds"] = dict(tracker.stage_seconds)
             write_record(result_dir, record)
+        remember_stage_seconds(settings.state_dir, tracker.stage_seconds)
         return JobResult(result_dir, warnings, dict(tracker.stage_seconds), record)
 
 
@@ -161,7 +171,7 @@ def _download_order(result_dir: Path) -> list[str]:
 def _pipeline_settings(settings: Settings) -> dict[str, Any]:
     """The settings that shaped this result (folders and daemon knobs left out)."""
     keys = ("background", "rembg_model", "foreground_ratio", "mc_resolution", "mc_threshold",
-            "chunk_size", "bake_texture", "texture_resolution", "render_views", "render_size",
+            "floater_fraction", "target_faces", "chunk_size", "bake_texture", "texture_resolution", "render_views", "render_size",
             "video_fps", "max_image_pixels", "max_file_bytes")
     return {key: getattr(settings, key) for key in keys}
 

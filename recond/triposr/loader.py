@@ -1,4 +1,7 @@
-"""Finds a TripoSR checkpoint (local folder or Hugging Face id) and loads it strictly.
+"""Finds a TripoSR checkpoint (local folder or Hugging Face id) and reads it strictly.
+
+TripoSR.from_pretrained (model.py) builds the model from what this module reads; this module
+never imports the model, so the two do not import each other.
 
 Upstream's folder layout: ``config.yaml`` + ``model.ckpt`` (a plain state dict), plus our
 optional ``vit_config.json``; without it the ViT is DINO ViT-B/16, whose config upstream would
@@ -12,9 +15,7 @@ from pathlib import Path
 
 import torch
 
-from recond.triposr.config import load_config
 from recond.errors import ModelLoadError
-from recond.triposr.model import TripoSR
 
 CONFIG_NAME = "config.yaml"
 WEIGHTS_NAME = "model.ckpt"
@@ -26,23 +27,6 @@ class ModelFiles:
     config: Path
     weights: Path
     vit_config: Path | None
-
-
-def load_model(source: str, device: torch.device, dtype: torch.dtype) -> TripoSR:
-    """Build the model on the meta device, then adopt the checkpoint's tensors (no second copy)."""
-    files = locate_files(source)
-    config = load_config(files.config, files.vit_config)
-    try:
-        with torch.device("meta"):
-            model = TripoSR(config)
-    except ValueError as exc:
-        raise ModelLoadError(f"{files.config} describes a model this port cannot build ({exc}).") from None
-    state = read_state_dict(files.weights)
-    check_fit(model, state, files.weights)
-    model.load_state_dict(state, strict=True, assign=True)
-    model.to(device=device, dtype=torch.float32)
-    model.compute_dtype = dtype
-    return model.eval()
 
 
 def locate_files(source: str) -> ModelFiles:
@@ -84,7 +68,9 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         raise ModelLoadError(f"The weights file {path} is missing; expected {WEIGHTS_NAME} "
                              "(a torch.save'd state dict) beside config.yaml.")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        # Read whole, not memory-mapped: a mapped checkpoint is paged in by the first forward
+        # pass, which then took 2x a warm one (issue 7); reading it here is part of loading.
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch reports corrupt files as RuntimeError, pickle or zip errors
         raise ModelLoadError(f"The weights file {path} is not a readable PyTorch checkpoint "
                              f"({type(exc).__name__}).") from None
@@ -93,9 +79,9 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def check_fit(model: TripoSR, state: dict[str, torch.Tensor], path: Path) -> None:
-    """One sentence naming what does not match, instead of torch's multi-line report."""
-    expected = model.state_dict()
+def check_fit(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor], path: Path) -> None:
+    """One sentence naming what does not match the model's own state dict, instead of torch's
+    multi-line report."""
     missing = [key for key in expected if key not in state]
     unexpected = [key for key in state if key not in expected]
     reshaped = [key for key in expected if key in state and state[key].shape != expected[key].shape]
