@@ -127,13 +127,18 @@ def _fill_unevaluated(values: np.ndarray, known: np.ndarray, coarse: np.ndarray)
 def _evaluate(density_at: DensityAt, mask: np.ndarray, values: np.ndarray, axis: torch.Tensor,
               chunk_size: int, report: Report) -> None:
     """Fill values at the grid points where mask is set, a chunk of points at a time."""
-    flat = np.flatnonzero(mask)
-    out = values.reshape(-1)
-    resolution = mask.shape[0]
-    for start in range(0, len(flat), chunk_size):
-        index = flat[start:start + chunk_size]
-        out[index] = density_at(_points_at(torch.from_numpy(index), resolution, axis)).float().numpy()
-        report(min(start + chunk_size, len(flat)) / len(flat))
+    where = np.nonzero(mask)
+    if len(where[0]) == 0:
+        return
+    points = torch.from_numpy(np.stack([axis.numpy()[index] for index in where], axis=1))
+    found = torch.cat([density_at(chunk).float() for chunk in _reported(points.split(chunk_size), report)])
+    values[where] = found.numpy()
+
+
+def _reported(chunks: tuple[torch.Tensor, ...], report: Report) -> Iterator[torch.Tensor]:
+    for done, chunk in enumerate(chunks, start=1):
+        yield chunk
+        report(done / len(chunks))
 
 
 def _points_at(index: torch.Tensor, resolution: int, axis: torch.Tensor) -> torch.Tensor:

@@ -29,9 +29,9 @@ from recond.triposr.renderer import TriplaneField
 from recond.triposr.tokenizer import TriplaneTokenizer
 from recond.triposr.upsampler import TriplaneUpsampler
 
-# Points per decoder call. Smaller chunks keep the decoder's activations in the CPU cache:
-# on bench_chair's 256^3 grid 8,192 points took 20.5 s against 27.2 s with 65,536 (issue 7;
-# benchmarks/bench_chair_grid.py measures it).
+# Points per decoder call: 8,192 points keep a layer's activations (2 MB) within a core's L2
+# cache. On bench_chair's 256^3 grid that took 20.5 s against 27.2 s with 65,536 on a quiet
+# machine (issue 7); one thread here: 1.6 us/point against 1.8 (benchmarks/bench_density_grid.py).
 DEFAULT_CHUNK_SIZE = 8192
 
 Images = torch.Tensor | Sequence[np.ndarray | Image.Image | torch.Tensor]
