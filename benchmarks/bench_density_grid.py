@@ -27,7 +27,8 @@ from scipy.spatial import cKDTree
 
 from recond.config import Settings
 from recond.pipeline.mesh import drop_floaters, surface
-from recond.triposr import TripoSR, prepare_image
+from recond.triposr.model import TripoSR
+from recond.triposr.preprocess import prepare_image
 from recond.triposr.isosurface import grid_point_chunks
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"

@@ -41,13 +41,12 @@ CHAIR = SHARED / "examples" / "chair.png"
 sys.path.insert(0, str(REPO / "benchmarks"))
 import bench_triposr  # noqa: E402  (the full-size random-weight model, shared with bench_triposr)
 
-from recond.config import Settings, load_settings  # noqa: E402
+from recond.config import JobSettings, Settings, load_settings, part_of  # noqa: E402
 from recond.pipeline.runner import Pipeline  # noqa: E402
-from recond.triposr import TripoSR  # noqa: E402
+from recond.triposr.model import TripoSR  # noqa: E402
+from recond.triposr.preprocess import prepare_image  # noqa: E402
 from recond.triposr.config import OFFICIAL_CONFIG_PATH  # noqa: E402
 
-SETTING_KEYS = ("background", "mc_resolution", "mc_threshold", "chunk_size", "bake_texture",
-                "texture_resolution", "render_views", "render_size", "video_fps")
 
 
 def peak_rss_gib() -> float:
@@ -69,9 +68,8 @@ def settings_for(model: str, scratch: Path) -> Settings:
 
 
 def print_settings(settings: Settings) -> None:
-    extra = [key for key in ("target_faces", "floater_fraction") if key in Settings.model_fields]
-    print("settings: device cpu, dtype float32, "
-          + ", ".join(f"{key} {getattr(settings, key)}" for key in (*SETTING_KEYS, *extra)))
+    print("settings: device cpu, dtype float32, background " + settings.background + ", "
+          + ", ".join(f"{key} {value}" for key, value in part_of(settings, JobSettings).model_dump().items()))
 
 
 def bench_chair(runs: int, scratch: Path) -> None:
@@ -83,7 +81,7 @@ def bench_chair(runs: int, scratch: Path) -> None:
     print(f"build (model + background remover): {time.perf_counter() - started:.2f} s")
     for run in range(runs):
         started = time.perf_counter()
-        result = pipeline.run(CHAIR, scratch / "outbox", f"run_{run}")
+        result = pipeline.run(CHAIR, scratch / "outbox", f"run_{run}", part_of(settings, JobSettings))
         total = time.perf_counter() - started
         print(f"run {run + 1} ({load_average()}):")
         print(f"  {'stage':<12}{'seconds':>8}  {'share':>6}")
@@ -104,8 +102,6 @@ def bench_chair(runs: int, scratch: Path) -> None:
 def save_full_size_model(folder: Path) -> None:
     """The official architecture with random weights, as a model folder the loader reads."""
     model = bench_triposr.random_official_model(seed=0)
-    from recond.triposr import prepare_image
-
     prepared = prepare_image(bench_triposr.picture())
     bench_triposr.place_surface(model, model.encode([prepared])[0], 25.0)
     folder.mkdir(parents=True)
@@ -131,8 +127,6 @@ def full_size_child(folder: Path, job: bool, scratch: Path) -> None:
     print(f"  load (from_pretrained): {time.perf_counter() - started:.1f} s, "
           f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters, "
           f"peak RSS {peak_rss_gib():.2f} GiB")
-    from recond.triposr import prepare_image
-
     prepared = prepare_image(bench_triposr.picture())
     for label in ("first encode after load", "warm encode"):
         started = time.perf_counter()
@@ -144,7 +138,8 @@ def full_size_child(folder: Path, job: bool, scratch: Path) -> None:
         pipeline = Pipeline(settings, model=chair_after_the_forward(model, settings))
         for label in ("first job", "warm job"):
             started = time.perf_counter()
-            result = pipeline.run(CHAIR, scratch / "outbox", label.replace(" ", "_"))
+            result = pipeline.run(CHAIR, scratch / "outbox", label.replace(" ", "_"),
+                                  part_of(settings, JobSettings))
             print(f"  {label} on {CHAIR.name}: {time.perf_counter() - started:.1f} s, "
                   f"faces {result.record['faces']}, stages "
                   + ", ".join(f"{k} {v:.1f}" for k, v in result.stage_seconds.items()))
@@ -160,7 +155,6 @@ def chair_after_the_forward(model: TripoSR, settings: Settings) -> TripoSR:
     code for chair.png, so every later stage sees a realistic object.
     """
     from PIL import Image
-    from recond.triposr import prepare_image
 
     chair = TripoSR.from_pretrained(BENCH_CHAIR)
     with Image.open(CHAIR) as picture:

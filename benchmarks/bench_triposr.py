@@ -24,7 +24,9 @@ from PIL import Image, ImageDraw
 
 from recond.pipeline.mesh import surface, with_vertex_colors
 from recond.pipeline.reconstruct import color_query
-from recond.triposr import TripoSR, load_config, prepare_image
+from recond.triposr.config import load_config
+from recond.triposr.model import TripoSR
+from recond.triposr.preprocess import prepare_image
 from recond.triposr.config import OFFICIAL_CONFIG_PATH
 
 INSIDE_FRACTION = 0.15

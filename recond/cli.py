@@ -18,16 +18,23 @@ from typing import Any
 
 import click
 
-from recond.config import Settings, SettingsError, load_settings
+from recond.config import JobSettings, Settings, SettingsError, load_settings, part_of
+from recond.errors import MODEL_HELP, ModelLoadError
+from recond.folders import SHARE_FOLDERS, waiting_reason
 from recond.intake import FAILED_FOLDER, result_name_for
-from recond.store import FAILED, RUNNING, Job, Store, pid_alive
+from recond.pipeline.names import RECORD_NAME, VIDEO_NAME
+from recond.store import DONE, FAILED, RUNNING, Job, Store, pid_alive
 
+PROCESS_MODEL_HELP = (
+    "put the TripoSR weights (config.yaml + model.ckpt from stabilityai/TripoSR) in a folder and "
+    "pass it: reconctl process IMAGE --model /that/folder (or set model in the config file)")
+PROCESS_SETTINGS_HELP = "fix the setting named above; `reconctl doctor` checks each part"
 STALE_HEARTBEAT_SECONDS = 30.0  # the daemon beats every 5 s; six missed beats means it hangs
 
 
 def _settings(ctx: click.Context, **overrides: object) -> Settings:
     try:
-        return load_settings(ctx.obj["config"], **{k: v for k, v in overrides.items() if v})
+        return load_settings(ctx.obj.get("config"), **{k: v for k, v in overrides.items() if v})
     except SettingsError as error:
         raise click.ClickException(str(error)) from None
 
@@ -37,13 +44,24 @@ def _store(settings: Settings) -> Store | None:
     return Store(settings.db_path) if settings.db_path.is_file() else None
 
 
+def _remember_config(ctx: click.Context, param: click.Parameter, value: Path | None) -> None:
+    if value is not None:  # the last --config on the line wins, before or after the command
+        ctx.ensure_object(dict)["config"] = value
+
+
+config_option = click.option(
+    "--config", type=click.Path(path_type=Path, dir_okay=False), expose_value=False,
+    callback=_remember_config,
+    help="TOML settings file (default: $RECOND_CONFIG, then built-in defaults); "
+         "before or after the command.")
+
+
 @click.group()
-@click.option("--config", "config_path", type=click.Path(path_type=Path, dir_okay=False),
-              help="TOML settings file (default: $RECOND_CONFIG, then built-in defaults).")
+@config_option
 @click.pass_context
-def cli(ctx: click.Context, config_path: Path | None) -> None:
+def cli(ctx: click.Context) -> None:
     """Inspect and control recond, the photo-to-3D inbox daemon."""
-    ctx.obj = {"config": config_path}
+    ctx.ensure_object(dict)
 
 
 # status
@@ -57,21 +75,26 @@ def status_report(settings: Settings, recent: int = 10) -> dict[str, Any]:
     beat_age = now - daemon["heartbeat_at"] if daemon.get("heartbeat_at") else None
     running = bool(daemon) and not daemon.get("stopped_at") and pid_alive(daemon.get("pid"))
     report: dict[str, Any] = {
+        "state_dir": str(settings.state_dir.resolve()),
+        "database": store is not None,
         "daemon": {
             "running": running and beat_age is not None and beat_age < STALE_HEARTBEAT_SECONDS,
             "pid": daemon.get("pid") if running else None,
             "uptime_s": round(now - daemon["started_at"]) if running else None,
             "heartbeat_age_s": round(beat_age, 1) if beat_age is not None else None,
             "unresponsive": running and (beat_age is None or beat_age >= STALE_HEARTBEAT_SECONDS),
-            "model": daemon.get("model_status"),
-            "model_detail": daemon.get("model_detail"),
-            "device": daemon.get("device"),
-            "watcher_warnings": daemon.get("watcher_warnings", []),
+            "stopped_at": daemon.get("stopped_at"),
+            # What a stopped daemon last recorded is history, not the model's state now.
+            "model": daemon.get("model_status") if running else None,
+            "model_detail": daemon.get("model_detail") if running else None,
+            "device": daemon.get("device") if running else None,
+            "watcher_warnings": daemon.get("watcher_warnings", []) if running else [],
         },
         "counts": store.counts() if store else dict.fromkeys(
             ("queued", "running", "done", "failed", "duplicate"), 0),
         "current": None,
         "recent": [],
+        "last_background": None,
     }
     if store:
         current = store.running()
@@ -81,6 +104,10 @@ def status_report(settings: Settings, recent: int = 10) -> dict[str, Any]:
                                  "started_at": current.started_at}
         report["recent"] = [_summary(job) for job in store.jobs(limit=recent)
                             if job.state != RUNNING]
+        last_done = store.jobs(DONE, limit=1)
+        if last_done:
+            record = _result_record(last_done[0])
+            report["last_background"] = {"id": last_done[0].id, "method": record.get("background")}
         store.close()
     return report
 
@@ -90,18 +117,43 @@ def _summary(job: Job) -> dict[str, Any]:
             "error": job.error, "duplicate_of": job.duplicate_of, "finished_at": job.finished_at}
 
 
+def job_facts(job: Job) -> dict[str, Any]:
+    """What `reconctl show` reports: the job's row, plus what its job.json says it used."""
+    record = _result_record(job)
+    return {**job.as_dict(), "background": record.get("background"),
+            "stage_seconds": record.get("stage_seconds")}
+
+
+def _result_record(job: Job) -> dict[str, Any]:
+    """The job.json of a done job's result folder ({} when the folder is gone or unreadable)."""
+    if job.state != DONE or not job.output:
+        return {}
+    try:
+        return json.loads((Path(job.output) / RECORD_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
 def _format_status(report: dict[str, Any]) -> str:
     daemon, counts = report["daemon"], report["counts"]
+    if not report["database"]:
+        return (f"recond: down; no job database in {report['state_dir']} (recond has not run with "
+                "this config; if it runs as a service, pass its file: --config /etc/recond/recond.toml)")
     if daemon["running"]:
         line = f"recond: up (pid {daemon['pid']}, up {_duration(daemon['uptime_s'])})"
     elif daemon["unresponsive"]:
         line = f"recond: NOT RESPONDING (no heartbeat for {_duration(daemon['heartbeat_age_s'])})"
+    elif daemon["stopped_at"]:
+        line = f"recond: down (stopped {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(daemon['stopped_at']))})"
     else:
-        line = "recond: down"
-    lines = [line]
+        line = "recond: down (its process is gone without a clean stop)"
+    lines = [line, f"state:  {report['state_dir']}"]
     if daemon["model"]:
         device = f" on {daemon['device']}" if daemon["device"] else ""
         lines.append(f"model:  {daemon['model']}{device}: {daemon['model_detail'] or ''}".rstrip(": "))
+    if report["last_background"]:
+        last = report["last_background"]
+        lines.append(f"background: job #{last['id']} used {last['method'] or 'unknown (no job.json)'}")
     lines.append("jobs:   " + ", ".join(f"{number} {state}" for state, number in counts.items()))
     current = report["current"]
     if current:
@@ -130,6 +182,7 @@ def _duration(seconds: float | None) -> str:
 
 
 @cli.command()
+@config_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--watch", is_flag=True, help="Refresh every 2 seconds until Ctrl-C.")
 @click.pass_context
@@ -151,6 +204,7 @@ def status(ctx: click.Context, as_json: bool, watch: bool) -> None:
 
 
 @cli.command()
+@config_option
 @click.option("--state", type=click.Choice(["queued", "running", "done", "failed", "duplicate"]))
 @click.option("--limit", default=50, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
@@ -168,22 +222,26 @@ def jobs(ctx: click.Context, state: str | None, limit: int, as_json: bool) -> No
 
 
 @cli.command()
+@config_option
 @click.argument("job_id", type=int)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def show(ctx: click.Context, job_id: int, as_json: bool) -> None:
     """Every recorded fact about one job."""
-    job = _job(_settings(ctx), job_id)
+    facts = job_facts(_job(_settings(ctx), job_id))
     if as_json:
-        click.echo(json.dumps(job.as_dict(), indent=2))
+        click.echo(json.dumps(facts, indent=2))
         return
-    for name, value in job.as_dict().items():
+    for name, value in facts.items():
         if name.endswith("_at") and value:
             value = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value))
+        elif name == "stage_seconds" and value:
+            value = ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in value.items())
         click.echo(f"{name:>13}: {'' if value is None else value}")
 
 
 @cli.command()
+@config_option
 @click.argument("job_id", type=int)
 @click.pass_context
 def retry(ctx: click.Context, job_id: int) -> None:
@@ -233,19 +291,25 @@ def doctor_checks(settings: Settings) -> list[Check]:
 def _folder_checks(settings: Settings) -> list[Check]:
     checks = []
     for name in ("inbox", "outbox", "state_dir"):
-        folder = getattr(settings, name).resolve()
+        folder = getattr(settings, name).expanduser().resolve()
         if not folder.is_dir():
-            existing = next(parent for parent in folder.parents if parent.exists())
-            parent_ok = os.access(existing, os.W_OK | os.X_OK)
-            checks.append(Check(name, "warn" if parent_ok else "fail",
-                                f"{folder} does not exist" + (" (recond creates it on start)"
-                                                               if parent_ok else " and cannot be created")))
+            checks.append(_missing_folder_check(name, folder))
         elif not os.access(folder, os.R_OK | os.W_OK | os.X_OK):
             checks.append(Check(name, "fail", f"{folder} is not readable and writable by this user "
                                               f"(uid {os.getuid()}); fix its owner or mode"))
         else:
             checks.append(Check(name, "ok", str(folder)))
     return checks
+
+
+def _missing_folder_check(name: str, folder: Path) -> Check:
+    waiting = waiting_reason(name, folder) if name in SHARE_FOLDERS else None
+    if waiting:
+        return Check(name, "warn", waiting.replace("waiting for it", "recond waits for it"))
+    existing = next(parent for parent in folder.parents if parent.exists())
+    if os.access(existing, os.W_OK | os.X_OK):
+        return Check(name, "warn", f"{folder} does not exist (recond creates it on start)")
+    return Check(name, "fail", f"{folder} does not exist and this user cannot create it in {existing}")
 
 
 def _gpu_check(settings: Settings) -> Check:
@@ -260,16 +324,23 @@ def _gpu_check(settings: Settings) -> Check:
 
 
 def _weights_check(settings: Settings) -> Check:
+    from recond.hub import cached_files, hub_problem, is_hub_id, not_cached_message
+
+    if is_hub_id(settings.model) and cached_files(settings.model) is None:
+        problem = hub_problem(settings.model)  # doctor never downloads; it only asks the hub
+        if problem:
+            return Check("weights", "fail", f"{not_cached_message(settings.model, problem)} "
+                                            f"To fix: {MODEL_HELP}")
+        return Check("weights", "warn", f"{settings.model} is not downloaded yet; the hub answers, "
+                                        "so recond downloads it (once, about 1.7 GB) when it starts")
     import torch
 
-    from recond.triposr import TripoSR
+    from recond.triposr.model import TripoSR
 
     try:
         model = TripoSR.from_pretrained(settings.model, device=settings.resolved_device(),
                                         dtype=getattr(torch, settings.resolved_dtype()))
     except Exception as error:  # any reason the weights do not load is what doctor reports
-        from recond.errors import MODEL_HELP
-
         return Check("weights", "fail", f"{settings.model}: {error} -- to fix: {MODEL_HELP}")
     parameters = sum(parameter.numel() for parameter in model.parameters())
     return Check("weights", "ok", f"{settings.model} loads ({parameters / 1e6:.1f} M parameters)")
@@ -293,7 +364,7 @@ def _ffmpeg_check() -> Check:
         version = subprocess.run([executable, "-version"], capture_output=True, text=True,
                                  timeout=30, check=True).stdout.splitlines()[0]
     except Exception as error:  # missing binary, not executable, crashes: all mean no video
-        return Check("ffmpeg", "fail", f"ffmpeg not usable ({error}); render.mp4 cannot be written")
+        return Check("ffmpeg", "fail", f"ffmpeg not usable ({error}); {VIDEO_NAME} cannot be written")
     return Check("ffmpeg", "ok", f"{executable} ({version})")
 
 
@@ -307,6 +378,7 @@ def _daemon_check(settings: Settings) -> Check:
 
 
 @cli.command()
+@config_option
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def doctor(ctx: click.Context, as_json: bool) -> None:
@@ -325,6 +397,7 @@ def doctor(ctx: click.Context, as_json: bool) -> None:
 
 
 @cli.command()
+@config_option
 @click.argument("images", nargs=-1, required=True,
                 type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
@@ -335,8 +408,9 @@ def process(ctx: click.Context, images: tuple[Path, ...], out: Path | None, mode
     """Turn IMAGES into result folders now, with one warm pipeline, without the daemon."""
     from tqdm import tqdm
 
+    from recond.errors import describe_failure
     from recond.logging import configure_logging
-    from recond.errors import describe_failure, loading_fix
+    from recond.pipeline.progress import Progress
     from recond.worker import build_pipeline
 
     settings = _settings(ctx, model=model)
@@ -344,23 +418,29 @@ def process(ctx: click.Context, images: tuple[Path, ...], out: Path | None, mode
     try:
         pipeline = build_pipeline(settings)
     except Exception as error:  # the one-line reason and the fix, not a traceback
-        raise click.ClickException(f"pipeline not loaded: {error} -- to fix: {loading_fix(error)}")
+        fix = PROCESS_MODEL_HELP if isinstance(error, ModelLoadError) else PROCESS_SETTINGS_HELP
+        raise click.ClickException(f"pipeline not loaded: {error} -- to fix: {fix}") from None
     out = (out or settings.outbox).resolve()
     out.mkdir(parents=True, exist_ok=True)
     failures = 0
     for image in images:
         name = _free_name(out, result_name_for(image.name, time.time()))
-        with tqdm(total=100, desc=image.name, unit="%", file=sys.stderr, leave=False) as bar:
-            def report(progress: Any, bar: tqdm = bar) -> None:
+        # Percent and times only: tqdm's rate would flip between %/s and s/% as stages speed up.
+        with tqdm(total=100, desc=image.name, file=sys.stderr, leave=False,
+                  bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}") as bar:
+            def report(progress: Progress, bar: tqdm = bar) -> None:
                 bar.set_postfix_str(progress.stage, refresh=False)
                 bar.update(round(progress.overall * 100) - bar.n)
             try:
-                result = pipeline.run(image.resolve(), out, name, progress=report)
+                result = pipeline.run(image.resolve(), out, name, part_of(settings, JobSettings),
+                                      progress=report)
             except Exception as error:  # recorded per image; the others still run
                 failures += 1
                 click.echo(f"{image}: failed: {describe_failure(error)[0]}")
                 continue
         click.echo(f"{image}: {result.result_dir}")
+        for warning in result.warnings:
+            click.echo(f"{image}: warning: {warning}")
     sys.exit(1 if failures else 0)
 
 

@@ -4,18 +4,22 @@ Settings come from a TOML file (``config/recond.toml`` documents each key), over
 ``RECOND_*`` environment variables. They are read once, here, and nowhere else: the rest of
 the code receives a :class:`Settings` instance. A bad value stops start-up with one line
 naming the setting, because a daemon that half-starts on a typo is worse than one that refuses.
+Each setting is declared in the part it belongs to (intake, model, job, daemon), which says
+what a change to it affects; ``part_of`` hands one part to the code that needs it.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal, TypeVar, cast
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -23,6 +27,9 @@ from pydantic_settings import (
 
 ENV_PREFIX = "RECOND_"
 CONFIG_ENV_VAR = "RECOND_CONFIG"
+
+# Folder settings: a relative value in the TOML file is taken from the file's own folder.
+FOLDER_SETTINGS = ("inbox", "outbox", "state_dir", "rembg_home")
 
 Background = Literal["auto", "rembg", "alpha", "none"]
 DType = Literal["auto", "float32", "float16", "bfloat16"]
@@ -32,44 +39,65 @@ class SettingsError(ValueError):
     """A setting has a value recond cannot use; the message is one line naming it."""
 
 
-class Settings(BaseSettings):
-    """All knobs of the daemon, the pipeline and the CLI (flat, so each maps to one variable)."""
+class _Part(BaseModel):
+    """Base of the four parts below; each field is declared in exactly one of them."""
 
-    model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX,
-        extra="forbid",
-        validate_default=True,
-        protected_namespaces=(),
-    )
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
-    # Folders.
+
+class IntakeSettings(_Part):
+    """How the inbox is watched: a change restarts the watcher (on SIGHUP), nothing else."""
+
     inbox: Path = Field(Path("inbox"), description="Folder people drop photos into.")
-    outbox: Path = Field(Path("outbox"), description="Folder result folders are published to.")
-    state_dir: Path = Field(Path("state"), description="SQLite job database and JSON log.")
-
-    # Model.
-    model: str = Field("stabilityai/TripoSR", description="Model folder or Hugging Face id.")
-    device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
-    dtype: DType = Field("auto", description="auto (float32 on CPU, float16 on CUDA) or explicit.")
-    chunk_size: int = Field(8192, ge=1024, description="Points per decoder call (speed and memory).")
-    model_retry_seconds: float = Field(180.0, gt=0, description="Retry loading missing weights.")
-
-    # Intake.
     polling: bool = Field(False, description="Poll the inbox instead of OS events (SMB/NFS).")
     poll_interval: float = Field(2.0, gt=0, description="Seconds between polls in polling mode.")
     settle_seconds: float = Field(3.0, ge=0, description="Size/mtime must be stable this long.")
     rescan_seconds: float = Field(300.0, gt=0, description="Full inbox rescan period.")
-    max_attempts: int = Field(3, ge=1, description="Crashes a job survives before it fails.")
 
-    # Pipeline: input.
-    max_image_pixels: int = Field(60_000_000, ge=1, description="Refuse larger images.")
-    max_file_bytes: int = Field(200 * 1024 * 1024, ge=1, description="Refuse larger files.")
+
+class ModelSettings(_Part):
+    """What the warm pipeline is built from (weights, device, background session).
+
+    Only a change here reloads the model on SIGHUP, because only these are baked into it.
+    """
+
+    model: str = Field("stabilityai/TripoSR", description="Model folder or Hugging Face id.")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
+    dtype: DType = Field("auto", description="auto (float32 on CPU, float16 on CUDA) or explicit.")
     background: Background = Field("auto", description="auto, rembg, alpha or none.")
     rembg_model: str = Field("u2net", description="rembg model name.")
     rembg_home: Path | None = Field(None, description="Folder with rembg .onnx files (U2NET_HOME).")
-    foreground_ratio: float = Field(0.85, gt=0.1, le=1.0, description="Object size in the frame.")
 
-    # Pipeline: reconstruction and outputs.
+    @field_validator("device")
+    @classmethod
+    def _device_is_known(cls, value: str) -> str:
+        value = value.strip().lower()
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", value):
+            raise ValueError("must be auto, cpu, cuda or cuda:N")
+        return value
+
+    def resolved_device(self) -> str:
+        """The torch device string to use: 'auto' picks CUDA when torch sees one."""
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    def resolved_dtype(self) -> str:
+        """float32 on CPU (exact), float16 on CUDA (fast) unless set explicitly."""
+        if self.dtype != "auto":
+            return self.dtype
+        return "float32" if self.resolved_device() in ("cpu", "mps") else "float16"
+
+
+class JobSettings(_Part):
+    """How each picture is processed: handed to every run, recorded in job.json, no reload."""
+
+    max_image_pixels: int = Field(60_000_000, ge=1, description="Refuse larger images.")
+    max_file_bytes: int = Field(200 * 1024 * 1024, ge=1, description="Refuse larger files.")
+    foreground_ratio: float = Field(0.85, gt=0.1, le=1.0, description="Object size in the frame.")
+    chunk_size: int = Field(8192, ge=1024, description="Points per decoder call (speed and memory).")
     mc_resolution: int = Field(256, ge=16, le=1024, description="Marching-cubes grid size.")
     mc_threshold: float = Field(25.0, gt=0, description="Density level of the surface.")
     floater_fraction: float = Field(0.02, ge=0, lt=1, description="Drop pieces smaller than this "
@@ -82,18 +110,75 @@ class Settings(BaseSettings):
     render_size: int = Field(256, ge=32, le=4096, description="Turntable frame size in pixels.")
     video_fps: int = Field(30, ge=1, le=120, description="Turntable video frame rate.")
 
-    # Logging.
+
+class DaemonSettings(_Part):
+    """The daemon's own knobs: where results and state go, retries, logging."""
+
+    outbox: Path = Field(Path("outbox"), description="Folder result folders are published to.")
+    state_dir: Path = Field(Path("state"), description="SQLite job database and JSON log.")
+    max_attempts: int = Field(3, ge=1, description="Crashes a job survives before it fails.")
+    model_retry_seconds: float = Field(180.0, gt=0, description="Retry loading missing weights.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info")
     log_max_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="Rotate the JSON log here.")
     log_backups: int = Field(5, ge=0, description="Rotated JSON logs kept.")
 
-    @field_validator("device")
+    @property
+    def db_path(self) -> Path:
+        return self.state_dir / "recond.db"
+
+    @property
+    def log_path(self) -> Path:
+        return self.state_dir / "recond.log"
+
+
+class WebSettings(_Part):
+    """The web front end's knobs: read only by `recond-web` (recond/web/); the daemon ignores them."""
+
+    web_host: str = Field("127.0.0.1", description="Address recond-web listens on.")
+    web_port: int = Field(8765, ge=1, le=65535, description="Port recond-web listens on.")
+    web_token: str | None = Field(None, min_length=16, description=(
+        "Bearer token every request but /healthz must carry; required off loopback."))
+    web_cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Origins allowed to call the API from a browser (CORS).")
+    web_max_files: int = Field(20, ge=1, description="Files accepted in one upload request.")
+    web_max_uploads: int = Field(8, ge=1, description="Upload requests received at the same time.")
+
+    @field_validator("web_cors_origins", mode="before")
     @classmethod
-    def _device_is_known(cls, value: str) -> str:
-        value = value.strip().lower()
-        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", value):
-            raise ValueError("must be auto, cpu, cuda or cuda:N")
+    def _origins_from_text(cls, value: object) -> object:
+        """RECOND_WEB_CORS_ORIGINS is a comma-separated list; the TOML file gives a real list."""
+        if isinstance(value, str):
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
         return value
+
+
+PARTS: tuple[type[_Part], ...] = (IntakeSettings, ModelSettings, JobSettings, DaemonSettings,
+                                  WebSettings)
+PartT = TypeVar("PartT", bound=_Part)
+
+
+def part_of(settings: _Part, part: type[PartT]) -> PartT:
+    """One part of the settings as its own record, e.g. ``part_of(settings, JobSettings)``.
+
+    Equal parts compare equal, which is how a reload tells what changed.
+    """
+    values = {name: getattr(settings, name) for name in part.model_fields}
+    return cast(PartT, part.model_construct(**values))  # the pydantic plugin types it as _Part
+
+
+class Settings(IntakeSettings, ModelSettings, JobSettings, DaemonSettings, WebSettings,
+               BaseSettings):
+    """All knobs of the daemon, the pipeline and the CLI, flat (each maps to one variable).
+
+    Every field is declared in one of the parts above, which says what a change to it affects.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        extra="forbid",
+        validate_default=True,
+        protected_namespaces=(),
+    )
 
     @model_validator(mode="after")
     def _folders_do_not_feed_back(self) -> Settings:
@@ -121,30 +206,23 @@ class Settings(BaseSettings):
         toml_file = settings_cls.model_config.get("toml_file")
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         if toml_file:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+            sources.append(_TomlFile(settings_cls, toml_file=toml_file))
         return tuple(sources)
 
-    def resolved_device(self) -> str:
-        """The torch device string to use: 'auto' picks CUDA when torch sees one."""
-        if self.device != "auto":
-            return self.device
-        import torch
 
-        return "cuda" if torch.cuda.is_available() else "cpu"
+class _TomlFile(TomlConfigSettingsSource):
+    """The TOML file, with relative folders resolved against the file's folder rather than the
+    working directory: the checkout's config then means the checkout's folders wherever recond
+    or reconctl is started from."""
 
-    def resolved_dtype(self) -> str:
-        """float32 on CPU (exact), float16 on CUDA (fast) unless set explicitly."""
-        if self.dtype != "auto":
-            return self.dtype
-        return "float32" if self.resolved_device() in ("cpu", "mps") else "float16"
-
-    @property
-    def db_path(self) -> Path:
-        return self.state_dir / "recond.db"
-
-    @property
-    def log_path(self) -> Path:
-        return self.state_dir / "recond.log"
+    def _read_file(self, file_path: Path | Traversable) -> dict[str, object]:
+        data = super()._read_file(file_path)
+        base = Path(str(file_path)).resolve().parent
+        for name in FOLDER_SETTINGS:
+            value = data.get(name)
+            if isinstance(value, str) and not Path(value).expanduser().is_absolute():
+                data[name] = os.path.normpath(base / value)
+        return data
 
 
 def config_path_from_env() -> Path | None:
@@ -153,7 +231,7 @@ def config_path_from_env() -> Path | None:
     return Path(value) if value else None
 
 
-def load_settings(config_path: Path | None = None, **overrides: object) -> Settings:
+def load_settings(config_path: Path | None = None, **overrides: Any) -> Settings:
     """Read the TOML file (argument, else RECOND_CONFIG) and RECOND_* variables, validated.
 
     Raises SettingsError with one line naming the offending setting.

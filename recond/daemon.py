@@ -12,20 +12,22 @@ import signal
 import sys
 import threading
 import time
+from functools import partial
 from pathlib import Path
 from typing import IO
 
 import click
 import sdnotify
 
-from recond.config import Settings, SettingsError, load_settings
+from recond.config import IntakeSettings, Settings, SettingsError, load_settings, part_of
+from recond.folders import (FolderError, create_state_dir, folder_error, missing_share_folder,
+                            missing_share_folders)
 from recond.intake import Intake
 from recond.logging import configure_logging, get_logger
 from recond.store import Store
-from recond.worker import Worker
+from recond.worker import Worker, build_pipeline
 
 HEARTBEAT_SECONDS = 5.0  # daemon row refresh and systemd watchdog ping (WatchdogSec=60)
-INTAKE_FIELDS = ("inbox", "polling", "poll_interval", "settle_seconds", "rescan_seconds")
 
 log = get_logger("recond.daemon")
 
@@ -47,63 +49,98 @@ class Daemon:
 
     def run(self, once: bool = False) -> int:
         settings = self.settings
-        for folder in (settings.inbox, settings.outbox, settings.state_dir):
-            folder.mkdir(parents=True, exist_ok=True)
-        lock = _lock_state_dir(settings.state_dir)
+        lock = _lock_state_dir(create_state_dir(settings))
         configure_logging(settings)
         store = Store(settings.db_path)
         store.daemon_started(os.getpid())
-        worker = Worker(settings, store)
-        requeued, exhausted = store.recover_after_crash(settings.max_attempts)
-        for job in requeued:
-            log.warning("job requeued after a crash", job=job.id, file=job.source,
-                        attempts=job.attempts)
-        for job in exhausted:
-            log.error("job failed", job=job.id, file=job.source, error=job.error)
-            worker.fail_job(job, job.error)
-        self.intake = Intake(settings, store, on_enqueued=lambda job: worker.wake())
         self._install_signal_handlers()
-        worker.start()
-        self.intake.start()
         self.systemd.notify("READY=1")
-        log.info("recond started", pid=os.getpid(), inbox=str(settings.inbox.resolve()),
-                 outbox=str(settings.outbox.resolve()), polling=settings.polling, once=once)
+        worker: Worker | None = None
         try:
-            exit_code = self._loop(store, worker, once)
+            if not self._wait_for_share_folders(store):
+                return 0
+            settings = self.settings  # a SIGHUP while waiting may have changed the folders
+            worker = Worker(settings, store, pipeline_factory=partial(
+                build_pipeline, report=lambda line: store.daemon_update(model_detail=line),
+                stage_history=settings.state_dir))
+            requeued, exhausted = store.recover_after_crash(settings.max_attempts)
+            for job in requeued:
+                log.warning("job requeued after a crash", job=job.id, file=job.source,
+                            attempts=job.attempts)
+            for job in exhausted:
+                log.error("job failed", job=job.id, file=job.source, error=job.error)
+                worker.fail_job(job, job.error or "")
+            self.intake = Intake(settings, store, on_enqueued=lambda job: worker.wake())
+            self.intake.start()
+            log.info("recond started", pid=os.getpid(), inbox=str(settings.inbox.resolve()),
+                     outbox=str(settings.outbox.resolve()), polling=settings.polling, once=once)
+            if once and self.intake.idle() and store.counts()["queued"] == 0:
+                log.info("nothing waiting in the inbox; exiting without loading the model")
+                return 0
+            worker.start()
+            return self._loop(store, worker, once)
         finally:
             self.systemd.notify("STOPPING=1")
             log.info("stopping: no new jobs; a running job is requeued at its next stage")
-            self.intake.stop()
-            worker.stop()
+            if self.intake is not None:
+                self.intake.stop()
+            if worker is not None and worker.is_alive():
+                worker.stop()
             store.daemon_update(stopped_at=time.time(), heartbeat_at=time.time())
             store.close()
             lock.close()
             log.info("recond stopped")
-        return exit_code
+
+    def _wait_for_share_folders(self, store: Store) -> bool:
+        """Hold off until the inbox and outbox exist (False when stopped while waiting).
+
+        Worker and watcher start only afterwards, so nothing writes under an unmounted share.
+        """
+        reported: list[str] = []
+        while waiting := missing_share_folders(self.settings):
+            if waiting != reported:
+                for line in waiting:
+                    log.warning(line)
+                reported = waiting
+                store.daemon_update(model_status="waiting",
+                                    model_detail="loads once the folders below are there")
+            store.daemon_update(heartbeat_at=time.time(), watcher_warnings=waiting)
+            self.systemd.notify(f"WATCHDOG=1\nSTATUS={waiting[0]}")
+            if self._stop.wait(1.0):
+                return False
+            if self._reload.is_set():
+                self._reload.clear()
+                self.settings = self._fresh_settings() or self.settings
+        if reported:
+            log.info("folders are there now; starting")
+            store.daemon_update(model_status="loading", model_detail=None, watcher_warnings=[])
+        return True
 
     def _loop(self, store: Store, worker: Worker, once: bool) -> int:
-        last_beat, reported_warnings = 0.0, []
+        last_beat, reported_warnings = 0.0, list[str]()
         while not self._stop.wait(0.5 if once else 1.0):
             if self._reload.is_set():
                 self._reload.clear()
                 self._reload_settings(store, worker)
             intake = self.intake
+            assert intake is not None, "run() starts the intake before the loop"
             intake.supervise()
             if not worker.is_alive():
                 log.error("worker thread died; exiting so systemd restarts recond")
                 return 1
+            warnings = [*intake.warnings, *intake.not_pictures_note()]
             if (time.monotonic() - last_beat >= HEARTBEAT_SECONDS
-                    or intake.warnings != reported_warnings):  # a new warning shows at once
-                last_beat, reported_warnings = time.monotonic(), list(intake.warnings)
-                self._heartbeat(store, intake)
+                    or warnings != reported_warnings):  # a new warning shows at once
+                last_beat, reported_warnings = time.monotonic(), warnings
+                self._heartbeat(store, warnings)
             if once:
                 finished = self._once_finished(store, intake, worker)
                 if finished is not None:
                     return finished
         return 0
 
-    def _heartbeat(self, store: Store, intake: Intake) -> None:
-        store.daemon_update(heartbeat_at=time.time(), watcher_warnings=intake.warnings)
+    def _heartbeat(self, store: Store, warnings: list[str]) -> None:
+        store.daemon_update(heartbeat_at=time.time(), watcher_warnings=warnings)
         counts = store.counts()
         state = store.daemon_state() or {}
         self.systemd.notify(f"WATCHDOG=1\nSTATUS=model {state.get('model_status')}; "
@@ -121,22 +158,30 @@ class Daemon:
         counts = store.counts()
         return 0 if counts["queued"] == counts["running"] == 0 else None
 
-    def _reload_settings(self, store: Store, worker: Worker) -> None:
+    def _fresh_settings(self) -> Settings | None:
+        """The config file read again on SIGHUP (None when it has an error; the log says which)."""
         try:
             new = load_settings(self.config_path)
         except SettingsError as error:
             log.error("SIGHUP: settings not reloaded, keeping the old ones", error=str(error))
-            return
+            return None
         if new.state_dir.resolve() != self.settings.state_dir.resolve():
             log.warning("state_dir changes only take effect after a restart")
             new = new.model_copy(update={"state_dir": self.settings.state_dir})
+        return new
+
+    def _reload_settings(self, store: Store, worker: Worker) -> None:
+        new = self._fresh_settings()
+        if new is None:
+            return
         old, self.settings = self.settings, new
         configure_logging(new)
         log.info("SIGHUP: settings reloaded; retrying the model if it is missing")
         worker.reload(new)
-        if any(getattr(old, name) != getattr(new, name) for name in INTAKE_FIELDS):
-            new.inbox.mkdir(parents=True, exist_ok=True)
-            self.intake.stop()
+        if part_of(old, IntakeSettings) != part_of(new, IntakeSettings):
+            missing_share_folder("inbox", new.inbox)  # else the watcher waits for it and says so
+            if self.intake is not None:
+                self.intake.stop()
             self.intake = Intake(new, store, on_enqueued=lambda job: worker.wake())
             self.intake.start()
 
@@ -148,7 +193,10 @@ class Daemon:
 
 def _lock_state_dir(state_dir: Path) -> IO[str]:
     """Hold an exclusive lock for the process lifetime: two daemons on one database would race."""
-    handle = (state_dir / "recond.lock").open("a+")
+    try:
+        handle = (state_dir / "recond.lock").open("a+")
+    except OSError as error:
+        raise folder_error("state_dir", state_dir, error) from None
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -173,7 +221,7 @@ def main(config_path: Path | None, once: bool) -> None:
     try:
         settings = load_settings(config_path)
         code = Daemon(settings, config_path).run(once=once)
-    except (SettingsError, AlreadyRunning, OSError) as error:
+    except (SettingsError, FolderError, AlreadyRunning, OSError) as error:
         click.echo(f"recond: {error}", err=True)
         sys.exit(2 if isinstance(error, SettingsError) else 1)
     sys.exit(code)

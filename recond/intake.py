@@ -25,6 +25,7 @@ from watchdog.observers.polling import PollingObserver
 
 from recond.config import Settings
 from recond.logging import get_logger
+from recond.pipeline.image import is_picture_name
 from recond.store import DUPLICATE, Job, Store
 
 FAILED_FOLDER = "failed"  # inbox/failed/ holds files that could not be processed
@@ -96,6 +97,7 @@ class Intake:
         self.store = store
         self.on_enqueued = on_enqueued
         self.warnings: list[str] = []
+        self.not_pictures: set[str] = set()  # inbox paths left alone, logged once
         self._pending: dict[Path, _Observation] = {}
         self._changed = threading.Condition()
         self._stopping = threading.Event()
@@ -147,10 +149,28 @@ class Intake:
             return
         if is_ignored(relative):
             return
+        if not is_picture_name(relative.name):
+            self._leave_alone(relative.as_posix())
+            return
         with self._changed:
             if path not in self._pending:
                 self._pending[path] = _Observation(-1, -1, time.monotonic())
                 self._changed.notify_all()
+
+    def _leave_alone(self, source: str) -> None:
+        """A file that is not a picture (README.md, notes.txt) is never a job and never moved."""
+        if source not in self.not_pictures:
+            self.not_pictures.add(source)
+            log.info("not a picture; left in the inbox", file=source)
+
+    def not_pictures_note(self) -> list[str]:
+        """For status: how many such files are still in the inbox (a line, or none)."""
+        self.not_pictures = {source for source in self.not_pictures if (self.inbox / source).exists()}
+        if not self.not_pictures:
+            return []
+        names = sorted(self.not_pictures)
+        listed = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+        return [f"{len(names)} file(s) in the inbox are not pictures and are left alone: {listed}"]
 
     # Settling and enqueueing.
 

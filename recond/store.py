@@ -93,14 +93,14 @@ class Store:
 
     def _create_tables(self) -> None:
         with self._lock, self.db.atomic():
-            jobs = self.db["jobs"]
+            jobs = self.db.table("jobs")
             if not jobs.exists():
                 jobs.create(JOB_COLUMNS, pk="id", not_null={"source", "sha256", "state"},
                             defaults={"attempts": 0, "warnings": "[]"})
                 jobs.create_index(["state", "id"])
                 jobs.create_index(["sha256"])
                 jobs.create_index(["result_name"], unique=True)
-            daemon = self.db["daemon"]
+            daemon = self.db.table("daemon")
             if not daemon.exists():
                 daemon.create({"id": int, "pid": int, "started_at": float, "heartbeat_at": float,
                                "stopped_at": float, "model_status": str, "model_detail": str,
@@ -112,13 +112,13 @@ class Store:
     # Reading.
 
     def get(self, job_id: int) -> Job | None:
-        rows = list(self.db["jobs"].rows_where("id = ?", [job_id]))
+        rows = list(self.db.table("jobs").rows_where("id = ?", [job_id]))
         return Job.from_row(rows[0]) if rows else None
 
     def jobs(self, state: str | None = None, limit: int = 50) -> list[Job]:
         """Newest first."""
         where, args = ("state = ?", [state]) if state else (None, [])
-        rows = self.db["jobs"].rows_where(where, args, order_by="id desc", limit=limit)
+        rows = self.db.table("jobs").rows_where(where, args, order_by="id desc", limit=limit)
         return [Job.from_row(row) for row in rows]
 
     def counts(self) -> dict[str, int]:
@@ -128,13 +128,38 @@ class Store:
         return counts
 
     def running(self) -> Job | None:
-        rows = list(self.db["jobs"].rows_where("state = ?", [RUNNING], order_by="id", limit=1))
+        rows = list(self.db.table("jobs").rows_where("state = ?", [RUNNING], order_by="id", limit=1))
         return Job.from_row(rows[0]) if rows else None
 
     def active_sources(self) -> set[str]:
         """Inbox paths that already have a queued or running job (so a rescan skips them)."""
         rows = self.db.execute("select source from jobs where state in (?, ?)", ACTIVE)
         return {source for (source,) in rows}
+
+    # Reading, for the web front end (recond/web) and the galleries (recond/gallery.py).
+
+    def finished(self, limit: int, offset: int = 0) -> list[Job]:
+        """Done and failed jobs, newest first: the entries of a gallery page."""
+        rows = self.db["jobs"].rows_where("state in (?, ?)", [DONE, FAILED], order_by="id desc",
+                                          limit=limit, offset=offset)
+        return [Job.from_row(row) for row in rows]
+
+    def count_finished(self) -> int:
+        return self.db.execute("select count(*) from jobs where state in (?, ?)",
+                               [DONE, FAILED]).fetchone()[0]
+
+    def by_source_prefix(self, prefix: str) -> Job | None:
+        """The newest job whose inbox path starts with ``prefix`` (a web upload's id)."""
+        return self._first("substr(source, 1, ?) = ?", [len(prefix), prefix])
+
+    def changed_since(self, updated_at: float) -> list[Job]:
+        """Jobs written at or after ``updated_at`` (oldest change first)."""
+        rows = self.db["jobs"].rows_where("updated_at >= ?", [updated_at], order_by="updated_at")
+        return [Job.from_row(row) for row in rows]
+
+    def data_version(self) -> int:
+        """Changes whenever another connection (the daemon) commits: a cheap "anything new?"."""
+        return self.db.execute("pragma data_version").fetchone()[0]
 
     # State changes.
 
@@ -160,8 +185,7 @@ class Store:
                 row = {"source": source, "sha256": sha256, "size": size, "state": QUEUED,
                        "result_name": self._unique_name(result_name), "queued_at": now,
                        "updated_at": now}
-            job_id = self.db["jobs"].insert(row).last_pk
-            return self.get(job_id), True
+            return self._stored(self.db.table("jobs").insert(row).last_pk), True
 
     def claim_next(self) -> Job | None:
         """Oldest queued job, now running (its attempt counted)."""
@@ -195,7 +219,7 @@ class Store:
     def requeue(self, job_id: int) -> None:
         """Put a running job back, not counting the attempt (a clean shutdown, not a crash)."""
         with self._lock, self.db.atomic():
-            job = self.get(job_id)
+            job = self._stored(job_id)
             self._set(job_id, state=QUEUED, attempts=max(0, job.attempts - 1), stage=None,
                       progress=None, eta_s=None, started_at=None)
 
@@ -207,15 +231,15 @@ class Store:
         """
         requeued, exhausted = [], []
         with self._lock, self.db.atomic():
-            for job in [Job.from_row(r) for r in self.db["jobs"].rows_where("state = ?", [RUNNING])]:
+            for job in [Job.from_row(r) for r in self.db.table("jobs").rows_where("state = ?", [RUNNING])]:
                 if job.attempts >= max_attempts:
                     self._set(job.id, state=FAILED, finished_at=time.time(), error=(
                         f"recond stopped unexpectedly {job.attempts} times while processing "
                         f"this file (max_attempts = {max_attempts}); it may crash the pipeline"))
-                    exhausted.append(self.get(job.id))
+                    exhausted.append(self._stored(job.id))
                 else:
                     self._set(job.id, state=QUEUED, stage=None, progress=None, eta_s=None)
-                    requeued.append(self.get(job.id))
+                    requeued.append(self._stored(job.id))
         return requeued, exhausted
 
     # Daemon state (one row), read by `reconctl status`.
@@ -223,7 +247,7 @@ class Store:
     def daemon_started(self, pid: int) -> None:
         now = time.time()
         with self._lock, self.db.atomic():
-            self.db["daemon"].upsert({"id": 1, "pid": pid, "started_at": now, "heartbeat_at": now,
+            self.db.table("daemon").upsert({"id": 1, "pid": pid, "started_at": now, "heartbeat_at": now,
                                       "stopped_at": None, "model_status": "loading",
                                       "model_detail": None, "device": None,
                                       "watcher_warnings": "[]"}, pk="id")
@@ -232,10 +256,10 @@ class Store:
         if "watcher_warnings" in values:
             values["watcher_warnings"] = json.dumps(values["watcher_warnings"])
         with self._lock, self.db.atomic():
-            self.db["daemon"].upsert({"id": 1, **values}, pk="id")
+            self.db.table("daemon").upsert({"id": 1, **values}, pk="id")
 
     def daemon_state(self) -> dict[str, Any] | None:
-        rows = list(self.db["daemon"].rows_where("id = 1"))
+        rows = list(self.db.table("daemon").rows_where("id = 1"))
         if not rows:
             return None
         state = dict(rows[0])
@@ -245,11 +269,18 @@ class Store:
     # Internals.
 
     def _first(self, where: str, args: list[Any], order_by: str = "id desc") -> Job | None:
-        rows = list(self.db["jobs"].rows_where(where, args, order_by=order_by, limit=1))
+        rows = list(self.db.table("jobs").rows_where(where, args, order_by=order_by, limit=1))
         return Job.from_row(rows[0]) if rows else None
 
+    def _stored(self, job_id: int | None) -> Job:
+        """A job this store has just written or read under its lock, so it exists."""
+        job = self.get(job_id) if job_id is not None else None
+        if job is None:
+            raise LookupError(f"job {job_id} is not in the job database")
+        return job
+
     def _set(self, job_id: int, **values: Any) -> None:
-        self.db["jobs"].update(job_id, {**values, "updated_at": time.time()})
+        self.db.table("jobs").update(job_id, {**values, "updated_at": time.time()})
 
     def _unique_name(self, result_name: str) -> str:
         name, number = result_name, 1

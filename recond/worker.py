@@ -15,19 +15,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from recond.config import Settings
+from recond.config import JobSettings, ModelSettings, Settings, part_of
 from recond.errors import describe_failure, loading_fix
+from recond.gallery import write_gallery
 from recond.intake import FAILED_FOLDER
 from recond.logging import get_logger
+from recond.pipeline.contract import ProgressCallback, WarmPipeline
+from recond.pipeline.progress import Progress
 from recond.store import Job, Store
 
 log = get_logger("recond.worker")
 
 PROGRESS_WRITE_SECONDS = 0.5  # how often a running job's progress reaches the database
-# Settings the pipeline never reads: changing only these on SIGHUP keeps the warm model.
-DAEMON_ONLY_SETTINGS = {"inbox", "outbox", "state_dir", "polling", "poll_interval", "settle_seconds",
-                        "rescan_seconds", "max_attempts", "model_retry_seconds", "log_level",
-                        "log_max_bytes", "log_backups"}
 
 
 class JobCancelled(BaseException):
@@ -38,22 +37,28 @@ class JobCancelled(BaseException):
     """
 
 
-def build_pipeline(settings: Settings) -> Any:
-    """The real, warm pipeline (imported here: torch loads in the worker thread, not at start-up)."""
+def build_pipeline(settings: ModelSettings,
+                   report: Callable[[str], None] = lambda line: None,
+                   stage_history: Path | None = None) -> WarmPipeline:
+    """The real, warm pipeline (imported here: torch loads in the worker thread, not at start-up),
+    after the first start's downloads (``report`` gets their progress lines); ``stage_history``
+    is where jobs' stage seconds are kept for the ETA (the state dir)."""
+    from recond.downloads import fetch_missing_models
     from recond.pipeline.runner import Pipeline
 
-    return Pipeline(settings)
+    fetch_missing_models(settings, report)
+    return Pipeline(settings, stage_history=stage_history)
 
 
 class Worker:
-    """Runs jobs from ``store`` with a pipeline built by ``pipeline_factory(settings)``."""
+    """Runs jobs from ``store`` with a pipeline built by ``pipeline_factory(model settings)``."""
 
     def __init__(self, settings: Settings, store: Store,
-                 pipeline_factory: Callable[[Settings], Any] = build_pipeline) -> None:
+                 pipeline_factory: Callable[[ModelSettings], WarmPipeline] = build_pipeline) -> None:
         self.settings = settings
         self.store = store
         self.pipeline_factory = pipeline_factory
-        self.pipeline: Any = None
+        self.pipeline: WarmPipeline | None = None
         self.busy = False
         self._stopping = threading.Event()
         self._wake = threading.Event()
@@ -109,17 +114,16 @@ class Worker:
         settings, self._new_settings = self._new_settings, None
         if settings is None:
             return
-        changed = {name for name in type(settings).model_fields
-                   if getattr(settings, name) != getattr(self.settings, name)}
+        model_changed = part_of(settings, ModelSettings) != part_of(self.settings, ModelSettings)
         self.settings = settings
-        if self.pipeline is None or changed - DAEMON_ONLY_SETTINGS:
+        if self.pipeline is None or model_changed:
             self.pipeline, self._next_load = None, 0.0
 
     def _load_model(self) -> None:
         self.store.daemon_update(model_status="loading", model_detail=self.settings.model)
         started = time.monotonic()
         try:
-            pipeline = self.pipeline_factory(self.settings)
+            pipeline = self.pipeline_factory(part_of(self.settings, ModelSettings))
         except Exception as error:  # any failure here means "no model"; jobs wait, nothing fails
             fix = loading_fix(error)
             detail = f"{' '.join(str(error).split())} -- to fix: {fix}"
@@ -129,10 +133,9 @@ class Worker:
                       error=str(error), fix=fix, retry_in_s=self.settings.model_retry_seconds)
             return
         self.pipeline = pipeline
-        device = str(getattr(pipeline, "device", self.settings.resolved_device()))
+        device = pipeline.device
         self.store.daemon_update(model_status="ready", device=device, model_detail=(
-            f"{getattr(pipeline, 'model_id', self.settings.model)} "
-            f"(background: {getattr(pipeline, 'background_method', '?')})"))
+            f"{pipeline.model_id} (pictures without transparency: {pipeline.background_method})"))
         log.info("model loaded", model=self.settings.model, device=device,
                  seconds=round(time.monotonic() - started, 2))
 
@@ -162,8 +165,10 @@ class Worker:
             return
         log.info("job started", job=job.id, file=job.source, attempt=job.attempts)
         started = time.monotonic()
+        assert self.pipeline is not None, "process() runs only once the model is loaded"
         try:
             result = self.pipeline.run(source, outbox, job.result_name,
+                                       part_of(self.settings, JobSettings),
                                        progress=self._progress_reporter(job))
         except JobCancelled:
             shutil.rmtree(partial_dir, ignore_errors=True)
@@ -177,6 +182,7 @@ class Worker:
             self.fail_job(job, reason)
             return
         self.store.finish(job.id, result.result_dir, [*result.warnings, *_remove_original(source)])
+        write_gallery(outbox, self.store)
         log.info("job done", job=job.id, file=job.source, output=str(result.result_dir),
                  seconds=round(time.monotonic() - started, 2), warnings=len(result.warnings))
 
@@ -185,10 +191,10 @@ class Worker:
         moved = move_to_failed(self.settings.inbox.resolve(), job, reason)
         self.store.fail(job.id, reason, kept_at=moved)
 
-    def _progress_reporter(self, job: Job) -> Callable[[Any], None]:
-        last = {"stage": None, "written": 0.0, "decile": -1}
+    def _progress_reporter(self, job: Job) -> ProgressCallback:
+        last: dict[str, Any] = {"stage": None, "written": 0.0, "decile": -1}
 
-        def report(progress: Any) -> None:
+        def report(progress: Progress) -> None:
             if self._stopping.is_set():
                 raise JobCancelled()
             now = time.monotonic()

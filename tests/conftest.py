@@ -1,128 +1,48 @@
-"""Shared fixtures: a tiny random-weight TripoSR checkpoint folder in the official layout.
+"""Shared fixtures and helpers: the tiny checkpoint, ../shared, waiting, and settings in tmp_path.
 
-The folder (config.yaml with upstream's keys and class paths, vit_config.json, model.ckpt) is
-built here, seeded, so tests never need the real 1.7 GB weights. The last decoder bias is
-shifted so the density field crosses the surface threshold (25) on part of the box: meshes
-made from it are not empty. The field is made smooth (one blob of a few thousand faces at
-32^3 rather than hundreds of specks), which keeps the texture and render tests downstream fast.
+The tiny random-weight TripoSR checkpoint is built by ``recond.triposr.tiny`` (importable, so the
+benchmarks use the same one).
 """
 
 from __future__ import annotations
 
-import json
-import math
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 import pytest
-import torch
-import torch.nn.functional as F
-import yaml
-from PIL import Image, ImageDraw
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-SURFACE_THRESHOLD = 25.0
-INSIDE_FRACTION = 0.15
+from recond.config import Settings, load_settings
+from recond.triposr.tiny import build_tiny_checkpoint
 
-TINY_CONFIG: dict[str, Any] = {
-    "cond_image_size": 64,
-    "image_tokenizer_cls": "tsr.models.tokenizers.image.DINOSingleImageTokenizer",
-    "image_tokenizer": {"pretrained_model_name_or_path": "tiny-dino-vit-test"},
-    "tokenizer_cls": "tsr.models.tokenizers.triplane.Triplane1DTokenizer",
-    "tokenizer": {"plane_size": 8, "num_channels": 32},
-    "backbone_cls": "tsr.models.transformer.transformer_1d.Transformer1D",
-    "backbone": {"in_channels": "${tokenizer.num_channels}", "num_attention_heads": 2,
-                 "attention_head_dim": 16, "num_layers": 1, "cross_attention_dim": 32},
-    "post_processor_cls": "tsr.models.network_utils.TriplaneUpsampleNetwork",
-    "post_processor": {"in_channels": 32, "out_channels": 8},
-    "decoder_cls": "tsr.models.network_utils.NeRFMLP",
-    "decoder": {"in_channels": 24, "n_neurons": 16, "n_hidden_layers": 2, "activation": "silu"},
-    "renderer_cls": "tsr.models.nerf_renderer.TriplaneNeRFRenderer",
-    "renderer": {"radius": 0.87, "feature_reduction": "concat", "density_activation": "exp",
-                 "density_bias": -1.0, "num_samples_per_ray": 32},
-}
-
-# ViT with 32-pixel position embeddings, so a 64-pixel input exercises their resizing.
-TINY_VIT: dict[str, Any] = {
-    "architectures": ["ViTModel"], "model_type": "vit", "hidden_act": "gelu", "hidden_size": 32,
-    "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64, "patch_size": 16,
-    "image_size": 32, "num_channels": 3, "layer_norm_eps": 1e-12, "qkv_bias": True,
-    "attention_probs_dropout_prob": 0.0, "hidden_dropout_prob": 0.0,
-}
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"  # ../shared beside the repository
+T = TypeVar("T")
+# Timings that keep tests quick: files settle, polls and model retries happen within a second.
+TEST_TIMINGS = {"settle_seconds": 0.4, "poll_interval": 0.2, "model_retry_seconds": 0.2}
 
 
-def reference_picture(size: int = 128) -> Image.Image:
-    """An RGBA picture of a coloured disc on a transparent background."""
-    picture = Image.new("RGBA", (size, size), (0, 0, 0, 0))
-    ImageDraw.Draw(picture).ellipse((size // 5, size // 6, size * 4 // 5, size * 5 // 6),
-                                    fill=(200, 80, 40, 255))
-    return picture
+def wait_for(condition: Callable[[], T], timeout: float = 10.0,
+             tick: Callable[[], None] = lambda: None) -> T:
+    """Poll ``condition`` (calling ``tick`` first each time) until it is truthy; return its value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        tick()
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"condition not met within {timeout} s")
 
 
-def randomise_weights(model: torch.nn.Module, seed: int) -> None:
-    """Seeded weights of realistic scale: fan-in scaled matrices, small biases, norms near 1."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            noise = torch.randn(parameter.shape, generator=generator)
-            if name.endswith("bias"):
-                parameter.copy_(noise * 0.1)
-            elif "norm" in name and parameter.ndim == 1:
-                parameter.copy_(1 + noise * 0.1)
-            elif parameter.ndim >= 2 and name.endswith("weight"):
-                fan_in = parameter.shape[0] if "upsample" in name else parameter[0].numel()
-                gain = 1.6 if name.startswith("decoder.") else 1.0
-                parameter.copy_(noise * gain / math.sqrt(fan_in))
-            else:
-                parameter.copy_(noise * 0.5)
-
-
-def smooth_field(model: torch.nn.Module, seed: int) -> None:
-    """Low-frequency triplanes so the density field is a smooth blob, still image-dependent.
-
-    The query planes become bicubic upsamplings of a random 2x2 grid, the backbone's image-driven
-    update is damped, and the upsampler repeats each texel (equal 2x2 kernel taps).
-    """
-    generator = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        planes = model.tokenizer.embeddings
-        coarse = torch.randn(3, planes.shape[1], 2, 2, generator=generator)
-        planes.copy_(F.interpolate(coarse, size=planes.shape[-2:], mode="bicubic", align_corners=True))
-        model.backbone.proj_out.weight.mul_(0.1)
-        kernel = model.post_processor.upsample.weight
-        kernel.copy_(kernel.mean(dim=(2, 3), keepdim=True).expand_as(kernel))
-
-
-def build_tiny_checkpoint(folder: Path, config: dict[str, Any] = TINY_CONFIG,
-                          vit: dict[str, Any] = TINY_VIT, seed: int = 1234, smooth: bool = True) -> Path:
-    """Write config.yaml + vit_config.json + model.ckpt whose field crosses the threshold."""
-    from recond.triposr import TripoSR, parse_config, prepare_image
-    from recond.triposr.config import ViTConfig
-
-    folder.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
-    vit_fields = {key: value for key, value in vit.items()
-                  if key in ViTConfig.__dataclass_fields__}
-    model = TripoSR(parse_config(config, ViTConfig(**vit_fields))).eval()
-    randomise_weights(model, seed)
-    if smooth:
-        smooth_field(model, seed)
-    scene_code = model.encode([prepare_image(reference_picture())])[0]
-    raw_density = model.query(scene_code, _grid_points(32, model.radius))["density"]
-    level = float(torch.quantile(raw_density.flatten(), 1 - INSIDE_FRACTION))
-    renderer = config["renderer"]
-    shift = math.log(SURFACE_THRESHOLD) - float(renderer["density_bias"]) - level
-    with torch.no_grad():
-        model.decoder.layers[-1].bias[0] += shift
-    (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    (folder / "vit_config.json").write_text(json.dumps(vit, indent=2))
-    torch.save(model.state_dict(), folder / "model.ckpt")
-    return folder
-
-
-def _grid_points(resolution: int, radius: float) -> torch.Tensor:
-    axis = torch.linspace(-radius, radius, resolution)
-    return torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
+def settings_for(tmp_path: Path, **overrides: object) -> Settings:
+    """Settings with folders in ``tmp_path`` (inbox and outbox created) and TEST_TIMINGS."""
+    folders = {"inbox": tmp_path / "inbox", "outbox": tmp_path / "outbox",
+               "state_dir": tmp_path / "state"}
+    settings = load_settings(**{**folders, **TEST_TIMINGS, **overrides})
+    for folder in (settings.inbox, settings.outbox):
+        folder.mkdir(parents=True, exist_ok=True)
+    return settings
 
 
 @pytest.fixture(scope="session")

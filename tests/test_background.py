@@ -16,6 +16,7 @@ import pytest
 import rembg
 from PIL import Image
 
+from conftest import SHARED
 from recond.config import Settings, load_settings
 from recond.pipeline.background import (
     BackgroundRemover,
@@ -24,7 +25,7 @@ from recond.pipeline.background import (
     rembg_model_status,
 )
 
-EXAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "examples"
+EXAMPLES = SHARED / "examples"
 
 
 def example(name: str) -> Image.Image:

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from recond.cli import cli
 from recond.config import Settings, load_settings
+from recond.pipeline.record import write_record
 from recond.store import Store
 from recond.worker import move_to_failed
 
@@ -78,6 +79,25 @@ def test_status_flags_a_daemon_whose_heartbeat_stopped(config: Path) -> None:
     store.daemon_started(os.getpid())
     store.daemon_update(heartbeat_at=time.time() - 600)
     assert "NOT RESPONDING" in reconctl(config, "status")[1]
+
+
+def test_status_of_a_stopped_daemon_shows_no_model_state_and_the_last_background(
+        config: Path, tmp_path: Path) -> None:
+    store = Store(settings_of(config).db_path)
+    store.daemon_started(os.getpid())
+    store.daemon_update(model_status="ready", device="cpu", stopped_at=time.time())
+    job, _ = store.enqueue("a.png", "aa", 1, "t_a")
+    store.claim_next()
+    result_dir = tmp_path / "outbox" / "t_a"
+    result_dir.mkdir(parents=True)
+    write_record(result_dir, {"background": "alpha", "stage_seconds": {"load": 0.02, "reconstruct": 41.5}})
+    store.finish(job.id, result_dir, [])
+    code, text = reconctl(config, "status")
+    assert code == 0 and text.startswith("recond: down (stopped ")
+    assert f"state:  {tmp_path / 'state'}" in text and "model:" not in text
+    assert f"background: job #{job.id} used alpha" in text
+    code, shown = reconctl(config, "show", str(job.id))
+    assert "stage_seconds: load 0.0 s, reconstruct 41.5 s" in shown and "background: alpha" in shown
 
 
 def test_jobs_and_show_list_what_the_store_holds(config: Path) -> None:

@@ -1,10 +1,16 @@
 """Settings: TOML file, RECOND_* overrides, and one-line errors that name the setting."""
 
+import re
+import tomllib
 from pathlib import Path
 
 import pytest
 
-from recond.config import SettingsError, load_settings
+from recond.config import PARTS, Settings, SettingsError, load_settings
+
+DOCUMENTED = Path(__file__).resolve().parents[1] / "config" / "recond.toml"
+# Keys whose value in the example file is a server's folder, not the built-in default.
+SITE_SPECIFIC = {"inbox", "outbox", "state_dir"}
 
 
 def write_toml(tmp_path: Path, text: str) -> Path:
@@ -13,13 +19,36 @@ def write_toml(tmp_path: Path, text: str) -> Path:
     return path
 
 
+def documented_values() -> dict[str, object]:
+    return tomllib.loads(DOCUMENTED.read_text(encoding="utf-8"))
+
+
 def test_defaults_match_the_documented_pipeline_settings(monkeypatch):
     monkeypatch.delenv("RECOND_CONFIG", raising=False)
     settings = load_settings()
-    assert settings.mc_resolution == 256
-    assert settings.texture_resolution == 1024
-    assert settings.render_views == 30
-    assert settings.model == "stabilityai/TripoSR"
+    documented = documented_values()
+    for key in ("mc_resolution", "texture_resolution", "render_views", "model"):
+        assert getattr(settings, key) == documented[key], key
+    for key, value in documented.items():
+        if key not in SITE_SPECIFIC:
+            assert getattr(settings, key) == value, f"{key}: default differs from {DOCUMENTED.name}"
+
+
+def test_example_file_documents_every_setting_and_nothing_else():
+    text = DOCUMENTED.read_text(encoding="utf-8")
+    keys = set(documented_values())
+    # A setting whose default cannot be written in TOML (None) is shown commented out.
+    commented = set(re.findall(r"^# ?([a-z_]+) = ", text, flags=re.MULTILINE))
+    assert keys <= set(Settings.model_fields), "keys recond does not know"
+    assert set(Settings.model_fields) - keys <= commented, "settings the file does not show"
+    unset_by_default = {name for name, field in Settings.model_fields.items() if field.default is None}
+    assert set(Settings.model_fields) - keys == unset_by_default
+    assert load_settings(DOCUMENTED).mc_resolution == documented_values()["mc_resolution"]
+
+
+def test_every_setting_belongs_to_exactly_one_part():
+    declared = sorted(name for part in PARTS for name in part.model_fields)
+    assert declared == sorted(Settings.model_fields)
 
 
 def test_environment_overrides_the_toml_file(tmp_path, monkeypatch):

@@ -99,7 +99,8 @@ class Installation:
         return target
 
     def result_folders(self) -> list[Path]:
-        return sorted(self.outbox.iterdir()) if self.outbox.is_dir() else []
+        """Result folders (the outbox also holds the gallery, index.html)."""
+        return sorted(p for p in self.outbox.iterdir() if p.is_dir()) if self.outbox.is_dir() else []
 
     def stderr(self) -> str:
         self.log.flush()

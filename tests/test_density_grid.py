@@ -16,9 +16,10 @@ import torch
 from PIL import Image
 from scipy.spatial import cKDTree
 
-from conftest import reference_picture
+from recond.triposr.tiny import reference_picture
 from recond.pipeline.mesh import drop_floaters, surface
-from recond.triposr import TripoSR, prepare_image
+from recond.triposr.model import TripoSR
+from recond.triposr.preprocess import prepare_image
 from recond.triposr.isosurface import full_density_grid, refined_density_grid
 
 LEVEL = 25.0

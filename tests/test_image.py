@@ -13,14 +13,14 @@ import pytest
 from PIL import Image
 
 from recond.errors import InputError
-from recond.pipeline.image import load_image
+from recond.pipeline.image import decode_image, read_source
 
 MAX_PIXELS = 60_000_000
 MAX_BYTES = 50 * 1024 * 1024
 
 
 def load(path: Path, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_BYTES) -> np.ndarray:
-    picture = load_image(path, max_pixels, max_bytes)
+    picture = decode_image(read_source(path, max_bytes), path.name, max_pixels)
     assert picture.mode == "RGBA"
     return np.asarray(picture)
 

@@ -4,36 +4,16 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from recond.config import Settings, load_settings
+from conftest import TEST_TIMINGS, settings_for, wait_for
 from recond.intake import Intake
 from recond.store import DUPLICATE, Store
 
-SETTLE = 0.4
-
-
-def wait_for(condition: Callable[[], object], timeout: float = 8.0, tick: Callable[[], None] = lambda: None) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        tick()
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"condition not met within {timeout} s")
-
-
-def settings_for(tmp_path: Path, **overrides: object) -> Settings:
-    values = dict(inbox=tmp_path / "inbox", outbox=tmp_path / "outbox", state_dir=tmp_path / "state",
-                  settle_seconds=SETTLE, poll_interval=0.2)
-    values.update(overrides)
-    settings = load_settings(**values)
-    settings.inbox.mkdir(parents=True, exist_ok=True)
-    return settings
+SETTLE = TEST_TIMINGS["settle_seconds"]
 
 
 @pytest.fixture(params=["native", "polling"])

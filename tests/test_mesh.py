@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import trimesh
 
-from conftest import reference_picture
+from recond.triposr.tiny import reference_picture
 from recond.config import load_settings
 from recond.pipeline.mesh import build_mesh, drop_floaters, simplify
-from recond.triposr import TripoSR, prepare_image
+from recond.triposr.model import TripoSR
+from recond.triposr.preprocess import prepare_image
 
 
 def object_with_specks() -> tuple[trimesh.Trimesh, trimesh.Trimesh]:

@@ -20,18 +20,20 @@ import trimesh
 from PIL import Image
 
 import recond.pipeline.background as background_module
-from recond.config import Settings, load_settings
+from conftest import SHARED
+from recond.config import JobSettings, Settings, load_settings
 from recond.pipeline.progress import DEFAULT_STAGE_SECONDS
-from recond.pipeline.runner import JobResult, Pipeline, Progress
 from recond.errors import InputError
-from recond.triposr import TripoSR
+from recond.pipeline.runner import JobResult, Pipeline, Progress
+from recond.triposr.model import TripoSR
 from test_export import validate_glb
 
-EXAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "examples"
+EXAMPLES = SHARED / "examples"
 EXAMPLE_PICTURES = sorted(EXAMPLES.glob("*.png")) or [
     pytest.param(None, marks=pytest.mark.skip(reason=f"example pictures not found in {EXAMPLES}"))
 ]
 SMALL = {"mc_resolution": 32, "texture_resolution": 128, "render_views": 4, "render_size": 64}
+SMALL_JOB = JobSettings(**SMALL)
 STAGE_ORDER = ["load", "background", "reconstruct", "mesh", "texture", "export", "render", "viewer", "record"]
 RECORD_FIELDS = {"source", "sha256", "settings", "model", "device", "background", "warnings",
                  "stage_seconds", "vertices", "faces", "files"}
@@ -78,12 +80,12 @@ def leftovers(outbox: Path) -> list[str]:
 def test_example_picture_becomes_a_complete_valid_result(pipeline: Pipeline, source: Path,
                                                          tmp_path: Path) -> None:
     outbox = tmp_path / "outbox"
-    result = pipeline.run(source, outbox, source.stem)
+    result = pipeline.run(source, outbox, source.stem, SMALL_JOB)
     result_dir = outbox / source.stem
     assert isinstance(result, JobResult) and result.result_dir == result_dir
     assert leftovers(outbox) == [source.stem]  # no .partial left beside it
 
-    views = pipeline.settings.render_views
+    views = SMALL_JOB.render_views
     renders = [f"render_{i:03d}.png" for i in range(views)]
     expected = {"source.png", "input.png", "mesh.obj", "mesh.mtl", "mesh_texture.png", "mesh.stl",
                 "mesh.glb", "render.mp4", "index.html", "job.json", *renders}
@@ -104,6 +106,7 @@ def test_example_picture_becomes_a_complete_valid_result(pipeline: Pipeline, sou
     assert (record["model"], record["device"]) == (pipeline.model_id, "cpu")
     assert record["settings"]["mc_resolution"] == 32
     assert record["settings"]["texture_resolution"] == 128
+    assert record["settings"] | SMALL_JOB.model_dump() == record["settings"]  # job settings in full
     assert record["mesh"]["faces"] == record["faces"] <= record["mesh"]["marching_cubes_faces"]
     assert record["mesh"]["pieces"] > record["mesh"]["pieces_dropped"] >= 0
     assert record["texture"]["charts"] >= 1 and 0 < record["texture"]["atlas_use"] < 1
@@ -127,14 +130,13 @@ def test_example_picture_becomes_a_complete_valid_result(pipeline: Pipeline, sou
 
 # --- (b) the default turntable length --------------------------------------------------
 
-def test_default_turntable_video_has_thirty_frames(pipeline: Pipeline, small_settings,
-                                                   tmp_path: Path) -> None:
+def test_default_turntable_video_has_thirty_frames(pipeline: Pipeline, tmp_path: Path) -> None:
     source = EXAMPLES / "robot.png"
     if not source.is_file():
         pytest.skip(f"example picture {source} not found")
-    settings = small_settings(render_views=Settings.model_fields["render_views"].default)
-    default_views = Pipeline(settings, model=pipeline.model)  # same warm model, default view count
-    result = default_views.run(source, tmp_path, "robot")
+    default_views = SMALL_JOB.model_copy(
+        update={"render_views": Settings.model_fields["render_views"].default})
+    result = pipeline.run(source, tmp_path, "robot", default_views)  # same warm model
     assert frames_in(result.result_dir / "render.mp4") == 30
     assert len(list(result.result_dir.glob("render_*.png"))) == 30
 
@@ -147,7 +149,8 @@ def test_untextured_setting_gives_vertex_coloured_meshes(pipeline: Pipeline, sma
     dropped = tmp_path / "TEAPOT.PNG"  # an upper-case name, as cameras and phones write them
     dropped.write_bytes(source.read_bytes())
     settings = small_settings(bake_texture=False, background="none")
-    result = Pipeline(settings, model=pipeline.model).run(dropped, tmp_path / "outbox", "teapot")
+    result = Pipeline(settings, model=pipeline.model).run(dropped, tmp_path / "outbox", "teapot",
+                                                          settings)
     names = {p.name for p in result.result_dir.iterdir()}
     assert {"mesh.obj", "mesh.stl", "mesh.glb", "source.png"} <= names
     assert not names & {"mesh.mtl", "mesh_texture.png"}
@@ -184,7 +187,7 @@ def test_bad_file_is_refused_in_one_line_leaving_nothing(pipeline: Pipeline, tmp
     before = source.read_bytes()
     outbox = tmp_path / "outbox"
     with pytest.raises(InputError) as caught:
-        pipeline.run(source, outbox, "bad")
+        pipeline.run(source, outbox, "bad", SMALL_JOB)
     assert "\n" not in str(caught.value) and name in str(caught.value)
     assert source.read_bytes() == before  # the source is never touched
     assert leftovers(outbox) == []
@@ -194,8 +197,10 @@ def test_one_pixel_picture_is_refused_in_one_line(pipeline: Pipeline, tmp_path: 
     source = tmp_path / "spacer.png"
     Image.new("RGB", (1, 1), (200, 10, 10)).save(source)
     outbox = tmp_path / "outbox"
-    with pytest.raises(InputError):
-        pipeline.run(source, outbox, "spacer")
+    with pytest.raises(InputError) as caught:
+        pipeline.run(source, outbox, "spacer", SMALL_JOB)
+    message = str(caught.value)
+    assert message.strip() and "\n" not in message and "spacer.png" in message
     assert leftovers(outbox) == []
 
 
@@ -228,7 +233,7 @@ def test_second_picture_reuses_the_warm_model(small_settings, tmp_path: Path,
     for name in ("chair.png", "teapot.png"):  # one cut-out, one needing GrabCut
         if not (EXAMPLES / name).is_file():
             pytest.skip(f"example picture {EXAMPLES / name} not found")
-        warm.run(EXAMPLES / name, tmp_path, Path(name).stem)
+        warm.run(EXAMPLES / name, tmp_path, Path(name).stem, SMALL_JOB)
 
     assert len(loaded) == 1 and loaded[0] is warm.model
     assert encoded_by == [id(loaded[0])] * 2
@@ -242,7 +247,7 @@ def test_progress_reports_stages_in_order_up_to_complete(pipeline: Pipeline, tmp
     if not source.is_file():
         pytest.skip(f"example picture {source} not found")
     reports: list[Progress] = []
-    pipeline.run(source, tmp_path, "horse", progress=reports.append)
+    pipeline.run(source, tmp_path, "horse", SMALL_JOB, progress=reports.append)
 
     stages_seen = [r.stage for i, r in enumerate(reports) if i == 0 or reports[i - 1].stage != r.stage]
     assert stages_seen == STAGE_ORDER
@@ -257,13 +262,13 @@ def test_stage_seconds_of_each_job_feed_the_next_jobs_eta(pipeline: Pipeline, sm
                                                          tmp_path: Path) -> None:
     state_dir = tmp_path / "state"
     state_dir.mkdir()
-    learning = Pipeline(small_settings(state_dir=state_dir), model=pipeline.model)
-    first = learning.run(EXAMPLES / "chair.png", tmp_path / "outbox", "first")
+    learning = Pipeline(small_settings(), model=pipeline.model, stage_history=state_dir)
+    first = learning.run(EXAMPLES / "chair.png", tmp_path / "outbox", "first", SMALL_JOB)
     learnt = json.loads((state_dir / "stage_seconds.json").read_text())
     assert learnt["reconstruct"] == pytest.approx(
         (DEFAULT_STAGE_SECONDS["reconstruct"] + first.stage_seconds["reconstruct"]) / 2, abs=1e-3)
     reports: list[Progress] = []
-    learning.run(EXAMPLES / "chair.png", tmp_path / "outbox", "second", progress=reports.append)
+    learning.run(EXAMPLES / "chair.png", tmp_path / "outbox", "second", SMALL_JOB, progress=reports.append)
     assert reports[0].eta_s == pytest.approx(sum(learnt.values()))
 
 
@@ -277,7 +282,7 @@ def test_existing_result_name_is_refused_and_left_alone(pipeline: Pipeline, tmp_
     earlier.mkdir()
     (earlier / "mesh.glb").write_bytes(b"an earlier result")
     with pytest.raises(FileExistsError, match="already exists"):
-        pipeline.run(source, tmp_path, "chair")
+        pipeline.run(source, tmp_path, "chair", SMALL_JOB)
     assert [p.name for p in earlier.iterdir()] == ["mesh.glb"]
     assert (earlier / "mesh.glb").read_bytes() == b"an earlier result"
     assert leftovers(tmp_path) == ["chair"]
@@ -300,7 +305,7 @@ def test_failure_mid_run_leaves_no_partial_and_no_result(pipeline: Pipeline, tmp
             raise StopAtExport()
 
     with pytest.raises(StopAtExport):
-        pipeline.run(source, outbox, "chair", progress=fail_at_export)
+        pipeline.run(source, outbox, "chair", SMALL_JOB, progress=fail_at_export)
     assert partial_seen == [True]  # it really was mid-run, with files written
     assert leftovers(outbox) == []
 
@@ -314,20 +319,20 @@ def test_stale_partial_from_a_crash_is_replaced_by_a_complete_result(pipeline: P
     stale = outbox / ".chair.partial"
     stale.mkdir(parents=True)
     (stale / "mesh.obj").write_text("half a mesh from a crashed run\n")
-    result = pipeline.run(source, outbox, "chair")
+    result = pipeline.run(source, outbox, "chair", SMALL_JOB)
     assert leftovers(outbox) == ["chair"]
     assert (result.result_dir / "mesh.obj").read_text() != "half a mesh from a crashed run\n"
 
 
-def test_picture_where_the_model_finds_nothing_is_refused_in_one_line(pipeline: Pipeline, small_settings,
+def test_picture_where_the_model_finds_nothing_is_refused_in_one_line(pipeline: Pipeline,
                                                                        tmp_path: Path) -> None:
     source = EXAMPLES / "chair.png"
     if not source.is_file():
         pytest.skip(f"example picture {source} not found")
     # A surface level no density reaches stands in for a picture the model sees nothing in.
-    blind = Pipeline(small_settings(mc_threshold=1e12), model=pipeline.model)
+    blind = SMALL_JOB.model_copy(update={"mc_threshold": 1e12})
     outbox = tmp_path / "outbox"
     with pytest.raises(InputError, match="found no object") as caught:
-        blind.run(source, outbox, "chair")
+        pipeline.run(source, outbox, "chair", blind)
     assert "\n" not in str(caught.value)
     assert leftovers(outbox) == []

@@ -18,14 +18,15 @@ import torch
 from PIL import Image
 from scipy.spatial import cKDTree
 
+from conftest import SHARED
 from recond.pipeline.mesh import surface, with_vertex_colors
 from recond.pipeline.reconstruct import color_query
-from recond.triposr import TripoSR, prepare_image
+from recond.triposr.model import TripoSR
+from recond.triposr.preprocess import prepare_image
 from recond.triposr.isosurface import grid_point_chunks, marching_cubes
 from recond.triposr.preprocess import frame_foreground, model_input
 from volume_render import render, spherical_cameras
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 GOLDEN_DIRS = sorted(path.parent for path in (SHARED / "reference").glob("golden_*/expected.npz"))
 TOLERANCE = 1e-4
 DEFAULT_RENDERS = [

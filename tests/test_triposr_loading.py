@@ -10,7 +10,9 @@ import pytest
 import torch
 import yaml
 
-from recond.triposr import ModelLoadError, TripoSR, load_config
+from recond.errors import ModelLoadError
+from recond.triposr.config import load_config
+from recond.triposr.model import TripoSR
 from recond.triposr.config import DINO_VITB16, OFFICIAL_CONFIG_PATH, resolve_references
 
 

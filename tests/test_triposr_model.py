@@ -11,9 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import TINY_CONFIG, TINY_VIT, build_tiny_checkpoint, reference_picture
 from recond.pipeline.mesh import surface
-from recond.triposr import TripoSR, prepare_image
+from recond.triposr.model import TripoSR
+from recond.triposr.preprocess import prepare_image
+from recond.triposr.tiny import TINY_CONFIG, TINY_VIT, build_tiny_checkpoint, reference_picture
 from volume_render import render, spherical_cameras
 
 

@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from recond.config import Settings, load_settings
+from conftest import settings_for, wait_for
+from recond.config import JobSettings, ModelSettings, Settings
 from recond.store import DONE, FAILED, QUEUED, Store
 from recond.pipeline.progress import STAGES, Progress
 from recond.worker import Worker
@@ -35,10 +36,13 @@ class StandInPipeline:
 
     def __init__(self, error: Exception | None = None, stage_seconds: float = 0.0) -> None:
         self.error, self.stage_seconds, self.runs = error, stage_seconds, []
+        self.job_settings: list[JobSettings] = []
         self.started = threading.Event()
 
-    def run(self, source: Path, outbox: Path, result_name: str, progress: Any = None) -> Result:
+    def run(self, source: Path, outbox: Path, result_name: str, job: Any = None,
+            progress: Any = None) -> Result:
         self.runs.append(result_name)
+        self.job_settings.append(job)
         partial = outbox / f".{result_name}.partial"
         partial.mkdir(parents=True)
         try:
@@ -49,7 +53,7 @@ class StandInPipeline:
                     raise self.error
                 time.sleep(self.stage_seconds)
                 if progress:
-                    progress(Progress(stage, 0.0, index / len(STAGES), 0.0, 1.0))
+                    progress(Progress(stage, 0.0, index / len(STAGES), 1.0))
         except BaseException:
             shutil.rmtree(partial)
             raise
@@ -57,28 +61,11 @@ class StandInPipeline:
         return Result(outbox / result_name, ["stand-in warning"])
 
 
-def settings_for(tmp_path: Path) -> Settings:
-    settings = load_settings(inbox=tmp_path / "inbox", outbox=tmp_path / "outbox",
-                             state_dir=tmp_path / "state", model_retry_seconds=0.2)
-    for folder in (settings.inbox, settings.outbox):
-        folder.mkdir(parents=True)
-    return settings
-
-
 def queue_file(settings: Settings, store: Store, name: str, data: bytes = b"picture") -> int:
     (settings.inbox / name).parent.mkdir(parents=True, exist_ok=True)
     (settings.inbox / name).write_bytes(data)
     job, _ = store.enqueue(name, name, len(data), f"20260101-000000_{Path(name).stem}")
     return job.id
-
-
-def wait_for(condition: Any, timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := condition():
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"condition not met within {timeout} s")
 
 
 @pytest.fixture
@@ -142,7 +129,7 @@ def test_missing_model_keeps_jobs_queued_until_reload_brings_it(settings: Settin
     attempts = []
 
     def factory(current: Settings) -> StandInPipeline:
-        from recond.triposr import TripoSR
+        from recond.triposr.model import TripoSR
 
         attempts.append(current.model)
         if current.model == "stand-in":
@@ -201,7 +188,7 @@ def test_partial_folder_left_by_a_crash_is_cleared_before_the_rerun(settings: Se
     worker.pipeline = StandInPipeline()
     worker.process(job)
     assert store.get(job.id).state == DONE
-    assert [p.name for p in settings.outbox.iterdir()] == [job.result_name]
+    assert [p.name for p in settings.outbox.iterdir() if p.is_dir()] == [job.result_name]
 
 
 def test_job_waits_instead_of_failing_while_the_inbox_share_is_gone(settings: Settings) -> None:
@@ -216,24 +203,32 @@ def test_job_waits_instead_of_failing_while_the_inbox_share_is_gone(settings: Se
     assert job.state == QUEUED and job.attempts == 0 and worker.pipeline.runs == []
 
 
-def test_reload_keeps_the_warm_pipeline_unless_a_pipeline_setting_changed(settings: Settings) -> None:
+def test_reload_rebuilds_the_warm_pipeline_only_when_a_model_setting_changed(settings: Settings) -> None:
     store = Store(settings.db_path)
-    built = []
+    built: list[tuple[str, StandInPipeline]] = []
 
-    def factory(current: Settings) -> StandInPipeline:
-        built.append(current.mc_resolution)
-        return StandInPipeline()
+    def factory(current: ModelSettings) -> StandInPipeline:
+        built.append((current.model, StandInPipeline()))
+        return built[-1][1]
 
     worker = Worker(settings, store, pipeline_factory=factory)
     worker.start()
     try:
-        wait_for(lambda: built == [settings.mc_resolution])
+        wait_for(lambda: len(built) == 1)
         worker.reload(settings.model_copy(update={"polling": True, "settle_seconds": 9.0}))
         wait_for(lambda: worker.settings.polling)
+        # A job setting: a load it wrongly caused would come before the model change below.
         worker.reload(settings.model_copy(update={"mc_resolution": 64}))
-        wait_for(lambda: built == [settings.mc_resolution, 64])
+        wait_for(lambda: worker.settings.mc_resolution == 64)
+        worker.reload(settings.model_copy(update={"mc_resolution": 64, "model": "another"}))
+        wait_for(lambda: len(built) == 2)
+        job_id = queue_file(settings, store, "a.jpg")
+        worker.wake()
+        wait_for(lambda: store.get(job_id).state == DONE)
     finally:
         worker.stop()
+    assert [model for model, _ in built] == [settings.model, "another"]
+    assert [job.mc_resolution for job in built[1][1].job_settings] == [64]  # each job gets its settings
 
 
 def test_job_that_keeps_crashing_the_daemon_ends_in_failed_with_its_file_kept(settings: Settings) -> None:

@@ -15,7 +15,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from recond.triposr import TripoSR
+from recond.triposr.model import TripoSR
 from recond.triposr.renderer import TriplaneField
 
 BOX_SHRINK = 1e-3  # upstream tightens the box so intersections land inside it

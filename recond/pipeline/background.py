@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from recond.config import Settings
+from recond.config import ModelSettings
 
 # GrabCut runs on a copy no larger than this (it is iterative and slow on full-size photos).
 GRABCUT_MAX_SIDE = 512
@@ -25,6 +25,9 @@ GRABCUT_WARNING = (
     "rembg model not available offline; background removed with GrabCut, which is less "
     "precise (copy the rembg model file into the rembg home, see README)"
 )
+
+
+GRABCUT_FALLBACK = "GrabCut will be used instead"
 
 
 class BackgroundUnavailable(RuntimeError):
@@ -38,7 +41,7 @@ class RembgStatus:
     message: str
 
 
-def rembg_model_status(settings: Settings) -> RembgStatus:
+def rembg_model_status(settings: ModelSettings) -> RembgStatus:
     """Is the rembg model file on disk? Looked up where rembg itself looks, without a download."""
     point_rembg_at(settings)
     session_class = _rembg_session_class(settings.rembg_model)
@@ -51,8 +54,27 @@ def rembg_model_status(settings: Settings) -> RembgStatus:
         False,
         expected,
         f"rembg model {settings.rembg_model} not found (looked in {expected} and "
-        f"{Path(session_class.legacy_home()) / file_name}); GrabCut will be used instead",
+        f"{Path(session_class.legacy_home()) / file_name}); {GRABCUT_FALLBACK}",
     )
+
+
+def download_rembg_model(settings: ModelSettings) -> str | None:
+    """Fetch rembg's model into rembg's own home on the first start, never during a job.
+
+    Only when ``rembg_home`` is unset: a folder named there is the operator's, filled by hand on
+    offline servers. The download is rembg's own (pooch, a progress bar on a terminal). Returns
+    a warning line when it cannot be fetched; GrabCut then stands in, as before.
+    """
+    if settings.background in ("alpha", "none") or settings.rembg_home is not None:
+        return None
+    if rembg_model_status(settings).available:
+        return None
+    try:
+        _rembg_session_class(settings.rembg_model).download_models()
+    except Exception as error:  # offline, DNS, HTTP, checksum: GrabCut stands in
+        return (f"rembg model {settings.rembg_model} could not be downloaded ({type(error).__name__}); "
+                f"{GRABCUT_FALLBACK} (to place it by hand see the README, 'Weights on an offline server')")
+    return None
 
 
 def _rembg_session_class(model_name: str):
@@ -65,7 +87,7 @@ def _rembg_session_class(model_name: str):
     raise BackgroundUnavailable(f"unknown rembg model '{model_name}' (setting rembg_model; known: {known})")
 
 
-def point_rembg_at(settings: Settings) -> None:
+def point_rembg_at(settings: ModelSettings) -> None:
     """Hand the rembg_home setting to rembg, which reads U2NET_HOME itself.
 
     The one place recond writes the environment: rembg offers no other way to name its folder.
@@ -81,13 +103,13 @@ def has_real_alpha(image: Image.Image) -> bool:
     alpha = np.asarray(image)[..., 3]
     clear = np.mean(alpha < 16)
     solid = np.mean(alpha > 127)
-    return clear >= 0.01 and solid >= 0.001
+    return bool(clear >= 0.01 and solid >= 0.001)
 
 
 class BackgroundRemover:
     """Holds the warm rembg session (if any) and applies the configured background method."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: ModelSettings) -> None:
         self.mode = settings.background
         self.session = None
         self.method = {"alpha": "alpha", "none": "none"}.get(self.mode, "rembg")

@@ -15,11 +15,8 @@ import trimesh
 from trimesh.exchange.obj import export_obj
 from trimesh.visual.material import PBRMaterial, SimpleMaterial
 
-OBJ_NAME = "mesh.obj"
-MTL_NAME = "mesh.mtl"
-TEXTURE_STEM = "mesh_texture"  # trimesh names the texture file after the material
-STL_NAME = "mesh.stl"
-GLB_NAME = "mesh.glb"
+from recond.pipeline.names import GLB_NAME, MTL_NAME, OBJ_NAME, STL_NAME, TEXTURE_STEM
+
 
 # (x, y, z) -> (x, z, -y): a -90 degree turn about X takes TripoSR's +Z up to +Y up.
 Z_UP_TO_Y_UP = np.array(

@@ -11,12 +11,37 @@ import io
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cache
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from recond.errors import InputError
+
+
+@cache
+def picture_extensions() -> frozenset[str]:
+    """Extensions (lower case, with the dot) of every format Pillow can open: what load accepts."""
+    Image.init()
+    return frozenset(extension for extension, format_id in Image.registered_extensions().items()
+                     if format_id in Image.OPEN)
+
+
+def is_picture_name(name: str) -> bool:
+    return Path(name).suffix.lower() in picture_extensions()
+
+
+def check_size(name: str, size: int, max_bytes: int) -> None:
+    """Refuse an empty file or one over max_file_bytes (the inbox and web uploads alike)."""
+    if size == 0:
+        raise InputError(f"{name} is empty (0 bytes)")
+    if size > max_bytes:
+        raise InputError(
+            f"{name} is {size / 1e6:.1f} MB, over the {max_bytes / 1e6:.1f} MB limit "
+            "(setting max_file_bytes)"
+        )
 
 
 def read_source(path: Path, max_bytes: int) -> bytes:
@@ -25,42 +50,47 @@ def read_source(path: Path, max_bytes: int) -> bytes:
         size = path.stat().st_size
     except OSError as error:
         raise InputError(f"cannot read {path.name}: {error.strerror}") from None
-    if size == 0:
-        raise InputError(f"{path.name} is empty (0 bytes)")
-    if size > max_bytes:
-        raise InputError(
-            f"{path.name} is {size / 1e6:.1f} MB, over the {max_bytes / 1e6:.1f} MB limit "
-            "(setting max_file_bytes)"
-        )
+    check_size(path.name, size, max_bytes)
     return path.read_bytes()
 
 
-def decode_image(data: bytes, name: str, max_pixels: int) -> Image.Image:
-    """Decode bytes into an RGBA picture, upright, refusing absurd sizes before decoding."""
+def open_image(stream: BinaryIO, name: str, max_pixels: int, n_bytes: int) -> Image.Image:
+    """Read only the header and refuse what is not a picture or is absurdly large.
+
+    This is the sniff web uploads get before they enter the inbox, and the first step of
+    :func:`decode_image`, so both refuse the same files with the same words.
+    """
     try:
         with _pillow_bomb_check_off():
-            image = Image.open(io.BytesIO(data))  # reads the header only
-        width, height = image.size
-        if width * height > max_pixels:
-            bomb = " (a decompression bomb)" if len(data) * 100 < width * height else ""
-            raise InputError(
-                f"{name} is {width}x{height} pixels{bomb}, over the {max_pixels:,}-pixel "
-                "limit (setting max_image_pixels); refused before decoding"
-            )
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image.seek(0)  # an animation: its first frame
-            image.load()
-    except InputError:
-        raise
-    except Image.DecompressionBombError:  # a later frame larger than the header said
-        raise InputError(f"{name} holds a frame over Pillow's size limit (a decompression bomb)") from None
+            image = Image.open(stream)  # reads the header only
     except UnidentifiedImageError:
         raise InputError(f"{name} is not an image format recond can read") from None
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         raise InputError(f"{name} is truncated or corrupt ({error})") from None
+    width, height = image.size
+    if width * height > max_pixels:
+        bomb = " (a decompression bomb)" if n_bytes * 100 < width * height else ""
+        raise InputError(
+            f"{name} is {width}x{height} pixels{bomb}, over the {max_pixels:,}-pixel "
+            "limit (setting max_image_pixels); refused before decoding"
+        )
     if width == 0 or height == 0:
         raise InputError(f"{name} has no pixels")
+    return image
+
+
+def decode_image(data: bytes, name: str, max_pixels: int) -> Image.Image:
+    """Decode bytes into an RGBA picture, upright, refusing absurd sizes before decoding."""
+    image = open_image(io.BytesIO(data), name, max_pixels, len(data))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image.seek(0)  # an animation: its first frame
+            image.load()
+    except Image.DecompressionBombError:  # a later frame larger than the header said
+        raise InputError(f"{name} holds a frame over Pillow's size limit (a decompression bomb)") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        raise InputError(f"{name} is truncated or corrupt ({error})") from None
     return to_rgba(ImageOps.exif_transpose(image))
 
 
@@ -74,11 +104,6 @@ def _pillow_bomb_check_off() -> Iterator[None]:
         yield
     finally:
         Image.MAX_IMAGE_PIXELS = default
-
-
-def load_image(path: Path, max_pixels: int, max_bytes: int) -> Image.Image:
-    """read_source + decode_image for callers that only need the picture."""
-    return decode_image(read_source(path, max_bytes), path.name, max_pixels)
 
 
 def to_rgba(image: Image.Image) -> Image.Image:

@@ -16,10 +16,10 @@ import numpy as np
 import torch
 import trimesh
 
-from recond.config import Settings
+from recond.config import JobSettings
 from recond.errors import InputError
 from recond.pipeline.reconstruct import color_query
-from recond.triposr import TripoSR
+from recond.triposr.model import TripoSR
 from recond.triposr.isosurface import marching_cubes, unit_to_box
 
 GRID_SHARE = 0.85  # of the stage's progress: the density grid is nearly all of its time
@@ -39,7 +39,7 @@ class MeshFacts:
         return asdict(self)
 
 
-def build_mesh(model: TripoSR, scene_code: torch.Tensor, settings: Settings,
+def build_mesh(model: TripoSR, scene_code: torch.Tensor, settings: JobSettings,
                report: Callable[[float], None]) -> tuple[trimesh.Trimesh, MeshFacts]:
     """The object's coloured surface (z up, model space); an empty surface is the picture's fault."""
     grid = model.density_grid(scene_code, settings.mc_resolution, settings.chunk_size,

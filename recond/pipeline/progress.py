@@ -1,4 +1,4 @@
-"""Progress of one pipeline run: stage, fraction, elapsed seconds and an ETA.
+"""Progress of one pipeline run: stage, fraction and an ETA.
 
 The ETA comes from the seconds each stage took in this machine's earlier jobs, kept in the
 state dir (STAGE_HISTORY_NAME); before the first job it uses DEFAULT_STAGE_SECONDS. A stage
@@ -40,7 +40,6 @@ class Progress:
     stage: str
     stage_fraction: float
     overall: float
-    elapsed_s: float
     eta_s: float | None
 
 
@@ -54,8 +53,7 @@ def expected_stage_seconds(state_dir: Path) -> dict[str, float]:
 
 
 def remember_stage_seconds(state_dir: Path, stage_seconds: Mapping[str, float]) -> None:
-    """Fold one finished job's stage seconds into the history (only where the state dir exists:
-    the daemon makes it; a one-off run elsewhere leaves no file behind)."""
+    """Fold one finished job's stage seconds into the history (only where the state dir exists)."""
     state_dir = Path(state_dir)
     if not state_dir.is_dir():
         return
@@ -72,18 +70,18 @@ class ProgressTracker:
     """Turns per-stage fractions into :class:`Progress` reports and times each stage."""
 
     callback: Callable[[Progress], None] | None = None
-    expected: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_STAGE_SECONDS))
+    expected: Mapping[str, float] | None = None  # stage seconds; None: DEFAULT_STAGE_SECONDS
     stage_seconds: dict[str, float] = field(default_factory=dict)
-    _started: float = field(default_factory=time.monotonic)
 
     @contextmanager
     def stage(self, name: str) -> Iterator[Callable[[float], None]]:
         """Run a stage: yields a ``report(fraction)`` function; records the stage's seconds."""
+        expected = self.expected or DEFAULT_STAGE_SECONDS
         index = STAGES.index(name)
-        total = sum(self.expected.values())
-        done_before = sum(self.expected[s] for s in STAGES[:index])
-        still_after = sum(self.expected[s] for s in STAGES[index + 1:])
-        share = self.expected[name]
+        total = sum(expected.values())
+        done_before = sum(expected[s] for s in STAGES[:index])
+        still_after = sum(expected[s] for s in STAGES[index + 1:])
+        share = expected[name]
         stage_started = time.monotonic()
 
         def report(fraction: float) -> None:
@@ -93,15 +91,10 @@ class ProgressTracker:
             left_in_stage = share * (1.0 - fraction)
             if fraction > 0 and spent > share * fraction:  # slower than usual: go by its own pace
                 left_in_stage = spent * (1.0 - fraction) / fraction
-            self._emit(name, fraction, overall, left_in_stage + still_after)
+            if self.callback is not None:
+                self.callback(Progress(name, fraction, overall, left_in_stage + still_after))
 
         report(0.0)
         yield report
         self.stage_seconds[name] = round(time.monotonic() - stage_started, 3)
         report(1.0)
-
-    def _emit(self, stage: str, fraction: float, overall: float, eta: float) -> None:
-        if self.callback is None:
-            return
-        elapsed = time.monotonic() - self._started
-        self.callback(Progress(stage, fraction, overall, elapsed, eta))

@@ -29,6 +29,43 @@ class Fragments:
         return self.face_id >= 0
 
 
+@dataclass
+class _TriangleBoxes:
+    """Triangles with their pixel bounding boxes, the unit the coverage test works on."""
+
+    triangles: torch.Tensor  # [T, 3, 3] x, y in pixels, z depth
+    face_ids: torch.Tensor  # [T] index of each triangle in the mesh
+    col0: torch.Tensor  # [T] first column and row whose pixel centre the box can hold
+    row0: torch.Tensor
+    box_w: torch.Tensor  # [T] box size in pixels (<= 0 when no pixel centre falls inside)
+    box_h: torch.Tensor
+    area2: torch.Tensor  # [T] twice the signed area
+
+    def select(self, index: torch.Tensor) -> _TriangleBoxes:
+        return _TriangleBoxes(self.triangles[index], self.face_ids[index], self.col0[index],
+                              self.row0[index], self.box_w[index], self.box_h[index],
+                              self.area2[index])
+
+
+@dataclass
+class _Candidates:
+    """Every (pixel, triangle) pair where the pixel centre is covered, before the depth test."""
+
+    pixel: torch.Tensor  # [N] flat pixel index (row * width + col)
+    face_id: torch.Tensor  # [N]
+    bary: torch.Tensor  # [N, 3] barycentrics, clamped onto the triangle
+    depth: torch.Tensor  # [N]
+    outside: torch.Tensor  # [N] how far (pixels) the centre lies outside the triangle; 0 inside
+
+    @staticmethod
+    def concatenate(parts: list[_Candidates], device: torch.device) -> _Candidates:
+        if not parts:
+            empty = torch.empty(0, device=device)
+            return _Candidates(empty.long(), empty.long(), empty.reshape(0, 3), empty, empty)
+        return _Candidates(*(torch.cat([getattr(part, name) for part in parts])
+                             for name in ("pixel", "face_id", "bary", "depth", "outside")))
+
+
 def rasterize(
     vertices: torch.Tensor, faces: torch.Tensor, height: int, width: int, margin: float = 0.0
 ) -> Fragments:
@@ -43,10 +80,8 @@ def rasterize(
     always prefers it. Texture baking uses this so texels that chart edges only partly
     overlap still get their own chart's colour.
     """
-    device = vertices.device
     triangles = vertices[faces.long()].float()  # [F, 3, 3]
-    fragments = _fragments(triangles, height, width, margin)
-    return _resolve_depth(*fragments, height, width, device)
+    return _resolve_depth(_candidates(triangles, height, width, margin), height, width)
 
 
 def interpolate(fragments: Fragments, faces: torch.Tensor, attributes: torch.Tensor) -> torch.Tensor:
@@ -60,7 +95,7 @@ def interpolate(fragments: Fragments, faces: torch.Tensor, attributes: torch.Ten
     return values
 
 
-def _fragments(triangles: torch.Tensor, height: int, width: int, margin: float):
+def _candidates(triangles: torch.Tensor, height: int, width: int, margin: float) -> _Candidates:
     """Every (pixel, triangle) pair where the pixel centre lies inside the (grown) triangle."""
     xy = triangles[..., :2]
     # Pixel centres sit at +0.5, so the first column a triangle can cover is ceil(min - 0.5).
@@ -72,41 +107,37 @@ def _fragments(triangles: torch.Tensor, height: int, width: int, margin: float):
     box_h = (row1 - row0 + 1).long()
     area2 = _edge(xy[:, 0], xy[:, 1], xy[:, 2])
     visible = (box_w > 0) & (box_h > 0) & (area2.abs() > 1e-12)
+    boxes = _TriangleBoxes(triangles, torch.arange(len(triangles), device=triangles.device),
+                           col0, row0, box_w, box_h, area2)
 
     # Group triangles by bounding box rounded up to powers of two: small triangles (the
     # common case) are batched together and only large ones pay for large candidate grids.
     bucket_w = _next_pow2(box_w.clamp(min=1))
     bucket_h = _next_pow2(box_h.clamp(min=1))
     bucket_key = bucket_w * (2 * max(height, width) + 1) + bucket_h
-    outputs = []
+    parts = []
     for key in torch.unique(bucket_key[visible]).tolist():
         members = torch.nonzero(visible & (bucket_key == key)).squeeze(1)
         bw = int(bucket_w[members[0]])
         bh = int(bucket_h[members[0]])
         per_batch = max(1, CANDIDATES_PER_BATCH // (bw * bh))
         for batch in members.split(per_batch):
-            outputs.append(
-                _cover(triangles[batch], batch, col0[batch], row0[batch], box_w[batch], box_h[batch],
-                       area2[batch], bw, bh, width, margin)
-            )
-    if not outputs:
-        device = triangles.device
-        empty = torch.empty(0, device=device)
-        return empty.long(), empty.long(), empty.reshape(0, 3), empty, empty
-    return tuple(torch.cat(parts) for parts in zip(*outputs))
+            parts.append(_cover(boxes.select(batch), bw, bh, width, margin))
+    return _Candidates.concatenate(parts, triangles.device)
 
 
-def _cover(triangles, face_ids, col0, row0, box_w, box_h, area2, bw: int, bh: int, width: int, margin: float):
+def _cover(boxes: _TriangleBoxes, bw: int, bh: int, width: int, margin: float) -> _Candidates:
     """Test a bw x bh candidate grid anchored at each triangle's box corner."""
+    triangles, area2 = boxes.triangles, boxes.area2
     device = triangles.device
     offset_row, offset_col = torch.meshgrid(
         torch.arange(bh, device=device), torch.arange(bw, device=device), indexing="ij"
     )
     offset_row = offset_row.reshape(1, -1)
     offset_col = offset_col.reshape(1, -1)
-    in_box = (offset_col < box_w[:, None]) & (offset_row < box_h[:, None])
-    col = col0[:, None] + offset_col
-    row = row0[:, None] + offset_row
+    in_box = (offset_col < boxes.box_w[:, None]) & (offset_row < boxes.box_h[:, None])
+    col = boxes.col0[:, None] + offset_col
+    row = boxes.row0[:, None] + offset_row
     point = torch.stack([col + 0.5, row + 0.5], dim=-1)  # [T, K, 2]
 
     a, b, c = (triangles[:, i, None, :2] for i in range(3))
@@ -129,11 +160,14 @@ def _cover(triangles, face_ids, col0, row0, box_w, box_h, area2, bw: int, bh: in
     bary = bary / bary.sum(-1, keepdim=True)
     depth = (bary * triangles[tri_index, :, 2]).sum(-1)
     pixel = row[tri_index, cand_index].long() * width + col[tri_index, cand_index].long()
-    return pixel, face_ids[tri_index], bary, depth, outside[tri_index, cand_index]
+    return _Candidates(pixel, boxes.face_ids[tri_index], bary, depth, outside[tri_index, cand_index])
 
 
-def _resolve_depth(pixels, face_ids, barys, depths, outside, height: int, width: int, device) -> Fragments:
-    """Keep, per pixel, the nearest fragment (z-buffer over the flat fragment list)."""
+def _resolve_depth(candidates: _Candidates, height: int, width: int) -> Fragments:
+    """Keep, per pixel, the nearest candidate (z-buffer over the flat candidate list)."""
+    pixels, face_ids, barys = candidates.pixel, candidates.face_id, candidates.bary
+    depths, outside = candidates.depth, candidates.outside
+    device = pixels.device
     n_pixels = height * width
     least_outside = torch.full((n_pixels,), float("inf"), device=device)
     least_outside.scatter_reduce_(0, pixels, outside, reduce="amin")

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from recond.triposr import TripoSR
+from recond.triposr.model import TripoSR
 
 
 def reconstruct(model: TripoSR, prepared_rgb: np.ndarray, report: Callable[[float], None]) -> torch.Tensor:

@@ -7,11 +7,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-RECORD_NAME = "job.json"
+from recond.pipeline.names import RECORD_NAME
 
 
-def sha256_of(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+def sha256_of_bytes(content: bytes) -> str:
+    """The hex SHA-256 of bytes already in memory (intake hashes files as they settle)."""
+    return hashlib.sha256(content).hexdigest()
 
 
 def write_record(result_dir: Path, record: dict[str, Any]) -> Path:

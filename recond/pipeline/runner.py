@@ -10,51 +10,61 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
 from recond import __version__
-from recond.config import Settings
-from recond.pipeline.background import BackgroundRemover
+from recond.config import JobSettings, ModelSettings, part_of
 from recond.errors import InputError, ResultExistsError
-from recond.pipeline.export import GLB_NAME, export_meshes, orient_y_up
+from recond.pipeline.background import BackgroundRemover
+from recond.pipeline.contract import JobResult, ProgressCallback
+from recond.pipeline.export import export_meshes, orient_y_up
 from recond.pipeline.image import decode_image, read_source
+from recond.pipeline.names import (
+    FRAME_PREFIX,
+    GLB_NAME,
+    INPUT_NAME,
+    MTL_NAME,
+    OBJ_NAME,
+    RECORD_NAME,
+    STL_NAME,
+    TEXTURE_NAME,
+    VIDEO_NAME,
+    source_copy_name,
+)
 from recond.pipeline.mesh import build_mesh
 from recond.pipeline.progress import (Progress, ProgressTracker, expected_stage_seconds,
                                       remember_stage_seconds)
 from recond.pipeline.reconstruct import color_query, reconstruct
-from recond.pipeline.record import sha256_of, write_record
+from recond.pipeline.record import sha256_of_bytes, write_record
 from recond.pipeline.texture import bake_texture
 from recond.pipeline.turntable import render_turntable, write_turntable
 from recond.pipeline.viewer import write_viewer
-from recond.triposr import TripoSR, prepare_image
+from recond.triposr.model import TripoSR
+from recond.triposr.preprocess import prepare_image
 
 __all__ = ["InputError", "JobResult", "Pipeline", "Progress"]
 
-INPUT_NAME = "input.png"
-VIDEO_NAME = "render.mp4"
 MIN_OBJECT_PIXELS = 8  # framing drops the last row and column, as upstream does: tiny crops vanish
 
 
-@dataclass
-class JobResult:
-    result_dir: Path
-    warnings: list[str] = field(default_factory=list)
-    stage_seconds: dict[str, float] = field(default_factory=dict)
-    record: dict[str, Any] = field(default_factory=dict)
-
-
 class Pipeline:
-    """One warm TripoSR model and background remover, reused for every picture."""
+    """One warm TripoSR model and background remover, reused for every picture.
 
-    def __init__(self, settings: Settings, model: TripoSR | None = None) -> None:
+    Built from the model settings only (a full Settings is narrowed to them), so what a job
+    may change never reaches the warm parts; each run gets its job settings. With a
+    ``stage_history`` folder (the daemon's state dir), each job's stage seconds are kept there
+    and the next jobs' ETA comes from them.
+    """
+
+    def __init__(self, settings: ModelSettings, model: TripoSR | None = None,
+                 stage_history: Path | None = None) -> None:
+        settings = part_of(settings, ModelSettings)
         self.settings = settings
+        self.stage_history = stage_history
         self.device = settings.resolved_device()
         self.dtype = settings.resolved_dtype()
         self.model_id = settings.model
@@ -63,8 +73,8 @@ class Pipeline:
         self.background = BackgroundRemover(settings)
         self.background_method = self.background.method
 
-    def run(self, source: Path, outbox: Path, result_name: str,
-            progress: Callable[[Progress], None] | None = None) -> JobResult:
+    def run(self, source: Path, outbox: Path, result_name: str, job: JobSettings,
+            progress: ProgressCallback | None = None) -> JobResult:
         """Turn ``source`` into ``outbox/result_name``; raises InputError for a bad picture."""
         source, outbox = Path(source), Path(outbox)
         final_dir = outbox / result_name
@@ -74,8 +84,9 @@ class Pipeline:
         shutil.rmtree(partial_dir, ignore_errors=True)  # left behind by a crash
         partial_dir.mkdir(parents=True)
         try:
-            tracker = ProgressTracker(progress, expected_stage_seconds(self.settings.state_dir))
-            result = self._build(source, partial_dir, tracker)
+            expected = expected_stage_seconds(self.stage_history) if self.stage_history else None
+            result = self._build(source, partial_dir, part_of(job, JobSettings),
+                                 ProgressTracker(progress, expected))
             os.rename(partial_dir, final_dir)
         except BaseException:
             shutil.rmtree(partial_dir, ignore_errors=True)
@@ -84,15 +95,15 @@ class Pipeline:
         result.result_dir = final_dir
         return result
 
-    def _build(self, source: Path, result_dir: Path, tracker: ProgressTracker) -> JobResult:
-        settings = self.settings
+    def _build(self, source: Path, result_dir: Path, settings: JobSettings,
+               tracker: ProgressTracker) -> JobResult:
         warnings: list[str] = []
 
         with tracker.stage("load"):
-            data = read_source(source, settings.max_file_bytes)
-            picture = decode_image(data, source.name, settings.max_image_pixels)
-            source_copy = f"source{source.suffix.lower() or '.bin'}"
-            (result_dir / source_copy).write_bytes(data)
+            source_bytes = read_source(source, settings.max_file_bytes)
+            picture = decode_image(source_bytes, source.name, settings.max_image_pixels)
+            source_copy = source_copy_name(source.suffix)
+            (result_dir / source_copy).write_bytes(source_bytes)
 
         with tracker.stage("background"):
             cutout, background_used, notes = self.background.remove(picture)
@@ -129,7 +140,7 @@ class Pipeline:
             "recond_version": __version__,
             "source": source.name,
             "source_copy": source_copy,
-            "sha256": sha256_of(data),
+            "sha256": sha256_of_bytes(source_bytes),
             "model": self.model_id,
             "device": self.device,
             "dtype": self.dtype,
@@ -140,12 +151,14 @@ class Pipeline:
             "mesh": mesh_facts.as_record(),
             "textured": bool(settings.bake_texture),
             "texture": atlas.as_record() if atlas else None,
-            "settings": _pipeline_settings(settings),
+            # Everything that shaped the result: the warm parts' settings and this job's, in full.
+            "settings": {**self.settings.model_dump(mode="json"), **settings.model_dump(mode="json")},
         }
         with tracker.stage("record"):
             record["stage_seconds"] = dict(tracker.stage_seconds)
             write_record(result_dir, record)
-        remember_stage_seconds(settings.state_dir, tracker.stage_seconds)
+        if self.stage_history:
+            remember_stage_seconds(self.stage_history, tracker.stage_seconds)
         return JobResult(result_dir, warnings, dict(tracker.stage_seconds), record)
 
 
@@ -162,18 +175,10 @@ def _prepared_for_model(cutout: Image.Image, foreground_ratio: float, name: str)
 
 def _download_order(result_dir: Path) -> list[str]:
     """The files a person would want first: the GLB, other meshes, the video, then the rest."""
-    first = [GLB_NAME, "mesh.obj", "mesh.mtl", "mesh_texture.png", "mesh.stl", VIDEO_NAME, INPUT_NAME]
+    first = [GLB_NAME, OBJ_NAME, MTL_NAME, TEXTURE_NAME, STL_NAME, VIDEO_NAME, INPUT_NAME]
     present = {p.name for p in result_dir.iterdir() if p.is_file()}
-    rest = sorted(name for name in present if name not in first and not name.startswith("render_"))
-    return [name for name in first if name in present] + rest + ["job.json"]
-
-
-def _pipeline_settings(settings: Settings) -> dict[str, Any]:
-    """The settings that shaped this result (folders and daemon knobs left out)."""
-    keys = ("background", "rembg_model", "foreground_ratio", "mc_resolution", "mc_threshold",
-            "floater_fraction", "target_faces", "chunk_size", "bake_texture", "texture_resolution", "render_views", "render_size",
-            "video_fps", "max_image_pixels", "max_file_bytes")
-    return {key: getattr(settings, key) for key in keys}
+    rest = sorted(name for name in present if name not in first and not name.startswith(FRAME_PREFIX))
+    return [name for name in first if name in present] + rest + [RECORD_NAME]
 
 
 def _sync_directory(path: Path) -> None:

@@ -20,7 +20,8 @@ import trimesh
 from PIL import Image
 
 from recond.pipeline.appearance import bounding_sphere, surface_color, vertex_normals
-from recond.pipeline.raster import interpolate, rasterize
+from recond.pipeline.names import VIDEO_NAME, frame_name
+from recond.pipeline.raster import Fragments, interpolate, rasterize
 
 FOVY_DEG = 40.0  # upstream tsr/system.py renders with fovy 40 as well
 ELEVATION_DEG = 12.0  # a little above the object reads its shape better than the horizon
@@ -77,10 +78,10 @@ def write_turntable(frames: list[np.ndarray], result_dir: Path, fps: int) -> lis
     result_dir = Path(result_dir)
     written = []
     for index, frame in enumerate(frames):
-        path = result_dir / f"render_{index:03d}.png"
+        path = result_dir / frame_name(index)
         Image.fromarray(frame).save(path)
         written.append(path)
-    video_path = result_dir / "render.mp4"
+    video_path = result_dir / VIDEO_NAME
     _write_video(frames, video_path, fps)
     written.append(video_path)
     return written
@@ -94,14 +95,20 @@ def _scene_tensors(mesh: trimesh.Trimesh, device: torch.device) -> _SceneTensors
     texture = None
     if color.texture is not None:
         texture = (np.asarray(color.texture, dtype=np.float32) / 255.0).transpose(2, 0, 1)[None].copy()
-    as_tensor = lambda array: None if array is None else torch.from_numpy(array).to(device)  # noqa: E731
+
+    def as_tensor(array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(array).to(device)
+
+    def optional(array: np.ndarray | None) -> torch.Tensor | None:
+        return None if array is None else as_tensor(array)
+
     return _SceneTensors(
         positions=as_tensor(vertices),
         faces=as_tensor(faces),
         normals=as_tensor(vertex_normals(vertices, faces)),
-        uv=as_tensor(color.uv),
-        texture=as_tensor(texture),
-        colors=as_tensor(color.vertex_colors),
+        uv=optional(color.uv),
+        texture=optional(texture),
+        colors=optional(color.vertex_colors),
         center=as_tensor(center),
         radius=radius,
     )
@@ -142,8 +149,9 @@ def _render_view(scene: _SceneTensors, azimuth: float, size: int) -> torch.Tenso
     return torch.where(covered[..., None], color, background)
 
 
-def _albedo(scene: _SceneTensors, fragments) -> torch.Tensor:
-    if scene.texture is None:
+def _albedo(scene: _SceneTensors, fragments: Fragments) -> torch.Tensor:
+    if scene.texture is None or scene.uv is None:
+        assert scene.colors is not None, "an untextured scene carries vertex colours"
         return interpolate(fragments, scene.faces, scene.colors)
     uv = interpolate(fragments, scene.faces, scene.uv)
     # grid_sample's y runs down the image while UV v runs up.

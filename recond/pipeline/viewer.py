@@ -20,6 +20,7 @@ import trimesh
 from PIL import Image
 
 from recond.pipeline.appearance import bounding_sphere, surface_color, vertex_normals
+from recond.pipeline.names import VIDEO_NAME, VIEWER_NAME
 
 TEXTURE_JPEG_QUALITY = 95  # the page only displays the texture; the PNG stays in the downloads
 PLACEHOLDER = re.compile(r"\{\{([A-Z_]+)\}\}")
@@ -30,7 +31,7 @@ def write_viewer(
     mesh: trimesh.Trimesh,
     files: list[str],
     title: str,
-    video: str | None = "render.mp4",
+    video: str | None = VIDEO_NAME,
 ) -> Path:
     """Write result_dir/index.html showing `mesh` (+Y up) and linking every name in `files`."""
     result_dir = Path(result_dir)
@@ -47,7 +48,7 @@ def write_viewer(
     template = (assets / "index.html").read_text(encoding="utf-8")
     # One pass, so text substituted in (a title, the script) is never scanned for placeholders.
     page = PLACEHOLDER.sub(lambda match: values[match.group(1)], template)
-    path = result_dir / "index.html"
+    path = result_dir / VIEWER_NAME
     path.write_text(page, encoding="utf-8")
     return path
 
@@ -67,11 +68,11 @@ def _mesh_payload(mesh: trimesh.Trimesh) -> dict:
         "radius": radius,
     }
     color = surface_color(mesh)
-    if color.texture is not None:
+    if color.texture is not None and color.uv is not None:
         payload["uvs"] = _b64(color.uv.astype("<f4"))
         payload["texture"] = _b64_jpeg(color.texture)
         payload["texture_type"] = "image/jpeg"
-    else:
+    elif color.vertex_colors is not None:
         payload["colors"] = _b64(np.round(color.vertex_colors * 255).astype(np.uint8))
     return payload
 

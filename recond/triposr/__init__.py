@@ -1,8 +1,5 @@
-"""A from-scratch port of TripoSR (single image -> triplane NeRF) that loads the official weights."""
+"""A from-scratch port of TripoSR (single image -> triplane NeRF) that loads the official weights.
 
-from recond.triposr.config import TripoSRConfig, load_config, parse_config
-from recond.errors import ModelLoadError
-from recond.triposr.model import TripoSR
-from recond.triposr.preprocess import prepare_image
-
-__all__ = ["ModelLoadError", "TripoSR", "TripoSRConfig", "load_config", "parse_config", "prepare_image"]
+Kept free of imports: ``recond.triposr.model`` pulls in torch, and light modules (the errors,
+``reconctl status``) must be importable without it. Import from the submodules.
+"""

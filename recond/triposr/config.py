@@ -18,7 +18,6 @@ import yaml
 from recond.errors import ModelLoadError
 
 OFFICIAL_CONFIG_PATH = Path(__file__).with_name("official_config.yaml")
-DINO_VITB16_ID = "facebook/dino-vitb16"
 
 # Upstream class path of each part (official config.yaml) -> the section it configures.
 PART_CLASSES = {
@@ -100,7 +99,6 @@ class RendererConfig:
 @dataclass(frozen=True)
 class TripoSRConfig:
     cond_image_size: int
-    vit_name: str
     vit: ViTConfig
     tokenizer: TokenizerConfig
     backbone: BackboneConfig
@@ -125,11 +123,11 @@ def parse_config(raw: dict[str, Any], vit_config: ViTConfig | None = None,
         if found != class_path:
             raise ModelLoadError(
                 f"{source} asks for {part}_cls '{found}', but this port implements only '{class_path}'.")
-    image_section = _section(resolved, "image_tokenizer", source)
-    vit_name = str(image_section.get("pretrained_model_name_or_path", DINO_VITB16_ID))
+    # Upstream's layout has this section; the hub name in it is not used (the ViT's shape
+    # comes from vit_config, else DINO ViT-B/16, and its weights from model.ckpt).
+    _section(resolved, "image_tokenizer", source)
     return TripoSRConfig(
         cond_image_size=int(_require(resolved, "cond_image_size", source)),
-        vit_name=vit_name,
         vit=vit_config or DINO_VITB16,
         tokenizer=_record(TokenizerConfig, resolved, "tokenizer", source),
         backbone=_record(BackboneConfig, resolved, "backbone", source),

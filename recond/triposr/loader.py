@@ -5,31 +5,22 @@ never imports the model, so the two do not import each other.
 
 Upstream's folder layout: ``config.yaml`` + ``model.ckpt`` (a plain state dict), plus our
 optional ``vit_config.json``; without it the ViT is DINO ViT-B/16, whose config upstream would
-download. Hub ids go through huggingface_hub, so its cache and HF_HUB_OFFLINE apply.
+download. Hub ids are found or fetched by ``recond/hub.py``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from recond.errors import ModelLoadError
-
-CONFIG_NAME = "config.yaml"
-WEIGHTS_NAME = "model.ckpt"
-VIT_CONFIG_NAME = "vit_config.json"
+from recond.hub import (CONFIG_NAME, VIT_CONFIG_NAME, WEIGHTS_NAME, DownloadProgress, ModelFiles,
+                        cached_files, download_files, is_hub_id)
 
 
-@dataclass(frozen=True)
-class ModelFiles:
-    config: Path
-    weights: Path
-    vit_config: Path | None
-
-
-def locate_files(source: str) -> ModelFiles:
+def locate_files(source: str, progress: DownloadProgress | None = None) -> ModelFiles:
+    """The model's files: a local folder as it is, a hub id from the cache or, once, the hub."""
     folder = Path(source).expanduser()
     if folder.is_dir():
         vit_config = folder / VIT_CONFIG_NAME
@@ -37,30 +28,10 @@ def locate_files(source: str) -> ModelFiles:
     if folder.exists():
         raise ModelLoadError(f"The model path {source} is a file; expected a folder holding "
                              f"{CONFIG_NAME} and {WEIGHTS_NAME}.")
-    if _looks_like_path(source):
+    if not is_hub_id(source):
         raise ModelLoadError(f"The model folder {source} does not exist; expected a folder holding "
                              f"{CONFIG_NAME} and {WEIGHTS_NAME}.")
-    return download_files(source)
-
-
-def download_files(repo_id: str) -> ModelFiles:
-    """Fetch (or find in the cache) the files of a hub model such as stabilityai/TripoSR."""
-    from huggingface_hub import hf_hub_download
-
-    def fetch(filename: str) -> Path:
-        return Path(hf_hub_download(repo_id=repo_id, filename=filename))
-
-    try:
-        config, weights = fetch(CONFIG_NAME), fetch(WEIGHTS_NAME)
-    except Exception as exc:  # huggingface_hub raises many kinds (offline, 404, HTTP, bad id)
-        raise ModelLoadError(
-            f"'{repo_id}' is not a local folder and its {CONFIG_NAME} and {WEIGHTS_NAME} could not be "
-            f"fetched from the Hugging Face Hub or its cache ({type(exc).__name__}).") from None
-    try:
-        vit_config: Path | None = fetch(VIT_CONFIG_NAME)
-    except Exception:  # the official repository has none: DINO ViT-B/16 facts are built in
-        vit_config = None
-    return ModelFiles(config, weights, vit_config)
+    return cached_files(source) or download_files(source, progress)
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -97,7 +68,3 @@ def check_fit(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor],
         problems.append(f"{len(reshaped)} with another shape (e.g. {key}: {list(state[key].shape)} "
                         f"in the file, {list(expected[key].shape)} in the config)")
     raise ModelLoadError(f"The weights file {path} does not fit its config: {', '.join(problems)} tensors.")
-
-
-def _looks_like_path(source: str) -> bool:
-    return source.startswith(("/", ".", "~")) or source.count("/") > 1 or "\\" in source

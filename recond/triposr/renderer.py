@@ -8,13 +8,15 @@ keep a copy of it in tests/volume_render.py to check this field against upstream
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
 from recond.triposr.config import RendererConfig
 from recond.triposr.decoder import NeRFDecoder
 
-DENSITY_ACTIVATIONS = {
+DENSITY_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "exp": torch.exp,
     "trunc_exp": torch.exp,  # upstream's trunc_exp only clamps the gradient; forward is exp
     "sigmoid": torch.sigmoid,

@@ -1,0 +1,39 @@
+"""First-start downloads, finished before any job starts: the TripoSR weights of a hub id (with
+a percentage for `reconctl status`) and rembg's model. A job never waits on a download.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from recond.config import ModelSettings
+from recond.logging import get_logger
+
+log = get_logger("recond.downloads")
+
+
+def fetch_missing_models(settings: ModelSettings, report: Callable[[str], None]) -> None:
+    """Download what is missing; ``report`` gets lines like ``downloading model.ckpt: 42%``.
+
+    Raises ModelLoadError when the TripoSR weights are neither cached nor downloadable; a rembg
+    model that cannot be fetched is only logged (GrabCut stands in).
+    """
+    from recond.pipeline.background import download_rembg_model
+    from recond.hub import cached_files, download_files, is_hub_id
+
+    if is_hub_id(settings.model) and cached_files(settings.model) is None:
+        shown: list[tuple[str, int]] = []  # the last step reported
+
+        def progress(filename: str, fraction: float) -> None:
+            step = (filename, int(fraction * 100))
+            if not shown:
+                log.info("downloading the model weights (once; later starts use the cache)",
+                         model=settings.model)
+            if step not in shown:  # one database write per percent, not per chunk
+                shown[:] = [step]
+                report(f"downloading {settings.model} {filename}: {step[1]}%")
+
+        download_files(settings.model, progress)
+    problem = download_rembg_model(settings)
+    if problem:
+        log.warning(problem)

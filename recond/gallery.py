@@ -1,0 +1,134 @@
+"""The gallery of results: one card per finished job (thumbnail, source, date, faces, seconds,
+viewer link; failed jobs with their reason), as HTML.
+
+Two pages are made from it: the daemon keeps ``outbox/index.html`` (opened from the share with no
+server) and ``recond-web`` serves ``/gallery`` page by page. Light on purpose (no torch, no
+numpy): the worker calls it after every publish.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+from recond.logging import get_logger
+from recond.pipeline.names import RECORD_NAME, VIEWER_NAME, frame_name
+from recond.store import DONE, Job, Store
+from recond.web.names import shown_name
+
+GALLERY_NAME = "index.html"  # outbox/index.html
+THUMBNAIL_NAME = frame_name(0)  # the turntable's first frame
+STATIC_LIMIT = 1000  # the file:// gallery lists this many newest results; /gallery pages through all
+PAGE_CSS = Path(__file__).parent / "web" / "assets" / "page.css"
+
+log = get_logger("recond.gallery")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """What one gallery card shows."""
+
+    job_id: int
+    folder: str | None  # the result folder's name in the outbox (None for a failed job)
+    source: str
+    finished_at: float | None
+    seconds: float | None
+    faces: int | None
+    thumbnail: bool
+    error: str | None
+
+
+def entries(store: Store, outbox: Path, limit: int, offset: int = 0) -> list[Entry]:
+    """The newest finished jobs as cards (each card reads at most its result's job.json)."""
+    return [_entry(job, outbox) for job in store.finished(limit, offset)]
+
+
+def _entry(job: Job, outbox: Path) -> Entry:
+    seconds = (job.finished_at - job.started_at
+               if job.finished_at and job.started_at else None)
+    if job.state != DONE or not job.result_name:
+        return Entry(job.id, None, job.source, job.finished_at, seconds, None, False, job.error)
+    result_dir = outbox / job.result_name
+    return Entry(job.id, job.result_name, job.source, job.finished_at, seconds, _faces(result_dir),
+                 (result_dir / THUMBNAIL_NAME).is_file(), job.error)
+
+
+def _faces(result_dir: Path) -> int | None:
+    try:
+        return json.loads((result_dir / RECORD_NAME).read_text(encoding="utf-8")).get("faces")
+    except (OSError, ValueError):
+        return None
+
+
+def render_page(cards: list[Entry], results_href: str, viewer_file: str, title: str,
+                summary: str = "", nav: str = "", pager: str = "") -> str:
+    """A whole gallery page; links are ``results_href + folder + "/" + viewer_file``.
+
+    The file:// gallery links ``<folder>/index.html`` (a folder URL shows no index there); the
+    web one links ``/results/<folder>/``. ``nav`` and ``pager`` are trusted HTML.
+    """
+    items = "".join(_card(card, results_href, viewer_file) for card in cards)
+    empty = "" if cards else '<p class="facts">No results yet.</p>'
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"<title>{html.escape(title)} · recond</title>\n"
+        f"<style>\n{PAGE_CSS.read_text(encoding='utf-8')}</style>\n</head>\n<body>\n<main>\n"
+        f"<header><h1>{html.escape(title)}</h1><nav>{nav}</nav></header>\n"
+        f'<p class="facts">{html.escape(summary)}</p>\n'
+        f'<ul class="gallery">{items}</ul>\n{empty}{pager}\n</main>\n</body>\n</html>\n'
+    )
+
+
+def _card(card: Entry, results_href: str, viewer_file: str) -> str:
+    name = html.escape(shown_name(card.source))
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(card.finished_at)) if card.finished_at else ""
+    if card.folder is None:
+        return (f'<li class="card failed" data-job="{card.job_id}"><div class="no-thumb">failed</div>'
+                f'<div class="meta"><span class="name">{name}</span><span class="facts">{when}</span>'
+                f'<span class="error">{html.escape(card.error or "")}</span></div></li>')
+    folder = f"{results_href}{quote(card.folder)}/"
+    facts = [when]
+    if card.faces is not None:
+        facts.append(f"{card.faces:,} faces")
+    if card.seconds is not None:
+        facts.append(f"{card.seconds:.0f} s")
+    image = (f'<img src="{folder}{THUMBNAIL_NAME}" alt="" loading="lazy">' if card.thumbnail
+             else '<div class="no-thumb"></div>')
+    return (f'<li class="card" data-job="{card.job_id}"><a href="{folder}{viewer_file}">{image}</a>'
+            f'<div class="meta"><a class="name" href="{folder}{viewer_file}">{name}</a>'
+            f'<span class="facts">{" · ".join(facts)}</span></div></li>')
+
+
+def write_gallery(outbox: Path, store: Store) -> Path | None:
+    """Rewrite ``outbox/index.html`` atomically (temp file + rename); never raises.
+
+    A gallery is a convenience: a full disk or a read-only share must not fail the job that
+    was just published, so problems are logged and the old page stays.
+    """
+    target = outbox / GALLERY_NAME
+    try:
+        total = store.count_finished()
+        cards = entries(store, outbox, STATIC_LIMIT)
+        more = f"; the newest {STATIC_LIMIT} are shown" if total > STATIC_LIMIT else ""
+        page = render_page(cards, "", VIEWER_NAME, "Results",
+                           summary=f"{total:,} finished jobs, newest first{more}.")
+        descriptor, temporary = tempfile.mkstemp(dir=outbox, prefix=".index.", suffix=".tmp")
+        try:
+            with os.fdopen(descriptor, "w", encoding="utf-8") as stream:
+                stream.write(page)
+            os.chmod(temporary, 0o664)
+            os.replace(temporary, target)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+    except Exception as error:  # see the docstring: logged, never fatal
+        log.warning("outbox gallery not written", path=str(target), error=str(error))
+        return None
+    return target

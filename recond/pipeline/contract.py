@@ -1,0 +1,41 @@
+"""What the worker (and ``reconctl process``) may ask of a warm pipeline, as types.
+
+The real :class:`recond.pipeline.runner.Pipeline` imports torch; this module does not, so the
+worker can name the interface it calls (and a type checker can follow the call) while torch
+loads only when a pipeline is built.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from recond.config import JobSettings
+from recond.pipeline.progress import Progress
+
+ProgressCallback = Callable[[Progress], None]
+
+
+@dataclass
+class JobResult:
+    """One published result folder and what happened on the way."""
+
+    result_dir: Path
+    warnings: list[str] = field(default_factory=list)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+class WarmPipeline(Protocol):
+    """Built once from the model settings; turns one picture into one result folder per call."""
+
+    model_id: str
+    device: str
+    background_method: str
+
+    def run(self, source: Path, outbox: Path, result_name: str, job: JobSettings,
+            progress: ProgressCallback | None = None) -> JobResult:
+        """Turn ``source`` into ``outbox/result_name`` with ``job``'s settings."""
+        ...

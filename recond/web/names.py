@@ -1,0 +1,30 @@
+"""How a web upload is named in the inbox, and how that name reads back for people.
+
+An upload is saved as ``web/<upload id>-<name>``: the id makes it unique and lets a client find
+its job (the job's ``source`` starts with ``web/<upload id>-``). Pages show just ``<name>``.
+Light (no web stack), because the daemon's gallery uses :func:`shown_name` too.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import PurePosixPath
+
+UPLOAD_FOLDER = "web"  # inbox/web/: result names then read <time>_web_<upload id>-<name>
+UPLOAD_ID = re.compile(r"[0-9a-f]{16}")
+_UPLOADED = re.compile(rf"{UPLOAD_FOLDER}/[0-9a-f]{{16}}-(?P<name>.+)")
+
+
+def upload_prefix(upload_id: str) -> str:
+    """The start of the inbox path (the job's ``source``) of every file of this upload."""
+    return f"{UPLOAD_FOLDER}/{upload_id}-"
+
+
+def upload_source(upload_id: str, name: str) -> str:
+    return f"{upload_prefix(upload_id)}{name}"
+
+
+def shown_name(source: str) -> str:
+    """What a page calls a job's picture: its inbox path, without a web upload's id."""
+    uploaded = _UPLOADED.fullmatch(source)
+    return uploaded["name"] if uploaded else str(PurePosixPath(source))

@@ -1,0 +1,239 @@
+"""Web uploads into the inbox, where the daemon's intake takes them like any dropped file.
+
+Each file of a multipart request streams straight to a hidden name in ``inbox/web/`` (the intake
+ignores dot-files), is checked by the pipeline's own rules (size, image header), and only when
+every file of the request passed is each renamed to its upload name (names.py), whose upload id
+is how a client finds its job before the daemon has made it. A refusal or a client that goes away removes every
+temporary file, so nothing half-written is ever left in the inbox.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import unicodedata
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, BinaryIO
+
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import Request
+
+from recond.config import Settings
+from recond.errors import InputError
+from recond.intake import is_ignored
+from recond.pipeline.image import check_size, is_picture_name, open_image
+from recond.web.names import UPLOAD_FOLDER, upload_source
+
+if TYPE_CHECKING:  # python-multipart declares its callback table for type checkers only
+    from python_multipart.multipart import MultipartCallbacks
+
+MAX_NAME_CHARS = 120
+MULTIPART_OVERHEAD = 64 * 1024  # headers and boundaries around each file, at most
+WINDOWS_FORBIDDEN = set('<>:"|?*')  # the inbox is often an SMB share that Windows clients browse
+
+
+class UploadRefused(Exception):
+    """An upload the server will not take: an HTTP status and one sentence for the client."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One accepted file, now in the inbox under ``source``."""
+
+    upload_id: str
+    name: str
+    source: str
+    size: int
+
+
+def check_name(name: str) -> str:
+    """The client's file name, if it is a plain, visible name; else UploadRefused (400)."""
+    problem = None
+    if not name.strip():
+        problem = "has no file name"
+    elif "/" in name or "\\" in name or name in (".", ".."):
+        problem = "is a path, not a file name (no /, \\ or ..)"
+    elif name.startswith("."):
+        problem = "is a hidden name (starts with a dot)"
+    elif len(name) > MAX_NAME_CHARS:
+        problem = f"is longer than {MAX_NAME_CHARS} characters"
+    elif any(unicodedata.category(char).startswith("C") for char in name):
+        problem = "contains control or invisible characters"
+    elif WINDOWS_FORBIDDEN & set(name):
+        problem = "contains one of < > : \" | ? * (not allowed in names on the share)"
+    elif is_ignored(PurePosixPath(upload_source("0" * 16, name))):
+        problem = "ends like a temporary file (.part, .tmp, .crdownload), which the inbox ignores"
+    if problem:
+        raise UploadRefused(400, f"file name {name!r} {problem}")
+    if not is_picture_name(name):  # the intake would leave it in the inbox, never a job
+        raise UploadRefused(415, f"file name {name!r} does not end in a picture extension "
+                                 "(.jpg, .png, .webp, ...); nothing was saved")
+    return name
+
+
+class _Receiver:
+    """python-multipart callbacks: each file part goes to its own hidden file in the inbox."""
+
+    def __init__(self, settings: Settings, folder: Path) -> None:
+        self.settings, self.folder = settings, folder
+        self.accepted: list[tuple[Upload, Path]] = []
+        self._header_field = b""
+        self._header_value = b""
+        self._disposition = b""
+        self._current: tuple[str, str, Path, BinaryIO] | None = None  # upload id, name, path, file
+        self._size = 0
+
+    def callbacks(self) -> MultipartCallbacks:
+        return {"on_part_begin": self._part_begin, "on_header_field": self._header_field_data,
+                "on_header_value": self._header_value_data, "on_header_end": self._header_end,
+                "on_headers_finished": self._headers_finished, "on_part_data": self._part_data,
+                "on_part_end": self._part_end}
+
+    def _part_begin(self) -> None:
+        self._disposition = b""
+
+    def _header_field_data(self, data: bytes, start: int, end: int) -> None:
+        self._header_field += data[start:end]
+
+    def _header_value_data(self, data: bytes, start: int, end: int) -> None:
+        self._header_value += data[start:end]  # python-multipart caps a header's size
+
+    def _header_end(self) -> None:
+        if self._header_field.lower() == b"content-disposition":
+            self._disposition = self._header_value
+        self._header_field = self._header_value = b""
+
+    def _headers_finished(self) -> None:
+        _, options = parse_options_header(self._disposition)
+        if b"filename" not in options:
+            return  # a plain form field: ignored (its bytes are not stored)
+        if len(self.accepted) + 1 > self.settings.web_max_files:
+            raise UploadRefused(413, f"more than {self.settings.web_max_files} files in one "
+                                     "request (setting web_max_files)")
+        name = check_name(options[b"filename"].decode("utf-8", "replace"))
+        upload_id = secrets.token_hex(8)
+        path = self.folder / f".{upload_id}-{name}.part"
+        self._current, self._size = (upload_id, name, path, path.open("xb")), 0
+
+    def _part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._current is None:
+            return
+        _, name, _, stream = self._current
+        self._size += end - start
+        if self._size > self.settings.max_file_bytes:
+            raise UploadRefused(413, _refusal(name, self._size, self.settings))
+        stream.write(data[start:end])
+
+    def _part_end(self) -> None:
+        if self._current is None:
+            return
+        upload_id, name, path, stream = self._current
+        stream.close()
+        self._current = None
+        try:
+            self._check_picture(name, path)
+        except UploadRefused:
+            path.unlink(missing_ok=True)
+            raise
+        source = upload_source(upload_id, name)
+        self.accepted.append((Upload(upload_id, name, source, self._size), path))
+
+    def _check_picture(self, name: str, path: Path) -> None:
+        try:
+            check_size(name, self._size, self.settings.max_file_bytes)
+            with path.open("rb") as stream:
+                open_image(stream, name, self.settings.max_image_pixels, self._size)
+        except InputError as error:
+            status = 400 if self._size == 0 else 415
+            raise UploadRefused(status, f"{error}; nothing was saved") from None
+
+    def publish(self, inbox: Path) -> list[Upload]:
+        """Rename every checked file to its final name: from now on the intake sees it."""
+        if self._current is not None:
+            raise UploadRefused(400, f"the request ended in the middle of {self._current[1]}; "
+                                     "nothing was saved")
+        if not self.accepted:
+            raise UploadRefused(400, "the request holds no file (send multipart/form-data with "
+                                     "one or more file fields, e.g. curl -F image=@photo.jpg)")
+        for upload, path in self.accepted:
+            os.rename(path, inbox / upload.source)
+        uploads = [upload for upload, _ in self.accepted]
+        self.accepted = []
+        return uploads
+
+    def discard(self) -> None:
+        """Remove everything this request wrote (a refusal, an error or a client gone away)."""
+        if self._current is not None:
+            self._current[3].close()
+            self._current[2].unlink(missing_ok=True)
+            self._current = None
+        for _, path in self.accepted:
+            path.unlink(missing_ok=True)
+        self.accepted = []
+
+
+def _refusal(name: str, size: int, settings: Settings) -> str:
+    try:
+        check_size(name, size, settings.max_file_bytes)
+    except InputError as error:
+        return f"{error}; nothing was saved"
+    return f"{name} is too large; nothing was saved"
+
+
+async def receive_uploads(request: Request, settings: Settings) -> list[Upload]:
+    """Stream a multipart request's files into the inbox, all or none; raises UploadRefused.
+
+    A client disconnecting raises starlette's ClientDisconnect after the files are removed.
+    """
+    content_type, options = parse_options_header(request.headers.get("content-type", ""))
+    if content_type != b"multipart/form-data" or b"boundary" not in options:
+        raise UploadRefused(415, "send the pictures as multipart/form-data "
+                                 "(e.g. curl -F image=@photo.jpg)")
+    declared = request.headers.get("content-length")
+    most = settings.web_max_files * (settings.max_file_bytes + MULTIPART_OVERHEAD)
+    if declared and declared.isdigit() and int(declared) > most:
+        raise UploadRefused(413, f"the request is {int(declared) / 1e6:.1f} MB, more than "
+                                 f"{settings.web_max_files} files of at most "
+                                 f"{settings.max_file_bytes / 1e6:.1f} MB (settings "
+                                 "web_max_files, max_file_bytes); nothing was saved")
+    inbox = settings.inbox.resolve()
+    if not inbox.is_dir():  # never create it: on an unmounted share that would hide the mount
+        raise UploadRefused(503, f"the inbox {inbox} is not there (a share that is down?); "
+                                 "try again later")
+    folder = inbox / UPLOAD_FOLDER
+    folder.mkdir(exist_ok=True)
+    receiver = _Receiver(settings, folder)
+    parser = MultipartParser(options[b"boundary"], receiver.callbacks())
+    body = request.stream()
+    try:
+        async for chunk in body:
+            parser.write(chunk)
+        parser.finalize()
+        return receiver.publish(inbox)
+    except MultipartParseError as error:
+        await _drain(body)
+        raise UploadRefused(400, f"the request body is not valid multipart/form-data ({error}); "
+                                 "nothing was saved") from None
+    except UploadRefused:
+        await _drain(body)
+        raise
+    except OSError as error:  # a full disk, a share gone read-only
+        await _drain(body)
+        raise UploadRefused(507, f"the upload could not be saved in the inbox ({error.strerror}); "
+                                 "nothing was kept") from None
+    finally:
+        receiver.discard()
+
+
+async def _drain(body: AsyncIterator[bytes]) -> None:
+    """Read the rest of a refused request (at most the limit checked above) without keeping it,
+    so the client, still sending, gets to read our answer instead of a broken connection."""
+    async for _ in body:
+        pass
