@@ -54,9 +54,10 @@ class TripoSR(nn.Module):
                         dtype: torch.dtype = torch.float32) -> TripoSR:
         """Load a model folder or Hugging Face id; raises ModelLoadError with one sentence.
 
-        The model is built on the meta device and adopts the checkpoint's tensors (no second
-        copy). The weights are read whole here, so loading pays for the disk and the first
-        encode costs what a warm one does (a lazily paged checkpoint doubled it, issue 7).
+        The model is built on the meta device and adopts the checkpoint's memory-mapped tensors
+        (no second copy). They are paged in here (loader.page_in), so loading pays for the disk
+        and the first encode costs what a warm one does (a lazily paged checkpoint doubled it,
+        issue 7).
         """
         files = loader.locate_files(str(source))
         config = load_config(files.config, files.vit_config)
