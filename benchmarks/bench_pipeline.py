@@ -41,7 +41,9 @@ CHAIR = SHARED / "examples" / "chair.png"
 sys.path.insert(0, str(REPO / "benchmarks"))
 import bench_triposr  # noqa: E402  (the full-size random-weight model, shared with bench_triposr)
 
+from recond import layout  # noqa: E402
 from recond.config import JobSettings, Settings, load_settings, part_of  # noqa: E402
+from recond.pipeline.contract import JobResult  # noqa: E402
 from recond.pipeline.runner import Pipeline  # noqa: E402
 from recond.triposr.model import TripoSR  # noqa: E402
 from recond.triposr.preprocess import prepare_image  # noqa: E402
@@ -81,7 +83,7 @@ def bench_chair(runs: int, scratch: Path) -> None:
     print(f"build (model + background remover): {time.perf_counter() - started:.2f} s")
     for run in range(runs):
         started = time.perf_counter()
-        result = pipeline.run(CHAIR, scratch / "outbox", f"run_{run}", part_of(settings, JobSettings))
+        result = run_job(pipeline, settings, scratch, f"run_{run}")
         total = time.perf_counter() - started
         print(f"run {run + 1} ({load_average()}):")
         print(f"  {'stage':<12}{'seconds':>8}  {'share':>6}")
@@ -97,6 +99,15 @@ def bench_chair(runs: int, scratch: Path) -> None:
         print(f"  result folder {sum(sizes.values()) / 2 ** 20:.1f} MB: "
               + ", ".join(f"{name} {size / 2 ** 20:.2f} MB" for name, size in big))
     print(f"peak RSS: {peak_rss_gib():.2f} GiB")
+
+
+def run_job(pipeline: Pipeline, settings: Settings, scratch: Path, name: str) -> JobResult:
+    """chair.png through the pipeline into a published result folder, as the worker does it."""
+    result, folder = layout.build_result(
+        scratch / "outbox", name, "bench",
+        lambda staging: pipeline.run(CHAIR, staging, part_of(settings, JobSettings)))
+    result.result_dir = folder
+    return result
 
 
 def save_full_size_model(folder: Path) -> None:
@@ -138,8 +149,7 @@ def full_size_child(folder: Path, job: bool, scratch: Path) -> None:
         pipeline = Pipeline(settings, model=chair_after_the_forward(model, settings))
         for label in ("first job", "warm job"):
             started = time.perf_counter()
-            result = pipeline.run(CHAIR, scratch / "outbox", label.replace(" ", "_"),
-                                  part_of(settings, JobSettings))
+            result = run_job(pipeline, settings, scratch, label.replace(" ", "_"))
             print(f"  {label} on {CHAIR.name}: {time.perf_counter() - started:.1f} s, "
                   f"faces {result.record['faces']}, stages "
                   + ", ".join(f"{k} {v:.1f}" for k, v in result.stage_seconds.items()))

@@ -21,9 +21,9 @@ import click
 from recond.config import JobSettings, Settings, SettingsError, load_settings, part_of
 from recond.errors import MODEL_HELP, ModelLoadError
 from recond.folders import SHARE_FOLDERS, waiting_reason
-from recond.intake import FAILED_FOLDER, result_name_for
+from recond import layout
 from recond.pipeline.names import RECORD_NAME, VIDEO_NAME
-from recond.store import DONE, FAILED, RUNNING, Job, Store, pid_alive
+from recond.store import DONE, FAILED, RUNNING, Job, Store, StoreError, pid_alive
 
 PROCESS_MODEL_HELP = (
     "put the TripoSR weights (config.yaml + model.ckpt from stabilityai/TripoSR) in a folder and "
@@ -41,7 +41,12 @@ def _settings(ctx: click.Context, **overrides: object) -> Settings:
 
 def _store(settings: Settings) -> Store | None:
     """The job database, or None when recond has never run with these settings."""
-    return Store(settings.db_path) if settings.db_path.is_file() else None
+    if not settings.db_path.is_file():
+        return None
+    try:
+        return Store(settings.db_path)
+    except StoreError as error:
+        raise click.ClickException(str(error)) from None
 
 
 def _remember_config(ctx: click.Context, param: click.Parameter, value: Path | None) -> None:
@@ -89,6 +94,7 @@ def status_report(settings: Settings, recent: int = 10) -> dict[str, Any]:
             "model_detail": daemon.get("model_detail") if running else None,
             "device": daemon.get("device") if running else None,
             "watcher_warnings": daemon.get("watcher_warnings", []) if running else [],
+            "worker_warning": daemon.get("worker_warning") if running else None,
         },
         "counts": store.counts() if store else dict.fromkeys(
             ("queued", "running", "done", "failed", "duplicate"), 0),
@@ -167,7 +173,7 @@ def _format_status(report: dict[str, Any]) -> str:
             if job["duplicate_of"]:
                 outcome = f"same bytes as #{job['duplicate_of']}: {outcome}"
             lines.append(f"  #{job['id']:<5} {job['state']:<9} {job['source']}  {outcome}".rstrip())
-    for warning in daemon["watcher_warnings"]:
+    for warning in [*daemon["watcher_warnings"], *filter(None, [daemon["worker_warning"]])]:
         lines.append(f"warning: {warning}")
     return "\n".join(lines)
 
@@ -253,14 +259,9 @@ def retry(ctx: click.Context, job_id: int) -> None:
     kept = Path(job.output) if job.output else None
     if kept is None or not kept.is_file():
         raise click.ClickException(
-            f"the file of job {job_id} is no longer in {settings.inbox / FAILED_FOLDER}; "
+            f"the file of job {job_id} is no longer in {settings.inbox / layout.FAILED_FOLDERS[0]}; "
             "drop it into the inbox again to retry")
-    target = settings.inbox / job.source
-    if target.exists():
-        target = settings.inbox / kept.name
-    target.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(kept, target)
-    kept.with_name(kept.name + ".error.txt").unlink(missing_ok=True)
+    target = layout.move_back_from_failed(settings.inbox, kept, job.source_name)
     click.echo(f"moved back to {target}; recond will queue it as a new job")
 
 
@@ -422,9 +423,9 @@ def process(ctx: click.Context, images: tuple[Path, ...], out: Path | None, mode
         raise click.ClickException(f"pipeline not loaded: {error} -- to fix: {fix}") from None
     out = (out or settings.outbox).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    failures = 0
-    for image in images:
-        name = _free_name(out, result_name_for(image.name, time.time()))
+    failures, owner = 0, f"process{os.getpid()}"
+    for number, image in enumerate(images):
+        name = layout.result_name_for(image.name, time.time())
         # Percent and times only: tqdm's rate would flip between %/s and s/% as stages speed up.
         with tqdm(total=100, desc=image.name, file=sys.stderr, leave=False,
                   bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}") as bar:
@@ -432,24 +433,18 @@ def process(ctx: click.Context, images: tuple[Path, ...], out: Path | None, mode
                 bar.set_postfix_str(progress.stage, refresh=False)
                 bar.update(round(progress.overall * 100) - bar.n)
             try:
-                result = pipeline.run(image.resolve(), out, name, part_of(settings, JobSettings),
-                                      progress=report)
+                result, folder = layout.build_result(  # staged, then published as the worker does
+                    out, name, f"{owner}-{number}",
+                    lambda staging: pipeline.run(image.resolve(), staging,
+                                                 part_of(settings, JobSettings), progress=report))
             except Exception as error:  # recorded per image; the others still run
                 failures += 1
                 click.echo(f"{image}: failed: {describe_failure(error)[0]}")
                 continue
-        click.echo(f"{image}: {result.result_dir}")
+        click.echo(f"{image}: {folder}")
         for warning in result.warnings:
             click.echo(f"{image}: warning: {warning}")
     sys.exit(1 if failures else 0)
-
-
-def _free_name(out: Path, name: str) -> str:
-    candidate, number = name, 1
-    while (out / candidate).exists():
-        number += 1
-        candidate = f"{name}-{number}"
-    return candidate
 
 
 def main() -> None:

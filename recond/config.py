@@ -53,6 +53,7 @@ class IntakeSettings(_Part):
     poll_interval: float = Field(2.0, gt=0, description="Seconds between polls in polling mode.")
     settle_seconds: float = Field(3.0, ge=0, description="Size/mtime must be stable this long.")
     rescan_seconds: float = Field(300.0, gt=0, description="Full inbox rescan period.")
+    follow_inbox_links: bool = Field(False, description="Take symlinks to files inside the inbox.")
 
 
 class ModelSettings(_Part):
@@ -96,6 +97,7 @@ class JobSettings(_Part):
 
     max_image_pixels: int = Field(60_000_000, ge=1, description="Refuse larger images.")
     max_file_bytes: int = Field(200 * 1024 * 1024, ge=1, description="Refuse larger files.")
+    max_aspect_ratio: float = Field(20.0, ge=1.0, description="Refuse longer/shorter side beyond this.")
     foreground_ratio: float = Field(0.85, gt=0.1, le=1.0, description="Object size in the frame.")
     chunk_size: int = Field(8192, ge=1024, description="Points per decoder call (speed and memory).")
     mc_resolution: int = Field(256, ge=16, le=1024, description="Marching-cubes grid size.")

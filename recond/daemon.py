@@ -24,7 +24,7 @@ from recond.folders import (FolderError, create_state_dir, folder_error, missing
                             missing_share_folders)
 from recond.intake import Intake
 from recond.logging import configure_logging, get_logger
-from recond.store import Store
+from recond.store import Store, StoreError
 from recond.worker import Worker, build_pipeline
 
 HEARTBEAT_SECONDS = 5.0  # daemon row refresh and systemd watchdog ping (WatchdogSec=60)
@@ -62,14 +62,9 @@ class Daemon:
             settings = self.settings  # a SIGHUP while waiting may have changed the folders
             worker = Worker(settings, store, pipeline_factory=partial(
                 build_pipeline, report=lambda line: store.daemon_update(model_detail=line),
-                stage_history=settings.state_dir))
-            requeued, exhausted = store.recover_after_crash(settings.max_attempts)
-            for job in requeued:
-                log.warning("job requeued after a crash", job=job.id, file=job.source,
-                            attempts=job.attempts)
-            for job in exhausted:
-                log.error("job failed", job=job.id, file=job.source, error=job.error)
-                worker.fail_job(job, job.error or "")
+                stage_history=settings.state_dir),
+                on_file_changed=self._file_changed)
+            worker.recover()
             self.intake = Intake(settings, store, on_enqueued=lambda job: worker.wake())
             self.intake.start()
             log.info("recond started", pid=os.getpid(), inbox=str(settings.inbox.resolve()),
@@ -138,6 +133,11 @@ class Daemon:
                 if finished is not None:
                     return finished
         return 0
+
+    def _file_changed(self, path: Path) -> None:
+        """The worker found new bytes under a queued name: intake queues them once settled."""
+        if self.intake is not None:
+            self.intake.consider(path)
 
     def _heartbeat(self, store: Store, warnings: list[str]) -> None:
         store.daemon_update(heartbeat_at=time.time(), watcher_warnings=warnings)
@@ -221,7 +221,7 @@ def main(config_path: Path | None, once: bool) -> None:
     try:
         settings = load_settings(config_path)
         code = Daemon(settings, config_path).run(once=once)
-    except (SettingsError, FolderError, AlreadyRunning, OSError) as error:
+    except (SettingsError, FolderError, AlreadyRunning, StoreError, OSError) as error:
         click.echo(f"recond: {error}", err=True)
         sys.exit(2 if isinstance(error, SettingsError) else 1)
     sys.exit(code)

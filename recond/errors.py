@@ -39,10 +39,22 @@ SETTINGS_HELP = (
     "`reconctl doctor` checks each part"
 )
 
+# rembg imports numba, which caches compiled code beside the package or under $HOME; a service
+# user with neither writable fails with "cannot cache function ...: no locator available".
+NUMBA_HELP = (
+    "numba (used by rembg) needs a writable cache folder: set NUMBA_CACHE_DIR to one "
+    "(the systemd unit sets /var/lib/recond/numba) or give the service user a writable HOME, "
+    "then run `systemctl reload recond` (SIGHUP)"
+)
+
 
 def loading_fix(error: BaseException) -> str:
-    """How to fix a pipeline that would not build: the weights, or another setting."""
-    return MODEL_HELP if isinstance(error, ModelLoadError) else SETTINGS_HELP
+    """How to fix a pipeline that would not build: the weights, numba's cache, or a setting."""
+    if isinstance(error, ModelLoadError):
+        return MODEL_HELP
+    if "no locator available" in str(error) or "cannot cache function" in str(error):
+        return NUMBA_HELP
+    return SETTINGS_HELP
 
 
 def describe_failure(error: BaseException) -> tuple[str, bool]:

@@ -3,15 +3,15 @@ has stopped changing, and records it in the store as a job.
 
 It only queues; the worker processes. Watchers on network shares die silently (the polling
 emitter stops for good when the share vanishes, watchdog issue #1065), so ``supervise`` checks
-the watcher and re-arms it.
+the watcher and re-arms it. Only regular files are taken, read through ``recond.dropped``: a
+FIFO, device or link never blocks or leaks through intake, an empty file is never settled, and
+a copy of a picture is removed only once a published result holds its bytes.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import os
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -23,12 +23,13 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
+from recond import dropped
 from recond.config import Settings
+from recond.layout import display_name, is_in_failed, remove_emptied_folders, result_holds, result_name_for
 from recond.logging import get_logger
 from recond.pipeline.image import is_picture_name
-from recond.store import DUPLICATE, Job, Store
+from recond.store import ACTIVE, DONE, DUPLICATE, FAILED, Job, Store
 
-FAILED_FOLDER = "failed"  # inbox/failed/ holds files that could not be processed
 IGNORED_NAMES = (".*", "~$*", "*.part", "*.crdownload", "*.tmp", "thumbs.db", "._*")
 JUNK_FOLDERS = {"@eadir", ".stfolder", "__macosx", ".trashes", ".spotlight-v100"}
 MAX_WARNINGS = 10
@@ -39,7 +40,7 @@ log = get_logger("recond.intake")
 def is_ignored(relative: PurePosixPath) -> bool:
     """Temporary, hidden and system files, junk folders and inbox/failed/ are never jobs."""
     parts = relative.parts
-    if len(parts) > 1 and parts[0] == FAILED_FOLDER:
+    if is_in_failed(relative):
         return True
     if any(folder.lower() in JUNK_FOLDERS or folder.startswith(".") for folder in parts[:-1]):
         return True
@@ -47,27 +48,14 @@ def is_ignored(relative: PurePosixPath) -> bool:
     return any(fnmatch.fnmatchcase(name, pattern) for pattern in IGNORED_NAMES)
 
 
-def result_name_for(source: str, queued_at: float) -> str:
-    """``20261125-071503_<subfolders>_<stem>``: sorts by time, says where the photo came from."""
-    relative = PurePosixPath(source)
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(queued_at))
-    words = [re.sub(r"[^\w.-]+", "-", part).strip(".-") for part in (*relative.parent.parts, relative.stem)]
-    return "_".join([stamp, *(word for word in words if word)])
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 @dataclass
 class _Observation:
     size: int
     mtime_ns: int
     stable_since: float
+    parked: bool = False  # empty, unreadable or not a file: watched, but not waited for by --once
+    waiting_on: int | None = None  # a running job of this path: its new bytes wait for it to end
+    touched: bool = False  # an event arrived since it was last checked
 
 
 class _Events(FileSystemEventHandler):
@@ -99,6 +87,7 @@ class Intake:
         self.warnings: list[str] = []
         self.not_pictures: set[str] = set()  # inbox paths left alone, logged once
         self._pending: dict[Path, _Observation] = {}
+        self._reported: set[Path] = set()  # told once (log, status): unreadable, link, not a file
         self._changed = threading.Condition()
         self._stopping = threading.Event()
         self._observer: BaseObserver | None = None
@@ -122,7 +111,7 @@ class Intake:
     def idle(self) -> bool:
         """Nothing waiting to settle (used by ``recond --once``)."""
         with self._changed:
-            return not self._pending
+            return all(seen.parked for seen in self._pending.values())
 
     # Finding candidates.
 
@@ -153,22 +142,25 @@ class Intake:
             self._leave_alone(relative.as_posix())
             return
         with self._changed:
-            if path not in self._pending:
+            seen = self._pending.get(path)
+            if seen is None:
                 self._pending[path] = _Observation(-1, -1, time.monotonic())
                 self._changed.notify_all()
+            else:
+                seen.touched = True  # an event while we look at it: settle it again afterwards
 
     def _leave_alone(self, source: str) -> None:
         """A file that is not a picture (README.md, notes.txt) is never a job and never moved."""
         if source not in self.not_pictures:
             self.not_pictures.add(source)
-            log.info("not a picture; left in the inbox", file=source)
+            log.info("not a picture; left in the inbox", file=display_name(source))
 
     def not_pictures_note(self) -> list[str]:
         """For status: how many such files are still in the inbox (a line, or none)."""
         self.not_pictures = {source for source in self.not_pictures if (self.inbox / source).exists()}
         if not self.not_pictures:
             return []
-        names = sorted(self.not_pictures)
+        names = sorted(display_name(source) for source in self.not_pictures)
         listed = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
         return [f"{len(names)} file(s) in the inbox are not pictures and are left alone: {listed}"]
 
@@ -189,48 +181,113 @@ class Intake:
 
     def _check(self, path: Path, seen: _Observation) -> None:
         now = time.monotonic()
-        try:
-            status = path.stat()
-        except OSError:
-            self._forget(path)  # gone (renamed away, deleted): its new name brings its own event
+        seen.touched = False  # what happened so far shows in the stat below
+        if seen.waiting_on is not None:
+            job = self.store.get(seen.waiting_on)
+            if job is not None and job.state in ACTIVE:
+                return
+            seen.waiting_on, seen.stable_since = None, now
+        readable = self._readable(path, seen)
+        if readable is None:
             return
+        status = readable.stat()
         if (status.st_size, status.st_mtime_ns) != (seen.size, seen.mtime_ns):
             seen.size, seen.mtime_ns, seen.stable_since = status.st_size, status.st_mtime_ns, now
             return
-        if now - seen.stable_since < self.settings.settle_seconds:
+        # An empty file is never settled: share clients create the name first and write later.
+        seen.parked = status.st_size == 0
+        if seen.parked or now - seen.stable_since < self.settings.settle_seconds:
             return
         try:
-            sha256 = sha256_of(path)  # also proves the file can be opened and read
-            if path.stat().st_mtime_ns != seen.mtime_ns:
+            sha256, size = dropped.fingerprint(readable, self.inbox)
+            if readable.stat().st_mtime_ns != seen.mtime_ns or size != status.st_size:
                 return  # written to while we read it
-        except OSError as exc:
-            log.debug("file not readable yet", file=str(path), error=str(exc))
+        except PermissionError as error:
+            self._report_once(path, f"cannot read {self._shown(path)} ({error.strerror}); "
+                                    "it stays in the inbox until recond may read it")
+            seen.parked = True
             return
-        self._enqueue(path, sha256, status.st_size)
-        self._forget(path)  # only now, so `idle()` never sees a file that is in neither place
+        except OSError as error:
+            log.debug("file not readable yet", file=self._shown(path), error=str(error))
+            return
+        self._record(path, seen, sha256, size)
 
-    def _enqueue(self, path: Path, sha256: str, size: int) -> None:
+    def _readable(self, path: Path, seen: _Observation) -> Path | None:
+        """The regular file to read for this name, or None (gone, or never to be taken)."""
+        kind = dropped.kind(path)
+        if kind is None:
+            self._forget(path)  # gone (renamed away, deleted): its new name brings its own event
+            return None
+        if kind == dropped.FILE:
+            return path
+        seen.parked = True
+        if kind == dropped.OTHER:
+            if path not in self._reported:
+                self._reported.add(path)
+                log.info("not a regular file; ignored", file=self._shown(path))
+            return None
+        target = dropped.link_target_inside(path, self.inbox) if self.settings.follow_inbox_links else None
+        if target is None:
+            self._report_once(path, f"{self._shown(path)} is a symlink; ignored (recond takes only "
+                                    "regular files; follow_inbox_links allows links to files "
+                                    "inside the inbox)")
+        return target
+
+    def _record(self, path: Path, seen: _Observation, sha256: str, size: int) -> None:
         source = self._relative(path).as_posix()
-        job, created = self.store.enqueue(
-            source, sha256, size, result_name_for(source, time.time()),
-            result_exists=lambda output: bool(output) and Path(output).is_dir())
+        latest = self.store.latest(source)
+        if latest and latest.sha256 == sha256:
+            if latest.state in (DONE, DUPLICATE) and self._held_by_result(latest.output, sha256):
+                self._remove_copy(path, source, sha256)  # a removal that failed before
+                self._forget(path)
+                return
+            if latest.state == FAILED and latest.output == str(path):
+                self._forget(path)  # failed, and could not be moved to failed/: not again
+                return
+        job, created = self.store.enqueue(source, sha256, size, result_name_for(source, time.time()),
+                                          result_holds=self._held_by_result)
+        if not created and job.sha256 != sha256:
+            seen.waiting_on = job.id  # changed while its job runs: a new job once that ends
+            return
+        self._forget(path)  # only now, so `idle()` never sees a file that is in neither place
         if not created:
             return
         if job.state == DUPLICATE:
-            # Byte-identical to a photo that has (or will have) a result: its bytes already live
-            # there as source.<ext>, so removing this copy loses nothing.
-            try:
-                path.unlink(missing_ok=True)
-            except OSError as error:
-                log.warning("duplicate not removed from the inbox", file=source, error=str(error))
-            log.info("duplicate recorded", job=job.id, file=source, duplicate_of=job.duplicate_of,
+            log.info("duplicate recorded", job=job.id, file=job.source, duplicate_of=job.duplicate_of,
                      output=job.output)
-            return
-        log.info("job queued", job=job.id, file=source, bytes=size, result_name=job.result_name)
+            if self._held_by_result(job.output, sha256):
+                self._remove_copy(path, source, sha256)
+            return  # a copy of an active job waits for its result (the worker removes it then)
+        log.info("job queued", job=job.id, file=job.source, bytes=size, result_name=job.result_name)
         self.on_enqueued(job)
 
+    def _held_by_result(self, output: str | None, sha256: str) -> bool:
+        return result_holds(output, sha256)
+
+    def _remove_copy(self, path: Path, source: str, sha256: str) -> None:
+        """Remove a byte-identical copy whose bytes a published result holds as source.*."""
+        try:
+            if dropped.remove_if_holds(path, self.inbox, sha256):
+                remove_emptied_folders(self.inbox, source)
+        except OSError as error:
+            self._report_once(path, f"{self._shown(path)} could not be removed from the inbox "
+                                    f"({error.strerror}); its bytes are safe in a result")
+
+    def _report_once(self, path: Path, message: str) -> None:
+        if path not in self._reported:
+            self._reported.add(path)
+            self._warn(message)
+
+    def _shown(self, path: Path) -> str:
+        return display_name(self._relative(path).as_posix())
+
     def _forget(self, path: Path) -> None:
+        """Stop watching, unless an event came in meanwhile (then it is looked at afresh)."""
         with self._changed:
+            seen = self._pending.get(path)
+            if seen is not None and seen.touched:
+                seen.touched, seen.size, seen.waiting_on = False, -1, None
+                return
             self._pending.pop(path, None)
 
     def _relative(self, path: Path) -> PurePosixPath:

@@ -1,11 +1,13 @@
 """The job store: one SQLite file (WAL) holding every job's state, plus the daemon's heartbeat.
 
 Only the daemon writes; ``reconctl`` reads the same file, so status works without talking to
-the daemon. Every state change is one transaction, so a crash leaves each job in one state.
+the daemon. Every state change is one ``BEGIN IMMEDIATE`` transaction, so a crash leaves each job
+in one state and another process holding the file makes a write wait (bounded), not fail.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sqlite3
@@ -13,17 +15,31 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import sqlite_utils
 
+from recond.layout import display_name, free_name, fs_bytes, result_name_for
+
 QUEUED, RUNNING, DONE, FAILED, DUPLICATE = "queued", "running", "done", "failed", "duplicate"
 STATES = (QUEUED, RUNNING, DONE, FAILED, DUPLICATE)
 ACTIVE = (QUEUED, RUNNING)
+BUSY_TIMEOUT_SECONDS = 5.0  # SQLite's own wait for another process's lock, per attempt
+WRITE_RETRY_SECONDS = 60.0  # then a write is retried until this much time has passed
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+
+DAEMON_COLUMNS: dict[str, type] = {
+    "id": int, "pid": int, "started_at": float, "heartbeat_at": float, "stopped_at": float,
+    "model_status": str, "model_detail": str, "device": str, "watcher_warnings": str,
+    "worker_warning": str,  # e.g. the outbox is full: the queue is paused
+}
 
 JOB_COLUMNS: dict[str, type] = {
     "id": int,
-    "source": str,  # path relative to the inbox, e.g. "kitchen/mug.jpg"
+    "source": str,  # path relative to the inbox, e.g. "kitchen/mug.jpg" (as text)
+    "source_hex": str,  # the path's bytes in hex, when they are not UTF-8 (see Job.source_name)
     "sha256": str,
     "size": int,
     "state": str,
@@ -65,6 +81,12 @@ class Job:
     started_at: float | None = None
     finished_at: float | None = None
     updated_at: float | None = None
+    source_hex: str | None = None
+
+    @property
+    def source_name(self) -> str:
+        """The inbox path as the filesystem spells it (``source`` is its readable form)."""
+        return os.fsdecode(bytes.fromhex(self.source_hex)) if self.source_hex else self.source
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Job:
@@ -76,35 +98,70 @@ class Job:
         return {name: getattr(self, name) for name in JOB_COLUMNS}
 
 
+class StoreError(RuntimeError):
+    """The job database cannot be used; the message says which file and what to do."""
+
+
 class Store:
     """Jobs and daemon state in ``db_path``; safe to share between the daemon's threads."""
 
     def __init__(self, db_path: Path) -> None:
+        self.db_path = db_path
         db_path.parent.mkdir(parents=True, exist_ok=True)
-        # Autocommit connection: transactions are explicit (db.atomic), one lock serialises threads.
-        connection = sqlite3.connect(
-            str(db_path), check_same_thread=False, timeout=30, isolation_level=None
-        )
-        self.db = sqlite_utils.Database(connection)
         self._lock = threading.RLock()
-        self.db.enable_wal()
-        self.db.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes in WAL mode
-        self._create_tables()
+        try:
+            # Autocommit connection: transactions are explicit (_writing), one lock serialises threads.
+            connection = sqlite3.connect(str(db_path), check_same_thread=False,
+                                         timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)
+            self.db = sqlite_utils.Database(connection)
+            self._retrying(lambda: self.db.enable_wal())
+            self.db.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes in WAL mode
+            self._create_tables()
+        except sqlite3.DatabaseError as error:
+            raise StoreError(_unusable(db_path, error)) from None
 
     def _create_tables(self) -> None:
-        with self._lock, self.db.atomic():
+        with self._writing():
             jobs = self.db.table("jobs")
             if not jobs.exists():
                 jobs.create(JOB_COLUMNS, pk="id", not_null={"source", "sha256", "state"},
                             defaults={"attempts": 0, "warnings": "[]"})
                 jobs.create_index(["state", "id"])
                 jobs.create_index(["sha256"])
+                jobs.create_index(["source"])
                 jobs.create_index(["result_name"], unique=True)
             daemon = self.db.table("daemon")
             if not daemon.exists():
-                daemon.create({"id": int, "pid": int, "started_at": float, "heartbeat_at": float,
-                               "stopped_at": float, "model_status": str, "model_detail": str,
-                               "device": str, "watcher_warnings": str}, pk="id")
+                daemon.create(DAEMON_COLUMNS, pk="id")
+            for table, columns in ((jobs, JOB_COLUMNS), (daemon, DAEMON_COLUMNS)):
+                for name, kind in columns.items():  # a database made by an older recond
+                    if name not in table.columns_dict:
+                        table.add_column(name, kind)
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """One write transaction, taken with BEGIN IMMEDIATE so SQLite's busy timeout applies
+        (a deferred transaction that upgrades to a write fails at once with "database is
+        locked"), retried while another process holds the file, up to WRITE_RETRY_SECONDS."""
+        with self._lock:
+            self._retrying(lambda: self.db.execute("BEGIN IMMEDIATE"))
+            try:
+                yield
+            except BaseException:
+                self.db.conn.rollback()
+                raise
+            self._retrying(lambda: self.db.execute("COMMIT"))
+
+    def _retrying(self, statement: Callable[[], Any]) -> Any:
+        deadline = time.monotonic() + WRITE_RETRY_SECONDS
+        while True:
+            try:
+                return statement()
+            except sqlite3.OperationalError as error:
+                busy = "locked" in str(error) or "busy" in str(error)
+                if not busy or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
 
     def close(self) -> None:
         self.db.close()
@@ -133,15 +190,24 @@ class Store:
 
     def active_sources(self) -> set[str]:
         """Inbox paths that already have a queued or running job (so a rescan skips them)."""
-        rows = self.db.execute("select source from jobs where state in (?, ?)", ACTIVE)
-        return {source for (source,) in rows}
+        rows = self.db.table("jobs").rows_where("state in (?, ?)", list(ACTIVE),
+                                          select="id, source, sha256, state, result_name, source_hex")
+        return {Job.from_row(row).source_name for row in rows}
+
+    def latest(self, source: str) -> Job | None:
+        """The newest job of this inbox path, whatever its state."""
+        return self._first("source = ? and source_hex is ?", _source_key(source))
+
+    def duplicates_of(self, job_id: int) -> list[Job]:
+        return [Job.from_row(row) for row in
+                self.db.table("jobs").rows_where("duplicate_of = ? and state = ?", [job_id, DUPLICATE])]
 
     # Reading, for the web front end (recond/web) and the galleries (recond/gallery.py).
 
     def finished(self, limit: int, offset: int = 0) -> list[Job]:
         """Done and failed jobs, newest first: the entries of a gallery page."""
-        rows = self.db["jobs"].rows_where("state in (?, ?)", [DONE, FAILED], order_by="id desc",
-                                          limit=limit, offset=offset)
+        rows = self.db.table("jobs").rows_where("state in (?, ?)", [DONE, FAILED], order_by="id desc",
+                                                limit=limit, offset=offset)
         return [Job.from_row(row) for row in rows]
 
     def count_finished(self) -> int:
@@ -154,7 +220,7 @@ class Store:
 
     def changed_since(self, updated_at: float) -> list[Job]:
         """Jobs written at or after ``updated_at`` (oldest change first)."""
-        rows = self.db["jobs"].rows_where("updated_at >= ?", [updated_at], order_by="updated_at")
+        rows = self.db.table("jobs").rows_where("updated_at >= ?", [updated_at], order_by="updated_at")
         return [Job.from_row(row) for row in rows]
 
     def data_version(self) -> int:
@@ -164,81 +230,105 @@ class Store:
     # State changes.
 
     def enqueue(self, source: str, sha256: str, size: int, result_name: str,
-                result_exists: Any = lambda output: True) -> tuple[Job, bool]:
+                result_holds: Callable[[str | None, str], bool] = lambda output, sha256: True
+                ) -> tuple[Job, bool]:
         """Record a settled file as a new job; returns (job, created).
 
-        The same path already queued or running gives back that job (created False). The same
-        bytes as an active or done job (for a done one, only while ``result_exists(output)``)
-        give a new DUPLICATE job pointing at it.
+        The same path already active gives back that job (created False); a queued one whose
+        file changed since takes the new bytes (its duplicates become jobs of their own). The
+        same bytes as an active job, or a done one whose result ``result_holds(output,
+        sha256)``, give a new DUPLICATE job pointing at it. Empty files are nobody's duplicate.
         """
         now = time.time()
-        with self._lock, self.db.atomic():
-            active = self._first("source = ? and state in (?, ?)", [source, *ACTIVE])
+        text, raw = _source_key(source)
+        with self._writing():
+            active = self._first("source = ? and source_hex is ? and state in (?, ?)",
+                                 [text, raw, *ACTIVE])
+            if active and active.state == QUEUED and active.sha256 != sha256:
+                self._set(active.id, sha256=sha256, size=size)
+                self._promote_duplicates(active.id)
+                return self._stored(active.id), False
             if active:
                 return active, False
-            earlier = self._first("sha256 = ? and state in (?, ?, ?)", [sha256, *ACTIVE, DONE])
-            if earlier and (earlier.state != DONE or result_exists(earlier.output)):
-                row = {"source": source, "sha256": sha256, "size": size, "state": DUPLICATE,
-                       "result_name": None, "duplicate_of": earlier.id, "output": earlier.output,
-                       "queued_at": now, "finished_at": now, "updated_at": now}
-            else:
-                row = {"source": source, "sha256": sha256, "size": size, "state": QUEUED,
-                       "result_name": self._unique_name(result_name), "queued_at": now,
+            earlier = None
+            if sha256 != EMPTY_SHA256:
+                earlier = self._first("sha256 = ? and state in (?, ?, ?)", [sha256, *ACTIVE, DONE])
+            if earlier and (earlier.state != DONE or result_holds(earlier.output, sha256)):
+                row = {"source": text, "source_hex": raw, "sha256": sha256, "size": size,
+                       "state": DUPLICATE, "result_name": None, "duplicate_of": earlier.id,
+                       "output": earlier.output, "queued_at": now, "finished_at": now,
                        "updated_at": now}
+            else:
+                row = {"source": text, "source_hex": raw, "sha256": sha256, "size": size,
+                       "state": QUEUED, "result_name": self._unique_name(result_name),
+                       "queued_at": now, "updated_at": now}
             return self._stored(self.db.table("jobs").insert(row).last_pk), True
 
     def claim_next(self) -> Job | None:
         """Oldest queued job, now running (its attempt counted)."""
         now = time.time()
-        with self._lock, self.db.atomic():
+        with self._writing():
             job = self._first("state = ?", [QUEUED], order_by="id")
             if job is None:
                 return None
             self._set(job.id, state=RUNNING, attempts=job.attempts + 1, started_at=now,
                       stage=None, progress=0.0, eta_s=None, error=None)
-            return self.get(job.id)
+            return self._stored(job.id)
 
     def report_progress(self, job_id: int, stage: str, progress: float, eta_s: float | None) -> None:
-        with self._lock, self.db.atomic():
+        with self._writing():
             self._set(job_id, stage=stage, progress=progress, eta_s=eta_s)
 
-    def finish(self, job_id: int, output: Path, warnings: list[str]) -> None:
-        with self._lock, self.db.atomic():
+    def finish(self, job_id: int, output: Path, warnings: list[str], sha256: str | None = None) -> None:
+        """Done; ``sha256`` when the published bytes differ from the queued ones."""
+        changes = {"sha256": sha256} if sha256 else {}
+        with self._writing():
             self._set(job_id, state=DONE, output=str(output), warnings=json.dumps(warnings),
-                      progress=1.0, eta_s=0.0, finished_at=time.time(), error=None)
+                      progress=1.0, eta_s=0.0, finished_at=time.time(), error=None, **changes)
             # Duplicates recorded while this job ran now point at its result.
             self.db.execute("update jobs set output = ? where duplicate_of = ?",
                             [str(output), job_id])
 
     def fail(self, job_id: int, error: str, kept_at: Path | None = None) -> None:
-        """Record a failure; ``kept_at`` is where the original now lies (inbox/failed/...)."""
-        with self._lock, self.db.atomic():
-            self._set(job_id, state=FAILED, error=error, eta_s=None, finished_at=time.time(),
-                      output=str(kept_at) if kept_at else None)
+        """Record a failure; ``kept_at`` is where the original now lies (inbox/failed/...).
+
+        Copies recorded as its duplicates were kept in the inbox: they become jobs of their own.
+        """
+        with self._writing():
+            self._set(job_id, state=FAILED, error=display_name(error), eta_s=None, finished_at=time.time(),
+                      output=display_name(str(kept_at)) if kept_at else None)
+            self._promote_duplicates(job_id)
 
     def requeue(self, job_id: int) -> None:
-        """Put a running job back, not counting the attempt (a clean shutdown, not a crash)."""
-        with self._lock, self.db.atomic():
+        """Put a running job back, not counting the attempt (not a crash: a clean shutdown, a
+        paused outbox, a missing share, a store error)."""
+        with self._writing():
             job = self._stored(job_id)
             self._set(job_id, state=QUEUED, attempts=max(0, job.attempts - 1), stage=None,
                       progress=None, eta_s=None, started_at=None)
 
-    def recover_after_crash(self, max_attempts: int) -> tuple[list[Job], list[Job]]:
+    def recover_after_crash(self, max_attempts: int,
+                            published: Callable[[Job], bool] = lambda job: False
+                            ) -> tuple[list[Job], list[Job]]:
         """Jobs a crash left running go back to the queue, or fail once out of attempts.
 
-        Returns (requeued, exhausted); the caller moves the exhausted jobs' files aside
-        (``Worker.fail_job`` with ``job.error``).
+        A job whose result ``published`` says is complete goes back without counting the crash
+        (the worker then records it done). Returns (requeued, exhausted); the caller moves the
+        exhausted jobs' files aside (``Worker.fail_job`` with ``job.error``).
         """
         requeued, exhausted = [], []
-        with self._lock, self.db.atomic():
+        with self._writing():
             for job in [Job.from_row(r) for r in self.db.table("jobs").rows_where("state = ?", [RUNNING])]:
-                if job.attempts >= max_attempts:
+                finished_work = published(job)
+                if job.attempts >= max_attempts and not finished_work:
                     self._set(job.id, state=FAILED, finished_at=time.time(), error=(
                         f"recond stopped unexpectedly {job.attempts} times while processing "
                         f"this file (max_attempts = {max_attempts}); it may crash the pipeline"))
                     exhausted.append(self._stored(job.id))
                 else:
-                    self._set(job.id, state=QUEUED, stage=None, progress=None, eta_s=None)
+                    attempts = job.attempts - 1 if finished_work else job.attempts
+                    self._set(job.id, state=QUEUED, stage=None, progress=None, eta_s=None,
+                              attempts=max(0, attempts))
                     requeued.append(self._stored(job.id))
         return requeued, exhausted
 
@@ -246,16 +336,16 @@ class Store:
 
     def daemon_started(self, pid: int) -> None:
         now = time.time()
-        with self._lock, self.db.atomic():
+        with self._writing():
             self.db.table("daemon").upsert({"id": 1, "pid": pid, "started_at": now, "heartbeat_at": now,
                                       "stopped_at": None, "model_status": "loading",
                                       "model_detail": None, "device": None,
-                                      "watcher_warnings": "[]"}, pk="id")
+                                      "watcher_warnings": "[]", "worker_warning": None}, pk="id")
 
     def daemon_update(self, **values: Any) -> None:
         if "watcher_warnings" in values:
             values["watcher_warnings"] = json.dumps(values["watcher_warnings"])
-        with self._lock, self.db.atomic():
+        with self._writing():
             self.db.table("daemon").upsert({"id": 1, **values}, pk="id")
 
     def daemon_state(self) -> dict[str, Any] | None:
@@ -283,11 +373,33 @@ class Store:
         self.db.table("jobs").update(job_id, {**values, "updated_at": time.time()})
 
     def _unique_name(self, result_name: str) -> str:
-        name, number = result_name, 1
-        while self._first("result_name = ?", [name]):
-            number += 1
-            name = f"{result_name}-{number}"
-        return name
+        return free_name(result_name, lambda name: self._first("result_name = ?", [name]) is not None)
+
+    def _promote_duplicates(self, job_id: int) -> None:
+        """Copies waiting on a job that will not publish their bytes are processed themselves."""
+        for copy in self.duplicates_of(job_id):
+            name = self._unique_name(result_name_for(copy.source_name, copy.queued_at or time.time()))
+            self._set(copy.id, state=QUEUED, duplicate_of=None, output=None, finished_at=None,
+                      result_name=name)
+
+
+def _source_key(source: str) -> list[Any]:
+    """(text, hex of its bytes or None): how a path is stored, exact even when it is not UTF-8."""
+    text = display_name(source)
+    raw = fs_bytes(source)
+    return [text, None if raw == text.encode() else raw.hex()]
+
+
+def _unusable(db_path: Path, error: sqlite3.DatabaseError) -> str:
+    """One sentence naming the database file and what to do about it."""
+    if isinstance(error, sqlite3.OperationalError) and "unable to open" in str(error):
+        return (f"cannot open the job database {db_path} (user id {os.getuid()}): give this user "
+                "read and write access to it and its folder, or point state_dir elsewhere")
+    if "locked" in str(error) or "busy" in str(error):
+        return (f"the job database {db_path} is held by another process; stop it (or wait) "
+                "and start recond again")
+    return (f"the job database {db_path} is unreadable ({error}); move it aside (recond then "
+            "starts an empty one; results in the outbox are kept) or restore it from a backup")
 
 
 def pid_alive(pid: int | None) -> bool:

@@ -1,32 +1,39 @@
 """The worker: one thread that owns the warm pipeline and runs queued jobs oldest first.
 
-It publishes through ``Pipeline.run`` (which renames a complete folder into the outbox), then
-removes the inbox original; a failure moves the original to ``inbox/failed/`` with a note
-saying why. Missing weights never fail a job: the jobs wait while the worker retries the load.
+A job owns the exact bytes it was queued with: they are checked before the run, the pipeline
+builds the result in a private staging folder, the worker publishes it (``recond.layout``), and
+the inbox original (and any byte-identical copies waiting on it) is removed only while it still
+holds the published bytes. A failure moves the original to ``inbox/failed/`` with a note. Faults
+of the machine rather than of the picture (missing weights, a full outbox, a vanished share, a
+busy database) never fail a job: the queue waits, and one error never ends the thread.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
+import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from recond import dropped, layout
 from recond.config import JobSettings, ModelSettings, Settings, part_of
 from recond.errors import describe_failure, loading_fix
 from recond.gallery import write_gallery
-from recond.intake import FAILED_FOLDER
 from recond.logging import get_logger
+from recond.outbox_gate import OutboxFault, OutboxGate
 from recond.pipeline.contract import ProgressCallback, WarmPipeline
 from recond.pipeline.progress import Progress
-from recond.store import Job, Store
+from recond.store import QUEUED, RUNNING, Job, Store
 
 log = get_logger("recond.worker")
 
 PROGRESS_WRITE_SECONDS = 0.5  # how often a running job's progress reaches the database
+ERROR_PAUSE_SECONDS = 2.0  # after an unexpected error in the loop, before the next step
+WAIT_SECONDS = 5.0  # between checks while the outbox is paused or the inbox share is gone
 
 
 class JobCancelled(BaseException):
@@ -35,6 +42,14 @@ class JobCancelled(BaseException):
     A BaseException, like asyncio.CancelledError, so that a stage's ``except Exception`` cannot
     turn a shutdown into a failed job.
     """
+
+
+class JobWaits(Exception):
+    """The job cannot run now for a reason outside its picture; it goes back to the queue."""
+
+
+class JobEnded(Exception):
+    """The job ended before its run (its file was removed, changed or unreadable); recorded."""
 
 
 def build_pipeline(settings: ModelSettings,
@@ -51,22 +66,57 @@ def build_pipeline(settings: ModelSettings,
 
 
 class Worker:
-    """Runs jobs from ``store`` with a pipeline built by ``pipeline_factory(model settings)``."""
+    """Runs jobs from ``store`` with a pipeline built by ``pipeline_factory(model settings)``.
+
+    ``on_file_changed(path)`` is told about an inbox file whose bytes changed after it was
+    queued (the daemon hands it to intake, which queues the new bytes once they settle).
+    """
 
     def __init__(self, settings: Settings, store: Store,
-                 pipeline_factory: Callable[[ModelSettings], WarmPipeline] = build_pipeline) -> None:
+                 pipeline_factory: Callable[[ModelSettings], WarmPipeline] = build_pipeline,
+                 on_file_changed: Callable[[Path], None] = lambda path: None) -> None:
         self.settings = settings
         self.store = store
         self.pipeline_factory = pipeline_factory
+        self.on_file_changed = on_file_changed
         self.pipeline: WarmPipeline | None = None
         self.busy = False
+        self.paused: str | None = None  # why the queue waits (outbox full or unwritable)
+        self.owner = layout.owner_tag(str(settings.state_dir.resolve()))
+        self.gate = OutboxGate(settings.outbox.resolve(), self.owner)
+        self._inbox_device: int | None = None
         self._stopping = threading.Event()
         self._wake = threading.Event()
         self._new_settings: Settings | None = None
         self._next_load = 0.0
         self._thread = threading.Thread(target=self._loop, name="recond-worker", daemon=True)
 
+    @property
+    def inbox(self) -> Path:
+        return self.settings.inbox.resolve()
+
+    @property
+    def outbox(self) -> Path:
+        return self.settings.outbox.resolve()
+
     # Control, from other threads.
+
+    def recover(self) -> None:
+        """After a crash: finish jobs whose result was published, requeue or fail the others,
+        and remove this daemon's leftover staging folders. Call before ``start``."""
+        try:
+            self._inbox_device = os.stat(self.inbox).st_dev  # the share, as mounted at start-up
+        except OSError:
+            self._inbox_device = None
+        requeued, exhausted = self.store.recover_after_crash(
+            self.settings.max_attempts, published=lambda job: self._published(job) is not None)
+        for job in requeued:
+            log.warning("job requeued after a crash", job=job.id, file=job.source, attempts=job.attempts)
+        for job in exhausted:
+            log.error("job failed", job=job.id, file=job.source, error=job.error)
+            self.fail_job(job, job.error or "")
+        for folder in layout.clean_staging(self.outbox, self.owner):
+            log.info("removed a staging folder left by a crash", folder=str(folder))
 
     def start(self) -> None:
         self._thread.start()
@@ -93,28 +143,54 @@ class Worker:
     def _loop(self) -> None:
         while not self._stopping.is_set():
             self._wake.clear()
-            self._apply_new_settings()
-            if self.pipeline is None:
-                if time.monotonic() >= self._next_load:
-                    self._load_model()
-                if self.pipeline is None:
-                    self._wake.wait(max(0.0, self._next_load - time.monotonic()))
-                    continue
-            job = self.store.claim_next()
-            if job is None:
-                self._wake.wait(5.0)  # intake wakes us on every new job; this is a safety net
-                continue
-            self.busy = True
             try:
-                self.process(job)
-            finally:
-                self.busy = False
+                self._step()
+            except Exception:  # one store call or one job's error never ends the worker
+                log.exception("worker step failed; carrying on")
+                self._stopping.wait(ERROR_PAUSE_SECONDS)
+
+    def _step(self) -> None:
+        self._apply_new_settings()
+        if self.pipeline is None:
+            if time.monotonic() >= self._next_load:
+                self._load_model()
+            if self.pipeline is None:
+                self._wake.wait(max(0.0, self._next_load - time.monotonic()))
+            return
+        if self.paused and not self._outbox_cleared():
+            self._stopping.wait(WAIT_SECONDS)
+            return
+        job = self.store.claim_next()
+        if job is None:
+            self._wake.wait(5.0)  # intake wakes us on every new job; this is a safety net
+            return
+        self.busy = True
+        try:
+            self.process(job)
+        except Exception:
+            self._put_back(job)
+            raise
+        finally:
+            self.busy = False
+        after = self.store.get(job.id)
+        if self.paused or (after is not None and after.state == QUEUED):
+            self._stopping.wait(WAIT_SECONDS)  # it waits for the outbox or the share: so do we
+
+    def _put_back(self, job: Job) -> None:
+        """A job an unexpected error interrupted returns to the queue (not a crash of it)."""
+        current = self.store.get(job.id)
+        if current is not None and current.state == RUNNING:
+            self.store.requeue(job.id)
 
     def _apply_new_settings(self) -> None:
         settings, self._new_settings = self._new_settings, None
         if settings is None:
             return
         model_changed = part_of(settings, ModelSettings) != part_of(self.settings, ModelSettings)
+        if settings.inbox != self.settings.inbox:
+            self._inbox_device = None
+        if settings.outbox != self.settings.outbox:
+            self.gate = OutboxGate(settings.outbox.resolve(), self.owner)
         self.settings = settings
         if self.pipeline is None or model_changed:
             self.pipeline, self._next_load = None, 0.0
@@ -139,57 +215,182 @@ class Worker:
         log.info("model loaded", model=self.settings.model, device=device,
                  seconds=round(time.monotonic() - started, 2))
 
-    # One job.
+    # One job: check its bytes, build and publish, then record the outcome.
 
     def process(self, job: Job) -> None:
-        """Run one claimed job to done, failed or (when stopping) back to queued."""
-        inbox, outbox = self.settings.inbox.resolve(), self.settings.outbox.resolve()
-        source, result_dir = inbox / job.source, outbox / job.result_name
-        if result_dir.is_dir():
-            # Published before a crash stopped us from recording it: finish, never redo.
-            self.store.finish(job.id, result_dir, job.warnings + _remove_original(source))
-            log.info("job done (already published)", job=job.id, file=job.source,
-                     output=str(result_dir))
-            return
-        partial_dir = outbox / f".{job.result_name}.partial"
-        shutil.rmtree(partial_dir, ignore_errors=True)  # left by a crash mid-job
-        if not inbox.is_dir():
-            # A network share that went away: wait for it rather than fail every queued job.
+        """Run one claimed job to done, failed or back to the queue."""
+        published = self._published(job)
+        if published is not None:  # renamed into place just before a crash: record, never redo
+            self._finish(job, published, job.warnings, job.sha256, started=None)
+        else:
+            self._run(job)
+
+    def _run(self, job: Job) -> None:
+        """Check the job's bytes, build and publish its result, and record the outcome."""
+        started = time.monotonic()
+        pipeline = self.pipeline
+        assert pipeline is not None, "jobs run only once the model is loaded"
+        try:
+            readable = self._verified_source(job)
+            log.info("job started", job=job.id, file=job.source, attempt=job.attempts)
+            result, folder = layout.build_result(
+                self.outbox, job.result_name, f"{self.owner}-{job.id}",
+                lambda staging: pipeline.run(readable, staging, part_of(self.settings, JobSettings),
+                                             progress=self._progress_reporter(job)))
+        except JobEnded:
+            pass  # recorded where it was found out
+        except (JobCancelled, JobWaits) as interruption:
             self.store.requeue(job.id)
-            log.warning("inbox missing; job waits", job=job.id, inbox=str(inbox))
-            self._stopping.wait(5.0)
-            return
-        if not source.is_file():
+            log.info("job requeued", job=job.id, file=job.source, reason=type(interruption).__name__)
+        except Exception as error:
+            self._job_error(job, error, started)
+        else:
+            self._finish(job, folder, result.warnings, result.record.get("sha256", job.sha256), started)
+
+    def _verified_source(self, job: Job) -> Path:
+        """The file to hand the pipeline, holding exactly the job's bytes. Raises JobEnded when
+        the job ended here (removed, unreadable, changed) and JobWaits when the inbox is away."""
+        source = self.inbox / job.source_name
+        self._check_inbox_present(job)
+        kind = dropped.kind(source)
+        readable = source
+        if kind == dropped.LINK and self.settings.follow_inbox_links:
+            readable = dropped.link_target_inside(source, self.inbox) or source
+        if kind is None:
             self.store.fail(job.id, "the file was removed from the inbox before it was processed")
             log.warning("job failed", job=job.id, file=job.source, error="file removed")
-            return
-        log.info("job started", job=job.id, file=job.source, attempt=job.attempts)
-        started = time.monotonic()
-        assert self.pipeline is not None, "process() runs only once the model is loaded"
+            raise JobEnded()
         try:
-            result = self.pipeline.run(source, outbox, job.result_name,
-                                       part_of(self.settings, JobSettings),
-                                       progress=self._progress_reporter(job))
-        except JobCancelled:
-            shutil.rmtree(partial_dir, ignore_errors=True)
+            sha256, _ = dropped.fingerprint(readable, self.inbox)
+        except dropped.NotARegularFile as error:
+            self.fail_job(job, f"{job.source} is no longer a regular file ({error}); recond reads only regular files")
+            raise JobEnded()
+        except PermissionError as error:
+            self.fail_job(job, f"recond may not read {job.source} ({error.strerror}); fix its permissions, then retry")
+            raise JobEnded()
+        except OSError as error:  # EIO, ESTALE ... from a share in trouble: wait for it
+            log.warning("inbox file unreadable for now; job waits", job=job.id, file=job.source,
+                        error=str(error))
+            raise JobWaits() from error
+        if sha256 != job.sha256:
+            self.store.fail(job.id, "the file changed after it was queued; its new contents "
+                                    "are queued as a new job once they stop changing")
+            log.warning("job replaced: file changed after it was queued", job=job.id, file=job.source)
+            self.on_file_changed(source)
+            raise JobEnded()
+        return readable
+
+    def _check_inbox_present(self, job: Job) -> None:
+        """A share that went away (missing, erroring, or an empty mount point on another
+        device) makes jobs wait rather than fail as "removed"."""
+        try:
+            status = os.stat(self.inbox)
+        except OSError as error:
+            log.warning("inbox unavailable; job waits", job=job.id, inbox=str(self.inbox), error=str(error))
+            raise JobWaits() from error
+        if not stat.S_ISDIR(status.st_mode):
+            raise JobWaits()
+        if self._inbox_device is None:
+            self._inbox_device = status.st_dev
+        if status.st_dev != self._inbox_device:
+            log.warning("inbox is on another device than before (share unmounted?); job waits",
+                        job=job.id, inbox=str(self.inbox))
+            raise JobWaits()
+
+    def _job_error(self, job: Job, error: Exception, started: float) -> None:
+        fault = self.gate.fault_in(error)
+        if fault:
+            self._pause(fault)
             self.store.requeue(job.id)
-            log.info("job requeued (shutting down)", job=job.id, file=job.source)
             return
-        except Exception as error:
-            reason, user_caused = describe_failure(error)
-            log.error("job failed", job=job.id, file=job.source, error=reason,
-                      seconds=round(time.monotonic() - started, 2), exc_info=not user_caused)
-            self.fail_job(job, reason)
-            return
-        self.store.finish(job.id, result.result_dir, [*result.warnings, *_remove_original(source)])
-        write_gallery(outbox, self.store)
-        log.info("job done", job=job.id, file=job.source, output=str(result.result_dir),
-                 seconds=round(time.monotonic() - started, 2), warnings=len(result.warnings))
+        reason, user_caused = describe_failure(error)
+        log.error("job failed", job=job.id, file=job.source, error=reason,
+                  seconds=round(time.monotonic() - started, 2), exc_info=not user_caused)
+        self.fail_job(job, reason)
+
+    def _finish(self, job: Job, folder: Path, warnings: list[str], published_sha256: str,
+                started: float | None) -> None:
+        """Record the job done, then remove its original and the copies that waited on it, each
+        only while it holds the published bytes."""
+        notes = list(warnings)
+        if published_sha256 != job.sha256:
+            notes.append("the file changed just before processing; the result holds its newer contents")
+        notes += self._remove_original(job, published_sha256)
+        self.store.finish(job.id, folder, notes,
+                          sha256=published_sha256 if published_sha256 != job.sha256 else None)
+        self._release_duplicates(job, folder)
+        write_gallery(self.outbox, self.store)
+        seconds = None if started is None else round(time.monotonic() - started, 2)
+        log.info("job done" if started is not None else "job done (already published)",
+                 job=job.id, file=job.source, output=str(folder), seconds=seconds,
+                 warnings=len(warnings))
+
+    def _remove_original(self, job: Job, sha256: str) -> list[str]:
+        source = self.inbox / job.source_name
+        if not os.path.lexists(source):
+            return []
+        readable = source
+        if dropped.kind(source) == dropped.LINK:
+            readable = dropped.link_target_inside(source, self.inbox) or source
+        try:
+            if not dropped.holds(readable, self.inbox, sha256):
+                self.on_file_changed(source)
+                return ["the file in the inbox changed while it was processed; its new contents "
+                        "stay in the inbox and become a new job"]
+            source.unlink()
+        except OSError as error:
+            log.warning("original not removed from the inbox", file=job.source, error=str(error))
+            return [f"the original could not be removed from the inbox: {error}"]
+        layout.remove_emptied_folders(self.inbox, job.source_name)
+        return []
+
+    def _release_duplicates(self, job: Job, folder: Path) -> None:
+        """Copies recorded while the job was active: removed now that a result holds their bytes."""
+        for copy in self.store.duplicates_of(job.id):
+            path = self.inbox / copy.source_name
+            try:
+                if layout.result_holds(folder, copy.sha256) and dropped.remove_if_holds(
+                        path, self.inbox, copy.sha256):
+                    layout.remove_emptied_folders(self.inbox, copy.source_name)
+                    log.info("duplicate removed from the inbox", job=copy.id, file=copy.source,
+                             output=str(folder))
+            except OSError as error:
+                log.warning("duplicate not removed from the inbox", job=copy.id, file=copy.source,
+                            error=str(error))
+
+    def _published(self, job: Job) -> Path | None:
+        if not job.result_name:
+            return None
+        return layout.find_published(self.outbox, job.result_name, job.sha256)
 
     def fail_job(self, job: Job, reason: str) -> None:
         """Record the failure and move the original to inbox/failed/ with a note beside it."""
-        moved = move_to_failed(self.settings.inbox.resolve(), job, reason)
-        self.store.fail(job.id, reason, kept_at=moved)
+        reason = layout.display_name(reason)  # a message may quote a name that is not UTF-8
+        try:
+            kept = layout.move_to_failed(self.inbox, job.source_name, job.id, reason)
+        except OSError as error:  # e.g. a read-only inbox: the file stays where it is
+            log.warning("original not moved to failed/", job=job.id, file=job.source, error=str(error))
+            source = self.inbox / job.source_name
+            kept = source if os.path.lexists(source) else None
+            reason = f"{reason} (it stays in the inbox: moving it to failed/ failed: {error.strerror})"
+        self.store.fail(job.id, reason, kept_at=kept)
+
+    # The outbox as a resource: full or unwritable pauses the queue.
+
+    def _pause(self, fault: OutboxFault) -> None:
+        if self.paused is None:
+            log.warning("queue paused: jobs stay queued until the outbox can take results",
+                        reason=fault.reason)
+        self.gate.fault, self.paused = fault, fault.reason
+        self.store.daemon_update(worker_warning=f"queue paused: {fault.reason}")
+
+    def _outbox_cleared(self) -> bool:
+        if not self.gate.cleared():
+            return False
+        log.info("queue resumed: the outbox takes results again", outbox=str(self.outbox))
+        self.paused = None
+        self.store.daemon_update(worker_warning=None)
+        return True
 
     def _progress_reporter(self, job: Job) -> ProgressCallback:
         last: dict[str, Any] = {"stage": None, "written": 0.0, "decile": -1}
@@ -200,8 +401,11 @@ class Worker:
             now = time.monotonic()
             decile = int(progress.overall * 10)
             if progress.stage != last["stage"] or now - last["written"] >= PROGRESS_WRITE_SECONDS:
-                self.store.report_progress(job.id, progress.stage, progress.overall, progress.eta_s)
-                last["written"] = now
+                try:
+                    self.store.report_progress(job.id, progress.stage, progress.overall, progress.eta_s)
+                    last["written"] = now
+                except sqlite3.Error as error:  # a busy database never fails the job it reports on
+                    log.warning("progress not recorded", job=job.id, error=str(error))
             if progress.stage != last["stage"]:
                 log.info("job stage", job=job.id, file=job.source, stage=progress.stage,
                          percent=round(progress.overall * 100), eta_s=_rounded(progress.eta_s))
@@ -211,36 +415,6 @@ class Worker:
             last["stage"], last["decile"] = progress.stage, decile
 
         return report
-
-
-def move_to_failed(inbox: Path, job: Job, reason: str) -> Path | None:
-    """Move a failed job's original to inbox/failed/ and write ``<name>.error.txt`` beside it."""
-    source = inbox / job.source
-    if not source.is_file():
-        return None
-    failed = inbox / FAILED_FOLDER
-    failed.mkdir(exist_ok=True)
-    target = failed / source.name
-    if target.exists():
-        target = failed / f"{source.stem}-job{job.id}{source.suffix}"
-    os.replace(source, target)
-    note = target.with_name(target.name + ".error.txt")
-    note.write_text(
-        f"recond could not process {job.source} (job {job.id}, "
-        f"{time.strftime('%Y-%m-%d %H:%M:%S')}):\n\n{reason}\n\n"
-        f"To try again, move {target.name} back into the inbox (or run `reconctl retry {job.id}`).\n",
-        encoding="utf-8")
-    return target
-
-
-def _remove_original(source: Path) -> list[str]:
-    """Remove the inbox original (its bytes are source.<ext> in the result); a warning if we cannot."""
-    try:
-        source.unlink(missing_ok=True)
-    except OSError as error:
-        log.warning("original not removed from the inbox", file=str(source), error=str(error))
-        return [f"the original could not be removed from the inbox: {error}"]
-    return []
 
 
 def _rounded(seconds: float | None) -> float | None:

@@ -57,3 +57,37 @@ def shared_dir() -> Path:
     if not SHARED.is_dir():
         pytest.skip(f"shared reference material not found at {SHARED}")
     return SHARED
+
+
+def places_holding(data: bytes, inbox: Path, outbox: Path) -> list[str]:
+    """Every place these exact bytes lie: a published result's source.*, a file in the inbox's
+    failed folder, or a file still in the inbox (links and staging folders are no place)."""
+    import os
+    import stat
+    from pathlib import PurePosixPath
+
+    from recond.layout import is_in_failed
+
+    places = []
+    if outbox.is_dir():
+        for result in sorted(outbox.iterdir()):
+            if not result.name.startswith("."):
+                places += [f"result {result.name}" for copy in result.glob("source.*")
+                           if copy.read_bytes() == data]
+    for root, _, names in os.walk(inbox):
+        for name in names:
+            path = Path(root) / name
+            if name.endswith(".error.txt") or not stat.S_ISREG(os.lstat(path).st_mode):
+                continue
+            if path.stat().st_size == len(data) and path.read_bytes() == data:
+                relative = path.relative_to(inbox)
+                where = "failed" if is_in_failed(PurePosixPath(relative)) else "inbox"
+                places.append(f"{where} {relative}")
+    return places
+
+
+def assert_in_one_place(data: bytes, inbox: Path, outbox: Path) -> str:
+    """Nothing dropped is ever lost: the bytes lie in exactly one place (the project's rule)."""
+    places = places_holding(data, inbox, outbox)
+    assert len(places) == 1, f"bytes found in {places or 'no place'}"
+    return places[0]

@@ -14,7 +14,7 @@ from recond.cli import cli
 from recond.config import Settings, load_settings
 from recond.pipeline.record import write_record
 from recond.store import Store
-from recond.worker import move_to_failed
+from recond.layout import move_to_failed
 
 
 @pytest.fixture
@@ -119,7 +119,7 @@ def test_retry_moves_a_failed_file_back_into_the_inbox(config: Path) -> None:
     (settings.inbox / "sub").mkdir()
     (settings.inbox / "sub" / "a.jpg").write_bytes(b"bytes")
     job, _ = store.enqueue("sub/a.jpg", "aa", 5, "t_a")
-    kept = move_to_failed(settings.inbox, job, "boom")
+    kept = move_to_failed(settings.inbox, job.source_name, job.id, "boom")
     store.fail(job.id, "boom", kept_at=kept)
     assert (settings.inbox / "failed" / "a.jpg.error.txt").is_file()
     code, output = reconctl(config, "retry", str(job.id))

@@ -21,6 +21,7 @@ from PIL import Image
 
 import recond.pipeline.background as background_module
 from conftest import SHARED
+from recond import layout
 from recond.config import JobSettings, Settings, load_settings
 from recond.pipeline.progress import DEFAULT_STAGE_SECONDS
 from recond.errors import InputError
@@ -62,6 +63,15 @@ def pipeline(small_settings) -> Pipeline:
     return Pipeline(small_settings())
 
 
+def run_published(pipeline: Pipeline, source: Path, outbox: Path, name: str, job: JobSettings,
+                  progress=None) -> JobResult:
+    """Pipeline.run in a staging folder, published by recond.layout, as the worker does it."""
+    result, folder = layout.build_result(outbox, name, "test",
+                                         lambda staging: pipeline.run(source, staging, job, progress=progress))
+    result.result_dir = folder
+    return result
+
+
 def sha256_file(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -80,7 +90,7 @@ def leftovers(outbox: Path) -> list[str]:
 def test_example_picture_becomes_a_complete_valid_result(pipeline: Pipeline, source: Path,
                                                          tmp_path: Path) -> None:
     outbox = tmp_path / "outbox"
-    result = pipeline.run(source, outbox, source.stem, SMALL_JOB)
+    result = run_published(pipeline, source, outbox, source.stem, SMALL_JOB)
     result_dir = outbox / source.stem
     assert isinstance(result, JobResult) and result.result_dir == result_dir
     assert leftovers(outbox) == [source.stem]  # no .partial left beside it
@@ -136,7 +146,7 @@ def test_default_turntable_video_has_thirty_frames(pipeline: Pipeline, tmp_path:
         pytest.skip(f"example picture {source} not found")
     default_views = SMALL_JOB.model_copy(
         update={"render_views": Settings.model_fields["render_views"].default})
-    result = pipeline.run(source, tmp_path, "robot", default_views)  # same warm model
+    result = run_published(pipeline, source, tmp_path, "robot", default_views)  # same warm model
     assert frames_in(result.result_dir / "render.mp4") == 30
     assert len(list(result.result_dir.glob("render_*.png"))) == 30
 
@@ -149,7 +159,7 @@ def test_untextured_setting_gives_vertex_coloured_meshes(pipeline: Pipeline, sma
     dropped = tmp_path / "TEAPOT.PNG"  # an upper-case name, as cameras and phones write them
     dropped.write_bytes(source.read_bytes())
     settings = small_settings(bake_texture=False, background="none")
-    result = Pipeline(settings, model=pipeline.model).run(dropped, tmp_path / "outbox", "teapot",
+    result = run_published(Pipeline(settings, model=pipeline.model), dropped, tmp_path / "outbox", "teapot",
                                                           settings)
     names = {p.name for p in result.result_dir.iterdir()}
     assert {"mesh.obj", "mesh.stl", "mesh.glb", "source.png"} <= names
@@ -187,7 +197,7 @@ def test_bad_file_is_refused_in_one_line_leaving_nothing(pipeline: Pipeline, tmp
     before = source.read_bytes()
     outbox = tmp_path / "outbox"
     with pytest.raises(InputError) as caught:
-        pipeline.run(source, outbox, "bad", SMALL_JOB)
+        run_published(pipeline, source, outbox, "bad", SMALL_JOB)
     assert "\n" not in str(caught.value) and name in str(caught.value)
     assert source.read_bytes() == before  # the source is never touched
     assert leftovers(outbox) == []
@@ -198,7 +208,7 @@ def test_one_pixel_picture_is_refused_in_one_line(pipeline: Pipeline, tmp_path: 
     Image.new("RGB", (1, 1), (200, 10, 10)).save(source)
     outbox = tmp_path / "outbox"
     with pytest.raises(InputError) as caught:
-        pipeline.run(source, outbox, "spacer", SMALL_JOB)
+        run_published(pipeline, source, outbox, "spacer", SMALL_JOB)
     message = str(caught.value)
     assert message.strip() and "\n" not in message and "spacer.png" in message
     assert leftovers(outbox) == []
@@ -233,7 +243,7 @@ def test_second_picture_reuses_the_warm_model(small_settings, tmp_path: Path,
     for name in ("chair.png", "teapot.png"):  # one cut-out, one needing GrabCut
         if not (EXAMPLES / name).is_file():
             pytest.skip(f"example picture {EXAMPLES / name} not found")
-        warm.run(EXAMPLES / name, tmp_path, Path(name).stem, SMALL_JOB)
+        run_published(warm, EXAMPLES / name, tmp_path, Path(name).stem, SMALL_JOB)
 
     assert len(loaded) == 1 and loaded[0] is warm.model
     assert encoded_by == [id(loaded[0])] * 2
@@ -247,7 +257,7 @@ def test_progress_reports_stages_in_order_up_to_complete(pipeline: Pipeline, tmp
     if not source.is_file():
         pytest.skip(f"example picture {source} not found")
     reports: list[Progress] = []
-    pipeline.run(source, tmp_path, "horse", SMALL_JOB, progress=reports.append)
+    run_published(pipeline, source, tmp_path, "horse", SMALL_JOB, progress=reports.append)
 
     stages_seen = [r.stage for i, r in enumerate(reports) if i == 0 or reports[i - 1].stage != r.stage]
     assert stages_seen == STAGE_ORDER
@@ -263,66 +273,17 @@ def test_stage_seconds_of_each_job_feed_the_next_jobs_eta(pipeline: Pipeline, sm
     state_dir = tmp_path / "state"
     state_dir.mkdir()
     learning = Pipeline(small_settings(), model=pipeline.model, stage_history=state_dir)
-    first = learning.run(EXAMPLES / "chair.png", tmp_path / "outbox", "first", SMALL_JOB)
+    first = run_published(learning, EXAMPLES / "chair.png", tmp_path / "outbox", "first", SMALL_JOB)
     learnt = json.loads((state_dir / "stage_seconds.json").read_text())
     assert learnt["reconstruct"] == pytest.approx(
         (DEFAULT_STAGE_SECONDS["reconstruct"] + first.stage_seconds["reconstruct"]) / 2, abs=1e-3)
     reports: list[Progress] = []
-    learning.run(EXAMPLES / "chair.png", tmp_path / "outbox", "second", SMALL_JOB, progress=reports.append)
+    run_published(learning, EXAMPLES / "chair.png", tmp_path / "outbox", "second", SMALL_JOB,
+                  progress=reports.append)
     assert reports[0].eta_s == pytest.approx(sum(learnt.values()))
 
 
-# --- (f), (g) results are never overwritten, and failures leave nothing ------------------
-
-def test_existing_result_name_is_refused_and_left_alone(pipeline: Pipeline, tmp_path: Path) -> None:
-    source = EXAMPLES / "chair.png"
-    if not source.is_file():
-        pytest.skip(f"example picture {source} not found")
-    earlier = tmp_path / "chair"
-    earlier.mkdir()
-    (earlier / "mesh.glb").write_bytes(b"an earlier result")
-    with pytest.raises(FileExistsError, match="already exists"):
-        pipeline.run(source, tmp_path, "chair", SMALL_JOB)
-    assert [p.name for p in earlier.iterdir()] == ["mesh.glb"]
-    assert (earlier / "mesh.glb").read_bytes() == b"an earlier result"
-    assert leftovers(tmp_path) == ["chair"]
-
-
-class StopAtExport(Exception):
-    pass
-
-
-def test_failure_mid_run_leaves_no_partial_and_no_result(pipeline: Pipeline, tmp_path: Path) -> None:
-    source = EXAMPLES / "chair.png"
-    if not source.is_file():
-        pytest.skip(f"example picture {source} not found")
-    outbox = tmp_path / "outbox"
-    partial_seen: list[bool] = []
-
-    def fail_at_export(report: Progress) -> None:
-        if report.stage == "export":
-            partial_seen.append((outbox / ".chair.partial" / "source.png").is_file())
-            raise StopAtExport()
-
-    with pytest.raises(StopAtExport):
-        pipeline.run(source, outbox, "chair", SMALL_JOB, progress=fail_at_export)
-    assert partial_seen == [True]  # it really was mid-run, with files written
-    assert leftovers(outbox) == []
-
-
-def test_stale_partial_from_a_crash_is_replaced_by_a_complete_result(pipeline: Pipeline,
-                                                                     tmp_path: Path) -> None:
-    source = EXAMPLES / "chair.png"
-    if not source.is_file():
-        pytest.skip(f"example picture {source} not found")
-    outbox = tmp_path / "outbox"
-    stale = outbox / ".chair.partial"
-    stale.mkdir(parents=True)
-    (stale / "mesh.obj").write_text("half a mesh from a crashed run\n")
-    result = pipeline.run(source, outbox, "chair", SMALL_JOB)
-    assert leftovers(outbox) == ["chair"]
-    assert (result.result_dir / "mesh.obj").read_text() != "half a mesh from a crashed run\n"
-
+# --- (g) a refused picture leaves nothing (staging and publishing: test_layout.py) -------
 
 def test_picture_where_the_model_finds_nothing_is_refused_in_one_line(pipeline: Pipeline,
                                                                        tmp_path: Path) -> None:
@@ -333,6 +294,6 @@ def test_picture_where_the_model_finds_nothing_is_refused_in_one_line(pipeline: 
     blind = SMALL_JOB.model_copy(update={"mc_threshold": 1e12})
     outbox = tmp_path / "outbox"
     with pytest.raises(InputError, match="found no object") as caught:
-        pipeline.run(source, outbox, "chair", blind)
+        run_published(pipeline, source, outbox, "chair", blind)
     assert "\n" not in str(caught.value)
     assert leftovers(outbox) == []

@@ -45,7 +45,7 @@ def test_identical_bytes_are_reprocessed_when_the_earlier_result_was_deleted(tmp
     job, _ = store.enqueue("a.jpg", "same", 10, "t_a")
     store.claim_next()
     store.finish(job.id, tmp_path / "gone", [])
-    again, _ = store.enqueue("a.jpg", "same", 10, "t_a", result_exists=lambda output: False)
+    again, _ = store.enqueue("a.jpg", "same", 10, "t_a", result_holds=lambda output, sha256: False)
     assert again.state == QUEUED and again.result_name == "t_a-2"
 
 

@@ -1,13 +1,15 @@
 """The worker against a real job database and real folders.
 
 Most tests drive it with ``StandInPipeline``: a small real object with the Pipeline.run contract
-(partial folder, byte-identical source copy, rename when complete, progress per stage), because
-the real pipeline would make these state-machine tests take seconds each. The end-to-end tests
-in test_daemon_*.py run the real Pipeline.
+(write the result's files, source.<ext> byte for byte and job.json, into the folder it is
+handed; progress per stage), because the real pipeline would make these state-machine tests take
+seconds each. Staging and publishing are the real ``recond.layout`` (tested in test_layout.py);
+the end-to-end tests in test_daemon_*.py run the real Pipeline.
 """
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import threading
 import time
@@ -18,6 +20,8 @@ from typing import Any
 import pytest
 
 from conftest import settings_for, wait_for
+from recond import layout
+from recond.pipeline.record import write_record
 from recond.config import JobSettings, ModelSettings, Settings
 from recond.store import DONE, FAILED, QUEUED, Store
 from recond.pipeline.progress import STAGES, Progress
@@ -27,10 +31,11 @@ from recond.worker import Worker
 class Result:
     result_dir: Path
     warnings: list[str] = field(default_factory=list)
+    record: dict[str, Any] = field(default_factory=dict)
 
 
 class StandInPipeline:
-    """Publishes a folder with source.<ext> the way Pipeline.run does; can fail or dawdle."""
+    """Writes source.<ext> and job.json into the folder it is handed; can fail or dawdle."""
 
     model_id, device, background_method = "stand-in", "cpu", "none"
 
@@ -39,32 +44,32 @@ class StandInPipeline:
         self.job_settings: list[JobSettings] = []
         self.started = threading.Event()
 
-    def run(self, source: Path, outbox: Path, result_name: str, job: Any = None,
-            progress: Any = None) -> Result:
-        self.runs.append(result_name)
+    def run(self, source: Path, result_dir: Path, job: Any = None, progress: Any = None) -> Result:
+        self.runs.append(result_dir.name)
         self.job_settings.append(job)
-        partial = outbox / f".{result_name}.partial"
-        partial.mkdir(parents=True)
-        try:
-            shutil.copyfile(source, partial / f"source{source.suffix}")
-            for index, stage in enumerate(STAGES):
-                self.started.set()
-                if self.error:
-                    raise self.error
-                time.sleep(self.stage_seconds)
-                if progress:
-                    progress(Progress(stage, 0.0, index / len(STAGES), 1.0))
-        except BaseException:
-            shutil.rmtree(partial)
-            raise
-        partial.rename(outbox / result_name)
-        return Result(outbox / result_name, ["stand-in warning"])
+        data = source.read_bytes()
+        copy = f"source{source.suffix}"
+        (result_dir / copy).write_bytes(data)
+        for index, stage in enumerate(STAGES):
+            self.started.set()
+            if self.error:
+                raise self.error
+            time.sleep(self.stage_seconds)
+            if progress:
+                progress(Progress(stage, 0.0, index / len(STAGES), 1.0))
+        record = {"source": source.name, "source_copy": copy, "sha256": sha256(data)}
+        write_record(result_dir, record)
+        return Result(result_dir, ["stand-in warning"], record)
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def queue_file(settings: Settings, store: Store, name: str, data: bytes = b"picture") -> int:
     (settings.inbox / name).parent.mkdir(parents=True, exist_ok=True)
     (settings.inbox / name).write_bytes(data)
-    job, _ = store.enqueue(name, name, len(data), f"20260101-000000_{Path(name).stem}")
+    job, _ = store.enqueue(name, sha256(data), len(data), f"20260101-000000_{Path(name).stem}")
     return job.id
 
 
@@ -167,10 +172,13 @@ def test_result_published_before_a_crash_is_not_made_twice(settings: Settings) -
     store = Store(settings.db_path)
     job_id = queue_file(settings, store, "a.jpg")
     job = store.claim_next()
-    (settings.outbox / job.result_name).mkdir()  # the crash came after the rename
-    (settings.outbox / f".{job.result_name}.partial").mkdir()
     pipeline = StandInPipeline()
     worker = Worker(settings, store, pipeline_factory=lambda s: pipeline)
+    published = settings.outbox / job.result_name  # the crash came after the rename
+    published.mkdir()
+    pipeline.run(settings.inbox / "a.jpg", published)
+    pipeline.runs.clear()
+    layout.staging_dir(settings.outbox, job.result_name, f"{worker.owner}-{job.id}").mkdir()
     worker.pipeline = pipeline
     worker.process(job)
     assert store.get(job_id).state == DONE and pipeline.runs == []
@@ -181,10 +189,10 @@ def test_partial_folder_left_by_a_crash_is_cleared_before_the_rerun(settings: Se
     store = Store(settings.db_path)
     queue_file(settings, store, "a.jpg")
     job = store.claim_next()
-    leftover = settings.outbox / f".{job.result_name}.partial"
+    worker = Worker(settings, store)
+    leftover = layout.staging_dir(settings.outbox, job.result_name, f"{worker.owner}-{job.id}")
     leftover.mkdir()
     (leftover / "mesh.obj").write_text("half")
-    worker = Worker(settings, store)
     worker.pipeline = StandInPipeline()
     worker.process(job)
     assert store.get(job.id).state == DONE
@@ -197,7 +205,6 @@ def test_job_waits_instead_of_failing_while_the_inbox_share_is_gone(settings: Se
     shutil.rmtree(settings.inbox)
     worker = Worker(settings, store)
     worker.pipeline = StandInPipeline()
-    worker._stopping.set()  # skip the pause before the next claim
     worker.process(store.claim_next())
     job = store.get(job_id)
     assert job.state == QUEUED and job.attempts == 0 and worker.pipeline.runs == []
@@ -243,3 +250,20 @@ def test_job_that_keeps_crashing_the_daemon_ends_in_failed_with_its_file_kept(se
     kept = settings.inbox.resolve() / "failed" / "poison.jpg"
     assert job.state == FAILED and job.output == str(kept) and kept.read_bytes() == b"crashes the pipeline"
     assert f"{settings.max_attempts} times" in (kept.parent / "poison.jpg.error.txt").read_text()
+
+
+def test_duplicate_waiting_on_a_job_is_removed_once_its_result_is_published(settings: Settings) -> None:
+    store = Store(settings.db_path)
+    job_id = queue_file(settings, store, "a.jpg", b"same bytes")
+    (settings.inbox / "backup").mkdir()
+    (settings.inbox / "backup" / "copy.jpg").write_bytes(b"same bytes")
+    copy, _ = store.enqueue("backup/copy.jpg", sha256(b"same bytes"), 10, "t_copy")
+    assert (settings.inbox / "backup" / "copy.jpg").exists()
+    worker = run_worker(settings, store, StandInPipeline())
+    try:
+        done = wait_for(lambda: (job := store.get(job_id)).state == DONE and job)
+    finally:
+        worker.stop()
+    assert (Path(done.output) / "source.jpg").read_bytes() == b"same bytes"
+    assert not (settings.inbox / "backup").exists()  # emptied by recond: removed (issue 8)
+    assert store.get(copy.id).output == done.output and settings.inbox.is_dir()

@@ -20,7 +20,7 @@ ProgressCallback = Callable[[Progress], None]
 
 @dataclass
 class JobResult:
-    """One published result folder and what happened on the way."""
+    """One result folder (staged; published by the caller) and what happened on the way."""
 
     result_dir: Path
     warnings: list[str] = field(default_factory=list)
@@ -35,7 +35,8 @@ class WarmPipeline(Protocol):
     device: str
     background_method: str
 
-    def run(self, source: Path, outbox: Path, result_name: str, job: JobSettings,
+    def run(self, source: Path, result_dir: Path, job: JobSettings,
             progress: ProgressCallback | None = None) -> JobResult:
-        """Turn ``source`` into ``outbox/result_name`` with ``job``'s settings."""
+        """Write the result of ``source`` into ``result_dir`` (an empty staging folder the
+        caller publishes through recond.layout) with ``job``'s settings."""
         ...

@@ -18,6 +18,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from recond.dropped import NotARegularFile, read_bounded
 from recond.errors import InputError
 
 
@@ -45,17 +46,25 @@ def check_size(name: str, size: int, max_bytes: int) -> None:
 
 
 def read_source(path: Path, max_bytes: int) -> bytes:
-    """The file's bytes, read once (they are hashed, copied and decoded from this one read)."""
+    """The file's bytes, read once (they are hashed, copied and decoded from this one read).
+
+    Opened without following a symlink and without blocking (a FIFO is refused, not waited on),
+    and never more than ``max_bytes`` read (issue 11).
+    """
     try:
-        size = path.stat().st_size
+        size, data = read_bounded(path, max_bytes)
+    except NotARegularFile as error:
+        raise InputError(f"cannot read {path.name}: {error}") from None
     except OSError as error:
         raise InputError(f"cannot read {path.name}: {error.strerror}") from None
     check_size(path.name, size, max_bytes)
-    return path.read_bytes()
+    return data
 
 
-def open_image(stream: BinaryIO, name: str, max_pixels: int, n_bytes: int) -> Image.Image:
-    """Read only the header and refuse what is not a picture or is absurdly large.
+def open_image(stream: BinaryIO, name: str, max_pixels: int, n_bytes: int,
+               max_aspect: float = 20.0) -> Image.Image:
+    """Read only the header and refuse what is not a picture, is absurdly large, or so long and
+    thin that framing it would pad it to a huge square.
 
     This is the sniff web uploads get before they enter the inbox, and the first step of
     :func:`decode_image`, so both refuse the same files with the same words.
@@ -76,12 +85,17 @@ def open_image(stream: BinaryIO, name: str, max_pixels: int, n_bytes: int) -> Im
         )
     if width == 0 or height == 0:
         raise InputError(f"{name} has no pixels")
+    if max(width, height) / min(width, height) > max_aspect:
+        raise InputError(
+            f"{name} is {width}x{height} pixels, longer than {max_aspect:g} times its width "
+            "(setting max_aspect_ratio); refused before decoding"
+        )
     return image
 
 
-def decode_image(data: bytes, name: str, max_pixels: int) -> Image.Image:
-    """Decode bytes into an RGBA picture, upright, refusing absurd sizes before decoding."""
-    image = open_image(io.BytesIO(data), name, max_pixels, len(data))
+def decode_image(data: bytes, name: str, max_pixels: int, max_aspect: float = 20.0) -> Image.Image:
+    """Decode bytes into an RGBA picture, upright, refusing absurd sizes and shapes before decoding."""
+    image = open_image(io.BytesIO(data), name, max_pixels, len(data), max_aspect)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)

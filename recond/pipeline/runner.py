@@ -1,15 +1,13 @@
 """The warm pipeline: built once (model and rembg session warm), then one picture in,
 one complete result folder out, stage by stage, with progress.
 
-A result is assembled in ``<outbox>/.<name>.partial`` and renamed to ``<outbox>/<name>`` only
-when every file is written, so a folder under its final name is always complete; on any failure
-the partial folder is removed. The source file is copied byte for byte and never touched.
+The pipeline writes into the folder it is handed; where that folder lives and how it is
+published is ``recond.layout``'s business (a private staging folder, renamed into the outbox when
+complete). The source file is copied byte for byte and never touched.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +16,8 @@ from PIL import Image
 
 from recond import __version__
 from recond.config import JobSettings, ModelSettings, part_of
-from recond.errors import InputError, ResultExistsError
+from recond.errors import InputError
+from recond.layout import display_name
 from recond.pipeline.background import BackgroundRemover
 from recond.pipeline.contract import JobResult, ProgressCallback
 from recond.pipeline.export import export_meshes, orient_y_up
@@ -73,27 +72,13 @@ class Pipeline:
         self.background = BackgroundRemover(settings)
         self.background_method = self.background.method
 
-    def run(self, source: Path, outbox: Path, result_name: str, job: JobSettings,
+    def run(self, source: Path, result_dir: Path, job: JobSettings,
             progress: ProgressCallback | None = None) -> JobResult:
-        """Turn ``source`` into ``outbox/result_name``; raises InputError for a bad picture."""
-        source, outbox = Path(source), Path(outbox)
-        final_dir = outbox / result_name
-        if final_dir.exists():
-            raise ResultExistsError(f"result folder {final_dir} already exists; not overwritten")
-        partial_dir = outbox / f".{result_name}.partial"
-        shutil.rmtree(partial_dir, ignore_errors=True)  # left behind by a crash
-        partial_dir.mkdir(parents=True)
-        try:
-            expected = expected_stage_seconds(self.stage_history) if self.stage_history else None
-            result = self._build(source, partial_dir, part_of(job, JobSettings),
-                                 ProgressTracker(progress, expected))
-            os.rename(partial_dir, final_dir)
-        except BaseException:
-            shutil.rmtree(partial_dir, ignore_errors=True)
-            raise
-        _sync_directory(outbox)
-        result.result_dir = final_dir
-        return result
+        """Turn ``source`` into the files of a result inside ``result_dir`` (an empty folder the
+        caller made and publishes: recond.layout); raises InputError for a bad picture."""
+        expected = expected_stage_seconds(self.stage_history) if self.stage_history else None
+        return self._build(Path(source), Path(result_dir), part_of(job, JobSettings),
+                           ProgressTracker(progress, expected))
 
     def _build(self, source: Path, result_dir: Path, settings: JobSettings,
                tracker: ProgressTracker) -> JobResult:
@@ -101,7 +86,8 @@ class Pipeline:
 
         with tracker.stage("load"):
             source_bytes = read_source(source, settings.max_file_bytes)
-            picture = decode_image(source_bytes, source.name, settings.max_image_pixels)
+            picture = decode_image(source_bytes, source.name, settings.max_image_pixels,
+                                   settings.max_aspect_ratio)
             source_copy = source_copy_name(source.suffix)
             (result_dir / source_copy).write_bytes(source_bytes)
 
@@ -134,7 +120,7 @@ class Pipeline:
 
         with tracker.stage("viewer"):
             downloads = _download_order(result_dir)
-            write_viewer(result_dir, oriented, downloads, title=source.name, video=VIDEO_NAME)
+            write_viewer(result_dir, oriented, downloads, title=display_name(source.name), video=VIDEO_NAME)
 
         record = {
             "recond_version": __version__,
@@ -179,17 +165,3 @@ def _download_order(result_dir: Path) -> list[str]:
     present = {p.name for p in result_dir.iterdir() if p.is_file()}
     rest = sorted(name for name in present if name not in first and not name.startswith(FRAME_PREFIX))
     return [name for name in first if name in present] + rest + [RECORD_NAME]
-
-
-def _sync_directory(path: Path) -> None:
-    """Make the rename durable, so a power cut cannot bring back the partial name."""
-    try:
-        descriptor = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)

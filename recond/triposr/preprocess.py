@@ -12,6 +12,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 GREY_BACKGROUND = 0.5
+# The framed square is resized to the model's 512-pixel input anyway; a larger one only costs
+# memory (a 1x50000 strip would pad to 50000^2 pixels, 10 GB as RGBA). Crops whose square would
+# be larger are shrunk first, by whole-block averaging, so memory stays bounded (issue 11).
+MAX_FRAMED_SIDE = 4096
 
 
 def prepare_image(image: Image.Image, foreground_ratio: float = 0.85) -> np.ndarray:
@@ -37,8 +41,19 @@ def frame_foreground(rgba: np.ndarray, ratio: float) -> np.ndarray:
     if rows.size == 0:
         raise ValueError("The picture has no visible object: its alpha channel is zero everywhere.")
     crop = rgba[rows.min():rows.max(), cols.min():cols.max()]
+    if min(crop.shape[:2]) == 0:
+        raise ValueError("The visible object is a single line of pixels; recond needs a picture of an object.")
+    crop = _shrunk_to_fit(crop, int(max(crop.shape[:2]) / ratio))
     square = _pad_centred(crop, max(crop.shape[:2]))
     return _pad_centred(square, int(square.shape[0] / ratio))
+
+
+def _shrunk_to_fit(crop: np.ndarray, framed_side: int) -> np.ndarray:
+    """The crop reduced by a whole factor when its framed square would exceed MAX_FRAMED_SIDE."""
+    factor = -(-framed_side // MAX_FRAMED_SIDE)  # ceiling division
+    if factor <= 1:
+        return crop
+    return np.asarray(Image.fromarray(crop, "RGBA").reduce(factor))
 
 
 def _pad_centred(image: np.ndarray, size: int) -> np.ndarray:
