@@ -1,24 +1,31 @@
-"""Seconds per pipeline stage for one example picture at default settings, on CPU.
+"""Seconds per pipeline stage for bench_chair at default settings, plus the full-size forward pass.
 
-The weights are the tests' tiny random checkpoint (recond/triposr/tiny.py builds it; the real
-1.7 GB weights cannot be downloaded here), so the model-bound parts of reconstruct (encode,
-density queries) and texture (colour queries) are far cheaper than with the real network.
-Every other stage (loading, background, marching cubes, UV unwrap, export, turntable, viewer)
-does the same work as in production. Prints the machine, the settings and
-JobResult.stage_seconds. Then, unless --skip-full-size, the pipeline's reconstruct stage (encode +
-density grid + marching cubes) runs on the full-size official architecture with random weights,
-built by benchmarks/bench_triposr.py, at --full-size-resolution.
+Part 1 runs a warm Pipeline on ``../shared/reference/bench_chair`` (tiny encoder, but the official
+triplane and decoder fitted to a chair for ``examples/chair.png``; see its README), so everything
+after the forward pass costs what it costs with the real model on a real object. It prints one
+table of stage seconds, the mesh and result-folder figures from job.json, and sizes.
 
-    python benchmarks/bench_pipeline.py [--example chair.png] [--threads N] [--runs 1]
-                                        [--full-size-resolution 256] [--skip-full-size]
+Part 2 (unless --skip-full-size) saves the full-size official architecture with random weights
+(benchmarks/bench_triposr.py builds it) as a model folder, evicts it from the page cache and,
+in a fresh process, loads it as the daemon does and times the load, the first encode and a
+warm encode; with --full-size-job it also runs two jobs on chair.png through that model (its
+forward pass, then bench_chair's object: see chair_after_the_forward) and prints the process's
+peak RSS.
+
+The machine is shared: the load average is printed before and after; compare ratios of one run.
+
+    python benchmarks/bench_pipeline.py [--threads N] [--runs 1] [--skip-full-size] [--full-size-job]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import resource
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -27,88 +34,182 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-EXAMPLES = REPO.parent / "shared" / "examples"
+SHARED = REPO.parent / "shared"
+BENCH_CHAIR = SHARED / "reference" / "bench_chair"
+CHAIR = SHARED / "examples" / "chair.png"
+
 sys.path.insert(0, str(REPO / "benchmarks"))
-import bench_triposr  # noqa: E402  (A's full-size random-weight model, so both benches time the same network)
+import bench_triposr  # noqa: E402  (the full-size random-weight model, shared with bench_triposr)
 
 from recond import layout  # noqa: E402
 from recond.config import JobSettings, Settings, load_settings, part_of  # noqa: E402
+from recond.pipeline.contract import JobResult  # noqa: E402
 from recond.pipeline.runner import Pipeline  # noqa: E402
-from recond.pipeline.reconstruct import reconstruct  # noqa: E402
+from recond.triposr.model import TripoSR  # noqa: E402
 from recond.triposr.preprocess import prepare_image  # noqa: E402
-from recond.triposr.tiny import build_tiny_checkpoint  # noqa: E402  (the tests' tiny checkpoint)
+from recond.triposr.config import OFFICIAL_CONFIG_PATH  # noqa: E402
+
 
 
 def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB on Linux
 
 
+def load_average() -> str:
+    return "load average " + ", ".join(f"{value:.2f}" for value in os.getloadavg())
+
+
+def print_machine(label: str) -> None:
+    print(f"{label}: {platform.machine()}, {os.cpu_count()} cpus, torch {torch.__version__}, "
+          f"threads {torch.get_num_threads()}, {load_average()}")
+
+
+def settings_for(model: str, scratch: Path) -> Settings:
+    return load_settings(model=model, device="cpu", state_dir=scratch / "state",
+                         inbox=scratch / "inbox", outbox=scratch / "outbox")
+
+
+def print_settings(settings: Settings) -> None:
+    print("settings: device cpu, dtype float32, background " + settings.background + ", "
+          + ", ".join(f"{key} {value}" for key, value in part_of(settings, JobSettings).model_dump().items()))
+
+
+def bench_chair(runs: int, scratch: Path) -> None:
+    settings = settings_for(str(BENCH_CHAIR), scratch)
+    print(f"\n== bench_chair job ({CHAIR.name}, model {BENCH_CHAIR.name}) ==")
+    print_settings(settings)
+    started = time.perf_counter()
+    pipeline = Pipeline(settings)
+    print(f"build (model + background remover): {time.perf_counter() - started:.2f} s")
+    for run in range(runs):
+        started = time.perf_counter()
+        result = run_job(pipeline, settings, scratch, f"run_{run}")
+        total = time.perf_counter() - started
+        print(f"run {run + 1} ({load_average()}):")
+        print(f"  {'stage':<12}{'seconds':>8}  {'share':>6}")
+        for stage, seconds in result.stage_seconds.items():
+            print(f"  {stage:<12}{seconds:8.2f}  {100 * seconds / total:5.1f} %")
+        print(f"  {'total':<12}{total:8.2f}")
+        for key in ("mesh", "texture", "grid"):
+            if key in result.record:
+                print(f"  {key}: {json.dumps(result.record[key])}")
+        print(f"  vertices {result.record['vertices']}, faces {result.record['faces']}")
+        sizes = {p.name: p.stat().st_size for p in result.result_dir.iterdir() if p.is_file()}
+        big = sorted(sizes.items(), key=lambda item: -item[1])[:6]
+        print(f"  result folder {sum(sizes.values()) / 2 ** 20:.1f} MB: "
+              + ", ".join(f"{name} {size / 2 ** 20:.2f} MB" for name, size in big))
+    print(f"peak RSS: {peak_rss_gib():.2f} GiB")
+
+
+def run_job(pipeline: Pipeline, settings: Settings, scratch: Path, name: str) -> JobResult:
+    """chair.png through the pipeline into a published result folder, as the worker does it."""
+    result, folder = layout.build_result(
+        scratch / "outbox", name, "bench",
+        lambda staging: pipeline.run(CHAIR, staging, part_of(settings, JobSettings)))
+    result.result_dir = folder
+    return result
+
+
+def save_full_size_model(folder: Path) -> None:
+    """The official architecture with random weights, as a model folder the loader reads."""
+    model = bench_triposr.random_official_model(seed=0)
+    prepared = prepare_image(bench_triposr.picture())
+    bench_triposr.place_surface(model, model.encode([prepared])[0], 25.0)
+    folder.mkdir(parents=True)
+    shutil.copy(OFFICIAL_CONFIG_PATH, folder / "config.yaml")
+    torch.save(model.state_dict(), folder / "model.ckpt")
+
+
+def evict_from_page_cache(path: Path) -> None:
+    """Drop this one file's cached pages, so the child loads it from disk as after a reboot."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+        os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(descriptor)
+
+
+def full_size_child(folder: Path, job: bool, scratch: Path) -> None:
+    """Run in a fresh process, with the checkpoint evicted from the page cache."""
+    print_machine("full-size process")
+    started = time.perf_counter()
+    model = TripoSR.from_pretrained(folder)
+    print(f"  load (from_pretrained): {time.perf_counter() - started:.1f} s, "
+          f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters, "
+          f"peak RSS {peak_rss_gib():.2f} GiB")
+    prepared = prepare_image(bench_triposr.picture())
+    for label in ("first encode after load", "warm encode"):
+        started = time.perf_counter()
+        model.encode([prepared])
+        print(f"  {label}: {time.perf_counter() - started:.1f} s ({load_average()})")
+    print(f"  peak RSS after encodes: {peak_rss_gib():.2f} GiB")
+    if job:
+        settings = settings_for(str(folder), scratch)
+        pipeline = Pipeline(settings, model=chair_after_the_forward(model, settings))
+        for label in ("first job", "warm job"):
+            started = time.perf_counter()
+            result = run_job(pipeline, settings, scratch, label.replace(" ", "_"))
+            print(f"  {label} on {CHAIR.name}: {time.perf_counter() - started:.1f} s, "
+                  f"faces {result.record['faces']}, stages "
+                  + ", ".join(f"{k} {v:.1f}" for k, v in result.stage_seconds.items()))
+        print(f"  peak RSS of the process (load, encodes, jobs): {peak_rss_gib():.2f} GiB")
+
+
+def chair_after_the_forward(model: TripoSR, settings: Settings) -> TripoSR:
+    """The full-size model, made to hand on bench_chair's object after its own forward pass.
+
+    Random weights give a noise field, whose mesh says nothing about a real job. bench_chair's
+    decoder has the official shape: the full-size model takes it over, and its encode runs the
+    full-size forward pass (time and memory as in production) but returns bench_chair's scene
+    code for chair.png, so every later stage sees a realistic object.
+    """
+    from PIL import Image
+
+    chair = TripoSR.from_pretrained(BENCH_CHAIR)
+    with Image.open(CHAIR) as picture:
+        chair_code = chair.encode([prepare_image(picture, settings.foreground_ratio)])
+    model.decoder.load_state_dict(chair.decoder.state_dict())
+    forward = model.encode
+
+    def encode(images, progress=None):  # type: ignore[no-untyped-def]
+        forward(images, progress)
+        return chair_code.clone()
+
+    model.encode = encode  # type: ignore[method-assign]
+    return model
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--example", default="chair.png", help="a picture in ../shared/examples")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--runs", type=int, default=1, help="runs on the same warm pipeline")
-    parser.add_argument("--full-size-resolution", type=int, default=256,
-                        help="marching-cubes resolution for the full-size reconstruct stage")
-    parser.add_argument("--skip-full-size", action="store_true", help="only the tiny-checkpoint run")
+    parser.add_argument("--skip-full-size", action="store_true", help="only the bench_chair job")
+    parser.add_argument("--full-size-job", action="store_true",
+                        help="also run one warm job through the full-size model and report peak RSS")
+    parser.add_argument("--full-size-child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    source = EXAMPLES / args.example
-    if not source.is_file():
-        sys.exit(f"example picture {source} not found")
     torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory(prefix="bench_pipeline_") as scratch:
         scratch_dir = Path(scratch)
-        model_dir = build_tiny_checkpoint(scratch_dir / "tiny_triposr")
-        settings = load_settings(model=str(model_dir), device="cpu")
-        print(f"machine: {platform.machine()}, {os.cpu_count()} cpus, torch {torch.__version__}, "
-              f"threads {torch.get_num_threads()}")
-        print(f"example: {source.name}; model: tiny random checkpoint (recond/triposr/tiny.py)")
-        print(f"settings: device {settings.resolved_device()}, dtype {settings.resolved_dtype()}, "
-              + ", ".join(f"{key} {getattr(settings, key)}" for key in
-                          ("background", "mc_resolution", "mc_threshold", "chunk_size", "bake_texture",
-                           "texture_resolution", "render_views", "render_size", "video_fps")))
-
+        if args.full_size_child:
+            full_size_child(args.full_size_child, args.full_size_job, scratch_dir)
+            return
+        print_machine("machine")
+        bench_chair(args.runs, scratch_dir)
+        if args.skip_full_size:
+            return
+        print("\n== full-size architecture, random weights (forward pass) ==")
         started = time.perf_counter()
-        pipeline = Pipeline(settings)
-        print(f"build (model + background remover): {time.perf_counter() - started:.2f} s, "
-              f"background method {pipeline.background_method}")
-
-        for run in range(args.runs):
-            started = time.perf_counter()
-            result, _ = layout.build_result(
-                scratch_dir / "outbox", f"run_{run}", "bench",
-                lambda staging: pipeline.run(source, staging, part_of(settings, JobSettings)))
-            total = time.perf_counter() - started
-            print(f"run {run + 1}: {total:.2f} s total, {result.record['vertices']} vertices, "
-                  f"{result.record['faces']} faces, background {result.record['background']}")
-            for stage, seconds in result.stage_seconds.items():
-                print(f"  {stage:<12}{seconds:8.2f} s  {100 * seconds / total:5.1f} %")
-            for warning in result.warnings:
-                print(f"  warning: {warning}")
-        print(f"peak RSS: {peak_rss_gib():.2f} GiB")
-        if not args.skip_full_size:
-            bench_full_size_reconstruct(settings, args.full_size_resolution)
-
-
-def bench_full_size_reconstruct(settings: Settings, resolution: int) -> None:
-    """The reconstruct stage as Pipeline.run calls it, with the full-size network."""
-    started = time.perf_counter()
-    model = bench_triposr.random_official_model(seed=0)
-    print(f"full-size architecture (random weights): built in {time.perf_counter() - started:.1f} s, "
-          f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters")
-    prepared = prepare_image(bench_triposr.picture(), settings.foreground_ratio)
-    bench_triposr.place_surface(model, model.encode([prepared])[0], settings.mc_threshold)
-    marks: list[tuple[float, float]] = []
-    full_settings = settings.model_copy(update={"mc_resolution": resolution})
-    started = time.perf_counter()
-    _, mesh = reconstruct(model, prepared, full_settings,
-                          lambda fraction: marks.append((fraction, time.perf_counter())))
-    finished = time.perf_counter()
-    encoded = next(t for f, t in marks if f >= 0.35)  # reconstruct reports 0.35 after encode
-    print(f"full-size reconstruct at {resolution}^3: {finished - started:.1f} s total (encode "
-          f"{encoded - started:.1f} s, density grid + marching cubes {finished - encoded:.1f} s), "
-          f"{len(mesh.vertices)} vertices, {len(mesh.faces)} faces, peak RSS {peak_rss_gib():.2f} GiB")
+        folder = scratch_dir / "full_size_model"
+        save_full_size_model(folder)
+        print(f"built and saved in {time.perf_counter() - started:.1f} s")
+        evict_from_page_cache(folder / "model.ckpt")
+        command = [sys.executable, __file__, "--threads", str(args.threads),
+                   "--full-size-child", str(folder)] + (["--full-size-job"] if args.full_size_job else [])
+        subprocess.run(command, check=True)
+        print_machine("machine at the end")
 
 
 if __name__ == "__main__":

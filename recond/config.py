@@ -99,9 +99,13 @@ class JobSettings(_Part):
     max_file_bytes: int = Field(200 * 1024 * 1024, ge=1, description="Refuse larger files.")
     max_aspect_ratio: float = Field(20.0, ge=1.0, description="Refuse longer/shorter side beyond this.")
     foreground_ratio: float = Field(0.85, gt=0.1, le=1.0, description="Object size in the frame.")
-    chunk_size: int = Field(65536, ge=1024, description="Points per decoder call (memory bound).")
+    chunk_size: int = Field(8192, ge=1024, description="Points per decoder call (speed and memory).")
     mc_resolution: int = Field(256, ge=16, le=1024, description="Marching-cubes grid size.")
     mc_threshold: float = Field(25.0, gt=0, description="Density level of the surface.")
+    floater_fraction: float = Field(0.02, ge=0, lt=1, description="Drop pieces smaller than this "
+                                    "fraction of the largest piece's area (0 keeps all).")
+    target_faces: int = Field(20000, ge=0, description="Simplify the mesh to this many faces "
+                              "(0 keeps every face).")
     bake_texture: bool = Field(True, description="Bake a UV texture (else vertex colours).")
     texture_resolution: int = Field(1024, ge=64, le=8192, description="Texture size in pixels.")
     render_views: int = Field(30, ge=1, le=720, description="Turntable frames.")

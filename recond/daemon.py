@@ -60,7 +60,8 @@ class Daemon:
                 return 0
             settings = self.settings  # a SIGHUP while waiting may have changed the folders
             worker = Worker(settings, store, pipeline_factory=partial(
-                build_pipeline, report=lambda line: store.daemon_update(model_detail=line)),
+                build_pipeline, report=lambda line: store.daemon_update(model_detail=line),
+                stage_history=settings.state_dir),
                 on_file_changed=self._file_changed)
             worker.recover()
             self.intake = Intake(settings, store, on_enqueued=lambda job: worker.wake())

@@ -53,14 +53,16 @@ class JobEnded(Exception):
 
 
 def build_pipeline(settings: ModelSettings,
-                   report: Callable[[str], None] = lambda line: None) -> WarmPipeline:
+                   report: Callable[[str], None] = lambda line: None,
+                   stage_history: Path | None = None) -> WarmPipeline:
     """The real, warm pipeline (imported here: torch loads in the worker thread, not at start-up),
-    after the first start's downloads (``report`` gets their progress lines)."""
+    after the first start's downloads (``report`` gets their progress lines); ``stage_history``
+    is where jobs' stage seconds are kept for the ETA (the state dir)."""
     from recond.downloads import fetch_missing_models
     from recond.pipeline.runner import Pipeline
 
     fetch_missing_models(settings, report)
-    return Pipeline(settings)
+    return Pipeline(settings, stage_history=stage_history)
 
 
 class Worker:

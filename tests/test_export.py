@@ -39,7 +39,7 @@ def lopsided_blob() -> trimesh.Trimesh:
 
 @pytest.fixture(scope="module")
 def textured_blob() -> trimesh.Trimesh:
-    return bake_texture(lopsided_blob(), colour_field, TEXTURE_SIZE)
+    return bake_texture(lopsided_blob(), colour_field, TEXTURE_SIZE)[0]
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,7 @@ import recond.pipeline.background as background_module
 from conftest import SHARED
 from recond import layout
 from recond.config import JobSettings, Settings, load_settings
+from recond.pipeline.progress import DEFAULT_STAGE_SECONDS
 from recond.errors import InputError
 from recond.pipeline.runner import JobResult, Pipeline, Progress
 from recond.triposr.model import TripoSR
@@ -34,7 +35,7 @@ EXAMPLE_PICTURES = sorted(EXAMPLES.glob("*.png")) or [
 ]
 SMALL = {"mc_resolution": 32, "texture_resolution": 128, "render_views": 4, "render_size": 64}
 SMALL_JOB = JobSettings(**SMALL)
-STAGE_ORDER = ["load", "background", "reconstruct", "texture", "export", "render", "viewer", "record"]
+STAGE_ORDER = ["load", "background", "reconstruct", "mesh", "texture", "export", "render", "viewer", "record"]
 RECORD_FIELDS = {"source", "sha256", "settings", "model", "device", "background", "warnings",
                  "stage_seconds", "vertices", "faces", "files"}
 
@@ -116,6 +117,9 @@ def test_example_picture_becomes_a_complete_valid_result(pipeline: Pipeline, sou
     assert record["settings"]["mc_resolution"] == 32
     assert record["settings"]["texture_resolution"] == 128
     assert record["settings"] | SMALL_JOB.model_dump() == record["settings"]  # job settings in full
+    assert record["mesh"]["faces"] == record["faces"] <= record["mesh"]["marching_cubes_faces"]
+    assert record["mesh"]["pieces"] > record["mesh"]["pieces_dropped"] >= 0
+    assert record["texture"]["charts"] >= 1 and 0 < record["texture"]["atlas_use"] < 1
     assert set(STAGE_ORDER[:-1]) <= set(record["stage_seconds"])
     assert set(result.stage_seconds) == set(STAGE_ORDER)
     cut_out = Image.open(source).mode == "RGBA"
@@ -262,6 +266,21 @@ def test_progress_reports_stages_in_order_up_to_complete(pipeline: Pipeline, tmp
     assert overall[-1] == pytest.approx(1.0)
     assert all(0.0 <= r.stage_fraction <= 1.0 for r in reports)
     assert reports[-1].eta_s == pytest.approx(0.0, abs=1e-6)
+
+
+def test_stage_seconds_of_each_job_feed_the_next_jobs_eta(pipeline: Pipeline, small_settings,
+                                                         tmp_path: Path) -> None:
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    learning = Pipeline(small_settings(), model=pipeline.model, stage_history=state_dir)
+    first = run_published(learning, EXAMPLES / "chair.png", tmp_path / "outbox", "first", SMALL_JOB)
+    learnt = json.loads((state_dir / "stage_seconds.json").read_text())
+    assert learnt["reconstruct"] == pytest.approx(
+        (DEFAULT_STAGE_SECONDS["reconstruct"] + first.stage_seconds["reconstruct"]) / 2, abs=1e-3)
+    reports: list[Progress] = []
+    run_published(learning, EXAMPLES / "chair.png", tmp_path / "outbox", "second", SMALL_JOB,
+                  progress=reports.append)
+    assert reports[0].eta_s == pytest.approx(sum(learnt.values()))
 
 
 # --- (g) a refused picture leaves nothing (staging and publishing: test_layout.py) -------

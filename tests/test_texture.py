@@ -23,7 +23,8 @@ def _sample_bilinear(image, uv: np.ndarray) -> np.ndarray:
 
 def _bake(subdivisions=3, resolution=256, progress=None):
     sphere = trimesh.creation.icosphere(subdivisions=subdivisions)
-    return sphere, bake_texture(sphere, _color_field, resolution, progress)
+    baked, _ = bake_texture(sphere, _color_field, resolution, progress)
+    return sphere, baked
 
 
 def test_texture_at_vertex_uvs_matches_the_colour_field():
@@ -67,3 +68,12 @@ def test_geometry_is_unchanged_and_progress_reaches_one():
     assert np.isclose(baked.volume, sphere.volume, rtol=1e-5)
     assert fractions[0] == 0.0 and fractions[-1] == 1.0
     assert fractions == sorted(fractions)
+
+
+def test_atlas_facts_count_charts_and_covered_texels():
+    sphere = trimesh.creation.icosphere(subdivisions=3)
+    baked, facts = bake_texture(sphere, _color_field, 256)
+    # Each chart is a connected patch of UV space: at least one, at most one per face.
+    assert 1 <= facts.charts <= len(sphere.faces)
+    assert 0.2 < facts.atlas_use < 1.0
+    assert facts.as_record() == {"charts": facts.charts, "atlas_use": facts.atlas_use}

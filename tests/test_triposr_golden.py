@@ -19,11 +19,13 @@ from PIL import Image
 from scipy.spatial import cKDTree
 
 from conftest import SHARED
+from recond.pipeline.mesh import surface, with_vertex_colors
+from recond.pipeline.reconstruct import color_query
 from recond.triposr.model import TripoSR
 from recond.triposr.preprocess import prepare_image
-from recond.triposr.cameras import spherical_cameras
 from recond.triposr.isosurface import grid_point_chunks, marching_cubes
 from recond.triposr.preprocess import frame_foreground, model_input
+from volume_render import render, spherical_cameras
 
 GOLDEN_DIRS = sorted(path.parent for path in (SHARED / "reference").glob("golden_*/expected.npz"))
 TOLERANCE = 1e-4
@@ -133,7 +135,9 @@ def test_marching_cubes_on_the_golden_grid_is_identical_to_upstream(golden: Gold
     np.testing.assert_array_equal(unit_vertices, expected["mc_vertices_unit"])
     np.testing.assert_array_equal(faces, expected["mc_faces"])
     scene_code = torch.from_numpy(expected["scene_codes"])
-    mesh = golden.model.surface(scene_code, torch.from_numpy(expected["density_grid"]), golden.threshold)
+    # The mesh stage's raw surface, before floaters are dropped or faces simplified.
+    mesh = with_vertex_colors(surface(torch.from_numpy(expected["density_grid"]), golden.threshold,
+                                      golden.model.radius), color_query(golden.model, scene_code, 65536))
     np.testing.assert_array_equal(mesh.vertices, expected["mesh_vertices"])
     np.testing.assert_array_equal(mesh.faces, expected["mesh_faces"])
     colours = golden.model.query(scene_code, torch.from_numpy(expected["mesh_vertices"]))["color"]
@@ -144,7 +148,10 @@ def test_marching_cubes_on_the_golden_grid_is_identical_to_upstream(golden: Gold
 
 def test_extracted_mesh_matches_upstream_order_independently(golden: GoldenRun) -> None:
     expected = golden.expected
-    mesh = golden.model.extract_mesh(golden.scene_code, golden.resolution, golden.threshold)
+    grid = golden.model.density_grid(golden.scene_code, golden.resolution)
+    # Before floater removal and simplification, which the pipeline adds after upstream's mesh.
+    mesh = with_vertex_colors(surface(grid, golden.threshold, golden.model.radius),
+                              color_query(golden.model, golden.scene_code, 65536))
     assert len(mesh.faces) == len(expected["mesh_faces"])
     ours_to_theirs, nearest = cKDTree(expected["mesh_vertices"]).query(mesh.vertices)
     theirs_to_ours, _ = cKDTree(mesh.vertices).query(expected["mesh_vertices"])
@@ -172,7 +179,7 @@ def test_camera_rays_match_upstream(golden: GoldenRun) -> None:
 
 def test_renders_match_upstream(golden: GoldenRun) -> None:
     for name, view in render_settings(golden):
-        images = golden.model.render(golden.scene_code, chunk_size=3000, **view)
+        images = render(golden.model, golden.scene_code, chunk_size=3000, **view)
         assert max_abs_error(images.numpy(), golden.expected[name]) <= TOLERANCE
         truncated = (images.numpy() * 255).astype(np.uint8).astype(int)
         assert np.abs(truncated - golden.expected[f"{name}_u8"]).max() <= 1

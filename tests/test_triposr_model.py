@@ -3,7 +3,6 @@ chunking, compute dtypes, other model sizes, and picture preparation edge cases.
 
 from __future__ import annotations
 
-import logging
 import math
 from pathlib import Path
 
@@ -12,10 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
-from recond.triposr.cameras import spherical_cameras
+from recond.pipeline.mesh import surface
 from recond.triposr.model import TripoSR
 from recond.triposr.preprocess import prepare_image
 from recond.triposr.tiny import TINY_CONFIG, TINY_VIT, build_tiny_checkpoint, reference_picture
+from volume_render import render, spherical_cameras
 
 
 @pytest.fixture(scope="module")
@@ -59,25 +59,21 @@ def test_three_views_have_the_same_cameras_as_views_built_one_by_one() -> None:
 
 def test_rays_that_miss_the_box_render_the_white_background(model: TripoSR, scene_code: torch.Tensor) -> None:
     # A 100 degree field of view from 1.9 away: the corner rays pass beside the box (upstream crashes).
-    image = model.render(scene_code, 1, fovy_deg=100.0, height=24, width=24)[0]
+    image = render(model, scene_code, 1, fovy_deg=100.0, height=24, width=24)[0]
     for corner in (image[0, 0], image[0, -1], image[-1, 0], image[-1, -1]):
         assert torch.equal(corner, torch.ones(3))
     assert image[8:16, 8:16].min() < 0.9  # the object itself is visible in the middle
 
 
-def test_field_that_never_reaches_the_threshold_gives_an_empty_mesh_and_a_warning(
-        model: TripoSR, scene_code: torch.Tensor, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="recond.triposr"):
-        mesh = model.extract_mesh(scene_code, resolution=16, threshold=1e12)
+def test_field_that_never_reaches_the_threshold_gives_an_empty_mesh(model: TripoSR, scene_code: torch.Tensor) -> None:
+    mesh = surface(model.density_grid(scene_code, 16), 1e12, model.radius)
     assert len(mesh.vertices) == 0 and len(mesh.faces) == 0
-    assert "never crosses the surface threshold" in caplog.text
 
 
-def test_tiny_model_surface_is_a_non_empty_coloured_mesh_in_the_box(model: TripoSR, scene_code: torch.Tensor) -> None:
-    mesh = model.extract_mesh(scene_code, resolution=32)
+def test_tiny_model_surface_is_a_non_empty_mesh_in_the_box(model: TripoSR, scene_code: torch.Tensor) -> None:
+    mesh = surface(model.density_grid(scene_code, 32), 25.0, model.radius)
     assert len(mesh.faces) > 500
     assert np.all(np.abs(mesh.vertices) <= model.radius + 1e-6)
-    assert mesh.visual.vertex_colors.shape == (len(mesh.vertices), 4)
     assert mesh.volume > 0  # faces wound outward, as upstream's
 
 
@@ -88,6 +84,14 @@ def test_density_grid_does_not_depend_on_the_chunk_size(model: TripoSR, scene_co
     axis = torch.linspace(-model.radius, model.radius, 20)
     corner = model.query(scene_code, torch.stack([axis[0], axis[-1], axis[3]])[None])["density_act"]
     assert torch.allclose(whole[0, -1, 3], corner[0, 0], rtol=1e-5)  # indexed [ix, iy, iz]
+
+
+def test_encode_reports_progress_after_every_transformer_block(model: TripoSR) -> None:
+    fractions: list[float] = []
+    model.encode([prepare_image(reference_picture())], progress=fractions.append)
+    blocks = len(model.image_tokenizer.model.encoder.layer) + len(model.backbone.transformer_blocks)
+    assert len(fractions) == blocks
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
 
 
 def test_heavy_calls_run_without_autograd(model: TripoSR, scene_code: torch.Tensor) -> None:
@@ -116,8 +120,8 @@ def test_other_model_sizes_and_settings_work_end_to_end(tmp_path: Path) -> None:
     model = TripoSR.from_pretrained(build_tiny_checkpoint(tmp_path / "other", config, vit, seed=7))
     codes = model.encode(torch.rand(2, 40, 56, 3))
     assert codes.shape == (2, 3, 5, 8, 8)
-    assert model.render(codes[1], 2, height=6, width=9).shape == (2, 6, 9, 3)
-    mesh = model.extract_mesh(codes[0], resolution=24)
+    assert render(model, codes[1], 2, height=6, width=9).shape == (2, 6, 9, 3)
+    mesh = surface(model.density_grid(codes[0], 24), 25.0, model.radius)
     assert len(mesh.faces) > 0 and np.all(np.abs(mesh.vertices) <= 0.6 + 1e-6)
 
 

@@ -93,3 +93,24 @@ def test_odd_frame_size_still_makes_a_valid_video(tmp_path):
     write_turntable(frames, tmp_path, fps=10)
     n_frames, _ = imageio_ffmpeg.count_frames_and_secs(str(tmp_path / "render.mp4"))
     assert n_frames == 3
+
+
+def _covered_share(frame: np.ndarray) -> float:
+    """Share of the frame's pixels that show something other than the white background."""
+    return float((frame < 250).any(axis=2).mean())
+
+
+def test_frames_the_kept_object_once_floaters_are_dropped():
+    from recond.pipeline.mesh import drop_floaters
+
+    body = trimesh.creation.icosphere(subdivisions=3, radius=0.4)
+    speck = trimesh.creation.icosphere(subdivisions=1, radius=0.02).apply_translation([0.0, 1.5, 0.0])
+    with_speck = trimesh.util.concatenate([body, speck])
+    kept, _, dropped = drop_floaters(with_speck, 0.02)
+    assert dropped == 1
+    cluttered = _covered_share(render_turntable(with_speck, 1, 64)[0])
+    framed = _covered_share(render_turntable(kept, 1, 64)[0])
+    # The kept sphere fills the frame (a disc of ~0.93 of its height: ~68% of the pixels); with
+    # the speck the framing had to reach it and the sphere shrank to a fraction of that.
+    assert framed > 0.5
+    assert cluttered < framed / 3

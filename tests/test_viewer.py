@@ -184,7 +184,7 @@ def _red_field(points: np.ndarray) -> np.ndarray:
 def result_dir(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("result")
     capsule = trimesh.creation.capsule(height=0.8, radius=0.35, count=[24, 24])
-    textured = bake_texture(capsule, _red_field, 128)
+    textured, _ = bake_texture(capsule, _red_field, 128)
     for name in FILES:
         (folder / name).write_bytes(b"x" * 2048)
     write_viewer(folder, textured, FILES, title="Red capsule <test>")

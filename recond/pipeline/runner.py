@@ -34,7 +34,9 @@ from recond.pipeline.names import (
     VIDEO_NAME,
     source_copy_name,
 )
-from recond.pipeline.progress import Progress, ProgressTracker
+from recond.pipeline.mesh import build_mesh
+from recond.pipeline.progress import (Progress, ProgressTracker, expected_stage_seconds,
+                                      remember_stage_seconds)
 from recond.pipeline.reconstruct import color_query, reconstruct
 from recond.pipeline.record import sha256_of_bytes, write_record
 from recond.pipeline.texture import bake_texture
@@ -52,12 +54,16 @@ class Pipeline:
     """One warm TripoSR model and background remover, reused for every picture.
 
     Built from the model settings only (a full Settings is narrowed to them), so what a job
-    may change never reaches the warm parts; each run gets its job settings.
+    may change never reaches the warm parts; each run gets its job settings. With a
+    ``stage_history`` folder (the daemon's state dir), each job's stage seconds are kept there
+    and the next jobs' ETA comes from them.
     """
 
-    def __init__(self, settings: ModelSettings, model: TripoSR | None = None) -> None:
+    def __init__(self, settings: ModelSettings, model: TripoSR | None = None,
+                 stage_history: Path | None = None) -> None:
         settings = part_of(settings, ModelSettings)
         self.settings = settings
+        self.stage_history = stage_history
         self.device = settings.resolved_device()
         self.dtype = settings.resolved_dtype()
         self.model_id = settings.model
@@ -70,8 +76,9 @@ class Pipeline:
             progress: ProgressCallback | None = None) -> JobResult:
         """Turn ``source`` into the files of a result inside ``result_dir`` (an empty folder the
         caller made and publishes: recond.layout); raises InputError for a bad picture."""
+        expected = expected_stage_seconds(self.stage_history) if self.stage_history else None
         return self._build(Path(source), Path(result_dir), part_of(job, JobSettings),
-                           ProgressTracker(progress))
+                           ProgressTracker(progress, expected))
 
     def _build(self, source: Path, result_dir: Path, settings: JobSettings,
                tracker: ProgressTracker) -> JobResult:
@@ -91,12 +98,16 @@ class Pipeline:
             Image.fromarray(np.round(prepared * 255).astype(np.uint8)).save(result_dir / INPUT_NAME)
 
         with tracker.stage("reconstruct") as report:
-            scene_code, mesh = reconstruct(self.model, prepared, settings, report)
+            scene_code = reconstruct(self.model, prepared, report)
 
+        with tracker.stage("mesh") as report:
+            mesh, mesh_facts = build_mesh(self.model, scene_code, settings, report)
+
+        atlas = None
         with tracker.stage("texture") as report:
             if settings.bake_texture:
                 color_at = color_query(self.model, scene_code, settings.chunk_size)
-                mesh = bake_texture(mesh, color_at, settings.texture_resolution, progress=report)
+                mesh, atlas = bake_texture(mesh, color_at, settings.texture_resolution, progress=report)
 
         with tracker.stage("export"):
             oriented = orient_y_up(mesh)
@@ -123,13 +134,17 @@ class Pipeline:
             "warnings": warnings,
             "vertices": int(len(oriented.vertices)),
             "faces": int(len(oriented.faces)),
+            "mesh": mesh_facts.as_record(),
             "textured": bool(settings.bake_texture),
+            "texture": atlas.as_record() if atlas else None,
             # Everything that shaped the result: the warm parts' settings and this job's, in full.
             "settings": {**self.settings.model_dump(mode="json"), **settings.model_dump(mode="json")},
         }
         with tracker.stage("record"):
             record["stage_seconds"] = dict(tracker.stage_seconds)
             write_record(result_dir, record)
+        if self.stage_history:
+            remember_stage_seconds(self.stage_history, tracker.stage_seconds)
         return JobResult(result_dir, warnings, dict(tracker.stage_seconds), record)
 
 

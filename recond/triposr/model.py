@@ -1,27 +1,27 @@
 """TripoSR as one module: pictures -> scene codes (triplanes), and what can be asked of them.
 
 The parts mirror upstream's TSR (tsr/system.py); the checkpoint's parameter names are the
-attribute paths here. Dense work (grids, renders) is chunked and runs under inference mode, in
-``compute_dtype`` via autocast (float32 on CPU; float16/bfloat16 on CUDA).
+attribute paths here. The model stays a model: encode, point queries and the density grid.
+Meshing is a pipeline stage (recond/pipeline/mesh.py), as the style guide asks of upstream's
+TSR, which meshes and renders inside the model class. Dense work is chunked and runs under
+inference mode, in ``compute_dtype`` via autocast (float32 on CPU; float16/bfloat16 on CUDA).
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-import trimesh
 from PIL import Image
 from torch import nn
 
-from recond.triposr import isosurface
+from recond.errors import ModelLoadError
+from recond.triposr import isosurface, loader
 from recond.triposr.backbone import Backbone
-from recond.triposr.cameras import spherical_cameras
-from recond.triposr.config import TripoSRConfig
+from recond.triposr.config import TripoSRConfig, load_config
 from recond.triposr.decoder import NeRFDecoder
 from recond.triposr.image_tokenizer import ImageTokenizer
 from recond.triposr.preprocess import model_input
@@ -29,9 +29,10 @@ from recond.triposr.renderer import TriplaneField
 from recond.triposr.tokenizer import TriplaneTokenizer
 from recond.triposr.upsampler import TriplaneUpsampler
 
-DEFAULT_CHUNK_SIZE = 65536
-
-log = logging.getLogger(__name__)
+# Points per decoder call: 8,192 points keep a layer's activations (2 MB) within a core's L2
+# cache. On bench_chair's 256^3 grid that took 20.5 s against 27.2 s with 65,536 on a quiet
+# machine (issue 7); one thread here: 1.6 us/point against 1.8 (benchmarks/bench_density_grid.py).
+DEFAULT_CHUNK_SIZE = 8192
 
 Images = torch.Tensor | Sequence[np.ndarray | Image.Image | torch.Tensor]
 
@@ -51,10 +52,27 @@ class TripoSR(nn.Module):
     @classmethod
     def from_pretrained(cls, source: str | Path, device: str | torch.device = "cpu",
                         dtype: torch.dtype = torch.float32) -> TripoSR:
-        """Load a model folder or Hugging Face id; raises ModelLoadError with one sentence."""
-        from recond.triposr.loader import load_model  # the loader builds TripoSR: import late
+        """Load a model folder or Hugging Face id; raises ModelLoadError with one sentence.
 
-        return load_model(str(source), torch.device(device), dtype)
+        The model is built on the meta device and adopts the checkpoint's memory-mapped tensors
+        (no second copy). They are paged in here (loader.page_in), so loading pays for the disk
+        and the first encode costs what a warm one does (a lazily paged checkpoint doubled it,
+        issue 7).
+        """
+        files = loader.locate_files(str(source))
+        config = load_config(files.config, files.vit_config)
+        try:
+            with torch.device("meta"):
+                model = cls(config)
+        except ValueError as exc:
+            raise ModelLoadError(
+                f"{files.config} describes a model this port cannot build ({exc}).") from None
+        state = loader.read_state_dict(files.weights)
+        loader.check_fit(model.state_dict(), state, files.weights)
+        model.load_state_dict(state, strict=True, assign=True)
+        model.to(device=torch.device(device), dtype=torch.float32)
+        model.compute_dtype = dtype
+        return model.eval()
 
     @property
     def radius(self) -> float:
@@ -65,9 +83,13 @@ class TripoSR(nn.Module):
     def device(self) -> torch.device:
         return self.tokenizer.embeddings.device
 
-    def encode(self, images: Images) -> torch.Tensor:
-        """Prepared pictures ([B, H, W, 3] in [0, 1], or a list) -> scene codes [B, 3, C, 2p, 2p]."""
-        with self._compute():
+    def encode(self, images: Images, progress: Callable[[float], None] | None = None) -> torch.Tensor:
+        """Prepared pictures ([B, H, W, 3] in [0, 1], or a list) -> scene codes [B, 3, C, 2p, 2p].
+
+        ``progress`` hears the fraction of transformer blocks done: on a CPU the full-size
+        forward takes ~20 s, and a report per block keeps a job's progress moving.
+        """
+        with self._compute(), self._block_progress(progress):
             pixels = model_input(images, self.config.cond_image_size).to(self.device)
             image_tokens = self.image_tokenizer(pixels)
             query_tokens = self.tokenizer(pixels.shape[0])
@@ -82,51 +104,39 @@ class TripoSR(nn.Module):
                                     chunk_size)
 
     def density_grid(self, scene_code: torch.Tensor, resolution: int,
-                     chunk_size: int = DEFAULT_CHUNK_SIZE) -> torch.Tensor:
-        """density_act on the R^3 grid spanning the box, indexed [ix, iy, iz], float32 on the CPU."""
-        grid = torch.empty(resolution ** 3, dtype=torch.float32)
-        start = 0
-        with self._compute():
-            code = scene_code.to(self.device)
-            for points in isosurface.grid_point_chunks(resolution, self.radius, chunk_size):
-                density = self.field.query(code, points.to(self.device), chunk_size)["density_act"]
-                grid[start:start + len(points)] = density[:, 0].cpu()
-                start += len(points)
-        return grid.view(resolution, resolution, resolution)
+                     chunk_size: int = DEFAULT_CHUNK_SIZE, level: float | None = None,
+                     progress: Callable[[float], None] | None = None) -> torch.Tensor:
+        """density_act on the R^3 grid spanning the box, indexed [ix, iy, iz], float32 on the CPU.
 
-    def extract_mesh(self, scene_code: torch.Tensor, resolution: int = 256, threshold: float = 25.0,
-                     chunk_size: int = DEFAULT_CHUNK_SIZE) -> trimesh.Trimesh:
-        """The surface density_act == threshold with vertex colours, z up, inside the box.
-
-        A field that never crosses the threshold gives an empty mesh and a logged warning.
+        Without ``level`` every grid point is evaluated (upstream's grid). With it, the grid is
+        evaluated coarse to fine: exact wherever the surface density_act == level can pass,
+        elsewhere only on the right side of the level (isosurface.refined_density_grid).
         """
-        grid = self.density_grid(scene_code, resolution, chunk_size)
-        return self.surface(scene_code, grid, threshold, chunk_size)
-
-    def surface(self, scene_code: torch.Tensor, density_grid: torch.Tensor, threshold: float = 25.0,
-                chunk_size: int = DEFAULT_CHUNK_SIZE) -> trimesh.Trimesh:
-        """Marching cubes on a :meth:`density_grid`, vertices coloured by querying the field there."""
-        grid = density_grid.detach().cpu().float().numpy()
-        unit_vertices, faces = isosurface.marching_cubes(grid, threshold)
-        if len(faces) == 0:
-            log.warning("The density field never crosses the surface threshold %s (grid values %.4g to "
-                        "%.4g), so the mesh is empty.", threshold, float(grid.min()), float(grid.max()))
-            return trimesh.Trimesh()
-        vertices = isosurface.unit_to_box(torch.from_numpy(unit_vertices), self.radius)
-        colours = self.query(scene_code, vertices, chunk_size)["color"].cpu().numpy()
-        return trimesh.Trimesh(vertices=vertices.numpy(), faces=faces, vertex_colors=colours)
-
-    def render(self, scene_code: torch.Tensor, n_views: int, elevation_deg: float = 0.0,
-               camera_distance: float = 1.9, fovy_deg: float = 40.0, height: int = 256,
-               width: int = 256, chunk_size: int = DEFAULT_CHUNK_SIZE) -> torch.Tensor:
-        """Volume renders from cameras circling the object: [n_views, H, W, 3] float32 in [0, 1]."""
-        rays_o, rays_d = spherical_cameras(n_views, elevation_deg, camera_distance, fovy_deg, height, width)
         with self._compute():
             code = scene_code.to(self.device)
-            views = [self.field.render_rays(code, origin.to(self.device), direction.to(self.device),
-                                            chunk_size).cpu()
-                     for origin, direction in zip(rays_o, rays_d)]
-        return torch.stack(views)
+
+            def density_at(points: torch.Tensor) -> torch.Tensor:
+                return self.field.query(code, points.to(self.device), chunk_size)["density_act"][:, 0].cpu()
+
+            if level is None:
+                return isosurface.full_density_grid(density_at, resolution, self.radius, chunk_size, progress)
+            return isosurface.refined_density_grid(density_at, resolution, self.radius, level,
+                                                   chunk_size, progress)
+
+    @contextlib.contextmanager
+    def _block_progress(self, progress: Callable[[float], None] | None) -> Iterator[None]:
+        """Report after each ViT layer and backbone block while the forward pass runs."""
+        if progress is None:
+            yield
+            return
+        blocks = [*self.image_tokenizer.model.encoder.layer, *self.backbone.transformer_blocks]
+        handles = [block.register_forward_hook(lambda *_, done=index + 1: progress(done / len(blocks)))
+                   for index, block in enumerate(blocks)]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
 
     @contextlib.contextmanager
     def _compute(self) -> Iterator[None]:
