@@ -167,20 +167,30 @@ def test_upload_page_shows_live_progress_then_result_and_gallery(
             assert page.evaluate("document.documentElement.scrollWidth") <= 390
             page.set_viewport_size({"width": 960, "height": 640})
             page.evaluate("""() => { window.seen = [];
-                new MutationObserver(() => { const row = document.querySelector('#uploads li');
-                  if (row) window.seen.push([row.dataset.state, row.querySelector('progress').value,
-                                             row.querySelector('.status').textContent]); })
+                new MutationObserver(() => { for (const row of document.querySelectorAll('#uploads li'))
+                  window.seen.push([row.querySelector('.name').textContent, row.dataset.state,
+                                    row.querySelector('progress').value, row.querySelector('.status').textContent]); })
                 .observe(document.getElementById('uploads'),
                          {subtree: true, childList: true, attributes: true, characterData: true}); }""")
-            page.set_input_files("#pick", str(installation.examples / "chair.png"))
-            page.wait_for_selector("#uploads li[data-state=done]", timeout=120_000)
+            not_a_picture = tmp_path / "notes.png"
+            not_a_picture.write_text("shopping list, not a photo\n")
+            page.set_input_files("#pick", [str(installation.examples / "chair.png"),
+                                           str(installation.examples / "flamingo.png"), str(not_a_picture)])
+            page.wait_for_function("""() => { const states = [...document.querySelectorAll('#uploads li')]
+                .map(row => row.dataset.state); return states.length === 3 &&
+                states.filter(state => state === 'done').length === 2 && states.includes('refused'); }""",
+                                   timeout=120_000)
             seen = page.evaluate("window.seen")
-            running = [(percent, text) for state, percent, text in seen if state == "running"]
-            assert any(0 < percent < 100 and re.search(r"\d+%", text) for percent, text in running), seen
-            assert any("left" in text for _, text in running), seen  # an ETA was shown
-            assert seen[-1][0] == "done" and seen[-1][1] == 100
+            chair = [(state, percent, text) for name, state, percent, text in seen if name == "chair.png"]
+            running = [(percent, text) for state, percent, text in chair if state == "running"]
+            assert any(0 < percent < 100 and re.search(r"\d+%", text) for percent, text in running), chair
+            assert any("left" in text for _, text in running), chair  # an ETA was shown
+            assert chair[-1][0] == "done" and chair[-1][1] == 100
+            refused = page.locator("#uploads li[data-state=refused]")
+            assert "notes.png is not an image format" in refused.inner_text()  # the server's reason
+            assert not list(installation.inbox.rglob("*notes*"))
 
-            page.click("#uploads li[data-state=done] a")
+            page.click("#uploads li[data-state=done]:has-text('chair.png') a")
             page.wait_for_function("document.documentElement.dataset.viewer === 'ready'", timeout=60_000)
             shot = np.asarray(Image.open(io.BytesIO(page.screenshot())).convert("RGB"))[:, 300:].astype(int)
             assert (np.abs(shot - BACKGROUND).max(-1) > 30).mean() > 0.01  # the model is drawn

@@ -108,6 +108,14 @@ def test_oversize_non_image_and_empty_files_are_refused_with_reasons(empty_inbox
     assert empty.status_code == 400 and "empty" in empty.json()["detail"]
     assert not_multipart.status_code == 415 and "multipart" in not_multipart.json()["detail"]
     assert no_file.status_code in (400, 415)
+    with empty_inbox.client() as client:
+        misnamed = client.post("/api/jobs", files={"image": ("photo.txt", picture(), "text/plain")})
+    assert misnamed.status_code == 415 and "picture extension" in misnamed.json()["detail"]
+
+
+def test_an_endless_part_header_is_refused(empty_inbox: WebServer) -> None:
+    status, detail = post_raw(empty_inbox, b"a" * 20_000 + b".png", picture())
+    assert status == 400 and "header size" in detail  # python-multipart's own limit
 
 
 def test_one_bad_file_refuses_the_whole_request(empty_inbox: WebServer) -> None:

@@ -15,7 +15,7 @@ import unicodedata
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -24,7 +24,7 @@ from starlette.requests import Request
 from recond.config import Settings
 from recond.errors import InputError
 from recond.intake import is_ignored
-from recond.pipeline.image import check_size, open_image
+from recond.pipeline.image import check_size, is_picture_name, open_image
 from recond.web.names import UPLOAD_FOLDER, upload_source
 
 if TYPE_CHECKING:  # python-multipart declares its callback table for type checkers only
@@ -72,6 +72,9 @@ def check_name(name: str) -> str:
         problem = "ends like a temporary file (.part, .tmp, .crdownload), which the inbox ignores"
     if problem:
         raise UploadRefused(400, f"file name {name!r} {problem}")
+    if not is_picture_name(name):  # the intake would leave it in the inbox, never a job
+        raise UploadRefused(415, f"file name {name!r} does not end in a picture extension "
+                                 "(.jpg, .png, .webp, ...); nothing was saved")
     return name
 
 
@@ -84,7 +87,7 @@ class _Receiver:
         self._header_field = b""
         self._header_value = b""
         self._disposition = b""
-        self._current: tuple[str, str, Path, int] | None = None  # upload id, name, path, fd
+        self._current: tuple[str, str, Path, BinaryIO] | None = None  # upload id, name, path, file
         self._size = 0
 
     def callbacks(self) -> MultipartCallbacks:
@@ -100,7 +103,7 @@ class _Receiver:
         self._header_field += data[start:end]
 
     def _header_value_data(self, data: bytes, start: int, end: int) -> None:
-        self._header_value += data[start:end]
+        self._header_value += data[start:end]  # python-multipart caps a header's size
 
     def _header_end(self) -> None:
         if self._header_field.lower() == b"content-disposition":
@@ -117,23 +120,22 @@ class _Receiver:
         name = check_name(options[b"filename"].decode("utf-8", "replace"))
         upload_id = secrets.token_hex(8)
         path = self.folder / f".{upload_id}-{name}.part"
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o664)
-        self._current, self._size = (upload_id, name, path, descriptor), 0
+        self._current, self._size = (upload_id, name, path, path.open("xb")), 0
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
         if self._current is None:
             return
-        upload_id, name, path, descriptor = self._current
+        _, name, _, stream = self._current
         self._size += end - start
         if self._size > self.settings.max_file_bytes:
             raise UploadRefused(413, _refusal(name, self._size, self.settings))
-        os.write(descriptor, data[start:end])
+        stream.write(data[start:end])
 
     def _part_end(self) -> None:
         if self._current is None:
             return
-        upload_id, name, path, descriptor = self._current
-        os.close(descriptor)
+        upload_id, name, path, stream = self._current
+        stream.close()
         self._current = None
         try:
             self._check_picture(name, path)
@@ -169,7 +171,7 @@ class _Receiver:
     def discard(self) -> None:
         """Remove everything this request wrote (a refusal, an error or a client gone away)."""
         if self._current is not None:
-            os.close(self._current[3])
+            self._current[3].close()
             self._current[2].unlink(missing_ok=True)
             self._current = None
         for _, path in self.accepted:
@@ -222,6 +224,10 @@ async def receive_uploads(request: Request, settings: Settings) -> list[Upload]:
     except UploadRefused:
         await _drain(body)
         raise
+    except OSError as error:  # a full disk, a share gone read-only
+        await _drain(body)
+        raise UploadRefused(507, f"the upload could not be saved in the inbox ({error.strerror}); "
+                                 "nothing was kept") from None
     finally:
         receiver.discard()
 

@@ -60,8 +60,28 @@ function follow(row, upload) {
   });
 }
 
-function send(file) {
+// Two uploads at a time from this page; the rest wait their turn (the server also limits how
+// many it receives at once, web_max_uploads, and answers 429 with Retry-After beyond that).
+const PARALLEL_UPLOADS = 2;
+const waiting = [];
+let sending = 0;
+
+function enqueue(file) {
   const row = addRow(file);
+  show(row, "pending", "waiting to upload");
+  waiting.push({ file, row });
+  pump();
+}
+
+function pump() {
+  while (sending < PARALLEL_UPLOADS && waiting.length) {
+    const { file, row } = waiting.shift();
+    sending += 1;
+    send(file, row, () => { sending -= 1; pump(); });
+  }
+}
+
+function send(file, row, finished) {
   const form = new FormData();
   form.append("image", file, file.name);
   const request = new XMLHttpRequest();
@@ -75,6 +95,10 @@ function send(file) {
     if (request.status === 202) {
       show(row, "waiting", STAGE_WORDS.waiting, 0);
       follow(row, answer.uploads[0]);
+    } else if (request.status === 429) {
+      const seconds = Number(request.getResponseHeader("Retry-After")) || 1;
+      show(row, "pending", "server busy: retrying");
+      setTimeout(() => { waiting.unshift({ file, row }); pump(); }, seconds * 1000);
     } else {
       show(row, "refused", `refused (${request.status})`);
       const error = document.createElement("span");
@@ -82,19 +106,23 @@ function send(file) {
       error.textContent = answer.detail || request.statusText;
       row.querySelector(".outcome").replaceChildren(error);
     }
+    finished();
   });
-  request.addEventListener("error", () => show(row, "refused", "upload failed: the connection broke"));
+  request.addEventListener("error", () => {
+    show(row, "refused", "upload failed: the connection broke");
+    finished();
+  });
   show(row, "uploading", "uploading");
   request.send(form);
 }
 
 const drop = document.getElementById("drop");
 const pick = document.getElementById("pick");
-pick.addEventListener("change", () => { [...pick.files].forEach(send); pick.value = ""; });
+pick.addEventListener("change", () => { [...pick.files].forEach(enqueue); pick.value = ""; });
 drop.addEventListener("dragover", (event) => { event.preventDefault(); drop.classList.add("over"); });
 drop.addEventListener("dragleave", () => drop.classList.remove("over"));
 drop.addEventListener("drop", (event) => {
   event.preventDefault();
   drop.classList.remove("over");
-  [...event.dataTransfer.files].forEach(send);
+  [...event.dataTransfer.files].forEach(enqueue);
 });
