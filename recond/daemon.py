@@ -9,6 +9,7 @@ from __future__ import annotations
 import fcntl
 import os
 import signal
+import sqlite3
 import sys
 import threading
 import time
@@ -139,7 +140,12 @@ class Daemon:
             self.intake.consider(path)
 
     def _heartbeat(self, store: Store, warnings: list[str]) -> None:
-        store.daemon_update(heartbeat_at=time.time(), watcher_warnings=warnings)
+        try:
+            store.daemon_update(heartbeat_at=time.time(), watcher_warnings=warnings)
+        except sqlite3.Error as error:  # held by another process past the retries: beat later
+            log.warning("heartbeat not recorded; the job database is busy", error=str(error))
+            self.systemd.notify("WATCHDOG=1")  # the process itself is fine
+            return
         counts = store.counts()
         state = store.daemon_state() or {}
         self.systemd.notify(f"WATCHDOG=1\nSTATUS=model {state.get('model_status')}; "
