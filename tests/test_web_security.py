@@ -295,3 +295,16 @@ def test_the_web_process_never_imports_the_model_stack(tmp_path: Path) -> None:
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.splitlines()[-1]) == []
+
+
+def test_upload_folder_removed_by_the_daemon_mid_request_is_made_again(tmp_path: Path) -> None:
+    """The daemon removes an emptied inbox/web/ (issue 8); an upload that created it a moment
+    earlier still gets its file, rather than a 500."""
+    from recond.web.uploads import _create
+
+    folder = tmp_path / "inbox" / "web"
+    folder.mkdir(parents=True)
+    folder.rmdir()  # what recond's clean-up does between the request's mkdir and its first file
+    with _create(folder / ".abc-chair.png.part") as stream:
+        stream.write(b"bytes")
+    assert (folder / ".abc-chair.png.part").read_bytes() == b"bytes"

@@ -120,7 +120,7 @@ class _Receiver:
         name = check_name(options[b"filename"].decode("utf-8", "replace"))
         upload_id = secrets.token_hex(8)
         path = self.folder / f".{upload_id}-{name}.part"
-        self._current, self._size = (upload_id, name, path, path.open("xb")), 0
+        self._current, self._size = (upload_id, name, path, _create(path)), 0
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
         if self._current is None:
@@ -177,6 +177,16 @@ class _Receiver:
         for _, path in self.accepted:
             path.unlink(missing_ok=True)
         self.accepted = []
+
+
+def _create(path: Path) -> BinaryIO:
+    """A new upload file. The daemon removes inbox/web/ once its last file has left, which can
+    happen between this request's mkdir and its first file: then the folder is made again."""
+    try:
+        return path.open("xb")
+    except FileNotFoundError:
+        path.parent.mkdir(exist_ok=True)
+        return path.open("xb")
 
 
 def _refusal(name: str, size: int, settings: Settings) -> str:
