@@ -299,9 +299,9 @@ class Worker:
 
     def _job_error(self, job: Job, error: Exception, started: float) -> None:
         fault = self.gate.fault_in(error)
-        if fault:
-            self._pause(fault)
+        if fault:  # the job goes back first, so whoever sees the pause sees it queued
             self.store.requeue(job.id)
+            self._pause(fault)
             return
         reason, user_caused = describe_failure(error)
         log.error("job failed", job=job.id, file=job.source, error=reason,

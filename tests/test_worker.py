@@ -145,7 +145,8 @@ def test_missing_model_keeps_jobs_queued_until_reload_brings_it(settings: Settin
     worker = Worker(missing, store, pipeline_factory=factory)
     worker.start()
     try:
-        wait_for(lambda: len(attempts) >= 2)  # retried every model_retry_seconds
+        # Retried every model_retry_seconds; each try shows "loading" until it has failed.
+        wait_for(lambda: len(attempts) >= 2 and store.daemon_state()["model_status"] == "missing")
         state = store.daemon_state()
         assert state["model_status"] == "missing" and "RECOND_MODEL" in state["model_detail"]
         assert store.get(job_id).state == QUEUED
