@@ -173,50 +173,45 @@ class Store:
     # Reading.
 
     def get(self, job_id: int) -> Job | None:
-        rows = list(self.db.table("jobs").rows_where("id = ?", [job_id]))
-        return Job.from_row(rows[0]) if rows else None
+        found = self._jobs_where("id = ?", [job_id])
+        return found[0] if found else None
 
     def jobs(self, state: str | None = None, limit: int = 50) -> list[Job]:
         """Newest first."""
         where, args = ("state = ?", [state]) if state else (None, [])
-        rows = self.db.table("jobs").rows_where(where, args, order_by="id desc", limit=limit)
-        return [Job.from_row(row) for row in rows]
+        return self._jobs_where(where, args, order_by="id desc", limit=limit)
 
     def counts(self) -> dict[str, int]:
         counts = dict.fromkeys(STATES, 0)
-        for state, number in self.db.execute("select state, count(*) from jobs group by state"):
+        for state, number in self._query("select state, count(*) from jobs group by state"):
             counts[state] = number
         return counts
 
     def running(self) -> Job | None:
-        rows = list(self.db.table("jobs").rows_where("state = ?", [RUNNING], order_by="id", limit=1))
-        return Job.from_row(rows[0]) if rows else None
+        return self._first("state = ?", [RUNNING], order_by="id")
 
     def active_sources(self) -> set[str]:
         """Inbox paths that already have a queued or running job (so a rescan skips them)."""
-        rows = self.db.table("jobs").rows_where("state in (?, ?)", list(ACTIVE),
-                                          select="id, source, sha256, state, result_name, source_hex")
-        return {Job.from_row(row).source_name for row in rows}
+        active = self._jobs_where("state in (?, ?)", list(ACTIVE),
+                                  select="id, source, sha256, state, result_name, source_hex")
+        return {job.source_name for job in active}
 
     def latest(self, source: str) -> Job | None:
         """The newest job of this inbox path, whatever its state."""
         return self._first("source = ? and source_hex is ?", _source_key(source))
 
     def duplicates_of(self, job_id: int) -> list[Job]:
-        return [Job.from_row(row) for row in
-                self.db.table("jobs").rows_where("duplicate_of = ? and state = ?", [job_id, DUPLICATE])]
+        return self._jobs_where("duplicate_of = ? and state = ?", [job_id, DUPLICATE])
 
     # Reading, for the web front end (recond/web) and the galleries (recond/gallery.py).
 
     def finished(self, limit: int, offset: int = 0) -> list[Job]:
         """Done and failed jobs, newest first: the entries of a gallery page."""
-        rows = self.db.table("jobs").rows_where("state in (?, ?)", [DONE, FAILED], order_by="id desc",
-                                                limit=limit, offset=offset)
-        return [Job.from_row(row) for row in rows]
+        return self._jobs_where("state in (?, ?)", [DONE, FAILED], order_by="id desc",
+                                limit=limit, offset=offset)
 
     def count_finished(self) -> int:
-        return self.db.execute("select count(*) from jobs where state in (?, ?)",
-                               [DONE, FAILED]).fetchone()[0]
+        return int(self._query("select count(*) from jobs where state in (?, ?)", [DONE, FAILED])[0][0])
 
     def by_source_prefix(self, prefix: str) -> Job | None:
         """The newest job whose inbox path starts with ``prefix`` (a web upload's id)."""
@@ -224,12 +219,11 @@ class Store:
 
     def changed_since(self, updated_at: float) -> list[Job]:
         """Jobs written at or after ``updated_at`` (oldest change first)."""
-        rows = self.db.table("jobs").rows_where("updated_at >= ?", [updated_at], order_by="updated_at")
-        return [Job.from_row(row) for row in rows]
+        return self._jobs_where("updated_at >= ?", [updated_at], order_by="updated_at")
 
     def data_version(self) -> int:
         """Changes whenever another connection (the daemon) commits: a cheap "anything new?"."""
-        return self.db.execute("pragma data_version").fetchone()[0]
+        return int(self._query("pragma data_version")[0][0])
 
     # State changes.
 
@@ -322,7 +316,7 @@ class Store:
         """
         requeued, exhausted = [], []
         with self._writing():
-            for job in [Job.from_row(r) for r in self.db.table("jobs").rows_where("state = ?", [RUNNING])]:
+            for job in self._jobs_where("state = ?", [RUNNING]):
                 finished_work = published(job)
                 if job.attempts >= max_attempts and not finished_work:
                     self._set(job.id, state=FAILED, finished_at=time.time(), error=(
@@ -353,7 +347,8 @@ class Store:
             self.db.table("daemon").upsert({"id": 1, **values}, pk="id")
 
     def daemon_state(self) -> dict[str, Any] | None:
-        rows = list(self.db.table("daemon").rows_where("id = 1"))
+        with self._lock:
+            rows = list(self.db.table("daemon").rows_where("id = 1"))
         if not rows:
             return None
         state = dict(rows[0])
@@ -363,8 +358,20 @@ class Store:
     # Internals.
 
     def _first(self, where: str, args: list[Any], order_by: str = "id desc") -> Job | None:
-        rows = list(self.db.table("jobs").rows_where(where, args, order_by=order_by, limit=1))
-        return Job.from_row(rows[0]) if rows else None
+        found = self._jobs_where(where, args, order_by=order_by, limit=1)
+        return found[0] if found else None
+
+    def _jobs_where(self, where: str | None, args: list[Any], **options: Any) -> list[Job]:
+        """Jobs read whole under the lock. The daemon's threads share one connection, and a read
+        still pending on it is aborted ("abort due to ROLLBACK") when another thread's write
+        transaction rolls back, so no read may stay open across another thread's write."""
+        with self._lock:
+            return [Job.from_row(row) for row in self.db.table("jobs").rows_where(where, args, **options)]
+
+    def _query(self, sql: str, args: list[Any] | None = None) -> list[Any]:
+        """Rows of a plain SQL read, fetched whole under the lock (see _jobs_where)."""
+        with self._lock:
+            return self.db.execute(sql, args or []).fetchall()
 
     def _stored(self, job_id: int | None) -> Job:
         """A job this store has just written or read under its lock, so it exists."""
