@@ -21,19 +21,24 @@ def fetch_missing_models(settings: ModelSettings, report: Callable[[str], None])
     from recond.pipeline.background import download_rembg_model
     from recond.hub import cached_files, download_files, is_hub_id
 
-    if is_hub_id(settings.model) and cached_files(settings.model) is None:
+    def percent_reporter(what: str, first_line: str) -> Callable[[str, float], None]:
         shown: list[tuple[str, int]] = []  # the last step reported
 
         def progress(filename: str, fraction: float) -> None:
             step = (filename, int(fraction * 100))
             if not shown:
-                log.info("downloading the model weights (once; later starts use the cache)",
-                         model=settings.model)
+                log.info(first_line, model=what)
             if step not in shown:  # one database write per percent, not per chunk
                 shown[:] = [step]
-                report(f"downloading {settings.model} {filename}: {step[1]}%")
+                report(f"downloading {what} {filename}: {step[1]}%")
 
-        download_files(settings.model, progress)
-    problem = download_rembg_model(settings)
+        return progress
+
+    if is_hub_id(settings.model) and cached_files(settings.model) is None:
+        download_files(settings.model, percent_reporter(
+            settings.model, "downloading the model weights (once; later starts use the cache)"))
+    rembg_progress = percent_reporter("rembg", "downloading the background model (once)")
+    problem = download_rembg_model(
+        settings, lambda fraction: rembg_progress(f"{settings.rembg_model}.onnx", fraction))
     if problem:
         log.warning(problem)

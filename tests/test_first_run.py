@@ -239,17 +239,32 @@ def test_rembg_model_is_fetched_before_any_job_when_rembg_home_is_unset(
     monkeypatch.setenv("U2NET_HOME", str(tmp_path / "u2net"))
     fetched: list[str] = []
 
-    def stand_in_retrieve(url: str, known_hash: Any, fname: str, path: str, **kwargs: Any) -> str:
+    def stand_in_retrieve(url: str, known_hash: Any, fname: str, path: str,
+                          progressbar: Any = False, **kwargs: Any) -> str:
         fetched.append(url)
         Path(path).mkdir(parents=True, exist_ok=True)
-        (Path(path) / fname).write_bytes(b"onnx bytes")
+        data = b"onnx bytes" * 1000
+        # Drive the progress object as pooch's HTTP downloader does: total, a chunk at a time,
+        # then reset, the whole size and close.
+        progressbar.total = len(data)
+        with (Path(path) / fname).open("wb") as stream:
+            for start in range(0, len(data), 2500):
+                stream.write(data[start:start + 2500])
+                progressbar.update(len(data[start:start + 2500]))
+        progressbar.reset()
+        progressbar.update(len(data))
+        progressbar.close()
         return str(Path(path) / fname)
 
     monkeypatch.setattr(pooch, "retrieve", stand_in_retrieve)
     settings = load_settings(model=str(tmp_path / "local-model"))
     assert not rembg_model_status(settings).available
-    fetch_missing_models(settings, lambda line: None)
+    lines: list[str] = []
+    fetch_missing_models(settings, lines.append)
     assert len(fetched) == 1 and fetched[0].endswith("u2net.onnx")
+    # The percentage that `reconctl status` shows (the daemon stores these lines as model_detail).
+    assert lines == [f"downloading rembg u2net.onnx: {percent}%" for percent in (25, 50, 75, 100)]
+    assert pooch.retrieve is stand_in_retrieve  # rembg's pooch is itself again after the download
     assert rembg_model_status(settings).available
     fetch_missing_models(settings, lambda line: None)
     assert len(fetched) == 1  # found, not fetched again

@@ -9,8 +9,11 @@ border stands in and the result carries a warning.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -58,23 +61,63 @@ def rembg_model_status(settings: ModelSettings) -> RembgStatus:
     )
 
 
-def download_rembg_model(settings: ModelSettings) -> str | None:
+def download_rembg_model(settings: ModelSettings,
+                         progress: Callable[[float], None] = lambda fraction: None) -> str | None:
     """Fetch rembg's model into rembg's own home on the first start, never during a job.
 
     Only when ``rembg_home`` is unset: a folder named there is the operator's, filled by hand on
-    offline servers. The download is rembg's own (pooch, a progress bar on a terminal). Returns
-    a warning line when it cannot be fetched; GrabCut then stands in, as before.
+    offline servers. The download is rembg's own (pooch), with a bar on a terminal and the
+    fraction done handed to ``progress``. Returns a warning line when it cannot be fetched;
+    GrabCut then stands in, as before.
     """
     if settings.background in ("alpha", "none") or settings.rembg_home is not None:
         return None
     if rembg_model_status(settings).available:
         return None
     try:
-        _rembg_session_class(settings.rembg_model).download_models()
+        with _pooch_progress(progress):
+            _rembg_session_class(settings.rembg_model).download_models()
     except Exception as error:  # offline, DNS, HTTP, checksum: GrabCut stands in
         return (f"rembg model {settings.rembg_model} could not be downloaded ({type(error).__name__}); "
                 f"{GRABCUT_FALLBACK} (to place it by hand see the README, 'Weights on an offline server')")
     return None
+
+
+@contextmanager
+def _pooch_progress(progress: Callable[[float], None]) -> Iterator[None]:
+    """While rembg downloads, pooch gets a progress bar that also reports the fraction done.
+
+    rembg calls ``pooch.retrieve(..., progressbar=True)`` itself and offers no other hook, so
+    the bar is handed in by wrapping ``pooch.retrieve`` for the length of one download.
+    pooch's downloader sets ``total``, then calls ``update`` per chunk and ``reset``/``close``.
+    """
+    import pooch
+    from tqdm.auto import tqdm
+
+    class ReportingBar(tqdm):
+        received = 0  # kept here: a disabled bar (no terminal, e.g. under systemd) counts nothing
+
+        def update(self, n: float | None = 1) -> bool | None:
+            self.received += int(n or 0)
+            if self.total:
+                progress(min(1.0, self.received / float(self.total)))
+            return super().update(n)
+
+        def reset(self, total: float | None = None) -> None:
+            self.received = 0
+            super().reset(total)
+
+    original = pooch.retrieve
+
+    def retrieve(*args: Any, **kwargs: Any) -> Any:
+        bar = ReportingBar(unit="B", unit_scale=True, disable=None, desc=f"rembg {kwargs.get('fname', '')}")
+        return original(*args, **{**kwargs, "progressbar": bar})
+
+    pooch.retrieve = retrieve
+    try:
+        yield
+    finally:
+        pooch.retrieve = original
 
 
 def _rembg_session_class(model_name: str):
