@@ -8,6 +8,7 @@ be a regular file on the open descriptor itself, and read in bounded blocks (iss
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import stat
@@ -50,11 +51,17 @@ def open_regular(path: Path, inbox: Path) -> int:
         raise NotARegularFile(f"{path.parent} leads through a symlink")
     if inbox != path.parent and inbox not in path.parents:
         raise NotARegularFile(f"{path} is not inside {inbox}")
+    return _open_file(path)
+
+
+def _open_file(path: Path) -> int:
+    """A read-only descriptor of the regular file named ``path``: a symlink at the last step is
+    refused, not followed, and a FIFO is opened without blocking, then refused."""
     flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC
     try:
         descriptor = os.open(path, flags)
     except OSError as error:
-        if error.errno == 40:  # ELOOP: the name itself is a symlink
+        if error.errno == errno.ELOOP:  # O_NOFOLLOW met a symlink
             raise NotARegularFile(f"{path.name} is a symlink") from None
         raise
     if not stat.S_ISREG(os.fstat(descriptor).st_mode):
@@ -82,19 +89,11 @@ def fingerprint(path: Path, inbox: Path) -> tuple[str, int]:
 def read_bounded(path: Path, max_bytes: int) -> tuple[int, bytes]:
     """(size, bytes) of a regular file, its bytes only when ``size <= max_bytes``; never follows
     a link at the last step and never blocks on a FIFO."""
-    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC
+    descriptor = _open_file(path)
     try:
-        descriptor = os.open(path, flags)
-    except OSError as error:
-        if error.errno == 40:
-            raise NotARegularFile(f"{path.name} is a symlink") from None
-        raise
-    try:
-        status = os.fstat(descriptor)
-        if not stat.S_ISREG(status.st_mode):
-            raise NotARegularFile(f"{path.name} is not a regular file")
-        if status.st_size > max_bytes:
-            return status.st_size, b""
+        size = os.fstat(descriptor).st_size
+        if size > max_bytes:
+            return size, b""
         chunks, total = [], 0
         while total <= max_bytes and (block := os.read(descriptor, BLOCK_BYTES)):
             chunks.append(block)

@@ -197,14 +197,11 @@ def result_holds(result_dir: str | Path | None, sha256: str) -> bool:
     folder = Path(result_dir)
     try:
         record = json.loads((folder / RECORD_NAME).read_text(encoding="utf-8"))
-        copy = folder / record["source_copy"]
-        digest = hashlib.sha256()
-        with copy.open("rb") as stream:
-            for block in iter(lambda: stream.read(1 << 20), b""):
-                digest.update(block)
+        with (folder / record["source_copy"]).open("rb") as stream:
+            digest = hashlib.file_digest(stream, "sha256").hexdigest()
     except (OSError, ValueError, KeyError, TypeError):
         return False
-    return record.get("sha256") == sha256 == digest.hexdigest()
+    return record.get("sha256") == sha256 == digest
 
 
 def clean_staging(outbox: Path, owner: str) -> list[Path]:
