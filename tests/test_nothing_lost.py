@@ -68,6 +68,17 @@ def settings(tmp_path: Path) -> Settings:
 
 
 @contextmanager
+def watching(settings: Settings, store: Store) -> Iterator[Intake]:
+    """Intake alone on ``store``: files are queued, nothing runs."""
+    intake = Intake(settings, store)
+    intake.start()
+    try:
+        yield intake
+    finally:
+        intake.stop()
+
+
+@contextmanager
 def running(settings: Settings, pipeline: StandInPipeline | None = None,
             store: Store | None = None) -> Iterator[tuple[Store, Intake, Worker]]:
     """Intake and worker on one store, wired as the daemon wires them."""
@@ -149,16 +160,12 @@ def test_empty_uploads_are_never_settled_nor_anyones_duplicate(settings: Setting
 
 def test_file_replaced_after_it_was_queued_is_processed_with_its_new_bytes(settings: Settings) -> None:
     store = Store(settings.db_path)
-    intake = Intake(settings, store)
-    intake.start()
-    try:
+    with watching(settings, store):
         (settings.inbox / "a.png").write_bytes(b"old bytes")
         job = wait_for(lambda: store.jobs())[0]
         (settings.inbox / "a.png").write_bytes(b"new bytes, longer")
         wait_for(lambda: store.get(job.id).sha256 == sha256(b"new bytes, longer"))
         assert len(store.jobs()) == 1
-    finally:
-        intake.stop()
     with running(settings, store=store):
         wait_for(lambda: store.get(job.id).state == DONE)
         (settings.inbox / "backup of a.png").write_bytes(b"old bytes")  # not anyone's duplicate
@@ -196,16 +203,12 @@ def test_file_overwritten_while_its_job_runs_stays_in_the_inbox(settings: Settin
 
 def test_backup_copy_survives_when_the_original_of_its_queued_job_is_deleted(settings: Settings) -> None:
     store = Store(settings.db_path)
-    intake = Intake(settings, store)
-    intake.start()
-    try:
+    with watching(settings, store):
         (settings.inbox / "a.png").write_bytes(b"the only picture")
         wait_for(lambda: store.jobs())
         (settings.inbox / "backup.png").write_bytes(b"the only picture")
         wait_for(lambda: states(store).get("backup.png") == DUPLICATE)
         assert (settings.inbox / "backup.png").exists()  # kept: no result holds its bytes yet
-    finally:
-        intake.stop()
     (settings.inbox / "a.png").unlink()
     with running(settings, store=store):
         wait_for(lambda: states(store) == {"a.png": FAILED, "backup.png": DONE})
@@ -576,12 +579,10 @@ def test_unmounted_inbox_share_in_polling_mode_makes_jobs_wait(tmp_path: Path) -
             pipeline = StandInPipeline()
             worker = Worker(settings, store, pipeline_factory=lambda s: pipeline)
             worker.recover()  # start-up, with the share mounted
-            intake = Intake(settings, store)
-            intake.start()
-            for number, data in enumerate(pictures):
-                (settings.inbox / f"{number}.png").write_bytes(data)
-            wait_for(lambda: len(store.jobs(QUEUED)) == 2)
-            intake.stop()
+            with watching(settings, store):
+                for number, data in enumerate(pictures):
+                    (settings.inbox / f"{number}.png").write_bytes(data)
+                wait_for(lambda: len(store.jobs(QUEUED)) == 2)
             subprocess.run(["umount", str(settings.inbox)], check=True)  # the share drops away
             worker.start()
             try:
