@@ -22,7 +22,8 @@ from recond.config import JobSettings, Settings, SettingsError, load_settings, p
 from recond.errors import MODEL_HELP, process_loading_fix
 from recond.folders import SHARE_FOLDERS, waiting_reason
 from recond import layout
-from recond.pipeline.names import RECORD_NAME, VIDEO_NAME
+from recond.pipeline.names import VIDEO_NAME
+from recond.pipeline.record import read_record
 from recond.store import (DONE, FAILED, RUNNING, STALE_HEARTBEAT_SECONDS, STATES, Job, Store, StoreError,
                           pid_alive)
 
@@ -129,10 +130,7 @@ def _result_record(job: Job) -> dict[str, Any]:
     """The job.json of a done job's result folder ({} when the folder is gone or unreadable)."""
     if job.state != DONE or not job.output:
         return {}
-    try:
-        return json.loads((Path(job.output) / RECORD_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
+    return read_record(job.output)
 
 
 def _format_status(report: dict[str, Any]) -> str:

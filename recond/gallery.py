@@ -9,7 +9,6 @@ numpy): the worker calls it after every publish.
 from __future__ import annotations
 
 import html
-import json
 import os
 import tempfile
 import time
@@ -18,7 +17,8 @@ from pathlib import Path
 from urllib.parse import quote
 
 from recond.logging import get_logger
-from recond.pipeline.names import RECORD_NAME, VIEWER_NAME, frame_name
+from recond.pipeline.names import VIEWER_NAME, frame_name
+from recond.pipeline.record import read_record
 from recond.store import DONE, Job, Store
 from recond.web.names import shown_name
 
@@ -60,10 +60,7 @@ def _entry(job: Job, outbox: Path) -> Entry:
 
 
 def _faces(result_dir: Path) -> int | None:
-    try:
-        return json.loads((result_dir / RECORD_NAME).read_text(encoding="utf-8")).get("faces")
-    except (OSError, ValueError):
-        return None
+    return read_record(result_dir).get("faces")
 
 
 def render_page(cards: list[Entry], results_href: str, viewer_file: str, title: str,

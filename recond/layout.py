@@ -11,7 +11,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -23,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import TypeVar
 
-from recond.pipeline.names import RECORD_NAME
+from recond.pipeline.record import read_record
 
 # inbox/failed/ holds what could not be processed. When something that is not a folder holds
 # that name (a user's file called "failed", a symlink), the second name is used instead.
@@ -180,11 +179,7 @@ def find_published(outbox: Path, result_name: str, sha256: str) -> Path | None:
     except OSError:
         return None
     for name in names:
-        try:
-            record = json.loads((outbox / name / RECORD_NAME).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if record.get("sha256") == sha256:
+        if read_record(outbox / name).get("sha256") == sha256:
             return outbox / name
     return None
 
@@ -195,8 +190,8 @@ def result_holds(result_dir: str | Path | None, sha256: str) -> bool:
     if not result_dir:
         return False
     folder = Path(result_dir)
+    record = read_record(folder)
     try:
-        record = json.loads((folder / RECORD_NAME).read_text(encoding="utf-8"))
         with (folder / record["source_copy"]).open("rb") as stream:
             digest = hashlib.file_digest(stream, "sha256").hexdigest()
     except (OSError, ValueError, KeyError, TypeError):

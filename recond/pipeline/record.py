@@ -15,6 +15,16 @@ def sha256_of_bytes(content: bytes) -> str:
     return hashlib.sha256(content).hexdigest()
 
 
+def read_record(result_dir: Path | str) -> dict[str, Any]:
+    """A result folder's job.json, or {} when it is gone, unreadable or not a record (a folder
+    removed or edited by hand, or a result from before job.json)."""
+    try:
+        record = json.loads((Path(result_dir) / RECORD_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
 def write_record(result_dir: Path, record: dict[str, Any]) -> Path:
     """Write job.json, listing every file of the folder (job.json included)."""
     path = result_dir / RECORD_NAME

@@ -7,9 +7,7 @@ to :meth:`Metrics.observe` once (the history at start-up, then each new one), wh
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
-from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -17,7 +15,7 @@ from prometheus_client.registry import Collector
 
 from recond.cli import status_report
 from recond.config import Settings
-from recond.pipeline.names import RECORD_NAME
+from recond.pipeline.record import read_record
 from recond.store import DONE, Job
 
 # Seconds a pipeline stage takes: tenths on a GPU up to many minutes on a CPU.
@@ -60,11 +58,7 @@ class Metrics:
         if job.state != DONE or job.id in self._observed or not job.output:
             return
         self._observed.add(job.id)
-        try:
-            record = json.loads((Path(job.output) / RECORD_NAME).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return  # a result folder removed by hand, or a result from before job.json
-        for stage, seconds in (record.get("stage_seconds") or {}).items():
+        for stage, seconds in (read_record(job.output).get("stage_seconds") or {}).items():
             self.stage_seconds.labels(stage).observe(seconds)
 
     def render(self) -> bytes:
