@@ -23,9 +23,8 @@ from recond.errors import MODEL_HELP, process_loading_fix
 from recond.folders import SHARE_FOLDERS, waiting_reason
 from recond import layout
 from recond.pipeline.names import VIDEO_NAME
-from recond.pipeline.record import read_record
-from recond.store import (DONE, FAILED, RUNNING, STALE_HEARTBEAT_SECONDS, STATES, Job, Store, StoreError,
-                          pid_alive)
+from recond.status import job_facts, open_store, status_report
+from recond.store import FAILED, STATES, Job, Store, StoreError
 
 
 
@@ -38,10 +37,8 @@ def _settings(ctx: click.Context, **overrides: object) -> Settings:
 
 def _store(settings: Settings) -> Store | None:
     """The job database, or None when recond has never run with these settings."""
-    if not settings.db_path.is_file():
-        return None
     try:
-        return Store(settings.db_path)
+        return open_store(settings)
     except StoreError as error:
         raise click.ClickException(str(error)) from None
 
@@ -67,70 +64,6 @@ def cli(ctx: click.Context) -> None:
 
 
 # status
-
-
-def status_report(settings: Settings, recent: int = 10) -> dict[str, Any]:
-    """Everything `reconctl status` shows, as plain data (also the --json output)."""
-    store = _store(settings)
-    daemon = (store.daemon_state() if store else None) or {}
-    now = time.time()
-    beat_age = now - daemon["heartbeat_at"] if daemon.get("heartbeat_at") else None
-    running = bool(daemon) and not daemon.get("stopped_at") and pid_alive(daemon.get("pid"))
-    report: dict[str, Any] = {
-        "state_dir": str(settings.state_dir.resolve()),
-        "database": store is not None,
-        "daemon": {
-            "running": running and beat_age is not None and beat_age < STALE_HEARTBEAT_SECONDS,
-            "pid": daemon.get("pid") if running else None,
-            "uptime_s": round(now - daemon["started_at"]) if running else None,
-            "heartbeat_age_s": round(beat_age, 1) if beat_age is not None else None,
-            "unresponsive": running and (beat_age is None or beat_age >= STALE_HEARTBEAT_SECONDS),
-            "stopped_at": daemon.get("stopped_at"),
-            # What a stopped daemon last recorded is history, not the model's state now.
-            "model": daemon.get("model_status") if running else None,
-            "model_detail": daemon.get("model_detail") if running else None,
-            "device": daemon.get("device") if running else None,
-            "watcher_warnings": daemon.get("watcher_warnings", []) if running else [],
-            "worker_warning": daemon.get("worker_warning") if running else None,
-        },
-        "counts": store.counts() if store else dict.fromkeys(STATES, 0),
-        "current": None,
-        "recent": [],
-        "last_background": None,
-    }
-    if store:
-        current = store.running()
-        if current:
-            report["current"] = {"id": current.id, "source": current.source, "stage": current.stage,
-                                 "progress": current.progress, "eta_s": current.eta_s,
-                                 "started_at": current.started_at}
-        report["recent"] = [_summary(job) for job in store.jobs(limit=recent)
-                            if job.state != RUNNING]
-        last_done = store.jobs(DONE, limit=1)
-        if last_done:
-            record = _result_record(last_done[0])
-            report["last_background"] = {"id": last_done[0].id, "method": record.get("background")}
-        store.close()
-    return report
-
-
-def _summary(job: Job) -> dict[str, Any]:
-    return {"id": job.id, "source": job.source, "state": job.state, "output": job.output,
-            "error": job.error, "duplicate_of": job.duplicate_of, "finished_at": job.finished_at}
-
-
-def job_facts(job: Job) -> dict[str, Any]:
-    """What `reconctl show` reports: the job's row, plus what its job.json says it used."""
-    record = _result_record(job)
-    return {**job.as_dict(), "background": record.get("background"),
-            "stage_seconds": record.get("stage_seconds")}
-
-
-def _result_record(job: Job) -> dict[str, Any]:
-    """The job.json of a done job's result folder ({} when the folder is gone or unreadable)."""
-    if job.state != DONE or not job.output:
-        return {}
-    return read_record(job.output)
 
 
 def _format_status(report: dict[str, Any]) -> str:

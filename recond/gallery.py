@@ -20,7 +20,7 @@ from recond.logging import get_logger
 from recond.pipeline.names import VIEWER_NAME, frame_name
 from recond.pipeline.record import read_record
 from recond.store import DONE, Job, Store
-from recond.web.names import shown_name
+from recond.upload_names import shown_name
 
 GALLERY_NAME = "index.html"  # outbox/index.html
 THUMBNAIL_NAME = frame_name(0)  # the turntable's first frame

@@ -34,7 +34,8 @@ from PIL import Image
 
 from conftest import TEST_TIMINGS, assert_in_one_place, places_holding, settings_for, wait_for
 from recond import layout
-from recond.cli import cli, status_report
+from recond.cli import cli
+from recond.status import status_report
 from recond.config import Settings, load_settings
 from recond.errors import InputError
 from recond.intake import Intake

@@ -110,7 +110,7 @@ def test_static_gallery_problems_never_fail_the_caller(tmp_path: Path) -> None:
 
 
 def test_a_web_upload_is_shown_by_its_own_name() -> None:
-    from recond.web.names import shown_name, upload_source
+    from recond.upload_names import shown_name, upload_source
 
     assert shown_name(upload_source("0123456789abcdef", "chair photo.png")) == "chair photo.png"
     assert shown_name("web/not-an-upload.png") == "web/not-an-upload.png"

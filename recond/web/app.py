@@ -29,7 +29,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from recond import __version__
-from recond.cli import job_facts, status_report
+from recond.status import job_facts, status_report
 from recond.config import Settings
 from recond.gallery import entries, render_page
 from recond.logging import get_logger
@@ -37,7 +37,7 @@ from recond.pipeline.names import VIEWER_NAME
 from recond.store import ACTIVE, DONE, DUPLICATE, STATES, Job, Store
 from recond.web.feed import JobFeed, StoreReader
 from recond.web.metrics import Metrics
-from recond.web.names import UPLOAD_ID, upload_prefix
+from recond.upload_names import UPLOAD_ID, upload_prefix
 from recond.web.uploads import Upload, UploadRefused, receive_uploads
 
 ASSETS = Path(__file__).with_name("assets")  # served as they are under /assets/

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from recond.cli import status_report
+from recond.status import status_report
 from recond.config import Settings
 from recond.pipeline.record import read_record
 from recond.store import DONE, Job

@@ -25,7 +25,7 @@ from recond.config import Settings
 from recond.errors import InputError
 from recond.intake import is_ignored
 from recond.pipeline.image import check_size, is_picture_name, open_image
-from recond.web.names import UPLOAD_FOLDER, upload_source
+from recond.upload_names import UPLOAD_FOLDER, upload_source
 
 if TYPE_CHECKING:  # python-multipart declares its callback table for type checkers only
     from python_multipart.multipart import MultipartCallbacks

@@ -2,7 +2,8 @@
 
 An upload is saved as ``web/<upload id>-<name>``: the id makes it unique and lets a client find
 its job (the job's ``source`` starts with ``web/<upload id>-``). Pages show just ``<name>``.
-Light (no web stack), because the daemon's gallery uses :func:`shown_name` too.
+Below both front ends and light (no web stack): the daemon's gallery and recond-web both
+name pictures through :func:`shown_name`.
 """
 
 from __future__ import annotations

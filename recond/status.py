@@ -1,0 +1,87 @@
+"""What recond is doing, as plain data: the daemon, the queue and each job's facts.
+
+Owned here, below both front ends: `reconctl status/show` format it for a terminal and
+recond-web serves it as JSON, pages and metrics. It reads the job database only (and a done
+job's job.json), so it answers while the daemon is down and loads no heavy library.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from recond.config import Settings
+from recond.pipeline.record import read_record
+from recond.store import DONE, RUNNING, STALE_HEARTBEAT_SECONDS, STATES, Job, Store, pid_alive
+
+
+def open_store(settings: Settings) -> Store | None:
+    """The job database, or None when recond has never run with these settings (raises
+    StoreError with one sentence when it exists but cannot be read)."""
+    if not settings.db_path.is_file():
+        return None
+    return Store(settings.db_path)
+
+
+def status_report(settings: Settings, recent: int = 10) -> dict[str, Any]:
+    """Everything `reconctl status` shows, as plain data (also the --json output)."""
+    store = open_store(settings)
+    daemon = (store.daemon_state() if store else None) or {}
+    now = time.time()
+    beat_age = now - daemon["heartbeat_at"] if daemon.get("heartbeat_at") else None
+    running = bool(daemon) and not daemon.get("stopped_at") and pid_alive(daemon.get("pid"))
+    report: dict[str, Any] = {
+        "state_dir": str(settings.state_dir.resolve()),
+        "database": store is not None,
+        "daemon": {
+            "running": running and beat_age is not None and beat_age < STALE_HEARTBEAT_SECONDS,
+            "pid": daemon.get("pid") if running else None,
+            "uptime_s": round(now - daemon["started_at"]) if running else None,
+            "heartbeat_age_s": round(beat_age, 1) if beat_age is not None else None,
+            "unresponsive": running and (beat_age is None or beat_age >= STALE_HEARTBEAT_SECONDS),
+            "stopped_at": daemon.get("stopped_at"),
+            # What a stopped daemon last recorded is history, not the model's state now.
+            "model": daemon.get("model_status") if running else None,
+            "model_detail": daemon.get("model_detail") if running else None,
+            "device": daemon.get("device") if running else None,
+            "watcher_warnings": daemon.get("watcher_warnings", []) if running else [],
+            "worker_warning": daemon.get("worker_warning") if running else None,
+        },
+        "counts": store.counts() if store else dict.fromkeys(STATES, 0),
+        "current": None,
+        "recent": [],
+        "last_background": None,
+    }
+    if store:
+        current = store.running()
+        if current:
+            report["current"] = {"id": current.id, "source": current.source, "stage": current.stage,
+                                 "progress": current.progress, "eta_s": current.eta_s,
+                                 "started_at": current.started_at}
+        report["recent"] = [_summary(job) for job in store.jobs(limit=recent)
+                            if job.state != RUNNING]
+        last_done = store.jobs(DONE, limit=1)
+        if last_done:
+            record = _result_record(last_done[0])
+            report["last_background"] = {"id": last_done[0].id, "method": record.get("background")}
+        store.close()
+    return report
+
+
+def _summary(job: Job) -> dict[str, Any]:
+    return {"id": job.id, "source": job.source, "state": job.state, "output": job.output,
+            "error": job.error, "duplicate_of": job.duplicate_of, "finished_at": job.finished_at}
+
+
+def job_facts(job: Job) -> dict[str, Any]:
+    """What `reconctl show` reports: the job's row, plus what its job.json says it used."""
+    record = _result_record(job)
+    return {**job.as_dict(), "background": record.get("background"),
+            "stage_seconds": record.get("stage_seconds")}
+
+
+def _result_record(job: Job) -> dict[str, Any]:
+    """The job.json of a done job's result folder ({} when the folder is gone or unreadable)."""
+    if job.state != DONE or not job.output:
+        return {}
+    return read_record(job.output)
