@@ -30,6 +30,8 @@ CONFIG_ENV_VAR = "RECOND_CONFIG"
 
 # Folder settings: a relative value in the TOML file is taken from the file's own folder.
 FOLDER_SETTINGS = ("inbox", "outbox", "state_dir", "rembg_home")
+# A folder or a Hugging Face id: taken from the file's folder only when it is a folder (_TomlFile).
+MODEL_SETTING = "model"
 
 Background = Literal["auto", "rembg", "alpha", "none"]
 DType = Literal["auto", "float32", "float16", "bfloat16"]
@@ -215,15 +217,27 @@ class Settings(IntakeSettings, ModelSettings, JobSettings, DaemonSettings, WebSe
 class _TomlFile(TomlConfigSettingsSource):
     """The TOML file, with relative folders resolved against the file's folder rather than the
     working directory: the checkout's config then means the checkout's folders wherever recond
-    or reconctl is started from."""
+    or reconctl is started from.
+
+    ``model`` is a folder or a Hugging Face id. A relative value is a folder, and taken from the
+    file's folder, when it looks like one (``./``, ``../``, two or more ``/``: hub.looks_like_path)
+    or when that folder exists beside the file; anything else (``stabilityai/TripoSR``) stays a
+    hub id.
+    """
 
     def _read_file(self, file_path: Path | Traversable) -> dict[str, object]:
+        from recond.hub import looks_like_path
+
         data = super()._read_file(file_path)
         base = Path(str(file_path)).resolve().parent
         for name in FOLDER_SETTINGS:
             value = data.get(name)
             if isinstance(value, str) and not Path(value).expanduser().is_absolute():
                 data[name] = os.path.normpath(base / value)
+        model = data.get(MODEL_SETTING)
+        if (isinstance(model, str) and not Path(model).expanduser().is_absolute()
+                and (looks_like_path(model) or (base / model).exists())):
+            data[MODEL_SETTING] = os.path.normpath(base / model)
         return data
 
 

@@ -94,3 +94,32 @@ def test_outbox_inside_inbox_is_refused_naming_both(tmp_path):
 def test_missing_config_file_is_one_clear_line(tmp_path):
     with pytest.raises(SettingsError, match="does not exist"):
         load_settings(tmp_path / "nope.toml")
+
+
+def test_relative_model_folder_is_taken_from_the_files_folder_and_a_hub_id_stays(tmp_path, monkeypatch):
+    monkeypatch.delenv("RECOND_MODEL", raising=False)
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "TripoSR").mkdir()  # a bare name counts as a folder only when it is there
+    monkeypatch.chdir(tmp_path)  # started from elsewhere: the working directory does not count
+    for written, meant in (("../shared/bench_chair", str(tmp_path / "shared" / "bench_chair")),
+                           ("./models/tiny", str(site / "models" / "tiny")),
+                           ("TripoSR", str(site / "TripoSR")),
+                           ("stabilityai/TripoSR", "stabilityai/TripoSR"),
+                           ("/srv/models/TripoSR", "/srv/models/TripoSR")):
+        config = site / "recond.toml"
+        config.write_text(f'model = "{written}"\n')
+        assert load_settings(config).model == meant, written
+    monkeypatch.setenv("RECOND_MODEL", "../from-the-environment")  # a variable: as written
+    assert load_settings(config).model == "../from-the-environment"
+
+
+def test_a_missing_model_folder_is_named_by_its_absolute_path(tmp_path, monkeypatch):
+    from recond.errors import ModelLoadError
+    from recond.triposr.loader import locate_files
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelLoadError) as caught:
+        locate_files("../elsewhere/bench_chair")
+    assert f"The model folder {tmp_path.parent / 'elsewhere' / 'bench_chair'} does not exist" \
+        in str(caught.value)

@@ -354,6 +354,26 @@ def test_process_prints_each_pictures_warnings(tmp_path: Path, tiny_model_dir: P
     assert f"{picture}: warning: {record['warnings'][0]}" in result.stdout.splitlines()
 
 
+def test_relative_model_in_the_config_is_found_from_another_working_directory(
+        tmp_path: Path, tiny_model_dir: Path) -> None:
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "tiny").symlink_to(tiny_model_dir)
+    (tmp_path / "site").mkdir()
+    picture = tmp_path / "mug.png"
+    Image.new("RGB", (64, 64), (200, 80, 40)).save(picture)
+    config = write_config(tmp_path / "site" / "recond.toml", model="../models/tiny",
+                          rembg_home="no-rembg", background="none", **SMALL)
+    result = reconctl("process", str(picture), "--out", str(tmp_path / "results"), "--config",
+                      str(config))  # run from the checkout, not from the config's folder
+    assert result.returncode == 0, result.stderr
+    assert (next((tmp_path / "results").iterdir()) / "mesh.glb").is_file()
+
+    write_config(config, model="../models/gone", background="none")
+    result = reconctl("process", str(picture), "--config", str(config))
+    assert result.returncode == 1
+    assert f"The model folder {tmp_path / 'models' / 'gone'} does not exist" in result.stderr
+
+
 def test_process_without_weights_says_how_to_pass_them(tmp_path: Path) -> None:
     picture = tmp_path / "mug.png"
     Image.new("RGB", (32, 32)).save(picture)
