@@ -241,6 +241,16 @@ class _TomlFile(TomlConfigSettingsSource):
         return data
 
 
+def started_by_systemd() -> bool:
+    """Whether systemd runs this process as a service, which decides how a fix says to reload.
+
+    NOTIFY_SOCKET is set by systemd for a Type=notify unit such as ours (systemd.exec(5),
+    sd_notify(3)). INVOCATION_ID is not enough: a shell in a terminal app that itself runs as a
+    systemd user unit (GNOME Terminal) inherits it.
+    """
+    return bool(os.environ.get("NOTIFY_SOCKET"))
+
+
 def config_path_from_env() -> Path | None:
     """The TOML file named by RECOND_CONFIG, if any (the one other variable we honour)."""
     value = os.environ.get(CONFIG_ENV_VAR)

@@ -130,6 +130,9 @@ def test_offline_hub_model_is_one_clear_line_fast_and_drops_stay_queued(
     message = failed[0]["error"]
     assert "not in the local Hugging Face cache" in message and "cannot be reached" in message
     assert "config.yaml + model.ckpt" in failed[0]["fix"]
+    # Started in a terminal: the fix says how to retry there, with this daemon's pid.
+    assert f"kill -HUP {daemon.process.pid}" in failed[0]["fix"]
+    assert "systemctl" not in failed[0]["fix"]
     stderr = daemon.stderr()
     assert stderr.count("not in the local Hugging Face cache") == 1, stderr
     assert "Retrying" not in stderr
@@ -137,6 +140,26 @@ def test_offline_hub_model_is_one_clear_line_fast_and_drops_stay_queued(
     (tmp_path / "inbox" / "chair.png").write_bytes((shared_dir / "examples" / "chair.png").read_bytes())
     daemon.wait_for(lambda: status_of(config)["counts"]["queued"] == 1)
     assert status_of(config)["daemon"]["model"] == "missing"
+
+
+def test_under_systemd_the_fix_says_systemctl_reload(tmp_path: Path, daemons: list[Daemon]) -> None:
+    """systemd is a stand-in here: a real notify socket (NOTIFY_SOCKET), as systemd hands a
+    Type=notify service; recond tells it READY=1 through it."""
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify"))
+    notify.settimeout(60)
+    config = write_config(tmp_path / "recond.toml", inbox=str(tmp_path / "inbox"),
+                          outbox=str(tmp_path / "outbox"), state_dir=str(tmp_path / "state"),
+                          model=str(tmp_path / "no-weights"), **SMALL)
+    (tmp_path / "inbox").mkdir()
+    daemon = Daemon(tmp_path, config, clean_env(NOTIFY_SOCKET=str(tmp_path / "notify")))
+    daemons.append(daemon)
+    assert b"READY=1" in notify.recv(4096)
+    failed = daemon.wait_for(lambda: [event for event in json_log(tmp_path / "state")
+                                      if event["event"] == "model not loaded; jobs stay queued"])
+    assert f"The model folder {tmp_path / 'no-weights'} does not exist" in failed[0]["error"]
+    assert "`systemctl reload recond`" in failed[0]["fix"] and "kill -HUP" not in failed[0]["fix"]
+    notify.close()
 
 
 def test_doctor_answers_offline_without_downloading(tmp_path: Path, silent_hub: str) -> None:
