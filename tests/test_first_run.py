@@ -335,6 +335,60 @@ def test_offline_first_start_with_no_rembg_model_is_ready_within_seconds(
     assert not (tmp_path / "u2net").exists() or not any((tmp_path / "u2net").rglob("*.onnx"))
 
 
+# The README's Python API.
+
+
+def readme_python_blocks(section: str) -> list[str]:
+    """The ```python blocks of one README section, as a reader would copy them."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    body = text.split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
+    return [block.split("```", 1)[0] for block in body.split("```python\n")[1:]]
+
+
+def cached_as_hub_model(tiny_model_dir: Path, hf_home: Path, repo_id: str) -> None:
+    """Put a checkpoint where huggingface_hub keeps a downloaded repository (hub/models--owner--
+    name: snapshots/<commit>/ and refs/main naming the commit): the hub cannot be reached here."""
+    repository = hf_home / "hub" / f"models--{repo_id.replace('/', '--')}"
+    commit = "0" * 40
+    (repository / "snapshots" / commit).mkdir(parents=True)
+    for path in tiny_model_dir.iterdir():
+        (repository / "snapshots" / commit / path.name).symlink_to(path)
+    (repository / "refs").mkdir()
+    (repository / "refs" / "main").write_text(commit)
+
+
+def test_readme_python_snippets_run_as_written(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """Each block in a fresh interpreter in a folder holding chair.png, with the tiny checkpoint
+    in the Hugging Face cache as stabilityai/TripoSR and RECOND_* variables for small outputs."""
+    pipeline_block, model_block = readme_python_blocks("From Python")
+    cached_as_hub_model(tiny_model_dir, tmp_path / "hf", HUB_MODEL)
+    work = tmp_path / "work"
+    work.mkdir()
+    drawn = Image.new("RGB", (96, 96), (235, 235, 235))
+    ImageDraw.Draw(drawn).rectangle((30, 20, 66, 80), fill=(120, 70, 30))
+    drawn.save(work / "chair.png")
+    small = {f"RECOND_{key.upper()}": str(value) for key, value in SMALL.items()}
+    env = clean_env(HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1",
+                    U2NET_HOME=str(tmp_path / "u2net"), **small)
+
+    def run(code: str) -> str:
+        result = subprocess.run([sys.executable, "-c", code], cwd=work, env=env,
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result.stdout
+
+    printed = run(pipeline_block)
+    record = json.loads((work / "chair-result" / "job.json").read_text())
+    assert record["model"] == HUB_MODEL and record["faces"] > 0 and record["background"] == "grabcut"
+    assert "mesh.glb" in printed and "render.mp4" in printed and "rembg" in printed  # the warning
+    assert (work / "chair-result" / "source.png").read_bytes() == (work / "chair.png").read_bytes()
+
+    printed = run(model_block)
+    shape, faces = printed.split(")")[0], int(printed.split()[-2])
+    assert shape.startswith("torch.Size([1, 3,") and faces > 0
+    assert (work / "chair.obj").stat().st_size > 0
+
+
 # reconctl.
 
 
