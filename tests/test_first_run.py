@@ -324,13 +324,14 @@ def test_offline_first_start_with_no_rembg_model_is_ready_within_seconds(
     seconds = _iso_seconds(loaded[0]["timestamp"]) - _iso_seconds(started["timestamp"])
     print(f"offline rembg: model loaded {seconds:.2f} s after 'recond started' (load {os.getloadavg()})")
     # Not a speed target (benchmarks/bench_first_run.py prints the figure): pooch's own download
-    # waited 30 s for its read timeout (43 s seen with DNS); one 1.5 s check ends well before.
-    assert seconds < 20
+    # alone waited 30 s for its read timeout (43 s seen with DNS), so anything below that means
+    # it was not waited for; here ~7 s with torch's import, ~11 s at a load of 10 on 2 cores.
+    assert seconds < 25
     status = status_of(config)["daemon"]
     assert status["model"] == "ready" and "grabcut" in status["model_detail"]
     warnings = [event["event"] for event in json_log(tmp_path / "state")
                 if "could not be downloaded" in event["event"]]
-    assert len(warnings) == 1 and "did not answer within 1.5 s" in warnings[0], warnings
+    assert len(warnings) == 1 and "github.com cannot be reached" in warnings[0], warnings
     assert "Downloading data from" not in daemon.stderr()
     assert not (tmp_path / "u2net").exists() or not any((tmp_path / "u2net").rglob("*.onnx"))
 

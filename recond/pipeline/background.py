@@ -92,7 +92,8 @@ class RembgUnreachable(ConnectionError):
 
 
 def _check_reachable(url: str) -> None:
-    """One HEAD request with a short timeout, no retries; raises RembgUnreachable.
+    """One HEAD request with a short timeout, no retries; raises RembgUnreachable when nothing
+    answers. Any answer, even an HTTP error, lets the download itself run and report it.
 
     pooch's own download waits up to 30 s per request (pooch/downloaders.py, DEFAULT_TIMEOUT),
     which offline made every start wait ~43 s (issue 19). This asks with pooch's own
@@ -101,14 +102,11 @@ def _check_reachable(url: str) -> None:
     import pooch
 
     try:
-        answered = pooch.HTTPDownloader(timeout=REMBG_PROBE_TIMEOUT_SECONDS)(
-            url, None, None, check_only=True)
+        pooch.HTTPDownloader(timeout=REMBG_PROBE_TIMEOUT_SECONDS)(url, None, None, check_only=True)
     except Exception as error:  # offline, DNS, proxy, timeout: all mean "not now"
         host = url.split("/")[2]
-        raise RembgUnreachable(f"{host} did not answer within {REMBG_PROBE_TIMEOUT_SECONDS} s: "
-                               f"{type(error).__name__}") from None
-    if not answered:
-        raise RembgUnreachable(f"{url} is not available")
+        raise RembgUnreachable(f"{host} cannot be reached: {type(error).__name__}, asked with a "
+                               f"{REMBG_PROBE_TIMEOUT_SECONDS} s timeout") from None
 
 
 @contextmanager
