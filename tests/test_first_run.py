@@ -446,11 +446,6 @@ def test_relative_model_in_the_config_is_found_from_another_working_directory(
     assert result.returncode == 0, result.stderr
     assert (next((tmp_path / "results").iterdir()) / "mesh.glb").is_file()
 
-    write_config(config, model="../models/gone", background="none")
-    result = reconctl("process", str(picture), "--config", str(config))
-    assert result.returncode == 1
-    assert f"The model folder {tmp_path / 'models' / 'gone'} does not exist" in result.stderr
-
 
 def test_process_without_weights_says_how_to_pass_them(tmp_path: Path) -> None:
     picture = tmp_path / "mug.png"
