@@ -25,6 +25,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from recond.hub import looks_like_path
+
 ENV_PREFIX = "RECOND_"
 CONFIG_ENV_VAR = "RECOND_CONFIG"
 
@@ -220,14 +222,12 @@ class _TomlFile(TomlConfigSettingsSource):
     or reconctl is started from.
 
     ``model`` is a folder or a Hugging Face id. A relative value is a folder, and taken from the
-    file's folder, when it looks like one (``./``, ``../``, two or more ``/``: hub.looks_like_path)
+    file's folder, when it looks like one (a leading ``.``, two or more ``/``: hub.looks_like_path)
     or when that folder exists beside the file; anything else (``stabilityai/TripoSR``) stays a
     hub id.
     """
 
     def _read_file(self, file_path: Path | Traversable) -> dict[str, object]:
-        from recond.hub import looks_like_path
-
         data = super()._read_file(file_path)
         base = Path(str(file_path)).resolve().parent
         for name in FOLDER_SETTINGS:

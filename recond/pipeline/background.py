@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 from PIL import Image
@@ -104,8 +105,8 @@ def _check_reachable(url: str) -> None:
     try:
         pooch.HTTPDownloader(timeout=REMBG_PROBE_TIMEOUT_SECONDS)(url, None, None, check_only=True)
     except Exception as error:  # offline, DNS, proxy, timeout: all mean "not now"
-        host = url.split("/")[2]
-        raise RembgUnreachable(f"{host} cannot be reached: {type(error).__name__}, asked with a "
+        raise RembgUnreachable(f"{urlsplit(url).hostname} cannot be reached: "
+                               f"{type(error).__name__}, asked with a "
                                f"{REMBG_PROBE_TIMEOUT_SECONDS} s timeout") from None
 
 
