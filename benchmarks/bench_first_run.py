@@ -1,8 +1,10 @@
 """First-run figures: how fast an offline machine hears that the weights are missing, how long
-`reconctl doctor` takes offline, and how long `recond --once` takes with nothing waiting.
+rembg's first-start download takes to give up offline, how long `reconctl doctor` takes
+offline, and how long `recond --once` takes with nothing waiting.
 
-"Offline" is a local socket that accepts and never answers (HF_ENDPOINT points at it): the
-slowest kind of unreachable hub. Run: python benchmarks/bench_first_run.py
+"Offline" is a local socket that accepts and never answers (HF_ENDPOINT, and HTTPS_PROXY for
+rembg's GitHub download, point at it): the slowest kind of unreachable server.
+Run: python benchmarks/bench_first_run.py
 """
 
 from __future__ import annotations
@@ -57,6 +59,13 @@ def offline_message_seconds(root: Path, env: dict[str, str]) -> tuple[float, flo
     return missing - started, missing - at("recond started")
 
 
+# rembg's model missing and its server black-holed: the check before the download gives up.
+REMBG_OFFLINE = ("import time; from recond.config import load_settings; "
+                 "from recond.pipeline.background import download_rembg_model; "
+                 "settings = load_settings(model='-'); started = time.monotonic(); "
+                 "download_rembg_model(settings); print(time.monotonic() - started)")
+
+
 def timed(command: list[str], env: dict[str, str]) -> float:
     started = time.monotonic()
     subprocess.run(command, cwd=REPO, env=env, capture_output=True, timeout=600)
@@ -75,6 +84,10 @@ def main() -> None:
         from_process, from_started = offline_message_seconds(root / "daemon", env)
         print(f"offline weights line: {from_process:.2f} s after the process started, "
               f"{from_started:.2f} s after 'recond started'")
+        rembg = subprocess.run([sys.executable, "-c", REMBG_OFFLINE], cwd=REPO, capture_output=True,
+                               text=True, timeout=600, env={**env, "U2NET_HOME": str(root / "u2net"),
+                                                            "HTTPS_PROXY": env["HF_ENDPOINT"]})
+        print(f"rembg download offline, given up after: {float(rembg.stdout.split()[-1]):.2f} s")
         config = write_config(root / "doctor")
         doctor = timed([sys.executable, "-m", "recond.cli", "doctor", "--config", str(config)], env)
         print(f"reconctl doctor offline: {doctor:.2f} s")

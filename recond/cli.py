@@ -19,7 +19,7 @@ from typing import Any
 import click
 
 from recond.config import JobSettings, Settings, SettingsError, load_settings, part_of
-from recond.errors import MODEL_HELP, process_loading_fix
+from recond.errors import MODEL_HELP, process_loading_fix, reload_command
 from recond.folders import SHARE_FOLDERS, waiting_reason
 from recond import layout
 from recond.pipeline.names import VIDEO_NAME
@@ -253,11 +253,13 @@ def _gpu_check(settings: Settings) -> Check:
 def _weights_check(settings: Settings) -> Check:
     from recond.hub import cached_files, hub_problem, is_hub_id, not_cached_message
 
+    daemon = status_report(settings, recent=0)["daemon"]
+    fix = MODEL_HELP.format(reload=reload_command(None, daemon["pid"]))  # started how: not known
     if is_hub_id(settings.model) and cached_files(settings.model) is None:
         problem = hub_problem(settings.model)  # doctor never downloads; it only asks the hub
         if problem:
             return Check("weights", "fail", f"{not_cached_message(settings.model, problem)} "
-                                            f"To fix: {MODEL_HELP}")
+                                            f"To fix: {fix}")
         return Check("weights", "warn", f"{settings.model} is not downloaded yet; the hub answers, "
                                         "so recond downloads it (once, about 1.7 GB) when it starts")
     import torch
@@ -268,7 +270,7 @@ def _weights_check(settings: Settings) -> Check:
         model = TripoSR.from_pretrained(settings.model, device=settings.resolved_device(),
                                         dtype=getattr(torch, settings.resolved_dtype()))
     except Exception as error:  # any reason the weights do not load is what doctor reports
-        return Check("weights", "fail", f"{settings.model}: {error} -- to fix: {MODEL_HELP}")
+        return Check("weights", "fail", f"{settings.model}: {error} -- to fix: {fix}")
     parameters = sum(parameter.numel() for parameter in model.parameters())
     return Check("weights", "ok", f"{settings.model} loads ({parameters / 1e6:.1f} M parameters)")
 
@@ -302,7 +304,8 @@ def _ffmpeg_check() -> Check:
 def _daemon_check(settings: Settings) -> Check:
     daemon = status_report(settings, recent=0)["daemon"]
     if not daemon["running"]:
-        return Check("daemon", "warn", "recond is not running (systemctl start recond)")
+        return Check("daemon", "warn", "recond is not running (start it: `scripts/run` in a "
+                                       "terminal, `systemctl start recond` for the service)")
     if daemon["model"] == "missing":
         return Check("daemon", "fail", f"running, but without a model: {daemon['model_detail']}")
     return Check("daemon", "ok", f"running (pid {daemon['pid']}), model {daemon['model']}")

@@ -25,11 +25,15 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from recond.hub import looks_like_path
+
 ENV_PREFIX = "RECOND_"
 CONFIG_ENV_VAR = "RECOND_CONFIG"
 
 # Folder settings: a relative value in the TOML file is taken from the file's own folder.
 FOLDER_SETTINGS = ("inbox", "outbox", "state_dir", "rembg_home")
+# A folder or a Hugging Face id: taken from the file's folder only when it is a folder (_TomlFile).
+MODEL_SETTING = "model"
 
 Background = Literal["auto", "rembg", "alpha", "none"]
 DType = Literal["auto", "float32", "float16", "bfloat16"]
@@ -215,7 +219,13 @@ class Settings(IntakeSettings, ModelSettings, JobSettings, DaemonSettings, WebSe
 class _TomlFile(TomlConfigSettingsSource):
     """The TOML file, with relative folders resolved against the file's folder rather than the
     working directory: the checkout's config then means the checkout's folders wherever recond
-    or reconctl is started from."""
+    or reconctl is started from.
+
+    ``model`` is a folder or a Hugging Face id. A relative value is a folder, and taken from the
+    file's folder, when it looks like one (a leading ``.``, two or more ``/``: hub.looks_like_path)
+    or when that folder exists beside the file; anything else (``stabilityai/TripoSR``) stays a
+    hub id.
+    """
 
     def _read_file(self, file_path: Path | Traversable) -> dict[str, object]:
         data = super()._read_file(file_path)
@@ -224,7 +234,21 @@ class _TomlFile(TomlConfigSettingsSource):
             value = data.get(name)
             if isinstance(value, str) and not Path(value).expanduser().is_absolute():
                 data[name] = os.path.normpath(base / value)
+        model = data.get(MODEL_SETTING)
+        if (isinstance(model, str) and not Path(model).expanduser().is_absolute()
+                and (looks_like_path(model) or (base / model).exists())):
+            data[MODEL_SETTING] = os.path.normpath(base / model)
         return data
+
+
+def started_by_systemd() -> bool:
+    """Whether systemd runs this process as a service, which decides how a fix says to reload.
+
+    NOTIFY_SOCKET is set by systemd for a Type=notify unit such as ours (systemd.exec(5),
+    sd_notify(3)). INVOCATION_ID is not enough: a shell in a terminal app that itself runs as a
+    systemd user unit (GNOME Terminal) inherits it.
+    """
+    return bool(os.environ.get("NOTIFY_SOCKET"))
 
 
 def config_path_from_env() -> Path | None:

@@ -20,7 +20,9 @@ from typing import IO
 import click
 import sdnotify
 
-from recond.config import IntakeSettings, Settings, SettingsError, load_settings, part_of
+from recond.config import (IntakeSettings, Settings, SettingsError, load_settings, part_of,
+                           started_by_systemd)
+from recond.errors import reload_command
 from recond.folders import (FolderError, create_state_dir, folder_error, missing_share_folder,
                             missing_share_folders)
 from recond.intake import Intake
@@ -63,7 +65,8 @@ class Daemon:
             worker = Worker(settings, store, pipeline_factory=partial(
                 build_pipeline, report=lambda line: store.daemon_update(model_detail=line),
                 stage_history=settings.state_dir),
-                on_file_changed=self._file_changed)
+                on_file_changed=self._file_changed,
+                how_to_reload=reload_command(started_by_systemd(), os.getpid()))
             worker.recover()
             self.intake = Intake(settings, store, on_enqueued=lambda job: worker.wake())
             self.intake.start()

@@ -29,13 +29,25 @@ class ModelLoadError(RuntimeError):
     """
 
 
+def reload_command(under_systemd: bool | None, pid: int | None = None) -> str:
+    """How to make a running recond re-read its settings and retry the model, said for the way
+    it was started: the service, a terminal (``pid`` shown), or both when that is not known."""
+    service = "`systemctl reload recond`"
+    terminal = f"`kill -HUP {pid or '<pid of recond>'}` (or Ctrl-C and `scripts/run` again)"
+    if under_systemd is None:
+        return f"{service} for the service, {terminal} in a terminal"
+    return f"{service} (SIGHUP)" if under_systemd else terminal
+
+
+RELOAD_EITHER_WAY = reload_command(None)
+
 MODEL_HELP = (
     "put the TripoSR weights (config.yaml + model.ckpt from stabilityai/TripoSR) in a folder, "
-    "set model = \"/that/folder\" in the config file (or RECOND_MODEL), then run "
-    "`systemctl reload recond` (SIGHUP); recond also retries every model_retry_seconds"
+    "set model = \"/that/folder\" in the config file (or RECOND_MODEL), then run {reload}; "
+    "recond also retries every model_retry_seconds"
 )
 SETTINGS_HELP = (
-    "fix the setting named above in the config file, then run `systemctl reload recond` (SIGHUP); "
+    "fix the setting named above in the config file, then run {reload}; "
     "`reconctl doctor` checks each part"
 )
 
@@ -44,7 +56,7 @@ SETTINGS_HELP = (
 NUMBA_HELP = (
     "numba (used by rembg) needs a writable cache folder: set NUMBA_CACHE_DIR to one "
     "(the systemd unit sets /var/lib/recond/numba) or give the service user a writable HOME, "
-    "then run `systemctl reload recond` (SIGHUP)"
+    "then run {reload}"
 )
 
 PROCESS_MODEL_HELP = (
@@ -53,21 +65,29 @@ PROCESS_MODEL_HELP = (
 PROCESS_SETTINGS_HELP = "fix the setting named above; `reconctl doctor` checks each part"
 
 
-def loading_fix(error: BaseException) -> str:
-    """How to fix a pipeline that would not build: the weights, numba's cache, or a setting."""
+def loading_fix(error: BaseException, reload: str = RELOAD_EITHER_WAY) -> str:
+    """How to fix a pipeline that would not build: the weights, numba's cache, or a setting.
+
+    ``reload`` says how to make this recond try again (``reload_command``).
+    """
     if isinstance(error, ModelLoadError):
-        return MODEL_HELP
-    if "no locator available" in str(error) or "cannot cache function" in str(error):
-        return NUMBA_HELP
-    return SETTINGS_HELP
+        return MODEL_HELP.format(reload=reload)
+    if _numba_has_no_cache(error):
+        return NUMBA_HELP.format(reload=reload)
+    return SETTINGS_HELP.format(reload=reload)
 
 
 def process_loading_fix(error: BaseException) -> str:
     """The same for `reconctl process`, whose model comes from --model rather than the daemon."""
     if isinstance(error, ModelLoadError):
         return PROCESS_MODEL_HELP
-    fix = loading_fix(error)
-    return PROCESS_SETTINGS_HELP if fix == SETTINGS_HELP else fix
+    if _numba_has_no_cache(error):
+        return NUMBA_HELP.format(reload="`reconctl process` again")
+    return PROCESS_SETTINGS_HELP
+
+
+def _numba_has_no_cache(error: BaseException) -> bool:
+    return "no locator available" in str(error) or "cannot cache function" in str(error)
 
 
 def describe_failure(error: BaseException) -> tuple[str, bool]:

@@ -35,7 +35,13 @@ class ModelFiles:
 
 def is_hub_id(source: str) -> bool:
     """``owner/name`` rather than a folder path (which recond never downloads into)."""
-    return not Path(source).expanduser().exists() and not _looks_like_path(source)
+    return not Path(source).expanduser().exists() and not looks_like_path(source)
+
+
+def looks_like_path(source: str) -> bool:
+    """A folder path whether or not it exists: ``/...``, ``./...``, ``../...``, ``~/...``, or two
+    or more slashes; a hub id is ``owner/name`` (one slash) or a bare ``name``."""
+    return source.startswith(("/", ".", "~")) or source.count("/") > 1 or "\\" in source
 
 
 def cached_files(repo_id: str) -> ModelFiles | None:
@@ -134,7 +140,3 @@ def _reporting_bar(filename: str, progress: DownloadProgress) -> type:
             return super().update(n)
 
     return ReportingBar
-
-
-def _looks_like_path(source: str) -> bool:
-    return source.startswith(("/", ".", "~")) or source.count("/") > 1 or "\\" in source

@@ -21,7 +21,7 @@ from typing import Any
 
 from recond import dropped, layout
 from recond.config import JobSettings, ModelSettings, Settings, part_of
-from recond.errors import describe_failure, loading_fix
+from recond.errors import RELOAD_EITHER_WAY, describe_failure, loading_fix
 from recond.gallery import write_gallery
 from recond.logging import get_logger
 from recond.outbox_gate import OutboxFault, OutboxGate
@@ -70,12 +70,16 @@ class Worker:
 
     ``on_file_changed(path)`` is told about an inbox file whose bytes changed after it was
     queued (the daemon hands it to intake, which queues the new bytes once they settle).
+    ``how_to_reload`` is how the fix for a model that did not load says to retry
+    (errors.reload_command: systemctl for the service, kill -HUP in a terminal).
     """
 
     def __init__(self, settings: Settings, store: Store,
                  pipeline_factory: Callable[[ModelSettings], WarmPipeline] = build_pipeline,
-                 on_file_changed: Callable[[Path], None] = lambda path: None) -> None:
+                 on_file_changed: Callable[[Path], None] = lambda path: None,
+                 how_to_reload: str = RELOAD_EITHER_WAY) -> None:
         self.settings = settings
+        self.how_to_reload = how_to_reload
         self.store = store
         self.pipeline_factory = pipeline_factory
         self.on_file_changed = on_file_changed
@@ -201,7 +205,7 @@ class Worker:
         try:
             pipeline = self.pipeline_factory(part_of(self.settings, ModelSettings))
         except Exception as error:  # any failure here means "no model"; jobs wait, nothing fails
-            fix = loading_fix(error)
+            fix = loading_fix(error, self.how_to_reload)
             detail = f"{' '.join(str(error).split())} -- to fix: {fix}"
             self._next_load = time.monotonic() + self.settings.model_retry_seconds
             self.store.daemon_update(model_status="missing", model_detail=detail, device=None)

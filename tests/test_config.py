@@ -1,6 +1,7 @@
 """Settings: TOML file, RECOND_* overrides, and one-line errors that name the setting."""
 
 import re
+import subprocess
 import tomllib
 from pathlib import Path
 
@@ -8,7 +9,8 @@ import pytest
 
 from recond.config import PARTS, Settings, SettingsError, load_settings
 
-DOCUMENTED = Path(__file__).resolve().parents[1] / "config" / "recond.toml"
+REPO = Path(__file__).resolve().parents[1]
+DOCUMENTED = Path("config") / "recond.toml"
 # Keys whose value in the example file is a server's folder, not the built-in default.
 SITE_SPECIFIC = {"inbox", "outbox", "state_dir"}
 
@@ -19,8 +21,22 @@ def write_toml(tmp_path: Path, text: str) -> Path:
     return path
 
 
+def documented_text() -> str:
+    """config/recond.toml as committed. The README has people set `model` in that file, and
+    their settings are theirs, not the documentation; without git (an unpacked archive) the
+    file as it is."""
+    try:
+        committed = subprocess.run(["git", "show", f"HEAD:{DOCUMENTED.as_posix()}"], cwd=REPO,
+                                   capture_output=True, text=True, timeout=30)
+    except OSError:  # no git on this machine
+        committed = None
+    if committed is not None and committed.returncode == 0:
+        return committed.stdout
+    return (REPO / DOCUMENTED).read_text(encoding="utf-8")
+
+
 def documented_values() -> dict[str, object]:
-    return tomllib.loads(DOCUMENTED.read_text(encoding="utf-8"))
+    return tomllib.loads(documented_text())
 
 
 def test_defaults_match_the_documented_pipeline_settings(monkeypatch):
@@ -31,11 +47,11 @@ def test_defaults_match_the_documented_pipeline_settings(monkeypatch):
         assert getattr(settings, key) == documented[key], key
     for key, value in documented.items():
         if key not in SITE_SPECIFIC:
-            assert getattr(settings, key) == value, f"{key}: default differs from {DOCUMENTED.name}"
+            assert getattr(settings, key) == value, f"{key}: default differs from {DOCUMENTED}"
 
 
-def test_example_file_documents_every_setting_and_nothing_else():
-    text = DOCUMENTED.read_text(encoding="utf-8")
+def test_example_file_documents_every_setting_and_nothing_else(tmp_path):
+    text = documented_text()
     keys = set(documented_values())
     # A setting whose default cannot be written in TOML (None) is shown commented out.
     commented = set(re.findall(r"^# ?([a-z_]+) = ", text, flags=re.MULTILINE))
@@ -43,7 +59,7 @@ def test_example_file_documents_every_setting_and_nothing_else():
     assert set(Settings.model_fields) - keys <= commented, "settings the file does not show"
     unset_by_default = {name for name, field in Settings.model_fields.items() if field.default is None}
     assert set(Settings.model_fields) - keys == unset_by_default
-    assert load_settings(DOCUMENTED).mc_resolution == documented_values()["mc_resolution"]
+    assert load_settings(write_toml(tmp_path, text)).mc_resolution == documented_values()["mc_resolution"]
 
 
 def test_every_setting_belongs_to_exactly_one_part():
@@ -94,3 +110,32 @@ def test_outbox_inside_inbox_is_refused_naming_both(tmp_path):
 def test_missing_config_file_is_one_clear_line(tmp_path):
     with pytest.raises(SettingsError, match="does not exist"):
         load_settings(tmp_path / "nope.toml")
+
+
+def test_relative_model_folder_is_taken_from_the_files_folder_and_a_hub_id_stays(tmp_path, monkeypatch):
+    monkeypatch.delenv("RECOND_MODEL", raising=False)
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "TripoSR").mkdir()  # a bare name counts as a folder only when it is there
+    monkeypatch.chdir(tmp_path)  # started from elsewhere: the working directory does not count
+    for written, meant in (("../shared/bench_chair", str(tmp_path / "shared" / "bench_chair")),
+                           ("./models/tiny", str(site / "models" / "tiny")),
+                           ("TripoSR", str(site / "TripoSR")),
+                           ("stabilityai/TripoSR", "stabilityai/TripoSR"),
+                           ("/srv/models/TripoSR", "/srv/models/TripoSR")):
+        config = site / "recond.toml"
+        config.write_text(f'model = "{written}"\n')
+        assert load_settings(config).model == meant, written
+    monkeypatch.setenv("RECOND_MODEL", "../from-the-environment")  # a variable: as written
+    assert load_settings(config).model == "../from-the-environment"
+
+
+def test_a_missing_model_folder_is_named_by_its_absolute_path(tmp_path, monkeypatch):
+    from recond.errors import ModelLoadError
+    from recond.triposr.loader import locate_files
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelLoadError) as caught:
+        locate_files("../elsewhere/bench_chair")
+    assert f"The model folder {tmp_path.parent / 'elsewhere' / 'bench_chair'} does not exist" \
+        in str(caught.value)

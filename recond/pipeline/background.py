@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 from PIL import Image
@@ -31,6 +32,9 @@ GRABCUT_WARNING = (
 
 
 GRABCUT_FALLBACK = "GrabCut will be used instead"
+# One availability check before rembg's download: offline, the answer comes within 2 s, as the
+# TripoSR weights' does (recond/hub.py, HUB_TIMEOUT_SECONDS).
+REMBG_PROBE_TIMEOUT_SECONDS = 1.5
 
 
 class BackgroundUnavailable(RuntimeError):
@@ -67,29 +71,54 @@ def download_rembg_model(settings: ModelSettings,
 
     Only when ``rembg_home`` is unset: a folder named there is the operator's, filled by hand on
     offline servers. The download is rembg's own (pooch), with a bar on a terminal and the
-    fraction done handed to ``progress``. Returns a warning line when it cannot be fetched;
-    GrabCut then stands in, as before.
+    fraction done handed to ``progress``, after one quick check that the file's server answers.
+    Returns a warning line when it cannot be fetched; GrabCut then stands in, as before.
     """
     if settings.background in ("alpha", "none") or settings.rembg_home is not None:
         return None
     if rembg_model_status(settings).available:
         return None
     try:
-        with _pooch_progress(progress):
+        with _probed_pooch(progress):
             _rembg_session_class(settings.rembg_model).download_models()
     except Exception as error:  # offline, DNS, HTTP, checksum: GrabCut stands in
-        return (f"rembg model {settings.rembg_model} could not be downloaded ({type(error).__name__}); "
+        reason = str(error) if isinstance(error, RembgUnreachable) else type(error).__name__
+        return (f"rembg model {settings.rembg_model} could not be downloaded ({reason}); "
                 f"{GRABCUT_FALLBACK} (to place it by hand see the README, 'Weights on an offline server')")
     return None
 
 
-@contextmanager
-def _pooch_progress(progress: Callable[[float], None]) -> Iterator[None]:
-    """While rembg downloads, pooch gets a progress bar that also reports the fraction done.
+class RembgUnreachable(ConnectionError):
+    """The server of rembg's model file did not answer the quick check."""
 
-    rembg calls ``pooch.retrieve(..., progressbar=True)`` itself and offers no other hook, so
-    the bar is handed in by wrapping ``pooch.retrieve`` for the length of one download.
-    pooch's downloader sets ``total``, then calls ``update`` per chunk and ``reset``/``close``.
+
+def _check_reachable(url: str) -> None:
+    """One HEAD request with a short timeout, no retries; raises RembgUnreachable when nothing
+    answers. Any answer, even an HTTP error, lets the download itself run and report it.
+
+    pooch's own download waits up to 30 s per request (pooch/downloaders.py, DEFAULT_TIMEOUT),
+    which offline made every start wait ~43 s (issue 19). This asks with pooch's own
+    availability check, so proxies and certificates are handled exactly as the download's.
+    """
+    import pooch
+
+    try:
+        pooch.HTTPDownloader(timeout=REMBG_PROBE_TIMEOUT_SECONDS)(url, None, None, check_only=True)
+    except Exception as error:  # offline, DNS, proxy, timeout: all mean "not now"
+        raise RembgUnreachable(f"{urlsplit(url).hostname} cannot be reached: "
+                               f"{type(error).__name__}, asked with a "
+                               f"{REMBG_PROBE_TIMEOUT_SECONDS} s timeout") from None
+
+
+@contextmanager
+def _probed_pooch(progress: Callable[[float], None]) -> Iterator[None]:
+    """While rembg downloads, pooch first checks that the file's server answers, then gets a
+    progress bar that also reports the fraction done.
+
+    rembg calls ``pooch.retrieve(url, ..., progressbar=True)`` itself and offers no other hook
+    (the URL is written in each session class), so both are handed in by wrapping
+    ``pooch.retrieve`` for the length of one download. pooch's downloader sets ``total``, then
+    calls ``update`` per chunk and ``reset``/``close``.
     """
     import pooch
     from tqdm.auto import tqdm
@@ -109,9 +138,10 @@ def _pooch_progress(progress: Callable[[float], None]) -> Iterator[None]:
 
     original = pooch.retrieve
 
-    def retrieve(*args: Any, **kwargs: Any) -> Any:
+    def retrieve(url: str, *args: Any, **kwargs: Any) -> Any:
+        _check_reachable(url)
         bar = ReportingBar(unit="B", unit_scale=True, disable=None, desc=f"rembg {kwargs.get('fname', '')}")
-        return original(*args, **{**kwargs, "progressbar": bar})
+        return original(url, *args, **{**kwargs, "progressbar": bar})
 
     pooch.retrieve = retrieve
     try:

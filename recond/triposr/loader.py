@@ -10,6 +10,7 @@ download. Hub ids are found or fetched by ``recond/hub.py``.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -25,11 +26,12 @@ def locate_files(source: str, progress: DownloadProgress | None = None) -> Model
     if folder.is_dir():
         vit_config = folder / VIT_CONFIG_NAME
         return ModelFiles(folder / CONFIG_NAME, folder / WEIGHTS_NAME, vit_config if vit_config.is_file() else None)
+    where = os.path.abspath(folder)  # the folder looked at, wherever recond was started from
     if folder.exists():
-        raise ModelLoadError(f"The model path {source} is a file; expected a folder holding "
+        raise ModelLoadError(f"The model path {where} is a file; expected a folder holding "
                              f"{CONFIG_NAME} and {WEIGHTS_NAME}.")
     if not is_hub_id(source):
-        raise ModelLoadError(f"The model folder {source} does not exist; expected a folder holding "
+        raise ModelLoadError(f"The model folder {where} does not exist; expected a folder holding "
                              f"{CONFIG_NAME} and {WEIGHTS_NAME}.")
     return cached_files(source) or download_files(source, progress)
 
