@@ -101,15 +101,14 @@ def glb_primitive(path: Path) -> dict[str, np.ndarray]:
             **{name: accessor(index) for name, index in primitive["attributes"].items()}}
 
 
-def obj_vertices_and_faces(path: Path) -> tuple[int, np.ndarray]:
-    """The number of `v` lines and the (0-based) vertex index of every face corner."""
-    vertices, corners = 0, []
+def obj_lines(path: Path) -> dict[str, list[list[str]]]:
+    """The fields of an OBJ's `v`, `vn` and `f` lines, by keyword."""
+    lines: dict[str, list[list[str]]] = {"v": [], "vn": [], "f": []}
     for line in path.read_text().splitlines():
-        if line.startswith("v "):
-            vertices += 1
-        elif line.startswith("f "):
-            corners += [int(corner.split("/")[0]) - 1 for corner in line.split()[1:]]
-    return vertices, np.asarray(corners)
+        keyword, *fields = line.split() or [""]
+        if keyword in lines:
+            lines[keyword].append(fields)
+    return lines
 
 
 def test_stl_is_one_watertight_volume_as_large_as_the_unsimplified_surface(chair_result: JobResult,
@@ -130,7 +129,8 @@ def test_simplified_surface_stays_within_the_hausdorff_bound(chair_result: JobRe
     assert chair_result.record["mesh"]["hausdorff"] == pytest.approx(measured, rel=0.01)
 
 
-def test_glb_has_no_validator_errors_and_a_unit_normal_on_every_vertex(chair_result: JobResult) -> None:
+def test_glb_has_no_validator_errors_and_glb_and_obj_a_unit_normal_on_every_vertex(
+        chair_result: JobResult) -> None:
     glb = chair_result.result_dir / "mesh.glb"
     report = validate_glb(glb)
     errors = [message for message in report["issues"]["messages"] if message["severity"] == 0]
@@ -139,13 +139,17 @@ def test_glb_has_no_validator_errors_and_a_unit_normal_on_every_vertex(chair_res
     lengths = np.linalg.norm(primitive["NORMAL"], axis=1)
     assert len(lengths) == len(primitive["POSITION"])
     np.testing.assert_allclose(lengths, 1.0, atol=1e-3)
+    obj = obj_lines(chair_result.result_dir / "mesh.obj")
+    assert len(obj["vn"]) == len(obj["v"])
+    np.testing.assert_allclose(np.linalg.norm(np.asarray(obj["vn"], dtype=float), axis=1), 1.0, atol=1e-3)
 
 
 def test_no_file_carries_unreferenced_vertices(chair_result: JobResult) -> None:
     primitive = glb_primitive(chair_result.result_dir / "mesh.glb")
     assert len(np.unique(primitive["indices"])) == len(primitive["POSITION"])
-    vertices, corners = obj_vertices_and_faces(chair_result.result_dir / "mesh.obj")
-    assert len(np.unique(corners)) == vertices == chair_result.record["vertices"]
+    obj = obj_lines(chair_result.result_dir / "mesh.obj")
+    corners = [int(corner.split("/")[0]) for face in obj["f"] for corner in face]  # 1-based
+    assert len(set(corners)) == len(obj["v"]) == chair_result.record["vertices"]
 
 
 def test_record_says_the_result_is_a_solid_of_one_body_per_kept_piece(chair_result: JobResult) -> None:
