@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pymeshlab
 import pytest
 import trimesh
 
@@ -71,6 +72,17 @@ def test_an_open_surface_is_reported_as_no_solid() -> None:
                        facts.bodies, 0.001)
     assert record.warnings() == [NOT_A_SOLID]
     assert MeshFacts(10, 1, 0, 10, 10, True, True, 1, 0.0).warnings() == []
+
+
+def test_simplification_is_the_same_whatever_pymeshlab_was_last_asked() -> None:
+    """pymeshlab carries a filter's parameters over from its previous call in the process."""
+    sphere = trimesh.creation.icosphere(subdivisions=4)
+    first = simplify(sphere, 500)
+    other = pymeshlab.MeshSet()
+    other.add_mesh(pymeshlab.Mesh(sphere.vertices, sphere.faces))
+    other.meshing_decimation_quadric_edge_collapse(targetfacenum=400, planarquadric=True, preservenormal=True,
+                                                   preservetopology=False, qualitythr=0.9)
+    assert np.array_equal(simplify(sphere, 500).vertices, first.vertices)
 
 
 def test_target_zero_or_above_the_face_count_keeps_every_face() -> None:

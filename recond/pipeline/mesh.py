@@ -27,8 +27,15 @@ from recond.triposr.isosurface import marching_cubes, unit_to_box
 
 GRID_SHARE = 0.85  # of the stage's progress: the density grid is nearly all of its time
 # Points sampled on each surface (its vertices first) for the Hausdorff distance. On bench_chair
-# 30,000 already found the maximum that 200,000 and 1,000,000 find (benchmarks/bench_simplify.py).
+# 30,000 already find the maximum that 200,000 find, in a third of the time (bench_simplify.py).
 HAUSDORFF_SAMPLES = 50_000
+# MeshLab's quadric edge collapse as the stage calls it: the defaults, but topology kept. Every
+# parameter is given because pymeshlab carries a filter's parameters over from its previous call
+# in the process (seen: planarquadric=True once, and later calls without it still had it on).
+DECIMATION = {"targetperc": 0.0, "qualitythr": 0.3, "preserveboundary": False, "boundaryweight": 1.0,
+              "preservenormal": False, "preservetopology": True, "optimalplacement": True,
+              "planarquadric": False, "planarweight": 0.001, "qualityweight": False, "autoclean": True,
+              "selected": False}
 NOT_A_SOLID = ("the surface is not a closed solid (it has holes or edges shared by more than two "
                "faces), so mesh.stl needs repair before printing")
 
@@ -142,7 +149,7 @@ def simplify(mesh: trimesh.Trimesh, target_faces: int) -> trimesh.Trimesh:
     if target_faces == 0 or len(mesh.faces) <= target_faces:
         return mesh
     meshes = _meshset(mesh)
-    meshes.meshing_decimation_quadric_edge_collapse(targetfacenum=target_faces, preservetopology=True)
+    meshes.meshing_decimation_quadric_edge_collapse(targetfacenum=target_faces, **DECIMATION)
     simple = meshes.current_mesh()
     return trimesh.Trimesh(simple.vertex_matrix(), simple.face_matrix(), process=False)
 
@@ -162,12 +169,16 @@ def solid_facts(mesh: trimesh.Trimesh) -> SolidFacts:
                       len(welded.split(only_watertight=False)))
 
 
-def hausdorff_to_diagonal(reference: trimesh.Trimesh, simple: trimesh.Trimesh) -> float:
+def hausdorff_to_diagonal(reference: trimesh.Trimesh, simple: trimesh.Trimesh,
+                          samples: int = HAUSDORFF_SAMPLES) -> float:
     """Symmetric Hausdorff distance between two surfaces, as a fraction of ``reference``'s
     bounding-box diagonal (MeshLab's sampled Hausdorff filter, each way)."""
     meshes = _meshset(reference, simple)
-    one_way = [meshes.get_hausdorff_distance(sampledmesh=sampled, targetmesh=target, samplevert=True,
-                                             sampleface=True, samplenum=HAUSDORFF_SAMPLES)["max"]
+    # Every parameter given, as for DECIMATION; maxdist (points farther are not counted) the whole diagonal.
+    one_way = [meshes.get_hausdorff_distance(sampledmesh=sampled, targetmesh=target, savesample=False,
+                                             samplevert=True, sampleedge=False, samplefauxedge=False,
+                                             sampleface=True, samplenum=samples,
+                                             maxdist=pymeshlab.PercentageValue(100))["max"]
                for sampled, target in ((0, 1), (1, 0))]
     return max(one_way) / float(np.linalg.norm(reference.extents))
 
