@@ -4,8 +4,9 @@ unsimplified surface, as a fraction of its bounding-box diagonal).
 
 The surface is what the mesh stage simplifies: bench_chair's density grid for
 ``examples/chair.png`` at default settings, marching cubes, floaters dropped (see
-recond/pipeline/mesh.py). It is a closed solid (148,664 faces, one body, genus 27), so a
-simplifier fit for a printable STL must hand back one too. Candidates not installed are
+recond/pipeline/mesh.py; recond's simplifier is in recond/pipeline/topology.py). It is a closed
+solid (148,664 faces, one body, genus 27), so a simplifier fit for a printable STL must hand
+back one too. Candidates not installed are
 listed as such; all but pymeshlab are optional installs for this script only
 (pip install fast-simplification pyfqmr meshlib manifold3d).
 
@@ -28,8 +29,9 @@ import trimesh
 
 from recond.config import load_settings
 from recond.pipeline.image import decode_image, read_source
-from recond.pipeline.mesh import (DECIMATION, HAUSDORFF_SAMPLES, hausdorff_to_diagonal, kept_surface, simplify,
-                                  solid_facts)
+from recond.pipeline.mesh import kept_surface
+from recond.pipeline.topology import (DECIMATION, HAUSDORFF_SAMPLES, hausdorff_to_diagonal, simplify,
+                                      solid_facts)
 from recond.triposr.model import TripoSR
 from recond.triposr.preprocess import prepare_image
 
@@ -69,7 +71,7 @@ def pyfqmr(mesh: trimesh.Trimesh, target: int) -> trimesh.Trimesh:
 
 
 def meshlab(**options: bool) -> Simplifier:
-    """pymeshlab's quadric edge collapse as recond calls it (mesh.simplify), with these options changed."""
+    """pymeshlab's quadric edge collapse as recond calls it (topology.simplify), with these options changed."""
     def decimate(mesh: trimesh.Trimesh, target: int) -> trimesh.Trimesh:
         import pymeshlab
 

@@ -12,8 +12,8 @@ import trimesh
 
 from recond.triposr.tiny import reference_picture
 from recond.config import load_settings
-from recond.pipeline.mesh import (NOT_A_SOLID, MeshFacts, SolidFacts, build_mesh, drop_floaters,
-                                  hausdorff_to_diagonal, simplify, solid_facts)
+from recond.pipeline.mesh import NOT_A_SOLID, MeshFacts, build_mesh, drop_floaters
+from recond.pipeline.topology import SolidFacts, hausdorff_to_diagonal, simplify, solid_facts
 from recond.triposr.model import TripoSR
 from recond.triposr.preprocess import prepare_image
 

@@ -23,8 +23,9 @@ from recond import layout
 from recond.config import JobSettings, load_settings, part_of
 from recond.pipeline.export import orient_y_up
 from recond.pipeline.image import decode_image, read_source
-from recond.pipeline.mesh import NOT_A_SOLID, hausdorff_to_diagonal, kept_surface
+from recond.pipeline.mesh import NOT_A_SOLID, kept_surface
 from recond.pipeline.runner import JobResult, Pipeline
+from recond.pipeline.topology import hausdorff_to_diagonal
 from recond.triposr.model import TripoSR
 from recond.triposr.preprocess import prepare_image
 from test_export import validate_glb

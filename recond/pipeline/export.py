@@ -17,6 +17,7 @@ import trimesh
 from trimesh.exchange.obj import export_obj
 from trimesh.visual.material import PBRMaterial, SimpleMaterial
 
+from recond.pipeline.topology import welded
 from recond.pipeline.names import GLB_NAME, MTL_NAME, OBJ_NAME, STL_NAME, TEXTURE_STEM
 
 
@@ -45,15 +46,10 @@ def export_meshes(mesh: trimesh.Trimesh, result_dir: Path) -> list[str]:
     """Write mesh.obj (+ mesh.mtl + mesh_texture.png when textured), mesh.stl, mesh.glb."""
     result_dir = Path(result_dir)
     written = _write_obj(mesh, result_dir)
-    (result_dir / STL_NAME).write_bytes(welded_solid(mesh).export(file_type="stl"))
+    # The seams the OBJ and GLB need are welded shut again: the STL is the mesh stage's solid.
+    (result_dir / STL_NAME).write_bytes(welded(mesh).export(file_type="stl"))
     (result_dir / GLB_NAME).write_bytes(_glb_ready(mesh).export(file_type="glb"))
     return [*written, STL_NAME, GLB_NAME]
-
-
-def welded_solid(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
-    """The bare surface, with the copies of a point that a texture seam split made one vertex again:
-    the closed solid a printer needs, whatever seams the OBJ and GLB carry."""
-    return trimesh.Trimesh(vertices=mesh.vertices, faces=mesh.faces)  # merges vertices by position
 
 
 def _write_obj(mesh: trimesh.Trimesh, result_dir: Path) -> list[str]:

@@ -3,10 +3,10 @@
 A marching-cubes surface at 256^3 has ~150k-1.7M faces and often small floating blobs. Every
 later stage (unwrap, bake, files, turntable, viewer) costs in proportion to the faces, and the
 blobs shrink the turntable's framing. So the stage drops pieces that are small next to the
-main object, then simplifies to ``target_faces`` by a quadric decimation that keeps the
-surface's topology (MeshLab's, through pymeshlab: a closed marching-cubes surface stays a
-printable solid, issue 15), and only then colours the vertices, since the texture carries the
-detail. It measures what it published: solid or not, bodies, and the simplification's error.
+main object, then simplifies to ``target_faces`` keeping the surface's topology (a closed
+marching-cubes surface stays a printable solid, issue 15: recond.pipeline.topology), and only
+then colours the vertices, since the texture carries the detail. It records what it published:
+solid or not, bodies, and the simplification's error.
 """
 
 from __future__ import annotations
@@ -15,34 +15,24 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import pymeshlab
 import torch
 import trimesh
 
 from recond.config import JobSettings
 from recond.errors import InputError
 from recond.pipeline.reconstruct import color_query
+from recond.pipeline.topology import hausdorff_to_diagonal, simplify, solid_facts
 from recond.triposr.model import TripoSR
 from recond.triposr.isosurface import marching_cubes, unit_to_box
 
 GRID_SHARE = 0.85  # of the stage's progress: the density grid is nearly all of its time
-# Points sampled on each surface (its vertices first) for the Hausdorff distance. On bench_chair
-# 30,000 already find the maximum that 200,000 find, in a third of the time (bench_simplify.py).
-HAUSDORFF_SAMPLES = 50_000
-# MeshLab's quadric edge collapse as the stage calls it: the defaults, but topology kept. Every
-# parameter is given because pymeshlab carries a filter's parameters over from its previous call
-# in the process (seen: planarquadric=True once, and later calls without it still had it on).
-DECIMATION = {"targetperc": 0.0, "qualitythr": 0.3, "preserveboundary": False, "boundaryweight": 1.0,
-              "preservenormal": False, "preservetopology": True, "optimalplacement": True,
-              "planarquadric": False, "planarweight": 0.001, "qualityweight": False, "autoclean": True,
-              "selected": False}
 NOT_A_SOLID = ("the surface is not a closed solid (it has holes or edges shared by more than two "
                "faces), so mesh.stl needs repair before printing")
 
 
 @dataclass(frozen=True)
 class MeshFacts:
-    """How the mesh came to be, for job.json."""
+    """How the mesh came to be and whether it is a printable solid, for job.json."""
 
     marching_cubes_faces: int
     pieces: int
@@ -136,56 +126,3 @@ def drop_floaters(mesh: trimesh.Trimesh, min_fraction: float) -> tuple[trimesh.T
     kept.update_faces(keep[labels])
     kept.remove_unreferenced_vertices()
     return kept, len(areas), dropped
-
-
-def simplify(mesh: trimesh.Trimesh, target_faces: int) -> trimesh.Trimesh:
-    """Quadric decimation to about ``target_faces`` faces that keeps the surface's topology;
-    0, or a mesh already that small, is kept.
-
-    Topology kept: no edge collapse may pinch the surface or merge it with itself, so a closed
-    solid stays one (watertight, manifold, outward) with its bodies and holes; MeshLab's
-    autoclean drops the vertices and zero-area faces the collapses leave.
-    """
-    if target_faces == 0 or len(mesh.faces) <= target_faces:
-        return mesh
-    meshes = _meshset(mesh)
-    meshes.meshing_decimation_quadric_edge_collapse(targetfacenum=target_faces, **DECIMATION)
-    simple = meshes.current_mesh()
-    return trimesh.Trimesh(simple.vertex_matrix(), simple.face_matrix(), process=False)
-
-
-@dataclass(frozen=True)
-class SolidFacts:
-    """Whether a surface is a printable solid, judged as an STL reader sees it (vertices welded)."""
-
-    watertight: bool  # every edge joins exactly two faces
-    is_volume: bool  # watertight, consistently wound, enclosing a positive volume
-    bodies: int  # edge-connected pieces
-
-
-def solid_facts(mesh: trimesh.Trimesh) -> SolidFacts:
-    welded = trimesh.Trimesh(mesh.vertices, mesh.faces)  # merges vertices by position
-    return SolidFacts(bool(welded.is_watertight), bool(welded.is_volume),
-                      len(welded.split(only_watertight=False)))
-
-
-def hausdorff_to_diagonal(reference: trimesh.Trimesh, simple: trimesh.Trimesh,
-                          samples: int = HAUSDORFF_SAMPLES) -> float:
-    """Symmetric Hausdorff distance between two surfaces, as a fraction of ``reference``'s
-    bounding-box diagonal (MeshLab's sampled Hausdorff filter, each way)."""
-    meshes = _meshset(reference, simple)
-    # Every parameter given, as for DECIMATION; maxdist (points farther are not counted) the whole diagonal.
-    one_way = [meshes.get_hausdorff_distance(sampledmesh=sampled, targetmesh=target, savesample=False,
-                                             samplevert=True, sampleedge=False, samplefauxedge=False,
-                                             sampleface=True, samplenum=samples,
-                                             maxdist=pymeshlab.PercentageValue(100))["max"]
-               for sampled, target in ((0, 1), (1, 0))]
-    return max(one_way) / float(np.linalg.norm(reference.extents))
-
-
-def _meshset(*meshes: trimesh.Trimesh) -> pymeshlab.MeshSet:
-    meshset = pymeshlab.MeshSet()
-    for mesh in meshes:
-        meshset.add_mesh(pymeshlab.Mesh(np.asarray(mesh.vertices, dtype=np.float64),
-                                        np.asarray(mesh.faces, dtype=np.int32)))
-    return meshset
