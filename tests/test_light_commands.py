@@ -19,7 +19,7 @@ import pytest
 from conftest import settings_for
 from recond.store import Store
 
-HEAVY_MODULES = ("torch", "trimesh", "rembg", "onnxruntime", "cv2", "xatlas", "mcubes")
+HEAVY_MODULES = ("torch", "trimesh", "rembg", "onnxruntime", "cv2", "xatlas", "mcubes", "pymeshlab")
 
 # Runs reconctl as its console script does, then reports the heavy modules it imported.
 RUN_RECONCTL = f"""

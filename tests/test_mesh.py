@@ -6,12 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pymeshlab
 import pytest
 import trimesh
 
 from recond.triposr.tiny import reference_picture
 from recond.config import load_settings
-from recond.pipeline.mesh import build_mesh, drop_floaters, simplify
+from recond.pipeline.mesh import NOT_A_SOLID, MeshFacts, build_mesh, drop_floaters
+from recond.pipeline.topology import SolidFacts, hausdorff_to_diagonal, simplify, solid_facts
 from recond.triposr.model import TripoSR
 from recond.triposr.preprocess import prepare_image
 
@@ -54,9 +56,33 @@ def test_simplification_reaches_the_target_and_keeps_the_shape() -> None:
     sphere = trimesh.creation.icosphere(subdivisions=5)  # 20,480 faces
     simple = simplify(sphere, 2000)
     assert 1800 <= len(simple.faces) <= 2000
-    assert simple.is_watertight
+    assert solid_facts(simple) == SolidFacts(watertight=True, is_volume=True, bodies=1)
     assert simple.volume == pytest.approx(sphere.volume, rel=0.02)
     assert np.abs(np.linalg.norm(simple.vertices, axis=1) - 1.0).max() < 0.02
+    # The farthest vertex is within 0.02 of the unit sphere; the diagonal is 2 sqrt(3).
+    assert 0 < hausdorff_to_diagonal(sphere, simple) < 0.02 / (2 * np.sqrt(3))
+
+
+def test_an_open_surface_is_reported_as_no_solid() -> None:
+    cup = trimesh.creation.icosphere(subdivisions=4)
+    cup.update_faces(cup.triangles_center[:, 2] < 0.5)  # the top cut off
+    facts = solid_facts(simplify(cup, 500))
+    assert not facts.watertight and not facts.is_volume
+    record = MeshFacts(len(cup.faces), 1, 0, len(cup.faces), 500, facts.watertight, facts.is_volume,
+                       facts.bodies, 0.001)
+    assert record.warnings() == [NOT_A_SOLID]
+    assert MeshFacts(10, 1, 0, 10, 10, True, True, 1, 0.0).warnings() == []
+
+
+def test_simplification_is_the_same_whatever_pymeshlab_was_last_asked() -> None:
+    """pymeshlab carries a filter's parameters over from its previous call in the process."""
+    sphere = trimesh.creation.icosphere(subdivisions=4)
+    first = simplify(sphere, 500)
+    other = pymeshlab.MeshSet()
+    other.add_mesh(pymeshlab.Mesh(sphere.vertices, sphere.faces))
+    other.meshing_decimation_quadric_edge_collapse(targetfacenum=400, planarquadric=True, preservenormal=True,
+                                                   preservetopology=False, qualitythr=0.9)
+    assert np.array_equal(simplify(sphere, 500).vertices, first.vertices)
 
 
 def test_target_zero_or_above_the_face_count_keeps_every_face() -> None:
@@ -76,4 +102,6 @@ def test_stage_on_the_tiny_model_records_counts_before_and_after(tiny_model_dir:
     assert 900 <= facts.faces == len(mesh.faces) <= 1000
     assert facts.pieces >= 1 + facts.pieces_dropped
     assert mesh.visual.vertex_colors.shape == (len(mesh.vertices), 4)
+    assert facts.as_record()["hausdorff"] == facts.hausdorff > 0
+    assert solid_facts(mesh) == SolidFacts(facts.watertight, facts.is_volume, facts.bodies)
     assert fractions == sorted(fractions) and len(fractions) > 3

@@ -4,6 +4,8 @@ TripoSR works z-up; Blender, three.js and glTF expect +Y up, and upstream run.py
 out lying on their side (TripoSR issue #18). We rotate once, here, and every output (files,
 turntable, viewer) uses that one oriented mesh. The OBJ carries `vt`, `mtllib` and `usemtl`
 and its MTL names the texture, which upstream's baked OBJ lacks (TripoSR issues #101, #142).
+The STL, which has no texture, is written from the welded surface, so it is the mesh stage's
+closed solid (issue 15) and not the seam-split copy the textured files need.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import trimesh
 from trimesh.exchange.obj import export_obj
 from trimesh.visual.material import PBRMaterial, SimpleMaterial
 
+from recond.pipeline.topology import welded
 from recond.pipeline.names import GLB_NAME, MTL_NAME, OBJ_NAME, STL_NAME, TEXTURE_STEM
 
 
@@ -43,7 +46,8 @@ def export_meshes(mesh: trimesh.Trimesh, result_dir: Path) -> list[str]:
     """Write mesh.obj (+ mesh.mtl + mesh_texture.png when textured), mesh.stl, mesh.glb."""
     result_dir = Path(result_dir)
     written = _write_obj(mesh, result_dir)
-    (result_dir / STL_NAME).write_bytes(mesh.export(file_type="stl"))
+    # The seams the OBJ and GLB need are welded shut again: the STL is the mesh stage's solid.
+    (result_dir / STL_NAME).write_bytes(welded(mesh).export(file_type="stl"))
     (result_dir / GLB_NAME).write_bytes(_glb_ready(mesh).export(file_type="glb"))
     return [*written, STL_NAME, GLB_NAME]
 

@@ -3,8 +3,10 @@
 A marching-cubes surface at 256^3 has ~150k-1.7M faces and often small floating blobs. Every
 later stage (unwrap, bake, files, turntable, viewer) costs in proportion to the faces, and the
 blobs shrink the turntable's framing. So the stage drops pieces that are small next to the
-main object, then simplifies to ``target_faces`` by quadric decimation (fast-simplification,
-through trimesh), and only then colours the vertices, since the texture carries the detail.
+main object, then simplifies to ``target_faces`` keeping the surface's topology (a closed
+marching-cubes surface stays a printable solid, issue 15: recond.pipeline.topology), and only
+then colours the vertices, since the texture carries the detail. It records what it published:
+solid or not, bodies, and the simplification's error.
 """
 
 from __future__ import annotations
@@ -19,29 +21,65 @@ import trimesh
 from recond.config import JobSettings
 from recond.errors import InputError
 from recond.pipeline.reconstruct import color_query
+from recond.pipeline.topology import hausdorff_to_diagonal, simplify, solid_facts
 from recond.triposr.model import TripoSR
 from recond.triposr.isosurface import marching_cubes, unit_to_box
 
 GRID_SHARE = 0.85  # of the stage's progress: the density grid is nearly all of its time
+NOT_A_SOLID = ("the surface is not a closed solid (it has holes or edges shared by more than two "
+               "faces), so mesh.stl needs repair before printing")
 
 
 @dataclass(frozen=True)
 class MeshFacts:
-    """How the mesh came to be, for job.json."""
+    """How the mesh came to be and whether it is a printable solid, for job.json."""
 
     marching_cubes_faces: int
     pieces: int
     pieces_dropped: int
     faces_after_floaters: int
     faces: int
+    watertight: bool
+    is_volume: bool
+    bodies: int  # one per kept piece, when the surface is closed
+    hausdorff: float  # the simplification's shape error, a fraction of the bounding-box diagonal
 
-    def as_record(self) -> dict[str, int]:
+    def as_record(self) -> dict[str, int | float | bool]:
         return asdict(self)
+
+    def warnings(self) -> list[str]:
+        """What the job's warnings should say about the surface: nothing when it is a solid."""
+        return [] if self.is_volume else [NOT_A_SOLID]
+
+
+@dataclass(frozen=True)
+class KeptSurface:
+    """The marching-cubes surface with its floaters dropped: what the stage simplifies."""
+
+    mesh: trimesh.Trimesh
+    marching_cubes_faces: int
+    pieces: int
+    pieces_dropped: int
 
 
 def build_mesh(model: TripoSR, scene_code: torch.Tensor, settings: JobSettings,
                report: Callable[[float], None]) -> tuple[trimesh.Trimesh, MeshFacts]:
     """The object's coloured surface (z up, model space); an empty surface is the picture's fault."""
+    kept = kept_surface(model, scene_code, settings, report)
+    report(0.9)
+    simple = simplify(kept.mesh, settings.target_faces)
+    hausdorff = 0.0 if simple is kept.mesh else hausdorff_to_diagonal(kept.mesh, simple)
+    report(0.97)
+    colored = with_vertex_colors(simple, color_query(model, scene_code, settings.chunk_size))
+    solid = solid_facts(simple)
+    facts = MeshFacts(kept.marching_cubes_faces, kept.pieces, kept.pieces_dropped, len(kept.mesh.faces),
+                      len(colored.faces), solid.watertight, solid.is_volume, solid.bodies, round(hausdorff, 6))
+    return colored, facts
+
+
+def kept_surface(model: TripoSR, scene_code: torch.Tensor, settings: JobSettings,
+                 report: Callable[[float], None] = lambda fraction: None) -> KeptSurface:
+    """Density grid, marching cubes and floaters dropped (z up, model space, uncoloured)."""
     grid = model.density_grid(scene_code, settings.mc_resolution, settings.chunk_size,
                               level=settings.mc_threshold, progress=lambda f: report(GRID_SHARE * f))
     raw = surface(grid, settings.mc_threshold, model.radius)
@@ -51,12 +89,7 @@ def build_mesh(model: TripoSR, scene_code: torch.Tensor, settings: JobSettings,
             f"threshold {settings.mc_threshold}); try a clearer photo of a single object"
         )
     kept, pieces, dropped = drop_floaters(raw, settings.floater_fraction)
-    report(0.9)
-    simple = simplify(kept, settings.target_faces)
-    report(0.97)
-    colored = with_vertex_colors(simple, color_query(model, scene_code, settings.chunk_size))
-    facts = MeshFacts(len(raw.faces), pieces, dropped, len(kept.faces), len(colored.faces))
-    return colored, facts
+    return KeptSurface(kept, len(raw.faces), pieces, dropped)
 
 
 def surface(density_grid: torch.Tensor, threshold: float, radius: float) -> trimesh.Trimesh:
@@ -93,10 +126,3 @@ def drop_floaters(mesh: trimesh.Trimesh, min_fraction: float) -> tuple[trimesh.T
     kept.update_faces(keep[labels])
     kept.remove_unreferenced_vertices()
     return kept, len(areas), dropped
-
-
-def simplify(mesh: trimesh.Trimesh, target_faces: int) -> trimesh.Trimesh:
-    """Quadric decimation to about ``target_faces`` faces; 0, or a mesh already that small, is kept."""
-    if target_faces == 0 or len(mesh.faces) <= target_faces:
-        return mesh
-    return mesh.simplify_quadric_decimation(face_count=target_faces)

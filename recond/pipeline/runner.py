@@ -102,6 +102,7 @@ class Pipeline:
 
         with tracker.stage("mesh") as report:
             mesh, mesh_facts = build_mesh(self.model, scene_code, settings, report)
+            warnings += mesh_facts.warnings()
 
         atlas = None
         with tracker.stage("texture") as report:
