@@ -29,3 +29,10 @@ def shown_name(source: str) -> str:
     """What a page calls a job's picture: its inbox path, without a web upload's id."""
     uploaded = _UPLOADED.fullmatch(source)
     return uploaded["name"] if uploaded else str(PurePosixPath(source))
+
+
+def without_upload_id(text: str, source: str) -> str:
+    """A message about a job (its error) with the picture named as people know it: the inbox
+    path, or the file name the daemon gave it, becomes :func:`shown_name`."""
+    name = shown_name(source)
+    return text.replace(source, name).replace(PurePosixPath(source).name, name)

@@ -18,6 +18,7 @@ from recond.config import Settings
 from recond.gallery import STATIC_LIMIT, write_gallery
 from recond.store import DONE, FAILED, QUEUED, Store
 from recond.web.app import create_app
+from web_server import LOCAL
 
 ROWS = 10_000
 CARD = re.compile(r'<li class="card[^"]*" data-job="(\d+)"')
@@ -54,7 +55,7 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
 
 @pytest.fixture(scope="module")
 def client(settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), base_url=LOCAL) as client:
         yield client
 
 

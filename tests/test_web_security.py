@@ -23,7 +23,7 @@ from PIL import Image
 
 from recond.config import Settings, SettingsError, load_settings
 from recond.web.app import create_app
-from web_server import REPO, WebServer, free_port
+from web_server import LOCAL, REPO, WebServer, free_port
 
 MAX_FILE_BYTES = 300_000
 TOKEN = "s3cret-token-for-tests"
@@ -201,10 +201,17 @@ def test_result_paths_never_leave_the_outbox(web: WebServer, path: str) -> None:
     assert answer.status in (400, 404) and b"outside the outbox" not in body and b"root:" not in body
 
 
-def test_result_folder_is_served(web: WebServer) -> None:
+def test_result_folder_is_served_also_at_the_seeds_addresses(web: WebServer) -> None:
     with web.client() as client:
-        assert client.get("/results/20260101-000000_chair/").text == "<p>viewer</p>"
+        page = client.get("/results/20260101-000000_chair/")
+        seed_page = client.get("/result/20260101-000000_chair")
+        viewer = client.get("/results/20260101-000000_chair/index.html")
+        seed_file = client.get("/output/20260101-000000_chair/index.html")
         redirect = client.get("/results/20260101-000000_chair")
+    assert page.status_code == 200 and seed_page.text == page.text
+    assert '<iframe class="card viewer" src="/results/20260101-000000_chair/index.html"' in page.text
+    assert 'href="/gallery"' in page.text and 'href="/"' in page.text  # the way back
+    assert viewer.text == seed_file.text == "<p>viewer</p>"
     assert redirect.status_code == 307 and redirect.headers["location"] == "/results/20260101-000000_chair/"
 
 
@@ -252,13 +259,13 @@ def app_settings(tmp_path: Path, **values: object) -> Settings:
 
 def test_cors_is_off_unless_origins_are_configured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     preflight = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST"}
-    with TestClient(create_app(app_settings(tmp_path))) as client:
+    with TestClient(create_app(app_settings(tmp_path)), base_url=LOCAL) as client:
         assert "access-control-allow-origin" not in client.get("/healthz", headers=preflight).headers
         assert client.options("/api/jobs", headers=preflight).status_code == 405
     monkeypatch.setenv("RECOND_WEB_CORS_ORIGINS", "https://app.example, https://other.example")
     settings = app_settings(tmp_path, web_token=TOKEN)
     assert settings.web_cors_origins == ["https://app.example", "https://other.example"]
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), base_url=LOCAL) as client:
         allowed = client.options("/api/jobs", headers=preflight)  # preflights carry no token
         other = client.get("/healthz", headers={"Origin": "https://evil.example"})
     assert allowed.status_code == 200
@@ -276,7 +283,7 @@ def test_web_settings_refuse_bad_values_naming_the_key(tmp_path: Path) -> None:
 def test_a_missing_inbox_is_never_created_by_an_upload(tmp_path: Path) -> None:
     settings = app_settings(tmp_path)
     settings.inbox.rmdir()  # e.g. the share it lives on is not mounted
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), base_url=LOCAL) as client:
         answer = client.post("/api/jobs", files={"image": ("a.png", picture(), "image/png")})
     assert answer.status_code == 503 and "not there" in answer.json()["detail"]
     assert not settings.inbox.exists()
@@ -288,7 +295,7 @@ def test_the_web_process_never_imports_the_model_stack(tmp_path: Path) -> None:
 
     script = (f"import json, sys\nfrom fastapi.testclient import TestClient\n"
               f"from recond.config import load_settings\nfrom recond.web.app import create_app\n"
-              f"with TestClient(create_app(load_settings(sys.argv[1]))) as client:\n"
+              f"with TestClient(create_app(load_settings(sys.argv[1])), base_url='http://127.0.0.1') as client:\n"
               f"    assert client.get('/gallery').status_code == 200\n"
               f"print(json.dumps([name for name in {HEAVY_MODULES!r} if name in sys.modules]))\n")
     result = subprocess.run([sys.executable, "-c", script, str(write_config(tmp_path))], cwd=REPO,
