@@ -217,6 +217,10 @@ class Store:
         """The newest job whose inbox path starts with ``prefix`` (a web upload's id)."""
         return self._first("substr(source, 1, ?) = ?", [len(prefix), prefix])
 
+    def by_result_name(self, result_name: str) -> Job | None:
+        """The done job that published this outbox folder."""
+        return self._first("result_name = ? and state = ?", [result_name, DONE])
+
     def queued_before(self, job_id: int) -> int:
         """Queued jobs the worker takes before this one (it takes the oldest first: claim_next)."""
         return int(self._query("select count(*) from jobs where state = ? and id < ?",

@@ -11,6 +11,7 @@ import io
 import json
 import re
 import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -117,6 +118,38 @@ def test_api_upload_followed_over_sse_to_done(site: tuple[Installation, WebServe
         time.sleep(0.1)
     assert any(item["id"] == job["id"] and item["state"] == "running" for item in everything)
     assert "torch" not in web.mapped_files()  # the web process never loaded the model's stack
+
+
+def curl(*arguments: str, cwd: Path) -> str:
+    """The real curl binary, as the seed app's README uses it."""
+    result = subprocess.run(["curl", "--silent", "--show-error", "--fail", *arguments], cwd=cwd,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_the_seeds_curl_example_works_unchanged(site: tuple[Installation, WebServer],
+                                                tmp_path: Path) -> None:
+    """The app recond replaces documents `curl -X POST http://localhost:5000/ -F "image=@chair.jpg"`,
+    then /progress/{id}, /result/{folder} and /output/{folder}/{file}: each works here."""
+    installation, web = site
+    Image.open(installation.examples / "chair.png").convert("RGB").save(tmp_path / "chair.jpg")
+    base = f"http://localhost:{web.port}"
+    upload = json.loads(curl("-X", "POST", f"{base}/", "-F", "image=@chair.jpg", cwd=tmp_path))["uploads"][0]
+    assert upload["name"] == "chair.jpg"
+    stream = curl("--no-buffer", f"{base}/progress/{upload['upload_id']}", cwd=tmp_path)  # ends with the job
+    jobs = [json.loads(line[5:]) for line in stream.splitlines() if line.startswith("data:")
+            and '"id"' in line]
+    assert jobs[-1]["state"] == "done" and jobs[-1]["name"] == "chair.jpg", stream
+    folder = jobs[-1]["result_name"]
+    by_job = curl("--no-buffer", f"{base}/progress/{jobs[-1]['id']}", cwd=tmp_path)
+    assert '"state": "done"' in by_job
+    page = curl(f"{base}/result/{folder}", cwd=tmp_path)
+    assert "<title>chair.jpg · recond</title>" in page and f"/results/{folder}/index.html" in page
+    curl("--output", "mesh.glb", f"{base}/output/{folder}/mesh.glb", cwd=tmp_path)
+    assert (tmp_path / "mesh.glb").read_bytes() == (installation.outbox / folder / "mesh.glb").read_bytes()
+    assert "chair.jpg" in curl(f"{base}/gallery", cwd=tmp_path)
 
 
 def test_status_and_metrics_match_the_store(site: tuple[Installation, WebServer]) -> None:

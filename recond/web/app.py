@@ -176,7 +176,9 @@ def create_app(settings: Settings) -> FastAPI:
     @app.get("/result/{name}", include_in_schema=False)  # the seed's address of the same page
     async def result_page(name: str) -> HTMLResponse:
         folder = _result_dir(outbox, name)
-        return HTMLResponse(await asyncio.to_thread(pages.result_page, folder))
+        job = await read(lambda store: store.by_result_name(name))
+        return HTMLResponse(await asyncio.to_thread(pages.result_page, folder,
+                                                    job.source if job else None))
 
     @app.get("/results/{name}/{file}", include_in_schema=False)
     @app.get("/output/{name}/{file}", include_in_schema=False)  # the seed's address of a file

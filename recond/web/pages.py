@@ -29,10 +29,11 @@ def upload_page() -> str:
     return (HERE / "upload.html").read_text(encoding="utf-8").replace("{{NAV}}", NAV)
 
 
-def result_page(folder: Path) -> str:
-    """The page of one published result folder (its name is a checked outbox entry)."""
+def result_page(folder: Path, source: str | None) -> str:
+    """The page of one published result folder (its name is a checked outbox entry), made from
+    the inbox path ``source`` (None when its job is no longer in the store)."""
     record = read_record(folder)
-    name = shown_name(str(record.get("source") or folder.name))
+    name = shown_name(source or str(record.get("source") or folder.name))
     base = f"/results/{quote(folder.name)}/"
     photo = next((copy.name for copy in sorted(folder.glob("source.*"))
                   if copy.suffix.lower() in SHOWN_PHOTO_TYPES), MODEL_INPUT)
