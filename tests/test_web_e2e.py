@@ -24,7 +24,7 @@ import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from recond.pipeline.progress import STAGES
+from recond.pipeline.progress import STAGE_WORDS, STAGES
 from test_daemon_e2e import Installation
 from web_server import WebServer, free_port
 
@@ -217,17 +217,38 @@ def test_upload_page_shows_live_progress_then_result_and_gallery(
             chair = [(state, percent, text) for name, state, percent, text in seen if name == "chair.png"]
             running = [(percent, text) for state, percent, text in chair if state == "running"]
             assert any(0 < percent < 100 and re.search(r"\d+%", text) for percent, text in running), chair
-            assert any("left" in text for _, text in running), chair  # an ETA was shown
+            assert any("left" in text for _, text in running), chair  # an ETA was shown ...
+            assert not any(re.search(r"\b0 s left", text) for _, text in running), chair  # ... never "0 s"
+            assert {text.split(" · ")[0] for _, text in running} <= {"starting", *STAGE_WORDS.values()}
+            shown = [percent for percent, _ in running]
+            assert shown == sorted(shown)  # the bar never goes back
             assert chair[-1][0] == "done" and chair[-1][1] == 100
             refused = page.locator("#uploads li[data-state=refused]")
             assert "notes.png is not an image format" in refused.inner_text()  # the server's reason
             assert not list(installation.inbox.rglob("*notes*"))
 
+            page.reload()  # the uploads are still listed, finished, with their links
+            page.wait_for_function("""() => [...document.querySelectorAll('#uploads li')]
+                .filter(row => row.dataset.state === 'done').length === 2""", timeout=20_000)
+            assert page.locator("#uploads li[data-state=done] .name").all_inner_texts() == [
+                "flamingo.png", "chair.png"] or page.locator(
+                "#uploads li[data-state=done] .name").all_inner_texts() == ["chair.png", "flamingo.png"]
+
             page.click("#uploads li[data-state=done]:has-text('chair.png') a")
-            page.wait_for_function("document.documentElement.dataset.viewer === 'ready'", timeout=60_000)
-            shot = np.asarray(Image.open(io.BytesIO(page.screenshot())).convert("RGB"))[:, 300:].astype(int)
+            assert page.title() == "chair.png · recond"  # no upload id in the title
+            viewer = page.wait_for_selector("iframe.viewer").content_frame()
+            assert viewer is not None
+            viewer.wait_for_function("document.documentElement.dataset.viewer === 'ready'", timeout=60_000)
+            shot = np.asarray(Image.open(io.BytesIO(page.locator("iframe.viewer").screenshot()))
+                              .convert("RGB"))[:, 300:].astype(int)
             assert (np.abs(shot - BACKGROUND).max(-1) > 30).mean() > 0.01  # the model is drawn
+            page.wait_for_function("""() => { const img = document.querySelector('.photo img');
+                return img.complete && img.naturalWidth > 0; }""")  # the original photo beside it
+            assert page.locator(".photo img").get_attribute("src").endswith("/source.png")
             result_path = page.url.removeprefix(web.url)
+            page.go_back()  # Back: the upload page, its list intact
+            page.wait_for_selector("#uploads li[data-state=done]:has-text('chair.png') a")
+            page.goto(f"{web.url}{result_path}")
 
             page.goto(f"{web.url}/gallery")
             card = page.locator(f'.gallery li:has(a[href="{result_path}"])')

@@ -32,6 +32,7 @@ from recond.config import Settings
 from recond.gallery import entries, render_page
 from recond.logging import get_logger
 from recond.pipeline.names import VIEWER_NAME
+from recond.pipeline.progress import STAGE_WORDS
 from recond.status import job_facts, status_report
 from recond.store import DONE, DUPLICATE, QUEUED, STATES, Job, Store
 from recond.upload_names import UPLOAD_ID, shown_name, upload_prefix, without_upload_id
@@ -59,6 +60,7 @@ class JobView(Job):
 
     result_url: str | None = None
     name: str = ""
+    stage_words: str | None = None  # the stage as a person reads it ("building the mesh")
     shown_error: str | None = None
     queue_position: int | None = None  # 1 for the next job the worker takes; queued jobs only
     background: str | None = None  # these two only on /api/jobs/{id}, from the job's job.json
@@ -117,6 +119,7 @@ def create_app(settings: Settings) -> FastAPI:
     def job_view(job: Job, **facts: Any) -> JobView:
         values = {**vars(job), **facts}
         return JobView(**values, result_url=result_url(job, outbox), name=shown_name(job.source),
+                       stage_words=STAGE_WORDS.get(job.stage or ""),
                        shown_error=without_upload_id(job.error, job.source) if job.error else None)
 
     streams = EventStreams(feed, reader, StreamCounter(settings), settings.inbox.resolve(),
