@@ -58,10 +58,12 @@ function waitingText() {
 }
 
 function queuedText(job) {
-  if (daemon && !daemon.running) return "queued: recond is not running";
-  if (daemon && daemon.model && daemon.model !== "ready") return "queued: recond is loading its model";
-  if (!job.queue_position) return "queued";
-  return job.queue_position === 1 ? "queued: next in line" : `queued: ${job.queue_position - 1} ahead of it`;
+  const place = !job.queue_position ? "queued"
+    : job.queue_position === 1 ? "queued: next in line" : `queued: ${job.queue_position - 1} ahead of it`;
+  if (daemon && !daemon.running) return `${place} · recond is not running`;
+  if (daemon && daemon.model === "missing") return `${place} · recond has no model`;
+  if (daemon && daemon.model && daemon.model !== "ready") return `${place} · recond is loading its model`;
+  return place;
 }
 
 function showJob(row, job) {
