@@ -74,6 +74,8 @@ def test_gallery_pages_hold_50_finished_jobs_newest_first(client: TestClient) ->
     assert 'rel="next" href="/gallery?page=2"' in first and 'rel="prev"' not in first
     assert 'rel="next"' not in last
     assert client.get("/gallery", params={"page": 0}).status_code == 422  # times: bench_web.py
+    past_the_end = client.get("/gallery", params={"page": 999}, follow_redirects=False)
+    assert past_the_end.status_code == 303 and past_the_end.headers["location"] == f"/gallery?page={pages}"
 
 
 def test_a_card_shows_thumbnail_facts_and_viewer_link_or_the_failure(client: TestClient) -> None:

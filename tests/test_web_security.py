@@ -225,6 +225,71 @@ def test_api_docs_need_no_internet(web: WebServer) -> None:
             "/api/status", "/metrics", "/healthz"} <= set(schema["paths"])
 
 
+@pytest.mark.parametrize("path", ["/", "/healthz", "/gallery", "/api/jobs", "/api/status", "/metrics",
+                                  "/docs", "/openapi.json", "/assets/page.css", "/favicon.ico",
+                                  "/results/20260101-000000_chair/", "/result/20260101-000000_chair",
+                                  "/output/20260101-000000_chair/index.html", "/api/events"])
+def test_head_is_answered_everywhere(web: WebServer, path: str) -> None:
+    """HEAD is GET without a body, event streams included (they answer their headers and end)."""
+    connection = http.client.HTTPConnection("127.0.0.1", web.port, timeout=10)
+    connection.request("HEAD", path)
+    answer = connection.getresponse()
+    assert answer.status == 200 and answer.read() == b""
+    connection.request("GET", path if path != "/api/events" else "/healthz")  # the connection goes on
+    assert connection.getresponse().status == 200
+
+
+def test_the_openapi_document_is_valid_and_says_what_the_api_answers(web: WebServer) -> None:
+    """Each answer below is one the document lists for its operation, with its media type, and
+    its JSON body fits the schema given for it."""
+    from openapi_schema_validator import OAS31Validator
+    from openapi_spec_validator import validate
+
+    with web.client() as client:
+        document = client.get("/openapi.json").json()
+        validate(document)
+        good = {"image": ("doc.png", picture(31), "image/png")}
+        upload = client.post("/api/jobs", files=good)
+        answers = [
+            ("post", "/api/jobs", upload),
+            ("post", "/", client.post("/", files={"image": ("seed.png", picture(32), "image/png")})),
+            ("post", "/api/jobs", client.post("/api/jobs", files={"image": ("t.jpg", b"text", "image/jpeg")})),
+            ("post", "/api/jobs", client.post("/api/jobs", files={"image": ("e.png", b"", "image/png")})),
+            ("post", "/api/jobs", client.post("/api/jobs", content=b"x", headers={"content-type": "image/png"})),
+            ("post", "/api/jobs", client.post("/api/jobs", files=good, headers={"origin": "https://evil.example"})),
+            ("get", "/api/uploads/{upload_id}", client.get(upload.json()["uploads"][0]["status_url"])),
+            ("get", "/api/uploads/{upload_id}", client.get("/api/uploads/nothex")),
+            ("get", "/api/uploads/{upload_id}", client.get("/api/uploads/0123456789abcdef")),
+            ("get", "/api/uploads/{upload_id}/events", client.get("/api/uploads/0123456789abcdef/events")),
+            ("get", "/progress/{upload_or_job_id}", client.get("/progress/0123456789abcdef")),
+            ("get", "/progress/{upload_or_job_id}", client.get("/progress/not-an-id")),
+            ("get", "/progress/{upload_or_job_id}", client.get("/progress/999")),
+            ("get", "/api/jobs", client.get("/api/jobs")),
+            ("get", "/api/jobs/{job_id}", client.get("/api/jobs/999")),
+            ("get", "/api/jobs/{job_id}/events", client.get("/api/jobs/999/events")),
+            ("get", "/api/status", client.get("/api/status")),
+            ("get", "/metrics", client.get("/metrics")),
+            ("get", "/healthz", client.get("/healthz")),
+        ]
+        with client.stream("GET", "/api/events") as stream:
+            answers.append(("get", "/api/events", stream))
+    for upload_answer in (answers[0][2], answers[1][2]):
+        for accepted in upload_answer.json()["uploads"]:
+            (web.config.parent / "inbox" / accepted["source"]).unlink()
+    statuses = set()
+    for method, path, answer in answers:
+        documented = document["paths"][path][method]["responses"]
+        assert str(answer.status_code) in documented, (method, path, answer.status_code)
+        statuses.add(answer.status_code)
+        content = documented[str(answer.status_code)].get("content", {})
+        media_type = answer.headers["content-type"].split(";")[0]
+        assert media_type in content, (method, path, answer.status_code, media_type, list(content))
+        if media_type == "application/json":
+            schema = {**content[media_type]["schema"], "components": document["components"]}
+            OAS31Validator(schema).validate(answer.json())
+    assert statuses == {200, 202, 400, 403, 404, 415}  # each kind of answer was seen
+
+
 def test_with_a_token_every_request_but_healthz_needs_it(tmp_path: Path) -> None:
     server = WebServer(write_config(tmp_path, web_token=TOKEN), tmp_path / "web.stderr", token=TOKEN)
     try:
@@ -233,6 +298,10 @@ def test_with_a_token_every_request_but_healthz_needs_it(tmp_path: Path) -> None
         for path in ("/", "/gallery", "/api/jobs", "/api/status", "/metrics", "/docs", "/assets/page.css"):
             refused = anonymous.get(path)
             assert refused.status_code == 401 and "Bearer" in refused.json()["detail"], path
+        for scheme in ("bearer", "BEARER", "Bearer"):  # the scheme is case-insensitive (RFC 9110)
+            assert anonymous.get("/api/jobs", headers={"Authorization": f"{scheme} {TOKEN}"}).status_code == 200
+        for wrong in (f"Basic {TOKEN}", f"Bearer{TOKEN}", TOKEN, f"Bearer {TOKEN}x"):
+            assert anonymous.get("/api/jobs", headers={"Authorization": wrong}).status_code == 401
         upload = anonymous.post("/api/jobs", files={"image": ("a.png", picture(), "image/png")})
         wrong = anonymous.get("/api/jobs", headers={"Authorization": "Bearer wrong-token-0000000"})
         assert upload.status_code == 401 and wrong.status_code == 401
