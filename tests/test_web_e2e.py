@@ -99,12 +99,15 @@ def test_api_upload_followed_over_sse_to_done(site: tuple[Installation, WebServe
         shown = client.get(f"/api/jobs/{job['id']}").json()
         listed = client.get("/api/jobs", params={"state": "done"}).json()
         page = client.get(job["result_url"])
+        viewer = client.get(f"{job['result_url']}index.html")
         glb = client.get(f"{job['result_url']}mesh.glb")
         replay = [data for _, data in sse_events(client, f"/api/jobs/{job['id']}/events")]
     reconctl = json.loads(installation.reconctl("show", str(job["id"]), "--json").stdout)
     assert {key: shown[key] for key in reconctl} == reconctl
     assert job["id"] in [item["id"] for item in listed]
-    assert page.status_code == 200 and 'id="mesh-data"' in page.text and 'href="mesh.glb"' in page.text
+    assert page.status_code == 200 and f'src="{job["result_url"]}index.html"' in page.text
+    assert f'href="{job["result_url"]}mesh.glb"' in page.text and "<title>robot.png · recond</title>" in page.text
+    assert 'id="mesh-data"' in viewer.text and 'href="mesh.glb"' in viewer.text
     assert glb.content == (installation.outbox / job["result_name"] / "mesh.glb").read_bytes()
     assert [event["state"] for event in replay] == ["done"]  # a finished job: one event, then the end
 
