@@ -118,3 +118,15 @@ def test_a_web_upload_is_shown_by_its_own_name() -> None:
     assert shown_name(upload_source("0123456789abcdef", "chair photo.png")) == "chair photo.png"
     assert shown_name("web/not-an-upload.png") == "web/not-an-upload.png"
     assert shown_name("kitchen/mug.jpg") == "kitchen/mug.jpg"
+
+
+def test_a_failed_uploads_error_names_the_picture_without_its_upload_id() -> None:
+    from recond.gallery import Entry, render_page
+    from recond.upload_names import upload_source, without_upload_id
+
+    source = upload_source("0123456789abcdef", "notes.png")
+    error = "0123456789abcdef-notes.png is not an image format recond can read"
+    assert without_upload_id(error, source) == "notes.png is not an image format recond can read"
+    assert without_upload_id(f"{source} vanished", source) == "notes.png vanished"
+    page = render_page([Entry(1, None, source, None, None, None, False, error)], "/results/", "", "Results")
+    assert "0123456789abcdef" not in page and "notes.png is not an image format" in page

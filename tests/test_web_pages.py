@@ -67,6 +67,9 @@ def test_queue_places_and_a_missing_or_stopped_daemon_are_shown(tmp_path: Path, 
                 page.wait_for_function("""() => [...document.querySelectorAll('#uploads li')]
                     .filter(row => row.dataset.state === 'queued').length === 3""", timeout=15_000)
                 assert list(statuses()) == ["flamingo.png", "robot.png", "chair.png"]  # newest first
+                page.goto(f"{web.url}/docs")  # the API's own page, served whole from here
+                page.wait_for_selector(".swagger-ui .info .title", timeout=20_000)
+                assert page.locator(".opblock-summary-path[data-path='/progress/{upload_or_job_id}']").count() == 1
                 head = page.request.head(f"{web.url}/favicon.ico")  # headless Chromium asks for none
                 assert head.ok and head.headers["content-type"] == "image/svg+xml"
                 assert all(url.startswith(web.url) for url in requested), requested  # nothing outside

@@ -23,6 +23,7 @@ from PIL import Image
 
 from recond.config import Settings, SettingsError, load_settings
 from recond.web.app import create_app
+from recond.web.server import require_safe_bind
 from web_server import LOCAL, REPO, WebServer, free_port
 
 MAX_FILE_BYTES = 300_000
@@ -324,6 +325,19 @@ def test_an_open_bind_without_a_token_refuses_to_start(tmp_path: Path) -> None:
 
 def app_settings(tmp_path: Path, **values: object) -> Settings:
     return load_settings(write_config(tmp_path, **values))
+
+
+def test_a_bind_to_every_address_answers_only_the_listed_host_names(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="web_allowed_hosts"):
+        require_safe_bind(app_settings(tmp_path, web_host="0.0.0.0", web_token=TOKEN))
+    settings = app_settings(tmp_path, web_host="0.0.0.0", web_token=TOKEN,
+                            web_allowed_hosts=["recon.example", "*.lan.example"])
+    require_safe_bind(settings)
+    with TestClient(create_app(settings), base_url="http://recon.example") as client:
+        assert client.get("/healthz").status_code == 200
+        assert client.get("/healthz", headers={"host": "box.lan.example:8765"}).status_code == 200
+        assert client.get("/healthz", headers={"host": "127.0.0.1"}).status_code == 400
+        assert client.get("/healthz", headers={"host": "evil.example"}).status_code == 400
 
 
 def test_cors_is_off_unless_origins_are_configured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
