@@ -108,6 +108,7 @@ def test_api_upload_followed_over_sse_to_done(site: tuple[Installation, WebServe
     assert page.status_code == 200 and f'src="{job["result_url"]}index.html"' in page.text
     assert f'href="{job["result_url"]}mesh.glb"' in page.text and "<title>robot.png · recond</title>" in page.text
     assert 'id="mesh-data"' in viewer.text and 'href="mesh.glb"' in viewer.text
+    assert "<title>robot.png · recond</title>" in viewer.text  # the daemon's viewer: no upload id
     assert glb.content == (installation.outbox / job["result_name"] / "mesh.glb").read_bytes()
     assert [event["state"] for event in replay] == ["done"]  # a finished job: one event, then the end
 
