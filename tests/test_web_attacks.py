@@ -85,6 +85,19 @@ def test_only_known_host_names_are_answered(web: WebServer) -> None:
     assert status == 400
 
 
+@pytest.mark.parametrize("headers, status", [
+    ("Origin: https://evil.example\r\n", 403), ("Origin: null\r\n", 403),
+    ("Sec-Fetch-Site: cross-site\r\n", 403), ("Sec-Fetch-Site: same-site\r\n", 403),
+    ("Origin: http://127.0.0.1:{port}\r\nSec-Fetch-Site: same-origin\r\n", 415),
+    ("Sec-Fetch-Site: none\r\n", 415), ("", 415),  # typed in, or not a browser (curl)
+])
+def test_writes_from_other_sites_are_refused(web: WebServer, headers: str, status: int) -> None:
+    """415 is the answer to this body (not multipart) once the request is let through."""
+    request = (f"POST /api/jobs HTTP/1.1\r\nHost: 127.0.0.1:{web.port}\r\n{headers.format(port=web.port)}"
+               "Content-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello")
+    assert ask(web, request.encode())[0] == status
+
+
 def test_slow_request_headers_are_cut_off(web: WebServer) -> None:
     with connect(web) as connection:
         connection.sendall(b"GET /api/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\n")
