@@ -10,6 +10,7 @@ import base64
 import http.server
 import shutil
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -192,6 +193,22 @@ def test_a_refused_part_is_answered_while_the_client_keeps_sending(web: WebServe
     assert answered_after < 3, answered_after
     assert sender_error and time.monotonic() - started < 10  # cut after the lingering seconds
     assert sent < 200_000_000, sent
+    assert inbox_files(web) == []
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+@pytest.mark.parametrize("name, size, status", [("notes.txt", 1_500_000, 415), ("huge.png", 7_000_000, 413)])
+def test_curl_waiting_for_100_continue_gets_the_refusal(web: WebServer, tmp_path: Path, name: str,
+                                                        size: int, status: int) -> None:
+    """curl sends "Expect: 100-continue" before a body over 1 MB: refused after the go-ahead
+    (a bad part) or before it (declared too large), it gets the answer at once either way."""
+    (tmp_path / name).write_bytes(b"n" * size)
+    started = time.monotonic()
+    result = subprocess.run(["curl", "--silent", "--output", "/dev/null", "--write-out", "%{http_code}",
+                             "-F", f"image=@{name}", f"{web.url}/api/jobs"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=30)
+    assert result.stdout == str(status), result
+    assert time.monotonic() - started < 5
     assert inbox_files(web) == []
 
 

@@ -61,7 +61,12 @@ class Refusal(JSONResponse):
 
 
 def declares_body(scope: Scope) -> bool:
+    """Whether the client sends a body without being asked. One that sent ``Expect:
+    100-continue`` waits for a "100 Continue" first, which a refusal never sends (RFC 9110
+    section 10.1.1), so there is nothing to read after refusing it."""
     headers = Headers(scope=scope)
+    if headers.get("expect", "").lower() == "100-continue":
+        return False
     return headers.get("content-length", "0") != "0" or "transfer-encoding" in headers
 
 

@@ -28,6 +28,7 @@ from recond.errors import InputError
 from recond.intake import is_ignored
 from recond.pipeline.image import check_size, is_picture_name, open_image
 from recond.upload_names import UPLOAD_FOLDER, upload_source
+from recond.web.guards import declares_body
 
 if TYPE_CHECKING:  # python-multipart declares its callback table for type checkers only
     from python_multipart.multipart import MultipartCallbacks
@@ -207,6 +208,32 @@ async def receive_uploads(request: Request, settings: Settings) -> list[Upload]:
 
     A client disconnecting raises starlette's ClientDisconnect after the files are removed.
     """
+    body = _BodyClock(request, settings)
+    receiver = None
+    try:
+        boundary, inbox = _check_request(request, settings)
+        receiver = _Receiver(settings, inbox / UPLOAD_FOLDER)
+        parser = MultipartParser(boundary, receiver.callbacks())
+        async for chunk in body:
+            parser.write(chunk)
+        parser.finalize()
+        return receiver.publish(inbox)
+    except MultipartParseError as error:
+        raise UploadRefused(400, f"the request body is not valid multipart/form-data ({error}); "
+                                 "nothing was saved", body_left=body.left()) from None
+    except UploadRefused as refusal:
+        refusal.body_left = body.left()
+        raise
+    except OSError as error:  # a full disk, a share gone read-only
+        raise UploadRefused(507, f"the upload could not be saved in the inbox ({error.strerror}); "
+                                 "nothing was kept", body_left=body.left()) from None
+    finally:
+        if receiver is not None:
+            receiver.discard()
+
+
+def _check_request(request: Request, settings: Settings) -> tuple[bytes, Path]:
+    """What can be refused before the body is read: (the multipart boundary, the inbox)."""
     content_type, options = parse_options_header(request.headers.get("content-type", ""))
     if content_type != b"multipart/form-data" or b"boundary" not in options:
         raise UploadRefused(415, "send the pictures as multipart/form-data "
@@ -222,27 +249,8 @@ async def receive_uploads(request: Request, settings: Settings) -> list[Upload]:
     if not inbox.is_dir():  # never create it: on an unmounted share that would hide the mount
         raise UploadRefused(503, f"the inbox {inbox} is not there (a share that is down?); "
                                  "try again later")
-    folder = inbox / UPLOAD_FOLDER
-    folder.mkdir(exist_ok=True)
-    receiver = _Receiver(settings, folder)
-    parser = MultipartParser(options[b"boundary"], receiver.callbacks())
-    body = _BodyClock(request, settings)
-    try:
-        async for chunk in body:
-            parser.write(chunk)
-        parser.finalize()
-        return receiver.publish(inbox)
-    except MultipartParseError as error:
-        raise UploadRefused(400, f"the request body is not valid multipart/form-data ({error}); "
-                                 "nothing was saved", body_left=not body.ended) from None
-    except UploadRefused as refusal:
-        refusal.body_left = not body.ended
-        raise
-    except OSError as error:  # a full disk, a share gone read-only
-        raise UploadRefused(507, f"the upload could not be saved in the inbox ({error.strerror}); "
-                                 "nothing was kept", body_left=not body.ended) from None
-    finally:
-        receiver.discard()
+    (inbox / UPLOAD_FOLDER).mkdir(exist_ok=True)
+    return options[b"boundary"], inbox
 
 
 class _BodyClock:
@@ -256,12 +264,19 @@ class _BodyClock:
         self.settings = settings
         self.started = time.monotonic()
         self.received = 0
+        self.asked = False  # a first read also answers "Expect: 100-continue" (uvicorn does)
         self.ended = False
+        self.sent_unasked = declares_body(request.scope)
+
+    def left(self) -> bool:
+        """Whether the client may still be sending the body when it is refused now."""
+        return not self.ended and (self.asked or self.sent_unasked)
 
     def __aiter__(self) -> _BodyClock:
         return self
 
     async def __anext__(self) -> bytes:
+        self.asked = True
         total_deadline = self.started + self.settings.web_upload_seconds
         rate = self.settings.web_upload_min_rate
         rate_deadline = (self.started + RATE_GRACE_SECONDS + self.received / rate if rate
