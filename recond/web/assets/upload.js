@@ -40,8 +40,7 @@ function addRow(name) {
 function show(row, state, text, percent) {
   row.dataset.state = state;
   row.querySelector(".status").textContent = text;
-  const bar = row.querySelector("progress");
-  if (percent !== undefined) bar.value = state === "running" ? Math.max(bar.value, percent) : percent;
+  if (percent !== undefined) row.querySelector("progress").value = percent;
 }
 
 function outcome(row, element) {
@@ -71,14 +70,14 @@ function showJob(row, job) {
   row.updatedAt = job.updated_at || 0;
   row.dataset.job = job.id;
   row.job = job;
-  const percent = Math.round((job.progress || 0) * 100);
   if (job.state === "running") {
+    row.seenAt = Date.now() / 1000;
     if (job.eta_s !== null && job.eta_s !== undefined) {
-      const finish = Date.now() / 1000 + job.eta_s;
+      const finish = row.seenAt + job.eta_s;
       row.finishAt = row.finishAt === undefined ? finish : row.finishAt + ETA_SMOOTHING * (finish - row.finishAt);
     }
+    row.dataset.state = "running";
     showRunning(row);
-    show(row, "running", row.querySelector(".status").textContent, percent);
   } else if (job.state === "queued") {
     show(row, "queued", queuedText(job), 0);
   } else if (job.state === "done" || job.state === "duplicate") {
@@ -97,11 +96,19 @@ function showJob(row, job) {
   }
 }
 
+// A stage can run long with no progress of its own (the reconstruction is one pass of the
+// model), so between events the bar moves on towards the smoothed finishing time, never past
+// 99 % and never back.
 function showRunning(row) {
   const job = row.job;
-  const stage = job.stage_words || "starting";
+  const reported = job.progress || 0;
+  const span = row.finishAt - row.seenAt;
+  const guess = span > 0 ? reported + (1 - reported) * (Date.now() / 1000 - row.seenAt) / span : reported;
+  const percent = Math.min(99, Math.round(Math.max(reported, guess) * 100));
+  const bar = row.querySelector("progress");
+  bar.value = Math.max(bar.value, percent);
   const eta = row.finishAt !== undefined ? ` · ${timeLeft(row)}` : "";
-  row.querySelector(".status").textContent = `${stage} · ${Math.round((job.progress || 0) * 100)}%${eta}`;
+  row.querySelector(".status").textContent = `${job.stage_words || "starting"} · ${bar.value}%${eta}`;
 }
 
 // Where each upload stands: asked once per row, then kept current by the event stream.
