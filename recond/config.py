@@ -26,6 +26,7 @@ from pydantic_settings import (
 )
 
 ENV_PREFIX = "RECOND_"
+HOST_NAME = re.compile(r"(\*\.)?[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:.]+\]")
 CONFIG_ENV_VAR = "RECOND_CONFIG"
 
 # Folder settings: a relative value in the TOML file is taken from the file's own folder.
@@ -158,6 +159,17 @@ class WebSettings(_Part):
         "Event streams open at the same time, in all (more get 429)."))
     web_max_event_streams_per_client: int = Field(20, ge=1, description=(
         "Event streams open at the same time from one client address (more get 429)."))
+
+    @field_validator("web_allowed_hosts")
+    @classmethod
+    def _plain_host_names(cls, hosts: list[str]) -> list[str]:
+        """Names as a Host header carries them, without the port: recon.example.com, 10.0.0.5,
+        [fd00::5], '*.example.com' (its subdomains) or '*' (any name)."""
+        for host in hosts:
+            if host != "*" and not HOST_NAME.fullmatch(host):
+                raise ValueError(f"{host!r} is not a host name without port (e.g. recon.example.com, "
+                                 "10.0.0.5, [fd00::5], *.example.com)")
+        return hosts
 
     @field_validator("web_cors_origins", "web_allowed_hosts", mode="before")
     @classmethod

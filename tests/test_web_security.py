@@ -361,6 +361,9 @@ def test_web_settings_refuse_bad_values_naming_the_key(tmp_path: Path) -> None:
         app_settings(tmp_path, web_token="short")
     with pytest.raises(SettingsError, match="web_port"):
         app_settings(tmp_path, web_port=70000)
+    for host in ("recon.example.com:443", "https://recon.example.com", "re*con.example.com"):
+        with pytest.raises(SettingsError, match="web_allowed_hosts.*without port"):
+            app_settings(tmp_path, web_allowed_hosts=[host])
 
 
 def test_a_missing_inbox_is_never_created_by_an_upload(tmp_path: Path) -> None:
