@@ -221,6 +221,7 @@ def test_api_docs_need_no_internet(web: WebServer) -> None:
         docs = client.get("/docs").text
         schema = client.get("/openapi.json").json()
         assert client.get("/static-offline-docs/swagger-ui-bundle.js").status_code == 200
+        assert client.get("/redoc").status_code == 404  # dropped: its bundle fetches a CDN logo
     assert "/static-offline-docs/swagger-ui-bundle.js" in docs and "cdn" not in docs.lower()
     assert {"/api/jobs", "/api/jobs/{job_id}", "/api/jobs/{job_id}/events", "/api/events",
             "/api/status", "/metrics", "/healthz"} <= set(schema["paths"])
