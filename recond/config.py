@@ -28,6 +28,7 @@ from pydantic_settings import (
 from recond.hub import looks_like_path
 
 ENV_PREFIX = "RECOND_"
+HOST_NAME = re.compile(r"(\*\.)?[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:.]+\]")
 CONFIG_ENV_VAR = "RECOND_CONFIG"
 
 # Folder settings: a relative value in the TOML file is taken from the file's own folder.
@@ -148,11 +149,36 @@ class WebSettings(_Part):
         default_factory=list, description="Origins allowed to call the API from a browser (CORS).")
     web_max_files: int = Field(20, ge=1, description="Files accepted in one upload request.")
     web_max_uploads: int = Field(8, ge=1, description="Upload requests received at the same time.")
+    web_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list, description=(
+        "Host names clients may use besides web_host (and loopback names on a loopback bind), "
+        "e.g. a reverse proxy's name; '*.example.com' allowed. Other Host headers get 400."))
+    web_header_seconds: float = Field(10.0, gt=0, description=(
+        "Seconds a client has to send a request's headers; slower connections are closed."))
+    web_upload_seconds: float = Field(60.0, gt=0, description=(
+        "Longest an upload request may take to arrive (then 408): how long a slow client can "
+        "hold one of the web_max_uploads slots."))
+    web_upload_min_rate: int = Field(10_000, ge=0, description=(
+        "Bytes per second an upload must average after its first seconds (else 408); 0: no check."))
+    web_max_event_streams: int = Field(200, ge=1, description=(
+        "Event streams open at the same time, in all (more get 429)."))
+    web_max_event_streams_per_client: int = Field(20, ge=1, description=(
+        "Event streams open at the same time from one client address (more get 429)."))
 
-    @field_validator("web_cors_origins", mode="before")
+    @field_validator("web_allowed_hosts")
+    @classmethod
+    def _plain_host_names(cls, hosts: list[str]) -> list[str]:
+        """Names as a Host header carries them, without the port: recon.example.com, 10.0.0.5,
+        [fd00::5], '*.example.com' (its subdomains) or '*' (any name)."""
+        for host in hosts:
+            if host != "*" and not HOST_NAME.fullmatch(host):
+                raise ValueError(f"{host!r} is not a host name without port (e.g. recon.example.com, "
+                                 "10.0.0.5, [fd00::5], *.example.com)")
+        return hosts
+
+    @field_validator("web_cors_origins", "web_allowed_hosts", mode="before")
     @classmethod
     def _origins_from_text(cls, value: object) -> object:
-        """RECOND_WEB_CORS_ORIGINS is a comma-separated list; the TOML file gives a real list."""
+        """The variables are comma-separated lists; the TOML file gives a real list."""
         if isinstance(value, str):
             return [origin.strip() for origin in value.split(",") if origin.strip()]
         return value

@@ -20,7 +20,7 @@ from recond.logging import get_logger
 from recond.pipeline.names import VIEWER_NAME, frame_name
 from recond.pipeline.record import read_record
 from recond.store import DONE, Job, Store
-from recond.upload_names import shown_name
+from recond.upload_names import shown_name, without_upload_id
 
 GALLERY_NAME = "index.html"  # outbox/index.html
 THUMBNAIL_NAME = frame_name(0)  # the turntable's first frame
@@ -89,7 +89,8 @@ def _card(card: Entry, results_href: str, viewer_file: str) -> str:
     if card.folder is None:
         return (f'<li class="card failed" data-job="{card.job_id}"><div class="no-thumb">failed</div>'
                 f'<div class="meta"><span class="name">{name}</span><span class="facts">{when}</span>'
-                f'<span class="error">{html.escape(card.error or "")}</span></div></li>')
+                f'<span class="error">{html.escape(without_upload_id(card.error or "", card.source))}'
+                '</span></div></li>')
     folder = f"{results_href}{quote(card.folder)}/"
     facts = [when]
     if card.faces is not None:

@@ -217,6 +217,15 @@ class Store:
         """The newest job whose inbox path starts with ``prefix`` (a web upload's id)."""
         return self._first("substr(source, 1, ?) = ?", [len(prefix), prefix])
 
+    def by_result_name(self, result_name: str) -> Job | None:
+        """The done job that published this outbox folder."""
+        return self._first("result_name = ? and state = ?", [result_name, DONE])
+
+    def queued_before(self, job_id: int) -> int:
+        """Queued jobs the worker takes before this one (it takes the oldest first: claim_next)."""
+        return int(self._query("select count(*) from jobs where state = ? and id < ?",
+                               [QUEUED, job_id])[0][0])
+
     def changed_since(self, updated_at: float) -> list[Job]:
         """Jobs written at or after ``updated_at`` (oldest change first)."""
         return self._jobs_where("updated_at >= ?", [updated_at], order_by="updated_at")

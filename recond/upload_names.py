@@ -29,3 +29,17 @@ def shown_name(source: str) -> str:
     """What a page calls a job's picture: its inbox path, without a web upload's id."""
     uploaded = _UPLOADED.fullmatch(source)
     return uploaded["name"] if uploaded else str(PurePosixPath(source))
+
+
+def shown_file_name(folder: str, name: str) -> str:
+    """:func:`shown_name` for a file on disk known by its folder's and its own name (the
+    pipeline titles a result's viewer with it): a web upload's name loses its id."""
+    uploaded = _UPLOADED.fullmatch(f"{folder}/{name}")
+    return uploaded["name"] if uploaded else name
+
+
+def without_upload_id(text: str, source: str) -> str:
+    """A message about a job (its error) with the picture named as people know it: the inbox
+    path, or the file name the daemon gave it, becomes :func:`shown_name`."""
+    name = shown_name(source)
+    return text.replace(source, name).replace(PurePosixPath(source).name, name)

@@ -11,6 +11,7 @@ import io
 import json
 import re
 import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from recond.pipeline.progress import STAGES
+from recond.pipeline.progress import STAGE_WORDS, STAGES
 from test_daemon_e2e import Installation
 from web_server import WebServer, free_port
 
@@ -98,12 +99,16 @@ def test_api_upload_followed_over_sse_to_done(site: tuple[Installation, WebServe
         shown = client.get(f"/api/jobs/{job['id']}").json()
         listed = client.get("/api/jobs", params={"state": "done"}).json()
         page = client.get(job["result_url"])
+        viewer = client.get(f"{job['result_url']}index.html")
         glb = client.get(f"{job['result_url']}mesh.glb")
         replay = [data for _, data in sse_events(client, f"/api/jobs/{job['id']}/events")]
     reconctl = json.loads(installation.reconctl("show", str(job["id"]), "--json").stdout)
     assert {key: shown[key] for key in reconctl} == reconctl
     assert job["id"] in [item["id"] for item in listed]
-    assert page.status_code == 200 and 'id="mesh-data"' in page.text and 'href="mesh.glb"' in page.text
+    assert page.status_code == 200 and f'src="{job["result_url"]}index.html"' in page.text
+    assert f'href="{job["result_url"]}mesh.glb"' in page.text and "<title>robot.png · recond</title>" in page.text
+    assert 'id="mesh-data"' in viewer.text and 'href="mesh.glb"' in viewer.text
+    assert "<title>robot.png · recond</title>" in viewer.text  # the daemon's viewer: no upload id
     assert glb.content == (installation.outbox / job["result_name"] / "mesh.glb").read_bytes()
     assert [event["state"] for event in replay] == ["done"]  # a finished job: one event, then the end
 
@@ -117,6 +122,38 @@ def test_api_upload_followed_over_sse_to_done(site: tuple[Installation, WebServe
         time.sleep(0.1)
     assert any(item["id"] == job["id"] and item["state"] == "running" for item in everything)
     assert "torch" not in web.mapped_files()  # the web process never loaded the model's stack
+
+
+def curl(*arguments: str, cwd: Path) -> str:
+    """The real curl binary, as the seed app's README uses it."""
+    result = subprocess.run(["curl", "--silent", "--show-error", "--fail", *arguments], cwd=cwd,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_the_seeds_curl_example_works_unchanged(site: tuple[Installation, WebServer],
+                                                tmp_path: Path) -> None:
+    """The app recond replaces documents `curl -X POST http://localhost:5000/ -F "image=@chair.jpg"`,
+    then /progress/{id}, /result/{folder} and /output/{folder}/{file}: each works here."""
+    installation, web = site
+    Image.open(installation.examples / "chair.png").convert("RGB").save(tmp_path / "chair.jpg")
+    base = f"http://localhost:{web.port}"
+    upload = json.loads(curl("-X", "POST", f"{base}/", "-F", "image=@chair.jpg", cwd=tmp_path))["uploads"][0]
+    assert upload["name"] == "chair.jpg"
+    stream = curl("--no-buffer", f"{base}/progress/{upload['upload_id']}", cwd=tmp_path)  # ends with the job
+    jobs = [json.loads(line[5:]) for line in stream.splitlines() if line.startswith("data:")
+            and '"id"' in line]
+    assert jobs[-1]["state"] == "done" and jobs[-1]["name"] == "chair.jpg", stream
+    folder = jobs[-1]["result_name"]
+    by_job = curl("--no-buffer", f"{base}/progress/{jobs[-1]['id']}", cwd=tmp_path)
+    assert '"state": "done"' in by_job
+    page = curl(f"{base}/result/{folder}", cwd=tmp_path)
+    assert "<title>chair.jpg · recond</title>" in page and f"/results/{folder}/index.html" in page
+    curl("--output", "mesh.glb", f"{base}/output/{folder}/mesh.glb", cwd=tmp_path)
+    assert (tmp_path / "mesh.glb").read_bytes() == (installation.outbox / folder / "mesh.glb").read_bytes()
+    assert "chair.jpg" in curl(f"{base}/gallery", cwd=tmp_path)
 
 
 def test_status_and_metrics_match_the_store(site: tuple[Installation, WebServer]) -> None:
@@ -184,17 +221,38 @@ def test_upload_page_shows_live_progress_then_result_and_gallery(
             chair = [(state, percent, text) for name, state, percent, text in seen if name == "chair.png"]
             running = [(percent, text) for state, percent, text in chair if state == "running"]
             assert any(0 < percent < 100 and re.search(r"\d+%", text) for percent, text in running), chair
-            assert any("left" in text for _, text in running), chair  # an ETA was shown
+            assert any("left" in text for _, text in running), chair  # an ETA was shown ...
+            assert not any(re.search(r"\b0 s left", text) for _, text in running), chair  # ... never "0 s"
+            assert {text.split(" · ")[0] for _, text in running} <= {"starting", *STAGE_WORDS.values()}
+            shown = [percent for percent, _ in running]
+            assert shown == sorted(shown)  # the bar never goes back
             assert chair[-1][0] == "done" and chair[-1][1] == 100
             refused = page.locator("#uploads li[data-state=refused]")
             assert "notes.png is not an image format" in refused.inner_text()  # the server's reason
             assert not list(installation.inbox.rglob("*notes*"))
 
+            page.reload()  # the uploads are still listed, finished, with their links
+            page.wait_for_function("""() => [...document.querySelectorAll('#uploads li')]
+                .filter(row => row.dataset.state === 'done').length === 2""", timeout=20_000)
+            assert page.locator("#uploads li[data-state=done] .name").all_inner_texts() == [
+                "flamingo.png", "chair.png"] or page.locator(
+                "#uploads li[data-state=done] .name").all_inner_texts() == ["chair.png", "flamingo.png"]
+
             page.click("#uploads li[data-state=done]:has-text('chair.png') a")
-            page.wait_for_function("document.documentElement.dataset.viewer === 'ready'", timeout=60_000)
-            shot = np.asarray(Image.open(io.BytesIO(page.screenshot())).convert("RGB"))[:, 300:].astype(int)
+            assert page.title() == "chair.png · recond"  # no upload id in the title
+            viewer = page.wait_for_selector("iframe.viewer").content_frame()
+            assert viewer is not None
+            viewer.wait_for_function("document.documentElement.dataset.viewer === 'ready'", timeout=60_000)
+            shot = np.asarray(Image.open(io.BytesIO(page.locator("iframe.viewer").screenshot()))
+                              .convert("RGB"))[:, 300:].astype(int)
             assert (np.abs(shot - BACKGROUND).max(-1) > 30).mean() > 0.01  # the model is drawn
+            page.wait_for_function("""() => { const img = document.querySelector('.photo img');
+                return img.complete && img.naturalWidth > 0; }""")  # the original photo beside it
+            assert page.locator(".photo img").get_attribute("src").endswith("/source.png")
             result_path = page.url.removeprefix(web.url)
+            page.go_back()  # Back: the upload page, its list intact
+            page.wait_for_selector("#uploads li[data-state=done]:has-text('chair.png') a")
+            page.goto(f"{web.url}{result_path}")
 
             page.goto(f"{web.url}/gallery")
             card = page.locator(f'.gallery li:has(a[href="{result_path}"])')

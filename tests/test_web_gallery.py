@@ -18,6 +18,7 @@ from recond.config import Settings
 from recond.gallery import STATIC_LIMIT, write_gallery
 from recond.store import DONE, FAILED, QUEUED, Store
 from recond.web.app import create_app
+from web_server import LOCAL
 
 ROWS = 10_000
 CARD = re.compile(r'<li class="card[^"]*" data-job="(\d+)"')
@@ -54,7 +55,7 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
 
 @pytest.fixture(scope="module")
 def client(settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), base_url=LOCAL) as client:
         yield client
 
 
@@ -73,6 +74,8 @@ def test_gallery_pages_hold_50_finished_jobs_newest_first(client: TestClient) ->
     assert 'rel="next" href="/gallery?page=2"' in first and 'rel="prev"' not in first
     assert 'rel="next"' not in last
     assert client.get("/gallery", params={"page": 0}).status_code == 422  # times: bench_web.py
+    past_the_end = client.get("/gallery", params={"page": 999}, follow_redirects=False)
+    assert past_the_end.status_code == 303 and past_the_end.headers["location"] == f"/gallery?page={pages}"
 
 
 def test_a_card_shows_thumbnail_facts_and_viewer_link_or_the_failure(client: TestClient) -> None:
@@ -115,3 +118,15 @@ def test_a_web_upload_is_shown_by_its_own_name() -> None:
     assert shown_name(upload_source("0123456789abcdef", "chair photo.png")) == "chair photo.png"
     assert shown_name("web/not-an-upload.png") == "web/not-an-upload.png"
     assert shown_name("kitchen/mug.jpg") == "kitchen/mug.jpg"
+
+
+def test_a_failed_uploads_error_names_the_picture_without_its_upload_id() -> None:
+    from recond.gallery import Entry, render_page
+    from recond.upload_names import upload_source, without_upload_id
+
+    source = upload_source("0123456789abcdef", "notes.png")
+    error = "0123456789abcdef-notes.png is not an image format recond can read"
+    assert without_upload_id(error, source) == "notes.png is not an image format recond can read"
+    assert without_upload_id(f"{source} vanished", source) == "notes.png vanished"
+    page = render_page([Entry(1, None, source, None, None, None, False, error)], "/results/", "", "Results")
+    assert "0123456789abcdef" not in page and "notes.png is not an image format" in page

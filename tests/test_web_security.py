@@ -23,7 +23,8 @@ from PIL import Image
 
 from recond.config import Settings, SettingsError, load_settings
 from recond.web.app import create_app
-from web_server import REPO, WebServer, free_port
+from recond.web.server import require_safe_bind
+from web_server import LOCAL, REPO, WebServer, free_port
 
 MAX_FILE_BYTES = 300_000
 TOKEN = "s3cret-token-for-tests"
@@ -201,10 +202,17 @@ def test_result_paths_never_leave_the_outbox(web: WebServer, path: str) -> None:
     assert answer.status in (400, 404) and b"outside the outbox" not in body and b"root:" not in body
 
 
-def test_result_folder_is_served(web: WebServer) -> None:
+def test_result_folder_is_served_also_at_the_seeds_addresses(web: WebServer) -> None:
     with web.client() as client:
-        assert client.get("/results/20260101-000000_chair/").text == "<p>viewer</p>"
+        page = client.get("/results/20260101-000000_chair/")
+        seed_page = client.get("/result/20260101-000000_chair")
+        viewer = client.get("/results/20260101-000000_chair/index.html")
+        seed_file = client.get("/output/20260101-000000_chair/index.html")
         redirect = client.get("/results/20260101-000000_chair")
+    assert page.status_code == 200 and seed_page.text == page.text
+    assert '<iframe class="card viewer" src="/results/20260101-000000_chair/index.html"' in page.text
+    assert 'href="/gallery"' in page.text and 'href="/"' in page.text  # the way back
+    assert viewer.text == seed_file.text == "<p>viewer</p>"
     assert redirect.status_code == 307 and redirect.headers["location"] == "/results/20260101-000000_chair/"
 
 
@@ -213,9 +221,75 @@ def test_api_docs_need_no_internet(web: WebServer) -> None:
         docs = client.get("/docs").text
         schema = client.get("/openapi.json").json()
         assert client.get("/static-offline-docs/swagger-ui-bundle.js").status_code == 200
+        assert client.get("/redoc").status_code == 404  # dropped: its bundle fetches a CDN logo
     assert "/static-offline-docs/swagger-ui-bundle.js" in docs and "cdn" not in docs.lower()
     assert {"/api/jobs", "/api/jobs/{job_id}", "/api/jobs/{job_id}/events", "/api/events",
             "/api/status", "/metrics", "/healthz"} <= set(schema["paths"])
+
+
+@pytest.mark.parametrize("path", ["/", "/healthz", "/gallery", "/api/jobs", "/api/status", "/metrics",
+                                  "/docs", "/openapi.json", "/assets/page.css", "/favicon.ico",
+                                  "/results/20260101-000000_chair/", "/result/20260101-000000_chair",
+                                  "/output/20260101-000000_chair/index.html", "/api/events"])
+def test_head_is_answered_everywhere(web: WebServer, path: str) -> None:
+    """HEAD is GET without a body, event streams included (they answer their headers and end)."""
+    connection = http.client.HTTPConnection("127.0.0.1", web.port, timeout=10)
+    connection.request("HEAD", path)
+    answer = connection.getresponse()
+    assert answer.status == 200 and answer.read() == b""
+    connection.request("GET", path if path != "/api/events" else "/healthz")  # the connection goes on
+    assert connection.getresponse().status == 200
+
+
+def test_the_openapi_document_is_valid_and_says_what_the_api_answers(web: WebServer) -> None:
+    """Each answer below is one the document lists for its operation, with its media type, and
+    its JSON body fits the schema given for it."""
+    from openapi_schema_validator import OAS31Validator
+    from openapi_spec_validator import validate
+
+    with web.client() as client:
+        document = client.get("/openapi.json").json()
+        validate(document)
+        good = {"image": ("doc.png", picture(31), "image/png")}
+        upload = client.post("/api/jobs", files=good)
+        answers = [
+            ("post", "/api/jobs", upload),
+            ("post", "/", client.post("/", files={"image": ("seed.png", picture(32), "image/png")})),
+            ("post", "/api/jobs", client.post("/api/jobs", files={"image": ("t.jpg", b"text", "image/jpeg")})),
+            ("post", "/api/jobs", client.post("/api/jobs", files={"image": ("e.png", b"", "image/png")})),
+            ("post", "/api/jobs", client.post("/api/jobs", content=b"x", headers={"content-type": "image/png"})),
+            ("post", "/api/jobs", client.post("/api/jobs", files=good, headers={"origin": "https://evil.example"})),
+            ("get", "/api/uploads/{upload_id}", client.get(upload.json()["uploads"][0]["status_url"])),
+            ("get", "/api/uploads/{upload_id}", client.get("/api/uploads/nothex")),
+            ("get", "/api/uploads/{upload_id}", client.get("/api/uploads/0123456789abcdef")),
+            ("get", "/api/uploads/{upload_id}/events", client.get("/api/uploads/0123456789abcdef/events")),
+            ("get", "/progress/{upload_or_job_id}", client.get("/progress/0123456789abcdef")),
+            ("get", "/progress/{upload_or_job_id}", client.get("/progress/not-an-id")),
+            ("get", "/progress/{upload_or_job_id}", client.get("/progress/999")),
+            ("get", "/api/jobs", client.get("/api/jobs")),
+            ("get", "/api/jobs/{job_id}", client.get("/api/jobs/999")),
+            ("get", "/api/jobs/{job_id}/events", client.get("/api/jobs/999/events")),
+            ("get", "/api/status", client.get("/api/status")),
+            ("get", "/metrics", client.get("/metrics")),
+            ("get", "/healthz", client.get("/healthz")),
+        ]
+        with client.stream("GET", "/api/events") as stream:
+            answers.append(("get", "/api/events", stream))
+    for upload_answer in (answers[0][2], answers[1][2]):
+        for accepted in upload_answer.json()["uploads"]:
+            (web.config.parent / "inbox" / accepted["source"]).unlink()
+    statuses = set()
+    for method, path, answer in answers:
+        documented = document["paths"][path][method]["responses"]
+        assert str(answer.status_code) in documented, (method, path, answer.status_code)
+        statuses.add(answer.status_code)
+        content = documented[str(answer.status_code)].get("content", {})
+        media_type = answer.headers["content-type"].split(";")[0]
+        assert media_type in content, (method, path, answer.status_code, media_type, list(content))
+        if media_type == "application/json":
+            schema = {**content[media_type]["schema"], "components": document["components"]}
+            OAS31Validator(schema).validate(answer.json())
+    assert statuses == {200, 202, 400, 403, 404, 415}  # each kind of answer was seen
 
 
 def test_with_a_token_every_request_but_healthz_needs_it(tmp_path: Path) -> None:
@@ -226,6 +300,10 @@ def test_with_a_token_every_request_but_healthz_needs_it(tmp_path: Path) -> None
         for path in ("/", "/gallery", "/api/jobs", "/api/status", "/metrics", "/docs", "/assets/page.css"):
             refused = anonymous.get(path)
             assert refused.status_code == 401 and "Bearer" in refused.json()["detail"], path
+        for scheme in ("bearer", "BEARER", "Bearer"):  # the scheme is case-insensitive (RFC 9110)
+            assert anonymous.get("/api/jobs", headers={"Authorization": f"{scheme} {TOKEN}"}).status_code == 200
+        for wrong in (f"Basic {TOKEN}", f"Bearer{TOKEN}", TOKEN, f"Bearer {TOKEN}x"):
+            assert anonymous.get("/api/jobs", headers={"Authorization": wrong}).status_code == 401
         upload = anonymous.post("/api/jobs", files={"image": ("a.png", picture(), "image/png")})
         wrong = anonymous.get("/api/jobs", headers={"Authorization": "Bearer wrong-token-0000000"})
         assert upload.status_code == 401 and wrong.status_code == 401
@@ -250,15 +328,28 @@ def app_settings(tmp_path: Path, **values: object) -> Settings:
     return load_settings(write_config(tmp_path, **values))
 
 
+def test_a_bind_to_every_address_answers_only_the_listed_host_names(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="web_allowed_hosts"):
+        require_safe_bind(app_settings(tmp_path, web_host="0.0.0.0", web_token=TOKEN))
+    settings = app_settings(tmp_path, web_host="0.0.0.0", web_token=TOKEN,
+                            web_allowed_hosts=["recon.example", "*.lan.example"])
+    require_safe_bind(settings)
+    with TestClient(create_app(settings), base_url="http://recon.example") as client:
+        assert client.get("/healthz").status_code == 200
+        assert client.get("/healthz", headers={"host": "box.lan.example:8765"}).status_code == 200
+        assert client.get("/healthz", headers={"host": "127.0.0.1"}).status_code == 400
+        assert client.get("/healthz", headers={"host": "evil.example"}).status_code == 400
+
+
 def test_cors_is_off_unless_origins_are_configured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     preflight = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST"}
-    with TestClient(create_app(app_settings(tmp_path))) as client:
+    with TestClient(create_app(app_settings(tmp_path)), base_url=LOCAL) as client:
         assert "access-control-allow-origin" not in client.get("/healthz", headers=preflight).headers
         assert client.options("/api/jobs", headers=preflight).status_code == 405
     monkeypatch.setenv("RECOND_WEB_CORS_ORIGINS", "https://app.example, https://other.example")
     settings = app_settings(tmp_path, web_token=TOKEN)
     assert settings.web_cors_origins == ["https://app.example", "https://other.example"]
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), base_url=LOCAL) as client:
         allowed = client.options("/api/jobs", headers=preflight)  # preflights carry no token
         other = client.get("/healthz", headers={"Origin": "https://evil.example"})
     assert allowed.status_code == 200
@@ -271,12 +362,15 @@ def test_web_settings_refuse_bad_values_naming_the_key(tmp_path: Path) -> None:
         app_settings(tmp_path, web_token="short")
     with pytest.raises(SettingsError, match="web_port"):
         app_settings(tmp_path, web_port=70000)
+    for host in ("recon.example.com:443", "https://recon.example.com", "re*con.example.com"):
+        with pytest.raises(SettingsError, match="web_allowed_hosts.*without port"):
+            app_settings(tmp_path, web_allowed_hosts=[host])
 
 
 def test_a_missing_inbox_is_never_created_by_an_upload(tmp_path: Path) -> None:
     settings = app_settings(tmp_path)
     settings.inbox.rmdir()  # e.g. the share it lives on is not mounted
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), base_url=LOCAL) as client:
         answer = client.post("/api/jobs", files={"image": ("a.png", picture(), "image/png")})
     assert answer.status_code == 503 and "not there" in answer.json()["detail"]
     assert not settings.inbox.exists()
@@ -288,7 +382,7 @@ def test_the_web_process_never_imports_the_model_stack(tmp_path: Path) -> None:
 
     script = (f"import json, sys\nfrom fastapi.testclient import TestClient\n"
               f"from recond.config import load_settings\nfrom recond.web.app import create_app\n"
-              f"with TestClient(create_app(load_settings(sys.argv[1]))) as client:\n"
+              f"with TestClient(create_app(load_settings(sys.argv[1])), base_url='http://127.0.0.1') as client:\n"
               f"    assert client.get('/gallery').status_code == 200\n"
               f"print(json.dumps([name for name in {HEAVY_MODULES!r} if name in sys.modules]))\n")
     result = subprocess.run([sys.executable, "-c", script, str(write_config(tmp_path))], cwd=REPO,

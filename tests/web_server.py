@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 
 REPO = Path(__file__).resolve().parents[1]
+LOCAL = "http://127.0.0.1"  # a base URL for TestClient whose Host recond-web answers (not "testserver")
 
 
 def free_port() -> int:

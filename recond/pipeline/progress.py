@@ -29,6 +29,18 @@ DEFAULT_STAGE_SECONDS: dict[str, float] = {
     "record": 0.05,
 }
 STAGES = tuple(DEFAULT_STAGE_SECONDS)
+# Each stage as the pages say it to people (recond-web's upload page), in the order of STAGES.
+STAGE_WORDS: dict[str, str] = {
+    "load": "reading the photo",
+    "background": "cutting out the background",
+    "reconstruct": "reconstructing the shape",
+    "mesh": "building the mesh",
+    "texture": "painting the texture",
+    "export": "saving the model files",
+    "render": "rendering the turntable",
+    "viewer": "making the viewer page",
+    "record": "finishing up",
+}
 STAGE_HISTORY_NAME = "stage_seconds.json"
 # Weight of the newest job in the running mean: recent jobs count most (the machine's load and
 # the settings change), yet one odd job does not throw the ETA off.

@@ -44,6 +44,7 @@ from recond.pipeline.turntable import render_turntable, write_turntable
 from recond.pipeline.viewer import write_viewer
 from recond.triposr.model import TripoSR
 from recond.triposr.preprocess import prepare_image
+from recond.upload_names import shown_file_name
 
 __all__ = ["InputError", "JobResult", "Pipeline", "Progress"]
 
@@ -121,7 +122,8 @@ class Pipeline:
 
         with tracker.stage("viewer"):
             downloads = _download_order(result_dir)
-            write_viewer(result_dir, oriented, downloads, title=display_name(source.name), video=VIDEO_NAME)
+            title = shown_file_name(display_name(source.parent.name), display_name(source.name))
+            write_viewer(result_dir, oriented, downloads, title=title, video=VIDEO_NAME)
 
         record = {
             "recond_version": __version__,

@@ -1,14 +1,13 @@
 """The recond-web application: upload page, REST API, event streams, result pages, gallery, metrics.
 
 It reads the daemon's store and outbox and writes only into the inbox (through uploads.py);
-the daemon stays the only thing that creates and runs jobs. Nothing here imports torch.
+the daemon stays the only thing that creates and runs jobs. Nothing here imports torch. The
+seed app's routes (POST /, /progress, /result, /output) are aliases of the API's own.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
-import json
 import math
 import re
 from collections.abc import AsyncIterator, Callable
@@ -20,31 +19,34 @@ from urllib.parse import quote
 
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel
 from sse_starlette import EventSourceResponse
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import ClientDisconnect
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from recond import __version__
-from recond.status import job_facts, status_report
 from recond.config import Settings
 from recond.gallery import entries, render_page
 from recond.logging import get_logger
 from recond.pipeline.names import VIEWER_NAME
-from recond.store import ACTIVE, DONE, DUPLICATE, STATES, Job, Store
+from recond.pipeline.progress import STAGE_WORDS
+from recond.status import job_facts, status_report
+from recond.store import DONE, DUPLICATE, QUEUED, STATES, Job, Store
+from recond.upload_names import UPLOAD_ID, shown_name, upload_prefix, without_upload_id
+from recond.web import pages
+from recond.web.events import EventStreams
 from recond.web.feed import JobFeed, StoreReader
+from recond.web.guards import (BearerToken, HeadAsGet, Refusal, SameOriginWrites, StreamCounter,
+                               allowed_hosts, declares_body)
 from recond.web.metrics import Metrics
-from recond.upload_names import UPLOAD_ID, upload_prefix
 from recond.web.uploads import Upload, UploadRefused, receive_uploads
 
 ASSETS = Path(__file__).with_name("assets")  # served as they are under /assets/
-UPLOAD_PAGE = Path(__file__).with_name("upload.html")  # the page at /, its nav filled in
+FAVICON = ASSETS / "favicon.svg"
 GALLERY_PAGE_SIZE = 50
-OPEN_PATHS = ("/healthz",)  # reachable without the token (load balancers, systemd checks)
-NAV = '<a href="/">Upload</a><a href="/gallery">Gallery</a><a href="/docs">API</a>'
 # A result folder or file name as the outbox holds them: visible, one path segment.
 PLAIN_NAME = re.compile(r"[^./\\\x00-\x1f][^/\\\x00-\x1f]*")
 
@@ -53,11 +55,22 @@ log = get_logger("recond.web")
 
 @dataclass
 class JobView(Job):
-    """A job as the API shows it: the fields of `reconctl show --json`, plus its result page."""
+    """A job as the API shows it: the fields of `reconctl show --json`, plus its result page,
+    the picture's name as people read it, and the error in those words."""
 
     result_url: str | None = None
+    name: str = ""
+    stage_words: str | None = None  # the stage as a person reads it ("building the mesh")
+    shown_error: str | None = None
+    queue_position: int | None = None  # 1 for the next job the worker takes; queued jobs only
     background: str | None = None  # these two only on /api/jobs/{id}, from the job's job.json
     stage_seconds: dict[str, float] | None = None
+
+
+class Problem(BaseModel):
+    """Why a request was refused, in one sentence."""
+
+    detail: str
 
 
 class UploadView(BaseModel):
@@ -83,27 +96,16 @@ class UploadState(BaseModel):
     job: JobView | None
 
 
-class BearerToken:
-    """Every request but /healthz must carry ``Authorization: Bearer <web_token>``.
+def refusals(**reasons: str) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI answers for refusals, e.g. ``refusals(_404="no such job")``."""
+    return {int(code.strip("_")): {"model": Problem, "description": reason}
+            for code, reason in reasons.items()}
 
-    Plain ASGI rather than a FastAPI dependency, so it also guards the docs, the static files
-    and an upload's body is never read when the token is missing.
-    """
 
-    def __init__(self, app: ASGIApp, token: str) -> None:
-        self.app = app
-        self.expected = f"Bearer {token}".encode()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] not in OPEN_PATHS:
-            given = dict(scope["headers"]).get(b"authorization", b"")
-            if not hmac.compare_digest(given, self.expected):
-                refusal = JSONResponse(
-                    {"detail": "missing or wrong token: send Authorization: Bearer <web_token>"},
-                    status_code=401, headers={"WWW-Authenticate": "Bearer"})
-                await refusal(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+EVENT_STREAM = {200: {"description": "Server-sent events (text/event-stream), see the README.",
+                      "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                **refusals(_429="Too many event streams open (web_max_event_streams, "
+                                "web_max_event_streams_per_client); Retry-After says when to retry.")}
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -114,6 +116,15 @@ def create_app(settings: Settings) -> FastAPI:
     feed = JobFeed(reader, observers=(metrics.observe,))
     upload_slots = asyncio.Semaphore(settings.web_max_uploads)
 
+    def job_view(job: Job, **facts: Any) -> JobView:
+        values = {**vars(job), **facts}
+        return JobView(**values, result_url=result_url(job, outbox), name=shown_name(job.source),
+                       stage_words=STAGE_WORDS.get(job.stage or ""),
+                       shown_error=without_upload_id(job.error, job.source) if job.error else None)
+
+    streams = EventStreams(feed, reader, StreamCounter(settings), settings.inbox.resolve(),
+                           lambda job: vars(job_view(job)))
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         watcher = asyncio.create_task(feed.run())
@@ -123,104 +134,132 @@ def create_app(settings: Settings) -> FastAPI:
             watcher.cancel()
             reader.close()
 
-    app = FastAPIOffline(title="recond", version=__version__, lifespan=lifespan, description=(
+    app = FastAPIOffline(title="recond", version=__version__, lifespan=lifespan, redoc_url=None,
+                         favicon_url="/favicon.ico", description=(
         "Upload photos to recond's inbox and follow them to a 3D result. A POST answers 202 with "
         "an upload id per file; the job appears once the daemon has taken the file "
-        "(GET /api/uploads/{upload_id} or its /events stream)."))
-    if settings.web_token:
-        app.add_middleware(BearerToken, token=settings.web_token)
-    if settings.web_cors_origins:  # outermost, so preflights (which carry no token) are answered
-        app.add_middleware(CORSMiddleware, allow_origins=settings.web_cors_origins,
-                           allow_methods=["GET", "POST"], allow_headers=["Authorization"])
+        "(GET /api/uploads/{upload_id} or its /events stream). The routes of the app recond "
+        "replaces (POST /, /progress, /result, /output, /gallery) work as they did."))
+    _add_guards(app, settings)
     app.mount("/assets", StaticFiles(directory=ASSETS), name="assets")
-
-    def job_view(job: Job) -> JobView:
-        return JobView(**vars(job), result_url=result_url(job, outbox))
 
     async def read(query: Callable[[Store], Any], default: Any = None) -> Any:
         return await reader.aread(query, default)
 
     # Pages.
 
-    upload_page_html = UPLOAD_PAGE.read_text(encoding="utf-8").replace("{{NAV}}", NAV)
+    upload_page_html = pages.upload_page()
 
     @app.get("/", include_in_schema=False)
     async def upload_page() -> HTMLResponse:
         return HTMLResponse(upload_page_html)
 
-    @app.get("/gallery", include_in_schema=False)
-    async def gallery(page: int = Query(1, ge=1)) -> HTMLResponse:
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon() -> FileResponse:
+        return FileResponse(FAVICON, media_type="image/svg+xml")
+
+    @app.get("/gallery", include_in_schema=False, response_model=None)
+    async def gallery(page: int = Query(1, ge=1)) -> HTMLResponse | RedirectResponse:
         offset = (page - 1) * GALLERY_PAGE_SIZE
         total, cards = await read(lambda store: (store.count_finished(), entries(
             store, outbox, GALLERY_PAGE_SIZE, offset)), (0, []))
-        pages = max(1, math.ceil(total / GALLERY_PAGE_SIZE))
+        pages_in_all = max(1, math.ceil(total / GALLERY_PAGE_SIZE))
+        if page > pages_in_all:  # past the end (an old link, a typed number): the last page
+            return RedirectResponse(f"/gallery?page={pages_in_all}", status_code=303)
         return HTMLResponse(render_page(
-            cards, "/results/", "", "Results", nav=NAV, pager=_pager(page, pages),
-            summary=f"{total:,} finished jobs, newest first · page {page} of {pages}"))
+            cards, "/results/", "", "Results", nav=pages.NAV, pager=pages.pager(page, pages_in_all),
+            summary=f"{total:,} finished jobs, newest first · page {page} of {pages_in_all}"))
 
     @app.get("/results/{name}", include_in_schema=False)
     async def result_folder_without_slash(name: str) -> RedirectResponse:
         _result_dir(outbox, name)
-        return RedirectResponse(f"/results/{quote(name)}/")  # relative links need the slash
+        return RedirectResponse(f"/results/{quote(name)}/")  # one address per result page
 
     @app.get("/results/{name}/", include_in_schema=False)
-    async def result_page(name: str) -> FileResponse:
-        return FileResponse(_result_file(outbox, name, VIEWER_NAME))
+    @app.get("/result/{name}", include_in_schema=False)  # the seed's address of the same page
+    async def result_page(name: str) -> HTMLResponse:
+        folder = _result_dir(outbox, name)
+        job = await read(lambda store: store.by_result_name(name))
+        return HTMLResponse(await asyncio.to_thread(pages.result_page, folder,
+                                                    job.source if job else None))
 
     @app.get("/results/{name}/{file}", include_in_schema=False)
+    @app.get("/output/{name}/{file}", include_in_schema=False)  # the seed's address of a file
     async def result_file(name: str, file: str) -> FileResponse:
         return FileResponse(_result_file(outbox, name, file))
 
     # API.
 
-    @app.post("/api/jobs", status_code=202, tags=["jobs"], openapi_extra=UPLOAD_SCHEMA,
-              responses={202: {"model": UploadsAccepted, "description": "Accepted: one entry "
-                                "per file, each with its upload id and where to follow it."},
-                         400: {"description": "No file, a bad file name, or an empty file."},
-                         401: {"description": "Token missing (when web_token is set)."},
-                         413: {"description": "A file over max_file_bytes or too many files."},
-                         415: {"description": "Not multipart, or a file that is no picture."},
-                         429: {"description": "Too many uploads at once; retry shortly."},
-                         503: {"description": "The inbox is not there (a share that is down)."}})
     async def upload(request: Request) -> Response:
-        """Upload one or more pictures (multipart/form-data, any field name). All or nothing:
-        a refused file leaves nothing of the request in the inbox."""
+        """Upload one or more pictures (multipart/form-data, any field name, e.g. ``image``).
+        All or nothing: a refused file leaves nothing of the request in the inbox."""
         if upload_slots.locked():
-            return JSONResponse({"detail": f"{settings.web_max_uploads} uploads are already "
-                                           "running (setting web_max_uploads); retry shortly"},
-                                status_code=429, headers={"Retry-After": "1"})
+            return Refusal(429, f"{settings.web_max_uploads} uploads are already running "
+                                "(setting web_max_uploads); retry shortly",
+                           declares_body(request.scope), headers={"Retry-After": "1"})
         async with upload_slots:
             try:
                 accepted = await receive_uploads(request, settings)
             except UploadRefused as refusal:
                 log.info("upload refused", status=refusal.status, reason=str(refusal))
-                return JSONResponse({"detail": str(refusal)}, status_code=refusal.status)
+                return Refusal(refusal.status, str(refusal), refusal.body_left)
             except ClientDisconnect:
                 log.info("upload abandoned by the client; its files were removed")
                 return Response(status_code=400)
         log.info("upload accepted", files=[item.source for item in accepted])
         headers = {"Location": f"/api/uploads/{accepted[0].upload_id}"} if len(accepted) == 1 else {}
-        return JSONResponse({"uploads": [_upload_view(item) for item in accepted]},
-                            status_code=202, headers=headers)
+        return Response(UploadsAccepted(uploads=[_upload_view(item) for item in accepted])
+                        .model_dump_json(), status_code=202, headers=headers,
+                        media_type="application/json")
 
-    @app.get("/api/uploads/{upload_id}", tags=["jobs"])
+    upload_answers: dict[int | str, dict[str, Any]] = {
+        202: {"model": UploadsAccepted, "description": "Accepted: one entry per file, each with "
+                                                       "its upload id and where to follow it."},
+        **refusals(_400="No file, a bad file name, an empty file or a broken body.",
+                   _401="Token missing (when web_token is set).",
+                   _403="Sent by a page of another site (not in web_cors_origins).",
+                   _408="The body arrived too slowly (web_upload_min_rate, web_upload_seconds).",
+                   _413="A file over max_file_bytes or too many files.",
+                   _415="Not multipart, or a file that is no picture.",
+                   _429="Too many uploads at once; retry after Retry-After seconds.",
+                   _503="The inbox is not there (a share that is down).",
+                   _507="The inbox could not store the files (a full disk, a read-only share).")}
+    for path, summary in (("/api/jobs", "Upload pictures"), ("/", "Upload pictures (the seed's route)")):
+        app.add_api_route(path, upload, methods=["POST"], status_code=202, tags=["jobs"],
+                          summary=summary, openapi_extra=UPLOAD_SCHEMA, responses=upload_answers,
+                          response_model=None)
+
+    @app.get("/api/uploads/{upload_id}", tags=["jobs"],
+             responses=refusals(_400="Not an upload id.", _404="No such upload."))
     async def upload_state(upload_id: str) -> UploadState:
         """An upload's job once the daemon made it (``job`` null and state ``waiting`` before)."""
         prefix = _upload_prefix(upload_id)
-        job = await read(lambda store: store.by_source_prefix(prefix))
-        if job is not None:
-            return UploadState(upload_id=upload_id, state=job.state, job=job_view(job))
-        if not any((settings.inbox / prefix).parent.glob(f"{upload_id}-*")):
+        if not await asyncio.to_thread(streams.upload_known, prefix):
             raise HTTPException(404, f"no upload {upload_id}")
-        return UploadState(upload_id=upload_id, state="waiting", job=None)
+        job = await read(lambda store: store.by_source_prefix(prefix))
+        if job is None:
+            return UploadState(upload_id=upload_id, state="waiting", job=None)
+        return UploadState(upload_id=upload_id, state=job.state, job=await describe(job))
 
-    @app.get("/api/uploads/{upload_id}/events", tags=["events"])
-    async def upload_events(upload_id: str) -> EventSourceResponse:
+    @app.get("/api/uploads/{upload_id}/events", tags=["events"], response_class=EventSourceResponse,
+             responses={**EVENT_STREAM, **refusals(_400="Not an upload id.")})
+    async def upload_events(request: Request, upload_id: str) -> EventSourceResponse:
         """Server-sent events: ``waiting`` until the daemon has the file, then ``job`` events
-        (stage, progress, eta_s) until the job ends."""
-        prefix = _upload_prefix(upload_id)
-        return EventSourceResponse(follow(lambda job: job.source.startswith(prefix),
-                                          lambda store: store.by_source_prefix(prefix)))
+        (stage, progress, eta_s, queue_position) until the job ends; ``error`` (and the end)
+        for an upload that does not exist or left the inbox without becoming a job."""
+        _upload_prefix(upload_id)
+        return streams.upload(request, upload_id)
+
+    @app.get("/progress/{upload_or_job_id}", tags=["events"], response_class=EventSourceResponse,
+             responses={**EVENT_STREAM, **refusals(_400="Neither an upload id nor a job id.",
+                                                   _404="No such job.")})
+    async def progress(request: Request, upload_or_job_id: str) -> EventSourceResponse:
+        """The seed's progress stream: the events of an upload id or of a job id."""
+        if UPLOAD_ID.fullmatch(upload_or_job_id):
+            return streams.upload(request, upload_or_job_id)
+        if upload_or_job_id.isdigit():
+            return await job_events(request, int(upload_or_job_id))
+        raise HTTPException(400, "give an upload id (16 hex digits) or a job id (a number)")
 
     @app.get("/api/jobs", tags=["jobs"])
     async def list_jobs(state: str | None = Query(None, pattern=f"^({'|'.join(STATES)})$"),
@@ -229,52 +268,44 @@ def create_app(settings: Settings) -> FastAPI:
         jobs = await read(lambda store: store.jobs(state, limit), [])
         return [job_view(job) for job in jobs]
 
-    @app.get("/api/jobs/{job_id}", tags=["jobs"])
+    async def describe(job: Job) -> JobView:
+        """One job with everything: its job.json's facts and its place in the queue."""
+        facts = await asyncio.to_thread(job_facts, job)
+        position = (await read(lambda store: store.queued_before(job.id), 0) + 1
+                    if job.state == QUEUED else None)
+        return job_view(job, **{key: facts[key] for key in ("background", "stage_seconds")},
+                        queue_position=position)
+
+    @app.get("/api/jobs/{job_id}", tags=["jobs"], responses=refusals(_404="No such job."))
     async def show_job(job_id: int) -> JobView:
         """One job (the fields of `reconctl show --json`)."""
         job = await read(lambda store: store.get(job_id))
         if job is None:
             raise HTTPException(404, f"no job {job_id}")
-        return JobView(**job_facts(job), result_url=result_url(job, outbox))
+        return await describe(job)
 
-    @app.get("/api/jobs/{job_id}/events", tags=["events"])
-    async def job_events(job_id: int) -> EventSourceResponse:
+    @app.get("/api/jobs/{job_id}/events", tags=["events"], response_class=EventSourceResponse,
+             responses={**EVENT_STREAM, **refusals(_404="No such job.")})
+    async def job_events(request: Request, job_id: int) -> EventSourceResponse:
         """Server-sent ``job`` events for one job until it is done, failed or a duplicate."""
         if await read(lambda store: store.get(job_id)) is None:
             raise HTTPException(404, f"no job {job_id}")
-        return EventSourceResponse(follow(lambda job: job.id == job_id,
-                                          lambda store: store.get(job_id)))
+        return streams.job(request, job_id)
 
-    @app.get("/api/events", tags=["events"])
-    async def all_events() -> EventSourceResponse:
+    @app.get("/api/events", tags=["events"], response_class=EventSourceResponse,
+             responses=EVENT_STREAM)
+    async def all_events(request: Request) -> EventSourceResponse:
         """Server-sent ``job`` events for every change of any job, for as long as you listen."""
-        async def stream() -> AsyncIterator[dict[str, str]]:
-            with feed.subscribe() as queue:
-                while True:
-                    yield _event(job_view(await queue.get()))
-        return EventSourceResponse(stream())
-
-    async def follow(matches: Callable[[Job], bool],
-                     current: Callable[[Store], Job | None]) -> AsyncIterator[dict[str, str]]:
-        with feed.subscribe() as queue:  # subscribed before reading: no change falls between
-            job = await read(current)
-            if job is None:
-                yield {"event": "waiting", "data": json.dumps({"state": "waiting"})}
-            while True:
-                if job is not None:
-                    yield _event(job_view(job))
-                    if job.state not in ACTIVE:
-                        return
-                job = await queue.get()
-                if not matches(job):
-                    job = None
+        return streams.everything(request)
 
     @app.get("/api/status", tags=["operations"])
     async def status() -> dict[str, Any]:
         """The document `reconctl status --json` prints."""
         return await asyncio.to_thread(status_report, settings)
 
-    @app.get("/metrics", tags=["operations"], response_class=Response)
+    @app.get("/metrics", tags=["operations"], response_class=Response,
+             responses={200: {"description": "Prometheus text format.",
+                              "content": {"text/plain": {"schema": {"type": "string"}}}}})
     async def prometheus() -> Response:
         """Prometheus text format: recond_jobs{state}, recond_queue_length, recond_daemon_up,
         recond_model_loaded, recond_stage_seconds (histogram by stage)."""
@@ -287,6 +318,21 @@ def create_app(settings: Settings) -> FastAPI:
         return {"status": "ok"}
 
     return app
+
+
+def _add_guards(app: FastAPI, settings: Settings) -> None:
+    """The ASGI layers every request passes, outermost last: an unknown Host is refused before
+    anything else, CORS answers preflights (which carry no token), writes from other sites and
+    requests without the token are refused, and HEAD is answered as GET without a body."""
+    app.add_middleware(HeadAsGet)
+    if settings.web_token:
+        app.add_middleware(BearerToken, token=settings.web_token)
+    app.add_middleware(SameOriginWrites, cors_origins=settings.web_cors_origins)
+    if settings.web_cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.web_cors_origins,
+                           allow_methods=["GET", "POST"], allow_headers=["Authorization"])
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts(settings),
+                       www_redirect=False)
 
 
 UPLOAD_SCHEMA = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
@@ -303,20 +349,16 @@ def result_url(job: Job, outbox: Path) -> str | None:
     return None
 
 
-def _upload_view(upload: Upload) -> dict[str, Any]:
+def _upload_view(upload: Upload) -> UploadView:
     return UploadView(upload_id=upload.upload_id, name=upload.name, source=upload.source,
                       bytes=upload.size, status_url=f"/api/uploads/{upload.upload_id}",
-                      events_url=f"/api/uploads/{upload.upload_id}/events").model_dump()
+                      events_url=f"/api/uploads/{upload.upload_id}/events")
 
 
 def _upload_prefix(upload_id: str) -> str:
     if not UPLOAD_ID.fullmatch(upload_id):
         raise HTTPException(400, "an upload id is 16 lowercase hex digits")
     return upload_prefix(upload_id)
-
-
-def _event(view: JobView) -> dict[str, str]:
-    return {"event": "job", "id": f"{view.id}-{view.updated_at}", "data": json.dumps(vars(view))}
 
 
 def _result_dir(outbox: Path, name: str) -> Path:
@@ -337,12 +379,3 @@ def _result_file(outbox: Path, name: str, file: str) -> Path:
     if not path.is_file() or path.resolve().parent != folder.resolve():
         raise HTTPException(404, f"no file {file} in result {name}")
     return path
-
-
-def _pager(page: int, pages: int) -> str:
-    links = []
-    if page > 1:
-        links.append(f'<a rel="prev" href="/gallery?page={page - 1}">← Newer</a>')
-    if page < pages:
-        links.append(f'<a rel="next" href="/gallery?page={page + 1}">Older →</a>')
-    return f'<nav class="pager">{"".join(links)}</nav>'

@@ -4,19 +4,21 @@ Each file of a multipart request streams straight to a hidden name in ``inbox/we
 ignores dot-files), is checked by the pipeline's own rules (size, image header), and only when
 every file of the request passed is each renamed to its upload name (names.py), whose upload id
 is how a client finds its job before the daemon has made it. A refusal or a client that goes away removes every
-temporary file, so nothing half-written is ever left in the inbox.
+temporary file, so nothing half-written is ever left in the inbox. A body that arrives too slowly
+is refused (408), so tricklers cannot hold the upload slots.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import time
 import unicodedata
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, BinaryIO
 
+import anyio
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
@@ -26,21 +28,25 @@ from recond.errors import InputError
 from recond.intake import is_ignored
 from recond.pipeline.image import check_size, is_picture_name, open_image
 from recond.upload_names import UPLOAD_FOLDER, upload_source
+from recond.web.guards import declares_body
 
 if TYPE_CHECKING:  # python-multipart declares its callback table for type checkers only
     from python_multipart.multipart import MultipartCallbacks
 
 MAX_NAME_CHARS = 120
 MULTIPART_OVERHEAD = 64 * 1024  # headers and boundaries around each file, at most
+RATE_GRACE_SECONDS = 5.0  # an upload's first seconds need no rate: connecting, a slow start
 WINDOWS_FORBIDDEN = set('<>:"|?*')  # the inbox is often an SMB share that Windows clients browse
 
 
 class UploadRefused(Exception):
-    """An upload the server will not take: an HTTP status and one sentence for the client."""
+    """An upload the server will not take: an HTTP status and one sentence for the client, and
+    whether the client may still be sending the body (then the answer must not wait for it)."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, body_left: bool = True) -> None:
         super().__init__(message)
         self.status = status
+        self.body_left = body_left
 
 
 @dataclass(frozen=True)
@@ -202,6 +208,32 @@ async def receive_uploads(request: Request, settings: Settings) -> list[Upload]:
 
     A client disconnecting raises starlette's ClientDisconnect after the files are removed.
     """
+    body = _BodyClock(request, settings)
+    receiver = None
+    try:
+        boundary, inbox = _check_request(request, settings)
+        receiver = _Receiver(settings, inbox / UPLOAD_FOLDER)
+        parser = MultipartParser(boundary, receiver.callbacks())
+        async for chunk in body:
+            parser.write(chunk)
+        parser.finalize()
+        return receiver.publish(inbox)
+    except MultipartParseError as error:
+        raise UploadRefused(400, f"the request body is not valid multipart/form-data ({error}); "
+                                 "nothing was saved", body_left=body.left()) from None
+    except UploadRefused as refusal:
+        refusal.body_left = body.left()
+        raise
+    except OSError as error:  # a full disk, a share gone read-only
+        raise UploadRefused(507, f"the upload could not be saved in the inbox ({error.strerror}); "
+                                 "nothing was kept", body_left=body.left()) from None
+    finally:
+        if receiver is not None:
+            receiver.discard()
+
+
+def _check_request(request: Request, settings: Settings) -> tuple[bytes, Path]:
+    """What can be refused before the body is read: (the multipart boundary, the inbox)."""
     content_type, options = parse_options_header(request.headers.get("content-type", ""))
     if content_type != b"multipart/form-data" or b"boundary" not in options:
         raise UploadRefused(415, "send the pictures as multipart/form-data "
@@ -217,33 +249,54 @@ async def receive_uploads(request: Request, settings: Settings) -> list[Upload]:
     if not inbox.is_dir():  # never create it: on an unmounted share that would hide the mount
         raise UploadRefused(503, f"the inbox {inbox} is not there (a share that is down?); "
                                  "try again later")
-    folder = inbox / UPLOAD_FOLDER
-    folder.mkdir(exist_ok=True)
-    receiver = _Receiver(settings, folder)
-    parser = MultipartParser(options[b"boundary"], receiver.callbacks())
-    body = request.stream()
-    try:
-        async for chunk in body:
-            parser.write(chunk)
-        parser.finalize()
-        return receiver.publish(inbox)
-    except MultipartParseError as error:
-        await _drain(body)
-        raise UploadRefused(400, f"the request body is not valid multipart/form-data ({error}); "
-                                 "nothing was saved") from None
-    except UploadRefused:
-        await _drain(body)
-        raise
-    except OSError as error:  # a full disk, a share gone read-only
-        await _drain(body)
-        raise UploadRefused(507, f"the upload could not be saved in the inbox ({error.strerror}); "
-                                 "nothing was kept") from None
-    finally:
-        receiver.discard()
+    (inbox / UPLOAD_FOLDER).mkdir(exist_ok=True)
+    return options[b"boundary"], inbox
 
 
-async def _drain(body: AsyncIterator[bytes]) -> None:
-    """Read the rest of a refused request (at most the limit checked above) without keeping it,
-    so the client, still sending, gets to read our answer instead of a broken connection."""
-    async for _ in body:
-        pass
+class _BodyClock:
+    """A request body that must arrive in time: within web_upload_seconds in all, and, after its
+    first RATE_GRACE_SECONDS, at web_upload_min_rate bytes per second on average (the deadline
+    moves on by a second for every web_upload_min_rate bytes, as Apache's mod_reqtimeout does).
+    A client that trickles is refused with 408 instead of holding an upload slot."""
+
+    def __init__(self, request: Request, settings: Settings) -> None:
+        self.chunks = request.stream()
+        self.settings = settings
+        self.started = time.monotonic()
+        self.received = 0
+        self.asked = False  # a first read also answers "Expect: 100-continue" (uvicorn does)
+        self.ended = False
+        self.sent_unasked = declares_body(request.scope)
+
+    def left(self) -> bool:
+        """Whether the client may still be sending the body when it is refused now."""
+        return not self.ended and (self.asked or self.sent_unasked)
+
+    def __aiter__(self) -> _BodyClock:
+        return self
+
+    async def __anext__(self) -> bytes:
+        self.asked = True
+        total_deadline = self.started + self.settings.web_upload_seconds
+        rate = self.settings.web_upload_min_rate
+        rate_deadline = (self.started + RATE_GRACE_SECONDS + self.received / rate if rate
+                         else total_deadline)
+        try:
+            with anyio.fail_after(max(0.0, min(total_deadline, rate_deadline) - time.monotonic())):
+                chunk = await self.chunks.__anext__()
+        except StopAsyncIteration:
+            self.ended = True
+            raise
+        except TimeoutError:
+            raise UploadRefused(408, self._too_slow(rate_deadline < total_deadline)) from None
+        self.received += len(chunk)
+        return chunk
+
+    def _too_slow(self, under_rate: bool) -> str:
+        if under_rate:
+            return (f"the upload arrived too slowly ({self.received:,} bytes in "
+                    f"{time.monotonic() - self.started:.0f} s, under "
+                    f"{self.settings.web_upload_min_rate:,} bytes/s: setting web_upload_min_rate); "
+                    "nothing was saved")
+        return (f"the upload took longer than {self.settings.web_upload_seconds:g} s (setting "
+                "web_upload_seconds); nothing was saved")

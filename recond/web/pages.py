@@ -1,0 +1,59 @@
+"""recond-web's HTML pages: the upload page, a result's page and the gallery's pager.
+
+The result page wraps the daemon's own viewer (the result folder's index.html, which also works
+from the share) with what only the web has: the way back to the upload page and the gallery,
+and the original photo beside the model. Every link is absolute, so the same page is served
+at /results/<folder>/ and at the seed's /result/<folder>.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from urllib.parse import quote
+
+from recond.pipeline.names import VIEWER_NAME
+from recond.pipeline.record import read_record
+from recond.upload_names import shown_name
+
+HERE = Path(__file__).parent
+NAV = '<a href="/">Upload</a><a href="/gallery">Gallery</a><a href="/docs">API</a>'
+# Photo types every browser shows; another original (a TIFF, a HEIC) is shown as the picture
+# the model saw (input.png) instead.
+SHOWN_PHOTO_TYPES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".avif", ".bmp")
+MODEL_INPUT = "input.png"
+DOWNLOADS = (("mesh.glb", "GLB"), ("mesh.obj", "OBJ"), ("mesh.stl", "STL"), ("render.mp4", "video"))
+
+
+def upload_page() -> str:
+    return (HERE / "upload.html").read_text(encoding="utf-8").replace("{{NAV}}", NAV)
+
+
+def result_page(folder: Path, source: str | None) -> str:
+    """The page of one published result folder (its name is a checked outbox entry), made from
+    the inbox path ``source`` (None when its job is no longer in the store)."""
+    record = read_record(folder)
+    name = shown_name(source or str(record.get("source") or folder.name))
+    base = f"/results/{quote(folder.name)}/"
+    photo = next((copy.name for copy in sorted(folder.glob("source.*"))
+                  if copy.suffix.lower() in SHOWN_PHOTO_TYPES), MODEL_INPUT)
+    facts = [f"{record['faces']:,} faces · "] if isinstance(record.get("faces"), int) else []
+    downloads = " · ".join(f'<a href="{base}{file}" download>{label}</a>'
+                           for file, label in DOWNLOADS if (folder / file).is_file())
+    values = {
+        "NAME": html.escape(name), "NAV": NAV, "FACTS": html.escape("".join(facts)),
+        "PHOTO": f"{base}{quote(photo)}", "VIEWER": f"{base}{VIEWER_NAME}", "DOWNLOADS": downloads,
+    }
+    page = (HERE / "result.html").read_text(encoding="utf-8")
+    for key, value in values.items():
+        page = page.replace("{{" + key + "}}", value)
+    return page
+
+
+def pager(page: int, pages: int) -> str:
+    links = []
+    if page > 1:
+        links.append(f'<a rel="prev" href="/gallery?page={page - 1}">← Newer</a>')
+    if page < pages:
+        links.append(f'<a rel="next" href="/gallery?page={page + 1}">Older →</a>')
+    return f'<nav class="pager">{"".join(links)}</nav>'
