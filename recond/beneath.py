@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
@@ -61,7 +62,9 @@ def open_beneath(root: int, relative: str, flags: int, mode: int = 0o666) -> int
     parts = parts_of(relative)
     global _openat2_works
     if _openat2_works:
-        how = _OpenHow(flags | os.O_CLOEXEC, mode if flags & os.O_CREAT else 0,
+        # RESOLVE_NO_SYMLINKS refuses a link at the last step too (ELOOP); O_NOFOLLOW with
+        # O_DIRECTORY would answer ENOTDIR for a link there, hiding that it is one.
+        how = _OpenHow((flags | os.O_CLOEXEC) & ~os.O_NOFOLLOW, mode if flags & os.O_CREAT else 0,
                        _RESOLVE_BENEATH | _RESOLVE_NO_SYMLINKS | _RESOLVE_NO_MAGICLINKS)
         descriptor = _libc.syscall(ctypes.c_long(_SYS_OPENAT2), ctypes.c_int(root),
                                    ctypes.c_char_p(os.fsencode("/".join(parts))),
@@ -79,18 +82,29 @@ def _walk(root: int, parts: list[str], flags: int, mode: int, relative: str) -> 
     folder = os.dup(root)
     try:
         for part in parts[:-1]:
-            try:
-                inner = os.open(part, FOLDER_FLAGS, dir_fd=folder)
-            except OSError as error:
-                raise _error(error.errno, relative) from None
+            inner = _open_step(folder, part, FOLDER_FLAGS, 0, relative)
             os.close(folder)
             folder = inner
-        try:
-            return os.open(parts[-1], flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=folder)
-        except OSError as error:
-            raise _error(error.errno, relative) from None
+        return _open_step(folder, parts[-1], flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, relative)
     finally:
         os.close(folder)
+
+
+def _open_step(folder: int, name: str, flags: int, mode: int, relative: str) -> int:
+    try:
+        return os.open(name, flags, mode, dir_fd=folder)
+    except OSError as error:
+        code = error.errno
+    if code == errno.ENOTDIR and _is_link(folder, name):  # O_NOFOLLOW|O_DIRECTORY on a link
+        code = errno.ELOOP
+    raise _error(code, relative)
+
+
+def _is_link(folder: int, name: str) -> bool:
+    try:
+        return stat.S_ISLNK(os.stat(name, dir_fd=folder, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
 
 
 def _error(code: int | None, relative: str) -> OSError:

@@ -26,7 +26,7 @@ from recond.pipeline.contract import SourcePicture
 # The only formats decoded: photo and bitmap formats Pillow reads itself. Not EPS/PS, which
 # Pillow hands to Ghostscript (an outside interpreter running a dropped file), nor the rarer
 # plugins nobody drops as a photo (issue 18).
-PICTURE_FORMATS = ("PNG", "JPEG", "MPO", "WEBP", "GIF", "BMP", "TIFF", "TGA", "PPM")
+PICTURE_FORMATS = ("PNG", "JPEG", "WEBP", "AVIF", "GIF", "BMP", "TIFF", "TGA", "PPM")  # JPEG reads MPO
 
 
 @cache
