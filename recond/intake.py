@@ -223,6 +223,10 @@ class Intake:
         """A settled file over max_file_bytes: a failed job at once, moved to failed/ with a
         note and a status line, so it costs the pictures behind it nothing (issue 18)."""
         source = self._relative(path).as_posix()
+        latest = self.store.latest(source)
+        if latest and latest.state == FAILED and latest.output == str(path) and latest.size == error.size:
+            self._forget(path)  # refused before, and could not be moved to failed/: not again
+            return
         job = self.store.record_refused(source, error.size, str(error))
         set_aside(self.store, self.inbox, job, str(error))
         self._warn(f"{self._shown(path)} set aside in failed/ without reading it: {error}")

@@ -330,7 +330,8 @@ class Worker:
         self.store.finish(job.id, folder, notes,
                           sha256=published_sha256 if published_sha256 != job.sha256 else None)
         self._release_duplicates(job, folder)
-        write_gallery(self.outbox, self.store)
+        if self.gate.identity.check() is None:  # never into a bare mount point
+            write_gallery(self.outbox, self.store)
         seconds = None if started is None else round(time.monotonic() - started, 2)
         log.info("job done" if started is not None else "job done (already published)",
                  job=job.id, file=job.source, output=str(folder), seconds=seconds,

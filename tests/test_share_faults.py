@@ -281,6 +281,22 @@ def test_one_terabyte_sparse_file_is_set_aside_unread_and_the_others_run(setting
         assert assert_in_one_place(data, settings.inbox, settings.outbox).startswith("result")
 
 
+def test_huge_file_in_a_read_only_inbox_is_one_failed_row_over_rescans(tmp_path: Path) -> None:
+    share = tmp_path / "share"
+    share.mkdir()
+    os.truncate(os.open(share / "huge.png", os.O_CREAT | os.O_WRONLY, 0o644), 1 << 40)
+    settings = settings_for(tmp_path)
+    with mounted("--bind", str(share), target=settings.inbox), \
+            mounted("-o", "remount,ro,bind", target=settings.inbox):
+        with running(settings) as (store, intake, _):
+            wait_for(lambda: states(store) == {"huge.png": FAILED})
+            for _ in range(3):
+                intake.scan()
+                time.sleep(SETTLE * 2)
+            assert len(store.jobs()) == 1 and "stays in the inbox" in store.jobs()[0].error
+        assert (settings.inbox / "huge.png").stat().st_size == 1 << 40
+
+
 def test_worker_refuses_a_file_grown_past_the_limit_from_its_size(settings: Settings) -> None:
     store = Store(settings.db_path)
     (settings.inbox / "a.png").write_bytes(b"small at first")
