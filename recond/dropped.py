@@ -21,7 +21,7 @@ from pathlib import Path, PurePosixPath
 from recond import beneath
 
 BLOCK_BYTES = 1 << 20
-READ_SECONDS = 120.0  # a read slower than this (a hung share) is given up and tried again later
+READ_SECONDS = 120.0  # a file read slower than this is set aside: it would hold up all the others
 FILE_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY  # O_NONBLOCK: a FIFO never blocks the open
 
 FILE, LINK, OTHER = "file", "link", "other"
@@ -126,12 +126,13 @@ def read_descriptor(descriptor: int, name: str, max_bytes: int, keep: bool) -> D
     digest, chunks, size = hashlib.sha256(), [], 0
     deadline = time.monotonic() + READ_SECONDS
     while size <= max_bytes and (block := os.read(descriptor, BLOCK_BYTES)):
+        if size and time.monotonic() > deadline:  # a further block, and time is up
+            raise TimeoutError(f"reading {PurePosixPath(name).name} took over {READ_SECONDS:g} s "
+                               f"({size / 1e6:.1f} MB read)")
         digest.update(block)
         size += len(block)
         if keep:
             chunks.append(block)
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"reading {PurePosixPath(name).name} took over {READ_SECONDS:.0f} s")
     if size > max_bytes:  # it grew past the limit while we read it
         raise TooLarge(name, size, max_bytes)
     after = os.fstat(descriptor)

@@ -207,7 +207,10 @@ class Intake:
             if read.mtime_ns != seen.mtime_ns or read.size != status.st_size:
                 return  # written to while we read it
         except dropped.TooLarge as error:  # refused from its size: not one byte is read
-            self._set_aside(path, error)
+            self._set_aside(path, f"{error}; not read", error.size)
+            return
+        except TimeoutError as error:  # a file this slow would hold up every other one
+            self._set_aside(path, str(error), status.st_size)
             return
         except PermissionError as error:
             self._report_once(path, f"cannot read {self._shown(path)} ({error.strerror}); "
@@ -219,17 +222,18 @@ class Intake:
             return
         self._record(path, seen, read.sha256, read.size)
 
-    def _set_aside(self, path: Path, error: dropped.TooLarge) -> None:
-        """A settled file over max_file_bytes: a failed job at once, moved to failed/ with a
-        note and a status line, so it costs the pictures behind it nothing (issue 18)."""
+    def _set_aside(self, path: Path, reason: str, size: int) -> None:
+        """A settled file over max_file_bytes, or one too slow to read: a failed job at once,
+        moved to failed/ with a note and a status line, so it costs the pictures behind it
+        nothing more (issue 18)."""
         source = self._relative(path).as_posix()
         latest = self.store.latest(source)
-        if latest and latest.state == FAILED and latest.output == str(path) and latest.size == error.size:
+        if latest and latest.state == FAILED and latest.output == str(path) and latest.size == size:
             self._forget(path)  # refused before, and could not be moved to failed/: not again
             return
-        job = self.store.record_refused(source, error.size, str(error))
-        set_aside(self.store, self.inbox, job, str(error))
-        self._warn(f"{self._shown(path)} set aside in failed/ without reading it: {error}")
+        job = self.store.record_refused(source, size, reason)
+        set_aside(self.store, self.inbox, job, reason)
+        self._warn(f"{self._shown(path)} set aside in failed/: {reason}")
         self._forget(path)
 
     def _readable(self, path: Path, seen: _Observation) -> str | None:

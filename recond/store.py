@@ -271,8 +271,8 @@ class Store:
             return self._stored(self.db.table("jobs").insert(row).last_pk), True
 
     def record_refused(self, source: str, size: int, reason: str) -> Job:
-        """A file refused before it was read (over max_file_bytes): a failed job at once, with
-        no sha256, so it is shown and can be retried like any failed job."""
+        """A file refused before it was hashed (over max_file_bytes, or too slow to read): a
+        failed job at once, with no sha256, shown and retried like any failed job."""
         now = time.time()
         text, raw = _source_key(source)
         with self._writing():

@@ -267,7 +267,7 @@ class Worker:
             raise JobEnded()
         try:
             read = dropped.read(self.inbox, readable, self.settings.max_file_bytes, keep=True)
-        except dropped.TooLarge as error:
+        except (dropped.TooLarge, TimeoutError) as error:  # it would hold up every other picture
             self.fail_job(job, str(error))
             raise JobEnded()
         except dropped.NotARegularFile as error:
@@ -276,7 +276,7 @@ class Worker:
         except PermissionError as error:
             self.fail_job(job, f"recond may not read {job.source} ({error.strerror}); fix its permissions, then retry")
             raise JobEnded()
-        except OSError as error:  # EIO, ESTALE, a read over READ_SECONDS ... : wait for the share
+        except OSError as error:  # EIO, ESTALE ... from a share in trouble: wait for it
             log.warning("inbox file unreadable for now; job waits", job=job.id, file=job.source,
                         error=str(error))
             raise JobWaits() from error

@@ -297,6 +297,28 @@ def test_huge_file_in_a_read_only_inbox_is_one_failed_row_over_rescans(tmp_path:
         assert (settings.inbox / "huge.png").stat().st_size == 1 << 40
 
 
+def test_file_slower_to_read_than_the_bound_is_set_aside_and_the_others_keep_their_order(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The bound shrunk to nothing stands in for a share serving one file at a crawl: any file
+    # longer than one read block (1 MiB) is then "slower than READ_SECONDS".
+    monkeypatch.setattr(dropped, "READ_SECONDS", 0.0)
+    slow = os.urandom(3 * dropped.BLOCK_BYTES)
+    pictures = {"a.png": b"first picture", "b.png": b"second picture"}
+    with running(settings) as (store, intake, _):
+        (settings.inbox / "a.png").write_bytes(pictures["a.png"])
+        (settings.inbox / "slow.png").write_bytes(slow)
+        (settings.inbox / "b.png").write_bytes(pictures["b.png"])
+        wait_for(lambda: states(store) == {"a.png": DONE, "slow.png": FAILED, "b.png": DONE})
+        assert "took over" in store.jobs(FAILED)[0].error
+        assert any("slow.png set aside" in warning for warning in intake.warnings)
+        done = sorted(store.jobs(DONE), key=lambda job: job.id)
+        assert [job.source for job in done] == ["a.png", "b.png"]
+        assert done[0].finished_at <= done[1].started_at
+    assert assert_in_one_place(slow, settings.inbox, settings.outbox) == "failed failed/slow.png"
+    for data in pictures.values():
+        assert assert_in_one_place(data, settings.inbox, settings.outbox).startswith("result")
+
+
 def test_worker_refuses_a_file_grown_past_the_limit_from_its_size(settings: Settings) -> None:
     store = Store(settings.db_path)
     (settings.inbox / "a.png").write_bytes(b"small at first")
