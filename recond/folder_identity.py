@@ -8,11 +8,11 @@ state dir. A marker rather than the device and inode, because a legitimate remou
 NFS or SMB share gets a new device number and people expect recond to carry on then; only where
 no marker can be written (a read-only inbox) do device and inode stand in.
 
-A bare mount point (a share was mounted on the folder and is not now), a folder holding another
-folder's marker, or a symlink in its place is not the folder: the queue or the intake waits,
-says why, and resumes when the folder is back (issue 18). A local folder deleted and made again
-is taken as the new one (its results stay in sight), and so is a share mounted later over a
-local folder; a bare mount point never is, not even after a restart.
+A bare mount point (a share was mounted on the folder and is not now) or a symlink in its place
+is not the folder: the queue or the intake waits, says why, and resumes when the folder is back
+(issue 18). A local folder deleted and made again is taken as the new one (what is published
+there stays in sight), and so is a share mounted later over a local folder; a bare mount point
+never is, not even after a restart.
 """
 
 from __future__ import annotations
@@ -81,15 +81,14 @@ class FolderIdentity:
             current = self._current() or current
         if current == self.expected or (current is None and self.expected == self._device_inode()):
             return None
-        if current is None and not self._bare_mount_point():
-            log.info(f"the {self.name} was replaced by a new folder; taking it", folder=str(self.folder))
-            self.expected = self._adopt(None)
-            return None
-        why = ("a share was mounted here and is not now" if current is None
-               else "it holds another folder's marker")
-        return (f"the {self.name} {self.folder} is not the folder recond started with ({why}: "
-                "a share not mounted?); waiting until it is back (if this is the folder meant "
-                "now, restart recond)")
+        if current is None and self._bare_mount_point():
+            return (f"the {self.name} {self.folder} is not the folder recond started with (a "
+                    "share was mounted here and is not now); waiting until it is back")
+        # A local folder made again, a share mounted over a local folder, or a marker another
+        # part of recond (or another daemon sharing the folder) wrote there first: all in sight.
+        log.info(f"the {self.name} is a new folder; taking it", folder=str(self.folder))
+        self.expected = self._adopt(current)
+        return None
 
     def raise_if_replaced(self) -> None:
         problem = self.check()
@@ -103,8 +102,8 @@ class FolderIdentity:
                 marker = beneath.open_beneath(root, MARKER_NAME, os.O_RDONLY | os.O_NONBLOCK)
             except FileNotFoundError:
                 return None
-            except beneath.LinkOnTheWay:
-                return "a symlink"
+            except beneath.LinkOnTheWay:  # a link is no marker
+                return None
             with open(marker, encoding="ascii", errors="replace") as stream:
                 return stream.read(100).strip() or None
 
@@ -114,7 +113,7 @@ class FolderIdentity:
         if self.expected is None:  # the first check after a start: the state dir remembers
             self.mount_point = bool(remembered.get("mount_point", False))
         if current is None and self._bare_mount_point():
-            return str(remembered.get("id") or self.expected)  # never taken for the share
+            return str(remembered.get("id") or self.expected or "")  # never taken for the share
         self.mount_point = is_mount_point(self.folder)
         identity = current or self._write_marker()
         if identity is None:  # read-only: device and inode stand in, for this run only

@@ -87,6 +87,24 @@ def test_outbox_share_unmounted_mid_queue_pauses_and_nothing_lands_in_the_bare_m
     assert visible(share) == [*results, "index.html"]  # the results and their gallery
 
 
+def test_restart_while_the_outbox_share_is_away_takes_nothing_for_the_share(tmp_path: Path) -> None:
+    share = tmp_path / "share"
+    share.mkdir()
+    settings = settings_for(tmp_path)
+    store = Store(settings.db_path)
+    with mounted("--bind", str(share), target=settings.outbox):
+        Worker(settings, store).recover()  # a start with the share mounted: its marker is known
+        subprocess.run(["umount", str(settings.outbox)], check=True)
+        with running(settings, store=store) as (_, _, worker):  # the restart, share still away
+            (settings.inbox / "a.png").write_bytes(b"a picture")
+            wait_for(lambda: worker.paused and states(store) == {"a.png": QUEUED})
+            time.sleep(1.0)
+            assert os.listdir(settings.outbox) == [] and states(store) == {"a.png": QUEUED}
+            subprocess.run(["mount", "--bind", str(share), str(settings.outbox)], check=True)
+            wait_for(lambda: states(store) == {"a.png": DONE}, timeout=30)
+        assert assert_in_one_place(b"a picture", settings.inbox, settings.outbox).startswith("result")
+
+
 def test_inbox_share_unmounted_pauses_intake_with_a_status_line_and_resumes(tmp_path: Path) -> None:
     share = tmp_path / "share"
     share.mkdir()
