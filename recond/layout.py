@@ -376,7 +376,7 @@ def move_back_from_failed(inbox: Path, kept: Path, source: str) -> Path:
     """Put a file from failed/ back at its inbox path (or beside it, if that name is taken now)
     and remove its note; intake then sees it as a new file. Through folder descriptors only:
     a folder on the way swapped for a link writes nothing outside the inbox."""
-    relative = PurePosixPath(kept).relative_to(inbox).as_posix()
+    relative = PurePosixPath(kept).as_posix().removeprefix(f"{inbox}/")
     if not is_in_failed(PurePosixPath(relative)):
         raise beneath.LinkOnTheWay(errno.EXDEV, f"{kept} is not in the inbox's failed folder")
     with beneath.opened(beneath.open_root(inbox)) as root, \
