@@ -44,6 +44,7 @@ import bench_triposr  # noqa: E402  (the full-size random-weight model, shared w
 from recond import layout  # noqa: E402
 from recond.config import JobSettings, Settings, load_settings, part_of  # noqa: E402
 from recond.pipeline.contract import JobResult  # noqa: E402
+from recond.pipeline.image import read_source  # noqa: E402
 from recond.pipeline.runner import Pipeline  # noqa: E402
 from recond.triposr.model import TripoSR  # noqa: E402
 from recond.triposr.preprocess import prepare_image  # noqa: E402
@@ -105,7 +106,8 @@ def run_job(pipeline: Pipeline, settings: Settings, scratch: Path, name: str) ->
     """chair.png through the pipeline into a published result folder, as the worker does it."""
     result, folder = layout.build_result(
         scratch / "outbox", name, "bench",
-        lambda staging: pipeline.run(CHAIR, staging, part_of(settings, JobSettings)))
+        lambda staging: pipeline.run(read_source(CHAIR, settings.max_file_bytes), staging,
+                                     part_of(settings, JobSettings)))
     result.result_dir = folder
     return result
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -66,6 +67,19 @@ def cli(ctx: click.Context) -> None:
 # status
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _shown(text: str) -> str:
+    """A line for a terminal: control characters in names (ESC[2J clears the screen) escaped
+    as \\xNN, so a file name can never steer the terminal (--json escapes them itself)."""
+    return _CONTROL.sub(lambda match: f"\\x{ord(match.group()):02x}", text)
+
+
+def _echo(line: str) -> None:
+    click.echo(_shown(line))
+
+
 def _format_status(report: dict[str, Any]) -> str:
     daemon, counts = report["daemon"], report["counts"]
     if not report["database"]:
@@ -101,7 +115,7 @@ def _format_status(report: dict[str, Any]) -> str:
             lines.append(f"  #{job['id']:<5} {job['state']:<9} {job['source']}  {outcome}".rstrip())
     for warning in [*daemon["watcher_warnings"], *filter(None, [daemon["worker_warning"]])]:
         lines.append(f"warning: {warning}")
-    return "\n".join(lines)
+    return "\n".join(_shown(line) for line in lines)
 
 
 def _duration(seconds: float | None) -> str:
@@ -123,10 +137,12 @@ def status(ctx: click.Context, as_json: bool, watch: bool) -> None:
     settings = _settings(ctx)
     while True:
         report = status_report(settings)
-        text = json.dumps(report, indent=2) if as_json else _format_status(report)
         if watch:
             click.clear()
-        click.echo(text)
+        if as_json:
+            click.echo(json.dumps(report, indent=2))
+        else:
+            click.echo(_format_status(report))
         if not watch:
             return
         time.sleep(2)
@@ -150,7 +166,7 @@ def jobs(ctx: click.Context, state: str | None, limit: int, as_json: bool) -> No
         return
     for job in listed:
         outcome = job.error if job.state == FAILED else job.output or job.result_name or ""
-        click.echo(f"#{job.id:<5} {job.state:<9} {job.source}  {outcome}".rstrip())
+        _echo(f"#{job.id:<5} {job.state:<9} {job.source}  {outcome}".rstrip())
 
 
 @cli.command()
@@ -169,7 +185,7 @@ def show(ctx: click.Context, job_id: int, as_json: bool) -> None:
             value = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value))
         elif name == "stage_seconds" and value:
             value = ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in value.items())
-        click.echo(f"{name:>13}: {'' if value is None else value}")
+        _echo(f"{name:>13}: {'' if value is None else value}")
 
 
 @cli.command()
@@ -182,13 +198,19 @@ def retry(ctx: click.Context, job_id: int) -> None:
     job = _job(settings, job_id)
     if job.state != FAILED:
         raise click.ClickException(f"job {job_id} is {job.state}; only failed jobs can be retried")
+    inbox = settings.inbox.resolve()
     kept = Path(job.output) if job.output else None
-    if kept is None or not kept.is_file():
-        raise click.ClickException(
-            f"the file of job {job_id} is no longer in {settings.inbox / layout.FAILED_FOLDERS[0]}; "
-            "drop it into the inbox again to retry")
-    target = layout.move_back_from_failed(settings.inbox, kept, job.source_name)
-    click.echo(f"moved back to {target}; recond will queue it as a new job")
+    if kept is None or not kept.is_file():  # a kill between the move and its record: look
+        kept = layout.find_in_failed(inbox, job.source_name, job.id, job.sha256, job.size)
+    if kept is None:
+        raise click.ClickException(_shown(
+            f"the file of job {job_id} is no longer in {inbox / layout.FAILED_FOLDERS[0]}; "
+            "drop it into the inbox again to retry"))
+    try:
+        target = layout.move_back_from_failed(inbox, kept, job.source_name)
+    except OSError as error:  # e.g. a folder on the way became a symlink: nothing moved
+        raise click.ClickException(_shown(f"job {job_id} not moved back: {error}")) from None
+    _echo(f"moved back to {target}; recond will queue it as a new job")
 
 
 def _job(settings: Settings, job_id: int) -> Job:
@@ -344,6 +366,7 @@ def process(ctx: click.Context, images: tuple[Path, ...], out: Path | None, mode
 
     from recond.errors import describe_failure
     from recond.logging import configure_logging
+    from recond.pipeline.image import read_source
     from recond.pipeline.progress import Progress
     from recond.worker import build_pipeline
 
@@ -356,7 +379,8 @@ def process(ctx: click.Context, images: tuple[Path, ...], out: Path | None, mode
             f"pipeline not loaded: {error} -- to fix: {process_loading_fix(error)}") from None
     out = (out or settings.outbox).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    failures, owner = 0, f"process{os.getpid()}"
+    layout.clean_staging(out, layout.process_owner(os.getpid()))  # those of killed runs
+    failures, owner = 0, layout.process_owner(os.getpid())
     for number, image in enumerate(images):
         name = layout.result_name_for(image.name, time.time())
         # Percent and times only: tqdm's rate would flip between %/s and s/% as stages speed up.
@@ -366,17 +390,19 @@ def process(ctx: click.Context, images: tuple[Path, ...], out: Path | None, mode
                 bar.set_postfix_str(progress.stage, refresh=False)
                 bar.update(round(progress.overall * 100) - bar.n)
             try:
+                picture = read_source(image, settings.max_file_bytes)
                 result, folder = layout.build_result(  # staged, then published as the worker does
                     out, name, f"{owner}-{number}",
-                    lambda staging: pipeline.run(image.resolve(), staging,
-                                                 part_of(settings, JobSettings), progress=report))
+                    lambda staging: pipeline.run(picture, staging,
+                                                 part_of(settings, JobSettings), progress=report),
+                    source_mode=picture.mode)
             except Exception as error:  # recorded per image; the others still run
                 failures += 1
-                click.echo(f"{image}: failed: {describe_failure(error)[0]}")
+                _echo(f"{image}: failed: {describe_failure(error)[0]}")
                 continue
-        click.echo(f"{image}: {folder}")
+        _echo(f"{image}: {folder}")
         for warning in result.warnings:
-            click.echo(f"{image}: warning: {warning}")
+            _echo(f"{image}: warning: {warning}")
     sys.exit(1 if failures else 0)
 
 

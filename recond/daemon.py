@@ -126,7 +126,7 @@ class Daemon:
             if not worker.is_alive():
                 log.error("worker thread died; exiting so systemd restarts recond")
                 return 1
-            warnings = [*intake.warnings, *intake.not_pictures_note()]
+            warnings = [*filter(None, [intake.paused]), *intake.warnings, *intake.not_pictures_note()]
             if (time.monotonic() - last_beat >= HEARTBEAT_SECONDS
                     or warnings != reported_warnings):  # a new warning shows at once
                 last_beat, reported_warnings = time.monotonic(), warnings

@@ -25,9 +25,11 @@ from watchdog.observers.polling import PollingObserver
 
 from recond import dropped
 from recond.config import Settings
+from recond.folder_identity import FolderIdentity
 from recond.layout import display_name, is_in_failed, remove_emptied_folders, result_holds, result_name_for
 from recond.logging import get_logger
 from recond.pipeline.image import is_picture_name
+from recond.set_aside import set_aside
 from recond.store import ACTIVE, DONE, DUPLICATE, FAILED, Job, Store
 
 IGNORED_NAMES = (".*", "~$*", "*.part", "*.crdownload", "*.tmp", "thumbs.db", "._*")
@@ -86,6 +88,8 @@ class Intake:
         self.on_enqueued = on_enqueued
         self.warnings: list[str] = []
         self.not_pictures: set[str] = set()  # inbox paths left alone, logged once
+        self.identity = FolderIdentity("inbox", self.inbox, settings.state_dir)
+        self.paused: str | None = None  # why intake takes nothing now (the inbox is not the one)
         self._pending: dict[Path, _Observation] = {}
         self._reported: set[Path] = set()  # told once (log, status): unreadable, link, not a file
         self._changed = threading.Condition()
@@ -172,7 +176,7 @@ class Intake:
                 while not self._pending and not self._stopping.is_set():
                     self._changed.wait()
                 candidates = list(self._pending.items())
-            for path, seen in candidates:
+            for path, seen in candidates if not self._inbox_replaced() else []:
                 try:
                     self._check(path, seen)
                 except Exception:  # e.g. the database is locked: keep the file, try next tick
@@ -190,18 +194,24 @@ class Intake:
         readable = self._readable(path, seen)
         if readable is None:
             return
-        status = readable.stat()
-        if (status.st_size, status.st_mtime_ns) != (seen.size, seen.mtime_ns):
-            seen.size, seen.mtime_ns, seen.stable_since = status.st_size, status.st_mtime_ns, now
-            return
-        # An empty file is never settled: share clients create the name first and write later.
-        seen.parked = status.st_size == 0
-        if seen.parked or now - seen.stable_since < self.settings.settle_seconds:
-            return
         try:
-            sha256, size = dropped.fingerprint(readable, self.inbox)
-            if readable.stat().st_mtime_ns != seen.mtime_ns or size != status.st_size:
+            status = dropped.status(self.inbox, readable)
+            if (status.st_size, status.st_mtime_ns) != (seen.size, seen.mtime_ns):
+                seen.size, seen.mtime_ns, seen.stable_since = status.st_size, status.st_mtime_ns, now
+                return
+            # An empty file is never settled: share clients create the name first and write later.
+            seen.parked = status.st_size == 0
+            if seen.parked or now - seen.stable_since < self.settings.settle_seconds:
+                return
+            read = dropped.read(self.inbox, readable, self.settings.max_file_bytes)
+            if read.mtime_ns != seen.mtime_ns or read.size != status.st_size:
                 return  # written to while we read it
+        except dropped.TooLarge as error:  # refused from its size: not one byte is read
+            self._set_aside(path, f"{error}; not read", error.size)
+            return
+        except TimeoutError as error:  # a file this slow would hold up every other one
+            self._set_aside(path, str(error), status.st_size)
+            return
         except PermissionError as error:
             self._report_once(path, f"cannot read {self._shown(path)} ({error.strerror}); "
                                     "it stays in the inbox until recond may read it")
@@ -210,23 +220,40 @@ class Intake:
         except OSError as error:
             log.debug("file not readable yet", file=self._shown(path), error=str(error))
             return
-        self._record(path, seen, sha256, size)
+        self._record(path, seen, read.sha256, read.size)
 
-    def _readable(self, path: Path, seen: _Observation) -> Path | None:
-        """The regular file to read for this name, or None (gone, or never to be taken)."""
-        kind = dropped.kind(path)
+    def _set_aside(self, path: Path, reason: str, size: int) -> None:
+        """A settled file over max_file_bytes, or one too slow to read: a failed job at once,
+        moved to failed/ with a note and a status line, so it costs the pictures behind it
+        nothing more (issue 18)."""
+        source = self._relative(path).as_posix()
+        latest = self.store.latest(source)
+        if latest and latest.state == FAILED and latest.output == str(path) and latest.size == size:
+            self._forget(path)  # refused before, and could not be moved to failed/: not again
+            return
+        job = self.store.record_refused(source, size, reason)
+        set_aside(self.store, self.inbox, job, reason)
+        self._warn(f"{self._shown(path)} set aside in failed/: {reason}")
+        self._forget(path)
+
+    def _readable(self, path: Path, seen: _Observation) -> str | None:
+        """The regular file to read for this name, below the inbox, or None (gone, or never
+        to be taken: a link, or a name reached through a folder that became a link)."""
+        relative = self._relative(path).as_posix()
+        kind = dropped.kind(self.inbox, relative)
         if kind is None:
             self._forget(path)  # gone (renamed away, deleted): its new name brings its own event
             return None
         if kind == dropped.FILE:
-            return path
+            return relative
         seen.parked = True
         if kind == dropped.OTHER:
             if path not in self._reported:
                 self._reported.add(path)
                 log.info("not a regular file; ignored", file=self._shown(path))
             return None
-        target = dropped.link_target_inside(path, self.inbox) if self.settings.follow_inbox_links else None
+        target = (dropped.link_target_inside(self.inbox, relative) if self.settings.follow_inbox_links
+                  else None)
         if target is None:
             self._report_once(path, f"{self._shown(path)} is a symlink; ignored (recond takes only "
                                     "regular files; follow_inbox_links allows links to files "
@@ -238,7 +265,7 @@ class Intake:
         latest = self.store.latest(source)
         if latest and latest.sha256 == sha256:
             if latest.state in (DONE, DUPLICATE) and self._held_by_result(latest.output, sha256):
-                self._remove_copy(path, source, sha256)  # a removal that failed before
+                self._remove_copy(path, source, sha256, size)  # a removal that failed before
                 self._forget(path)
                 return
             if latest.state == FAILED and latest.output == str(path):
@@ -256,7 +283,7 @@ class Intake:
             log.info("duplicate recorded", job=job.id, file=job.source, duplicate_of=job.duplicate_of,
                      output=job.output)
             if self._held_by_result(job.output, sha256):
-                self._remove_copy(path, source, sha256)
+                self._remove_copy(path, source, sha256, size)
             return  # a copy of an active job waits for its result (the worker removes it then)
         log.info("job queued", job=job.id, file=job.source, bytes=size, result_name=job.result_name)
         self.on_enqueued(job)
@@ -264,10 +291,10 @@ class Intake:
     def _held_by_result(self, output: str | None, sha256: str) -> bool:
         return result_holds(output, sha256)
 
-    def _remove_copy(self, path: Path, source: str, sha256: str) -> None:
+    def _remove_copy(self, path: Path, source: str, sha256: str, size: int) -> None:
         """Remove a byte-identical copy whose bytes a published result holds as source.*."""
         try:
-            if dropped.remove_if_holds(path, self.inbox, sha256):
+            if dropped.remove_if_holds(self.inbox, source, sha256, size):
                 remove_emptied_folders(self.inbox, source)
         except OSError as error:
             self._report_once(path, f"{self._shown(path)} could not be removed from the inbox "
@@ -297,6 +324,8 @@ class Intake:
 
     def supervise(self) -> None:
         """Re-arm a dead watcher (or one watching a vanished inbox) and run due rescans."""
+        if self._inbox_replaced():
+            return
         problem = self._watcher_problem()
         if problem:
             if self._observer is not None:
@@ -310,6 +339,19 @@ class Intake:
             return
         if time.monotonic() - self._last_scan >= self.settings.rescan_seconds:
             self.scan()
+
+    def _inbox_replaced(self) -> bool:
+        """Is the inbox there but not the folder intake started with (a bare mount point, a
+        symlink)? Then intake takes nothing, with the reason in ``paused`` for the status,
+        until the folder is back (a missing inbox is waited for below)."""
+        problem = self.identity.check() if os.path.lexists(self.inbox) else None
+        if problem != self.paused:
+            if problem:
+                log.warning("intake paused", reason=problem)
+            else:
+                log.info("intake resumed: the inbox is back", inbox=str(self.inbox))
+            self.paused = problem
+        return problem is not None
 
     def _watcher_problem(self) -> str | None:
         if not self.inbox.is_dir():

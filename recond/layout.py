@@ -8,7 +8,6 @@ how long a name may be) is written once (issue 10).
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import hashlib
 import os
@@ -22,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import TypeVar
 
+from recond import beneath, dropped
 from recond.pipeline.record import read_record
 
 # inbox/failed/ holds what could not be processed. When something that is not a folder holds
@@ -100,25 +100,13 @@ def free_name(name: str, taken: Callable[[str], bool]) -> str:
 
 # Renaming without overwriting.
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_AT_FDCWD = -100
-_RENAME_NOREPLACE = 1  # linux/fs.h; renameat2(2) since Linux 3.15, glibc wrapper since 2.28
+_AT_FDCWD = -100  # fcntl.h: a path, not a name inside a folder descriptor
 
 
 def rename_no_replace(source: Path, target: Path) -> None:
     """Rename ``source`` to ``target`` atomically, failing with FileExistsError when the target
     exists. A plain rename(2) silently replaces an empty folder or any file."""
-    renameat2 = getattr(_libc, "renameat2", None)
-    if renameat2 is not None:
-        if renameat2(_AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(target),
-                     _RENAME_NOREPLACE) == 0:
-            return
-        code = ctypes.get_errno()
-        if code not in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):  # filesystem without the flag
-            raise OSError(code, os.strerror(code), str(source), None, str(target))
-    if os.path.lexists(target):
-        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(target))
-    os.rename(source, target)
+    beneath.rename_no_replace(_AT_FDCWD, str(source), _AT_FDCWD, str(target))
 
 
 # Staging and publishing results.
@@ -162,12 +150,35 @@ def publish(staged: Path, outbox: Path, result_name: str) -> Path:
         return outbox / name
 
 
-def build_result(outbox: Path, result_name: str, owner: str, build: Callable[[Path], T]) -> tuple[T, Path]:
+def build_result(outbox: Path, result_name: str, owner: str, build: Callable[[Path], T],
+                 source_mode: int = 0o777, before_publish: Callable[[], None] = lambda: None
+                 ) -> tuple[T, Path]:
     """Run ``build(folder)`` in a staging folder, then publish it; returns (what build returned,
-    the published folder). The one way a result reaches the outbox (worker and reconctl)."""
+    the published folder). The one way a result reaches the outbox (worker and reconctl).
+
+    The result grants no more than its source file did (``source_mode``: a 0600 picture gives
+    a 0700 folder of 0600 files), and ``before_publish`` may still stop the publishing (e.g.
+    the outbox is no longer the folder recond started with).
+    """
     with staging(outbox, result_name, owner) as folder:
         built = build(folder)
+        restrict_to(folder, source_mode)
+        before_publish()
         return built, publish(folder, outbox, result_name)
+
+
+def restrict_to(folder: Path, source_mode: int) -> None:
+    """Mask the permission bits of ``folder`` and everything in it by those of the source file
+    (folders get x where the source has r, so what may be read may be listed)."""
+    files = source_mode & 0o666
+    folders = files | (files & 0o444) >> 2
+    for root, names, file_names in os.walk(folder):
+        for name in file_names:
+            path = os.path.join(root, name)
+            os.chmod(path, stat.S_IMODE(os.lstat(path).st_mode) & files, follow_symlinks=False)
+        for name in [*names, ""]:
+            path = os.path.join(root, name) if name else root
+            os.chmod(path, stat.S_IMODE(os.lstat(path).st_mode) & folders)
 
 
 def find_published(outbox: Path, result_name: str, sha256: str) -> Path | None:
@@ -199,8 +210,19 @@ def result_holds(result_dir: str | Path | None, sha256: str) -> bool:
     return record.get("sha256") == sha256 == digest
 
 
+def process_owner(pid: int) -> str:
+    """The owner tag of a ``reconctl process`` run: this host's tag and the run's pid, so a
+    later start on this host can tell the staging folders of a killed run (its pid is gone)."""
+    return f"{owner_tag(_PROCESS_RUNS)}.pid{pid}"
+
+
+_PROCESS_RUNS = "reconctl process"
+_PROCESS_STAGING = re.compile(r"\.(?P<owner>[0-9a-f]{10})\.pid(?P<pid>\d+)-\d+" + re.escape(STAGING_SUFFIX))
+
+
 def clean_staging(outbox: Path, owner: str) -> list[Path]:
-    """Remove this owner's staging folders (left by a crash or a kill); others' are kept."""
+    """Remove this owner's staging folders (left by a crash or a kill) and those of killed
+    ``reconctl process`` runs on this host; others' are kept."""
     marker = f".{owner}-"
     removed: list[Path] = []
     try:
@@ -208,10 +230,28 @@ def clean_staging(outbox: Path, owner: str) -> list[Path]:
     except OSError:
         return removed
     for entry in entries:
-        if entry.name.startswith(".") and entry.name.endswith(STAGING_SUFFIX) and marker in entry.name:
+        if not (entry.name.startswith(".") and entry.name.endswith(STAGING_SUFFIX)):
+            continue
+        run = _PROCESS_STAGING.search(entry.name)
+        dead_run = (run is not None and run["owner"] == owner_tag(_PROCESS_RUNS)
+                    and not pid_alive(int(run["pid"])))
+        if marker in entry.name or dead_run:
             shutil.rmtree(entry.path, ignore_errors=True)
             removed.append(Path(entry.path))
     return removed
+
+
+def pid_alive(pid: int | None) -> bool:
+    """True when a process with this id exists (a stale heartbeat, a killed process run)."""
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def sync_directory(path: Path) -> None:
@@ -236,18 +276,21 @@ def is_in_failed(relative: PurePosixPath) -> bool:
     return len(relative.parts) > 1 and relative.parts[0] in FAILED_FOLDERS
 
 
-def failed_folder(inbox: Path) -> Path:
-    """inbox/failed/, created if needed; a real folder, never a symlink or a user's file."""
+def failed_folder(root: int) -> str:
+    """The name of inbox/failed/ (given a descriptor of the inbox), created if needed; a real
+    folder, never a symlink or a user's file."""
     for name in FAILED_FOLDERS:
-        folder = inbox / name
         try:
-            folder.mkdir()
+            os.mkdir(name, dir_fd=root)
         except FileExistsError:
             pass
-        if stat.S_ISDIR(os.lstat(folder).st_mode):
-            return folder
+        try:
+            os.close(beneath.open_beneath(root, name, beneath.FOLDER_FLAGS))
+        except OSError:  # a link (ELOOP) or a file (ENOTDIR) holds the name: the next one
+            continue
+        return name
     raise NotADirectoryError(
-        f"neither {inbox / FAILED_FOLDERS[0]} nor {inbox / FAILED_FOLDERS[1]} can be a folder; "
+        f"neither {FAILED_FOLDERS[0]} nor {FAILED_FOLDERS[1]} in the inbox can be a folder; "
         "rename the files that hold those names")
 
 
@@ -256,47 +299,101 @@ def error_note(kept: Path) -> Path:
     return kept.with_name(kept.name + ERROR_NOTE_SUFFIX)
 
 
+def _failed_names(source: str, job_id: int, taken: Callable[[str], bool]) -> Iterator[str]:
+    """The names a file gets in failed/, in the order tried: its own (short) name, then with
+    the job's number, then ``-2``, ``-3`` ... variants of that, up to the first one not taken."""
+    name = shorten(display_name(PurePosixPath(source).name), FAILED_NAME_MAX_BYTES)
+    path = PurePosixPath(name)
+    numbered = f"{path.stem}-job{job_id}{path.suffix}"
+    yield name
+    candidate, number = numbered, 1
+    while True:
+        yield candidate
+        if not taken(candidate):
+            return
+        number += 1
+        candidate = f"{numbered}-{number}"
+
+
 def move_to_failed(inbox: Path, source: str, job_id: int, reason: str) -> Path | None:
     """Move ``inbox/source`` into failed/ (a short, free name) with a note saying why.
 
-    Returns where it now lies, or None when it was already gone.
+    Every step goes through folder descriptors (recond.beneath): a subfolder swapped for a
+    symlink moves nothing from outside the inbox (LinkOnTheWay). The note is written first, so
+    a kill between the two steps never leaves a file in failed/ without its note. Returns where
+    the file now lies, or None when it was already gone.
     """
-    original = inbox / source
-    if not os.path.lexists(original):
-        return None
-    folder = failed_folder(inbox)
-    # A readable, short name (the original, in full, is in the note and the job record).
-    name = shorten(display_name(original.name), FAILED_NAME_MAX_BYTES)
-    path = PurePosixPath(name)
-    candidates = [name, f"{path.stem}-job{job_id}{path.suffix}"]
-    for candidate in candidates + [free_name(candidates[1], lambda n: os.path.lexists(folder / n))]:
-        target = folder / candidate
-        try:
-            rename_no_replace(original, target)
-            break
-        except FileExistsError:
-            continue
-    shown = display_name(source)
-    error_note(target).write_text(
-        f"recond could not process {shown} (job {job_id}, {time.strftime('%Y-%m-%d %H:%M:%S')}):\n\n"
-        f"{reason}\n\nTo try again, move {display_name(target.name)} back into the inbox "
-        f"(or run `reconctl retry {job_id}`).\n", encoding="utf-8")
+    with beneath.opened(beneath.open_root(inbox)) as root, \
+            beneath.parent_of(root, source) as (folder, name):
+        if not beneath.exists(folder, name):
+            return None
+        failed = failed_folder(root)
+        with beneath.opened(beneath.open_folder(root, failed)) as kept_in:
+            for candidate in _failed_names(source, job_id, lambda n: beneath.exists(kept_in, n)):
+                if beneath.exists(kept_in, candidate):
+                    continue
+                _write_note(kept_in, candidate, source, job_id, reason)
+                try:
+                    beneath.rename_no_replace(folder, name, kept_in, candidate)
+                    break
+                except FileExistsError:  # taken between our look and our rename
+                    os.unlink(candidate + ERROR_NOTE_SUFFIX, dir_fd=kept_in)
+            else:
+                raise FileExistsError(errno.EEXIST, "no free name in failed/", source)
     remove_emptied_folders(inbox, source)
-    return target
+    return inbox / failed / candidate
+
+
+def _write_note(folder: int, kept: str, source: str, job_id: int, reason: str) -> None:
+    note = (f"recond could not process {display_name(source)} (job {job_id}, "
+            f"{time.strftime('%Y-%m-%d %H:%M:%S')}):\n\n{reason}\n\nTo try again, move "
+            f"{display_name(kept)} back into the inbox (or run `reconctl retry {job_id}`).\n")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+    with open(os.open(kept + ERROR_NOTE_SUFFIX, flags, 0o666, dir_fd=folder), "w",
+              encoding="utf-8") as stream:
+        stream.write(note)
+
+
+def find_in_failed(inbox: Path, source: str, job_id: int, sha256: str, size: int) -> Path | None:
+    """The file of this job in failed/, found by the names move_to_failed gives and by its
+    bytes: a kill between the move and its record leaves the record without it (issue 18)."""
+    if not sha256:
+        return None
+    for failed in FAILED_FOLDERS:
+        try:
+            with beneath.opened(beneath.open_root(inbox)) as root, \
+                    beneath.opened(beneath.open_folder(root, failed)) as folder:
+                names = list(_failed_names(source, job_id, lambda n: beneath.exists(folder, n)))
+        except OSError:
+            continue
+        for name in names:
+            if dropped.holds(inbox, f"{failed}/{name}", sha256, size):
+                return inbox / failed / name
+    return None
 
 
 def move_back_from_failed(inbox: Path, kept: Path, source: str) -> Path:
     """Put a file from failed/ back at its inbox path (or beside it, if that name is taken now)
-    and remove its note; intake then sees it as a new file."""
-    target = inbox / source
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        rename_no_replace(kept, target)
-    except FileExistsError:
-        target = target.with_name(free_name(kept.name, lambda n: os.path.lexists(target.parent / n)))
-        rename_no_replace(kept, target)
-    error_note(kept).unlink(missing_ok=True)
-    return target
+    and remove its note; intake then sees it as a new file. Through folder descriptors only:
+    a folder on the way swapped for a link writes nothing outside the inbox."""
+    relative = PurePosixPath(kept).as_posix().removeprefix(f"{inbox}/")
+    if not is_in_failed(PurePosixPath(relative)):
+        raise beneath.LinkOnTheWay(errno.EXDEV, f"{kept} is not in the inbox's failed folder")
+    with beneath.opened(beneath.open_root(inbox)) as root, \
+            beneath.parent_of(root, relative) as (kept_in, kept_name), \
+            beneath.parent_of(root, source, create=True) as (folder, name):
+        target = name
+        while True:
+            try:
+                beneath.rename_no_replace(kept_in, kept_name, folder, target)
+                break
+            except FileExistsError:
+                target = free_name(kept_name, lambda n: beneath.exists(folder, n))
+        try:
+            os.unlink(kept_name + ERROR_NOTE_SUFFIX, dir_fd=kept_in)
+        except FileNotFoundError:
+            pass
+    return inbox / PurePosixPath(source).parent / target
 
 
 # Tidying the inbox.
@@ -306,13 +403,20 @@ def remove_emptied_folders(inbox: Path, source: str) -> None:
     """After a file left ``inbox/source``, remove its subfolders that are now empty (issue 8).
 
     rmdir refuses a folder with anything in it, so a folder where something new arrived stays;
-    the inbox itself and failed/ always stay.
+    the inbox itself and failed/ always stay. Each folder is removed by its name inside a
+    descriptor of its parent, so a folder on the way swapped for a link removes nothing.
     """
     relative = PurePosixPath(source)
-    for parent in list(relative.parents)[:-1]:  # deepest first, the inbox ('.') excluded
-        if parent.as_posix() in FAILED_FOLDERS:
-            return
-        try:
-            os.rmdir(inbox / parent)
-        except OSError:
-            return
+    try:
+        root = beneath.open_root(inbox)
+    except OSError:
+        return
+    with beneath.opened(root):
+        for parent in list(relative.parents)[:-1]:  # deepest first, the inbox ('.') excluded
+            if parent.as_posix() in FAILED_FOLDERS:
+                return
+            try:
+                with beneath.parent_of(root, parent.as_posix()) as (folder, name):
+                    os.rmdir(name, dir_fd=folder)
+            except OSError:
+                return

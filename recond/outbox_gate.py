@@ -1,5 +1,6 @@
-"""Whether the outbox can take results: a full or unwritable outbox is a state of the machine,
-not a failure of the picture, so the worker pauses the queue here and resumes when it clears.
+"""Whether the outbox can take results: a full or unwritable outbox, or one that is no longer
+the folder recond started with (a share unmounted under it), is a state of the machine, not a
+failure of the picture, so the worker pauses the queue here and resumes when it clears.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from recond import layout
+from recond.folder_identity import FolderIdentity, FolderReplaced
 
 MIN_FREE_BYTES = 16 * 1024 * 1024  # an outbox with less free space than this pauses the queue
 REGAINED_BYTES = 1 << 20  # after ENOSPC, resume only once this much more is free than before
@@ -26,14 +28,17 @@ class OutboxFault:
 class OutboxGate:
     """Tells a job error caused by the outbox from one caused by the picture, and probes it."""
 
-    def __init__(self, outbox: Path, owner: str) -> None:
+    def __init__(self, outbox: Path, owner: str, state_dir: Path) -> None:
         self.outbox, self.owner = outbox, owner
+        self.identity = FolderIdentity("outbox", outbox, state_dir)
         self.fault: OutboxFault | None = None
 
     def fault_in(self, error: BaseException) -> OutboxFault | None:
         """The outbox fault behind this error (or present now), if any."""
         chain: BaseException | None = error
         while chain is not None:
+            if isinstance(chain, FolderReplaced):
+                return self._fault(str(chain.strerror), False)
             if isinstance(chain, OSError) and chain.errno in (*SPACE_ERRORS, errno.EROFS):
                 state = "read-only" if chain.errno == errno.EROFS else "full"
                 return self._fault(f"the outbox {self.outbox} is {state} ({chain.strerror})",
@@ -44,9 +49,12 @@ class OutboxGate:
         return self.probe()
 
     def probe(self) -> OutboxFault | None:
-        """Can a staging folder be made, and is there room? None when all is well."""
+        """Is it the outbox recond started with, can a staging folder be made, and is there
+        room? None when all is well."""
+        replaced = self.identity.check()
+        if replaced:
+            return self._fault(replaced, False)
         try:
-            self.outbox.mkdir(parents=True, exist_ok=True)
             probe = layout.staging_dir(self.outbox, "probe", f"{self.owner}-probe")
             probe.mkdir()
             probe.rmdir()

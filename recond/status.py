@@ -12,7 +12,8 @@ from typing import Any
 
 from recond.config import Settings
 from recond.pipeline.record import read_record
-from recond.store import DONE, RUNNING, STALE_HEARTBEAT_SECONDS, STATES, Job, Store, pid_alive
+from recond.layout import pid_alive
+from recond.store import DONE, RUNNING, STALE_HEARTBEAT_SECONDS, STATES, Job, Store
 
 
 def open_store(settings: Settings) -> Store | None:

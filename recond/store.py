@@ -245,6 +245,8 @@ class Store:
         file changed since takes the new bytes (its duplicates become jobs of their own). The
         same bytes as an active job, or a done one whose result ``result_holds(output,
         sha256)``, give a new DUPLICATE job pointing at it. Empty files are nobody's duplicate.
+        A copy already recorded as a duplicate of these bytes stays that one row, however often
+        it is rescanned (issue 18).
         """
         now = time.time()
         text, raw = _source_key(source)
@@ -257,6 +259,12 @@ class Store:
                 return self._stored(active.id), False
             if active:
                 return active, False
+            waiting = self._first("source = ? and source_hex is ?", [text, raw])
+            if waiting and waiting.state == DUPLICATE and waiting.sha256 == sha256:
+                if self._still_duplicate(waiting, result_holds):
+                    return waiting, False
+                self._promote([waiting])  # its original's result is gone: the copy is the job
+                return self._stored(waiting.id), True
             earlier = None
             if sha256 != EMPTY_SHA256:
                 earlier = self._first("sha256 = ? and state in (?, ?, ?)", [sha256, *ACTIVE, DONE])
@@ -270,6 +278,17 @@ class Store:
                        "state": QUEUED, "result_name": self._unique_name(result_name),
                        "queued_at": now, "updated_at": now}
             return self._stored(self.db.table("jobs").insert(row).last_pk), True
+
+    def record_refused(self, source: str, size: int, reason: str) -> Job:
+        """A file refused before it was hashed (over max_file_bytes, or too slow to read): a
+        failed job at once, with no sha256, shown and retried like any failed job."""
+        now = time.time()
+        text, raw = _source_key(source)
+        with self._writing():
+            row = {"source": text, "source_hex": raw, "sha256": "", "size": size, "state": FAILED,
+                   "result_name": None, "error": display_name(reason), "queued_at": now,
+                   "finished_at": now, "updated_at": now}
+            return self._stored(self.db.table("jobs").insert(row).last_pk)
 
     def claim_next(self) -> Job | None:
         """Oldest queued job, now running (its attempt counted)."""
@@ -395,9 +414,19 @@ class Store:
     def _unique_name(self, result_name: str) -> str:
         return free_name(result_name, lambda name: self._first("result_name = ?", [name]) is not None)
 
+    def _still_duplicate(self, copy: Job, result_holds: Callable[[str | None, str], bool]) -> bool:
+        """Is the job this copy waits on still active, or done with a result holding its bytes?"""
+        original = self.get(copy.duplicate_of) if copy.duplicate_of else None
+        if original is None:
+            return False
+        return original.state in ACTIVE or (original.state == DONE and result_holds(original.output, copy.sha256))
+
     def _promote_duplicates(self, job_id: int) -> None:
         """Copies waiting on a job that will not publish their bytes are processed themselves."""
-        for copy in self.duplicates_of(job_id):
+        self._promote(self.duplicates_of(job_id))
+
+    def _promote(self, copies: list[Job]) -> None:
+        for copy in copies:
             name = self._unique_name(result_name_for(copy.source_name, copy.queued_at or time.time()))
             self._set(copy.id, state=QUEUED, duplicate_of=None, output=None, finished_at=None,
                       result_name=name)
@@ -420,16 +449,3 @@ def _unusable(db_path: Path, error: sqlite3.DatabaseError) -> str:
                 "and start recond again")
     return (f"the job database {db_path} is unreadable ({error}); move it aside (recond then "
             "starts an empty one; results in the outbox are kept) or restore it from a backup")
-
-
-def pid_alive(pid: int | None) -> bool:
-    """True when a process with this id exists (used to tell a stale heartbeat from a live one)."""
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -12,21 +12,22 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import stat
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from recond import dropped, layout
+from recond.folder_identity import FolderIdentity
 from recond.config import JobSettings, ModelSettings, Settings, part_of
 from recond.errors import RELOAD_EITHER_WAY, describe_failure, loading_fix
 from recond.gallery import write_gallery
 from recond.logging import get_logger
 from recond.outbox_gate import OutboxFault, OutboxGate
-from recond.pipeline.contract import ProgressCallback, WarmPipeline
+from recond.pipeline.contract import ProgressCallback, SourcePicture, WarmPipeline
 from recond.pipeline.progress import Progress
+from recond.set_aside import set_aside
 from recond.store import QUEUED, RUNNING, Job, Store
 
 log = get_logger("recond.worker")
@@ -87,8 +88,8 @@ class Worker:
         self.busy = False
         self.paused: str | None = None  # why the queue waits (outbox full or unwritable)
         self.owner = layout.owner_tag(str(settings.state_dir.resolve()))
-        self.gate = OutboxGate(settings.outbox.resolve(), self.owner)
-        self._inbox_device: int | None = None
+        self.gate = OutboxGate(settings.outbox.resolve(), self.owner, settings.state_dir)
+        self.inbox_identity = FolderIdentity("inbox", self.inbox, settings.state_dir)
         self._stopping = threading.Event()
         self._wake = threading.Event()
         self._new_settings: Settings | None = None
@@ -108,10 +109,8 @@ class Worker:
     def recover(self) -> None:
         """After a crash: finish jobs whose result was published, requeue or fail the others,
         and remove this daemon's leftover staging folders. Call before ``start``."""
-        try:
-            self._inbox_device = os.stat(self.inbox).st_dev  # the share, as mounted at start-up
-        except OSError:
-            self._inbox_device = None
+        self.inbox_identity.check()  # the share, as mounted at start-up, is the one
+        self.gate.identity.check()
         requeued, exhausted = self.store.recover_after_crash(
             self.settings.max_attempts, published=lambda job: self._published(job) is not None)
         for job in requeued:
@@ -164,6 +163,10 @@ class Worker:
         if self.paused and not self._outbox_cleared():
             self._stopping.wait(WAIT_SECONDS)
             return
+        replaced = self.gate.identity.check()
+        if replaced:  # nothing is built for, let alone published into, a bare mount point
+            self._pause(OutboxFault(replaced, False, 0))
+            return
         job = self.store.claim_next()
         if job is None:
             self._wake.wait(5.0)  # intake wakes us on every new job; this is a safety net
@@ -192,9 +195,9 @@ class Worker:
             return
         model_changed = part_of(settings, ModelSettings) != part_of(self.settings, ModelSettings)
         if settings.inbox != self.settings.inbox:
-            self._inbox_device = None
+            self.inbox_identity = FolderIdentity("inbox", settings.inbox.resolve(), settings.state_dir)
         if settings.outbox != self.settings.outbox:
-            self.gate = OutboxGate(settings.outbox.resolve(), self.owner)
+            self.gate = OutboxGate(settings.outbox.resolve(), self.owner, settings.state_dir)
         self.settings = settings
         if self.pipeline is None or model_changed:
             self.pipeline, self._next_load = None, 0.0
@@ -235,12 +238,13 @@ class Worker:
         pipeline = self.pipeline
         assert pipeline is not None, "jobs run only once the model is loaded"
         try:
-            readable = self._verified_source(job)
+            picture = self._verified_source(job)
             log.info("job started", job=job.id, file=job.source, attempt=job.attempts)
             result, folder = layout.build_result(
                 self.outbox, job.result_name, f"{self.owner}-{job.id}",
-                lambda staging: pipeline.run(readable, staging, part_of(self.settings, JobSettings),
-                                             progress=self._progress_reporter(job)))
+                lambda staging: pipeline.run(picture, staging, part_of(self.settings, JobSettings),
+                                             progress=self._progress_reporter(job)),
+                source_mode=picture.mode, before_publish=self.gate.identity.raise_if_replaced)
         except JobEnded:
             pass  # recorded where it was found out
         except (JobCancelled, JobWaits) as interruption:
@@ -251,21 +255,25 @@ class Worker:
         else:
             self._finish(job, folder, result.warnings, result.record.get("sha256", job.sha256), started)
 
-    def _verified_source(self, job: Job) -> Path:
-        """The file to hand the pipeline, holding exactly the job's bytes. Raises JobEnded when
-        the job ended here (removed, unreadable, changed) and JobWaits when the inbox is away."""
-        source = self.inbox / job.source_name
+    def _verified_source(self, job: Job) -> SourcePicture:
+        """The job's picture: its bytes read once, from one descriptor opened beneath the inbox
+        (recond.dropped), and checked to be exactly the job's bytes; the pipeline gets these
+        bytes and never opens the file. Raises JobEnded when the job ended here (removed,
+        unreadable, too large, changed) and JobWaits when the inbox is away."""
         self._check_inbox_present(job)
-        kind = dropped.kind(source)
+        source = job.source_name
+        kind = dropped.kind(self.inbox, source)
         readable = source
         if kind == dropped.LINK and self.settings.follow_inbox_links:
-            readable = dropped.link_target_inside(source, self.inbox) or source
+            readable = dropped.link_target_inside(self.inbox, source) or source
         if kind is None:
-            self.store.fail(job.id, "the file was removed from the inbox before it was processed")
-            log.warning("job failed", job=job.id, file=job.source, error="file removed")
+            self._fail_removed(job)
             raise JobEnded()
         try:
-            sha256, _ = dropped.fingerprint(readable, self.inbox)
+            read = dropped.read(self.inbox, readable, self.settings.max_file_bytes, keep=True)
+        except (dropped.TooLarge, TimeoutError) as error:  # it would hold up every other picture
+            self.fail_job(job, str(error))
+            raise JobEnded()
         except dropped.NotARegularFile as error:
             self.fail_job(job, f"{job.source} is no longer a regular file ({error}); recond reads only regular files")
             raise JobEnded()
@@ -276,29 +284,32 @@ class Worker:
             log.warning("inbox file unreadable for now; job waits", job=job.id, file=job.source,
                         error=str(error))
             raise JobWaits() from error
-        if sha256 != job.sha256:
+        if read.sha256 != job.sha256:
             self.store.fail(job.id, "the file changed after it was queued; its new contents "
                                     "are queued as a new job once they stop changing")
             log.warning("job replaced: file changed after it was queued", job=job.id, file=job.source)
-            self.on_file_changed(source)
+            self.on_file_changed(self.inbox / source)
             raise JobEnded()
-        return readable
+        return SourcePicture(PurePosixPath(readable).name, read.data, read.mode)
+
+    def _fail_removed(self, job: Job) -> None:
+        """The file is gone from its inbox path: removed, or moved to failed/ by a run that was
+        killed before it could record that (then the record learns where it lies)."""
+        kept = layout.find_in_failed(self.inbox, job.source_name, job.id, job.sha256, job.size)
+        if kept is not None:
+            self.store.fail(job.id, "recond stopped after moving the file to failed/ and before "
+                            f"recording it; the reason is in {layout.error_note(kept).name}", kept_at=kept)
+            return
+        self.store.fail(job.id, "the file was removed from the inbox before it was processed")
+        log.warning("job failed", job=job.id, file=job.source, error="file removed")
 
     def _check_inbox_present(self, job: Job) -> None:
-        """A share that went away (missing, erroring, or an empty mount point on another
-        device) makes jobs wait rather than fail as "removed"."""
-        try:
-            status = os.stat(self.inbox)
-        except OSError as error:
-            log.warning("inbox unavailable; job waits", job=job.id, inbox=str(self.inbox), error=str(error))
-            raise JobWaits() from error
-        if not stat.S_ISDIR(status.st_mode):
-            raise JobWaits()
-        if self._inbox_device is None:
-            self._inbox_device = status.st_dev
-        if status.st_dev != self._inbox_device:
-            log.warning("inbox is on another device than before (share unmounted?); job waits",
-                        job=job.id, inbox=str(self.inbox))
+        """A share that went away (missing, erroring, or a bare mount point without the inbox's
+        marker) makes jobs wait rather than fail as "removed"."""
+        replaced = self.inbox_identity.check()
+        if replaced:
+            log.warning("inbox is not the folder recond started with; job waits", job=job.id,
+                        reason=replaced)
             raise JobWaits()
 
     def _job_error(self, job: Job, error: Exception, started: float) -> None:
@@ -323,38 +334,36 @@ class Worker:
         self.store.finish(job.id, folder, notes,
                           sha256=published_sha256 if published_sha256 != job.sha256 else None)
         self._release_duplicates(job, folder)
-        write_gallery(self.outbox, self.store)
+        if self.gate.identity.check() is None:  # never into a bare mount point
+            write_gallery(self.outbox, self.store)
         seconds = None if started is None else round(time.monotonic() - started, 2)
         log.info("job done" if started is not None else "job done (already published)",
                  job=job.id, file=job.source, output=str(folder), seconds=seconds,
                  warnings=len(warnings))
 
     def _remove_original(self, job: Job, sha256: str) -> list[str]:
-        source = self.inbox / job.source_name
-        if not os.path.lexists(source):
+        source = job.source_name
+        kind = dropped.kind(self.inbox, source)
+        if kind is None:
             return []
-        readable = source
-        if dropped.kind(source) == dropped.LINK:
-            readable = dropped.link_target_inside(source, self.inbox) or source
+        readable = dropped.link_target_inside(self.inbox, source) if kind == dropped.LINK else None
         try:
-            if not dropped.holds(readable, self.inbox, sha256):
-                self.on_file_changed(source)
+            if not dropped.remove_if_holds(self.inbox, source, sha256, job.size, readable):
+                self.on_file_changed(self.inbox / source)
                 return ["the file in the inbox changed while it was processed; its new contents "
                         "stay in the inbox and become a new job"]
-            source.unlink()
         except OSError as error:
             log.warning("original not removed from the inbox", file=job.source, error=str(error))
             return [f"the original could not be removed from the inbox: {error}"]
-        layout.remove_emptied_folders(self.inbox, job.source_name)
+        layout.remove_emptied_folders(self.inbox, source)
         return []
 
     def _release_duplicates(self, job: Job, folder: Path) -> None:
         """Copies recorded while the job was active: removed now that a result holds their bytes."""
         for copy in self.store.duplicates_of(job.id):
-            path = self.inbox / copy.source_name
             try:
                 if layout.result_holds(folder, copy.sha256) and dropped.remove_if_holds(
-                        path, self.inbox, copy.sha256):
+                        self.inbox, copy.source_name, copy.sha256, copy.size):
                     layout.remove_emptied_folders(self.inbox, copy.source_name)
                     log.info("duplicate removed from the inbox", job=copy.id, file=copy.source,
                              output=str(folder))
@@ -369,15 +378,7 @@ class Worker:
 
     def fail_job(self, job: Job, reason: str) -> None:
         """Record the failure and move the original to inbox/failed/ with a note beside it."""
-        reason = layout.display_name(reason)  # a message may quote a name that is not UTF-8
-        try:
-            kept = layout.move_to_failed(self.inbox, job.source_name, job.id, reason)
-        except OSError as error:  # e.g. a read-only inbox: the file stays where it is
-            log.warning("original not moved to failed/", job=job.id, file=job.source, error=str(error))
-            source = self.inbox / job.source_name
-            kept = source if os.path.lexists(source) else None
-            reason = f"{reason} (it stays in the inbox: moving it to failed/ failed: {error.strerror})"
-        self.store.fail(job.id, reason, kept_at=kept)
+        set_aside(self.store, self.inbox, job, reason)
 
     # The outbox as a resource: full or unwritable pauses the queue.
 

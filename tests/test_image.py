@@ -20,7 +20,7 @@ MAX_BYTES = 50 * 1024 * 1024
 
 
 def load(path: Path, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_BYTES) -> np.ndarray:
-    picture = decode_image(read_source(path, max_bytes), path.name, max_pixels)
+    picture = decode_image(read_source(path, max_bytes).data, path.name, max_pixels)
     assert picture.mode == "RGBA"
     return np.asarray(picture)
 

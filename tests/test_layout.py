@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from recond import layout
+from recond import beneath, layout
 from recond.pipeline.record import write_record
 
 
@@ -154,13 +154,14 @@ def test_failed_folder_is_made_safely_when_a_file_or_link_holds_its_name(tmp_pat
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     (inbox / "failed").write_bytes(b"a user's file called failed")
-    assert layout.failed_folder(inbox) == inbox / "failed-recond"
-    (inbox / "failed-recond").rmdir()
-    outside = tmp_path / "elsewhere"
-    outside.mkdir()
-    (inbox / "failed-recond").symlink_to(outside)
-    with pytest.raises(NotADirectoryError, match="failed"):
-        layout.failed_folder(inbox)
+    with beneath.opened(beneath.open_root(inbox)) as root:
+        assert layout.failed_folder(root) == "failed-recond"
+        (inbox / "failed-recond").rmdir()
+        outside = tmp_path / "elsewhere"
+        outside.mkdir()
+        (inbox / "failed-recond").symlink_to(outside)
+        with pytest.raises(NotADirectoryError, match="failed"):
+            layout.failed_folder(root)
     assert (inbox / "failed").read_bytes() == b"a user's file called failed"
 
 

@@ -38,6 +38,7 @@ from recond.cli import cli
 from recond.status import status_report
 from recond.config import Settings, load_settings
 from recond.errors import InputError
+from recond.pipeline.contract import SourcePicture
 from recond.intake import Intake
 from recond.store import DONE, DUPLICATE, FAILED, QUEUED, RUNNING, Store
 from recond.worker import Worker
@@ -57,8 +58,8 @@ AS_NOBODY = [  # uid/gid 65534 in a private mount namespace where /root is trave
 class PickyPipeline(StandInPipeline):
     """The stand-in, refusing files whose bytes start with b"corrupt" as the real one would."""
 
-    def run(self, source: Path, result_dir: Path, job=None, progress=None):
-        if source.read_bytes().startswith(b"corrupt"):
+    def run(self, source: SourcePicture, result_dir: Path, job=None, progress=None):
+        if source.data.startswith(b"corrupt"):
             raise InputError(f"{source.name} is truncated or corrupt")
         return super().run(source, result_dir, job, progress)
 
@@ -151,7 +152,7 @@ def test_empty_uploads_are_never_settled_nor_anyones_duplicate(settings: Setting
             (settings.inbox / name).touch()  # share clients create the name, then stall
         time.sleep(SETTLE * 4)
         assert store.jobs() == [] and intake.idle()
-        assert {p.name for p in settings.inbox.iterdir()} == {"first.png", "second.png"}
+        assert {p.name for p in settings.inbox.glob("[!.]*")} == {"first.png", "second.png"}
         (settings.inbox / "second.png").write_bytes(b"second picture")
         (settings.inbox / "first.png").write_bytes(b"first picture")
         wait_for(lambda: states(store) == {"first.png": DONE, "second.png": DONE})
@@ -433,6 +434,7 @@ MEMORY_CHILD = textwrap.dedent("""
     from recond import layout
     from recond.config import load_settings
     from recond.errors import InputError
+    from recond.pipeline.image import read_source
     from recond.pipeline.runner import Pipeline
 
     model, folder = sys.argv[1], Path(sys.argv[2])
@@ -450,7 +452,7 @@ MEMORY_CHILD = textwrap.dedent("""
         for label, job in jobs.items():
             try:
                 layout.build_result(folder / "outbox", picture.stem, label.replace(" ", "-"),
-                                    lambda staging: pipeline.run(picture, staging, job))
+                                    lambda staging: pipeline.run(read_source(picture, job.max_file_bytes), staging, job))
                 outcomes[f"{picture.name} {label}"] = "done"
             except InputError as error:
                 outcomes[f"{picture.name} {label}"] = "refused: " + str(error)

@@ -26,6 +26,7 @@ from recond.config import JobSettings, Settings, load_settings
 from recond.pipeline.mesh import NOT_A_SOLID
 from recond.pipeline.progress import DEFAULT_STAGE_SECONDS
 from recond.errors import InputError
+from recond.pipeline.image import read_source
 from recond.pipeline.runner import JobResult, Pipeline, Progress
 from recond.triposr.model import TripoSR
 from test_export import validate_glb
@@ -68,7 +69,8 @@ def run_published(pipeline: Pipeline, source: Path, outbox: Path, name: str, job
                   progress=None) -> JobResult:
     """Pipeline.run in a staging folder, published by recond.layout, as the worker does it."""
     result, folder = layout.build_result(outbox, name, "test",
-                                         lambda staging: pipeline.run(source, staging, job, progress=progress))
+                                         lambda staging: pipeline.run(read_source(source, job.max_file_bytes), staging,
+                                                                              job, progress=progress))
     result.result_dir = folder
     return result
 

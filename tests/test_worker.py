@@ -21,6 +21,7 @@ import pytest
 
 from conftest import settings_for, wait_for
 from recond import layout
+from recond.pipeline.contract import SourcePicture
 from recond.pipeline.record import write_record
 from recond.config import JobSettings, ModelSettings, Settings
 from recond.store import DONE, FAILED, QUEUED, Store
@@ -44,11 +45,11 @@ class StandInPipeline:
         self.job_settings: list[JobSettings] = []
         self.started = threading.Event()
 
-    def run(self, source: Path, result_dir: Path, job: Any = None, progress: Any = None) -> Result:
+    def run(self, source: SourcePicture, result_dir: Path, job: Any = None, progress: Any = None) -> Result:
         self.runs.append(result_dir.name)
         self.job_settings.append(job)
-        data = source.read_bytes()
-        copy = f"source{source.suffix}"
+        data = source.data
+        copy = f"source{Path(source.name).suffix}"
         (result_dir / copy).write_bytes(data)
         for index, stage in enumerate(STAGES):
             self.started.set()
@@ -112,7 +113,7 @@ def test_failure_moves_the_original_to_failed_with_a_note(settings: Settings) ->
     assert failed.error == "broken.jpg is not a picture" and failed.output == str(kept)
     assert kept.read_bytes() == b"not a picture"
     assert "broken.jpg is not a picture" in (kept.parent / "broken.jpg.error.txt").read_text()
-    assert not list(settings.outbox.iterdir())  # nothing half-written published
+    assert not list(settings.outbox.glob("[!.]*"))  # nothing half-written published
 
 
 def test_unexpected_error_is_recorded_with_its_type(settings: Settings) -> None:
@@ -166,7 +167,7 @@ def test_stopping_mid_job_requeues_it_without_counting_the_attempt(settings: Set
     worker.stop()
     job = store.get(job_id)
     assert job.state == QUEUED and job.attempts == 0
-    assert (settings.inbox / "slow.jpg").exists() and not list(settings.outbox.iterdir())
+    assert (settings.inbox / "slow.jpg").exists() and not list(settings.outbox.glob("[!.]*"))
 
 
 def test_result_published_before_a_crash_is_not_made_twice(settings: Settings) -> None:
@@ -177,7 +178,7 @@ def test_result_published_before_a_crash_is_not_made_twice(settings: Settings) -
     worker = Worker(settings, store, pipeline_factory=lambda s: pipeline)
     published = settings.outbox / job.result_name  # the crash came after the rename
     published.mkdir()
-    pipeline.run(settings.inbox / "a.jpg", published)
+    pipeline.run(SourcePicture("a.jpg", (settings.inbox / "a.jpg").read_bytes()), published)
     pipeline.runs.clear()
     layout.staging_dir(settings.outbox, job.result_name, f"{worker.owner}-{job.id}").mkdir()
     worker.pipeline = pipeline

@@ -18,6 +18,18 @@ from recond.pipeline.progress import Progress
 ProgressCallback = Callable[[Progress], None]
 
 
+@dataclass(frozen=True)
+class SourcePicture:
+    """A picture's bytes, read once by the caller from the file it checked, and the name it came
+    under (for messages, the viewer's title and ``source.<ext>``): the pipeline never opens the
+    file itself, so the bytes checked are the bytes used (issue 18). ``mode``: the file's
+    permission bits, which its result may not exceed."""
+
+    name: str
+    data: bytes
+    mode: int = 0o666
+
+
 @dataclass
 class JobResult:
     """One result folder (staged; published by the caller) and what happened on the way."""
@@ -35,8 +47,8 @@ class WarmPipeline(Protocol):
     device: str
     background_method: str
 
-    def run(self, source: Path, result_dir: Path, job: JobSettings,
+    def run(self, source: SourcePicture, result_dir: Path, job: JobSettings,
             progress: ProgressCallback | None = None) -> JobResult:
-        """Write the result of ``source`` into ``result_dir`` (an empty staging folder the
+        """Write the result of the picture ``source`` into ``result_dir`` (an empty staging folder the
         caller publishes through recond.layout) with ``job``'s settings."""
         ...

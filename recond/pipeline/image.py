@@ -18,16 +18,23 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from recond.dropped import NotARegularFile, read_bounded
+from recond.dropped import NotARegularFile, TooLarge, read_named
 from recond.errors import InputError
+from recond.pipeline.contract import SourcePicture
+
+
+# The only formats decoded: photo and bitmap formats Pillow reads itself. Not EPS/PS, which
+# Pillow hands to Ghostscript (an outside interpreter running a dropped file), nor the rarer
+# plugins nobody drops as a photo (issue 18).
+PICTURE_FORMATS = ("PNG", "JPEG", "WEBP", "AVIF", "GIF", "BMP", "TIFF", "TGA", "PPM")  # JPEG reads MPO
 
 
 @cache
 def picture_extensions() -> frozenset[str]:
-    """Extensions (lower case, with the dot) of every format Pillow can open: what load accepts."""
+    """Extensions (lower case, with the dot) of the allowed formats: what intake takes."""
     Image.init()
     return frozenset(extension for extension, format_id in Image.registered_extensions().items()
-                     if format_id in Image.OPEN)
+                     if format_id in PICTURE_FORMATS and format_id in Image.OPEN)
 
 
 def is_picture_name(name: str) -> bool:
@@ -45,20 +52,19 @@ def check_size(name: str, size: int, max_bytes: int) -> None:
         )
 
 
-def read_source(path: Path, max_bytes: int) -> bytes:
-    """The file's bytes, read once (they are hashed, copied and decoded from this one read).
-
-    Opened without following a symlink and without blocking (a FIFO is refused, not waited on),
-    and never more than ``max_bytes`` read (issue 11).
-    """
+def read_source(path: Path, max_bytes: int) -> SourcePicture:
+    """A picture named on a command line (``reconctl process``), read once: a FIFO is refused
+    without blocking, and a file over ``max_bytes`` from its size, before any read (issue 11)."""
     try:
-        size, data = read_bounded(path, max_bytes)
+        read = read_named(path, max_bytes)
+    except TooLarge as error:
+        raise InputError(str(error)) from None
     except NotARegularFile as error:
         raise InputError(f"cannot read {path.name}: {error}") from None
     except OSError as error:
         raise InputError(f"cannot read {path.name}: {error.strerror}") from None
-    check_size(path.name, size, max_bytes)
-    return data
+    check_size(path.name, read.size, max_bytes)
+    return SourcePicture(path.name, read.data, read.mode)
 
 
 def open_image(stream: BinaryIO, name: str, max_pixels: int, n_bytes: int,
@@ -71,7 +77,7 @@ def open_image(stream: BinaryIO, name: str, max_pixels: int, n_bytes: int,
     """
     try:
         with _pillow_bomb_check_off():
-            image = Image.open(stream)  # reads the header only
+            image = Image.open(stream, formats=PICTURE_FORMATS)  # reads the header only
     except UnidentifiedImageError:
         raise InputError(f"{name} is not an image format recond can read") from None
     except (OSError, SyntaxError, ValueError, EOFError) as error:

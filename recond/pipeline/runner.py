@@ -8,7 +8,7 @@ complete). The source file is copied byte for byte and never touched.
 
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
@@ -19,9 +19,9 @@ from recond.config import JobSettings, ModelSettings, part_of
 from recond.errors import InputError
 from recond.layout import display_name
 from recond.pipeline.background import BackgroundRemover
-from recond.pipeline.contract import JobResult, ProgressCallback
+from recond.pipeline.contract import JobResult, ProgressCallback, SourcePicture
 from recond.pipeline.export import export_meshes, orient_y_up
-from recond.pipeline.image import decode_image, read_source
+from recond.pipeline.image import check_size, decode_image
 from recond.pipeline.names import (
     FRAME_PREFIX,
     GLB_NAME,
@@ -73,23 +73,25 @@ class Pipeline:
         self.background = BackgroundRemover(settings)
         self.background_method = self.background.method
 
-    def run(self, source: Path, result_dir: Path, job: JobSettings,
+    def run(self, source: SourcePicture, result_dir: Path, job: JobSettings,
             progress: ProgressCallback | None = None) -> JobResult:
-        """Turn ``source`` into the files of a result inside ``result_dir`` (an empty folder the
-        caller made and publishes: recond.layout); raises InputError for a bad picture."""
+        """Turn the picture ``source`` (its bytes, read and checked by the caller) into the files
+        of a result inside ``result_dir`` (an empty folder the caller made and publishes:
+        recond.layout); raises InputError for a bad picture."""
         expected = expected_stage_seconds(self.stage_history) if self.stage_history else None
-        return self._build(Path(source), Path(result_dir), part_of(job, JobSettings),
+        return self._build(source, Path(result_dir), part_of(job, JobSettings),
                            ProgressTracker(progress, expected))
 
-    def _build(self, source: Path, result_dir: Path, settings: JobSettings,
+    def _build(self, source: SourcePicture, result_dir: Path, settings: JobSettings,
                tracker: ProgressTracker) -> JobResult:
         warnings: list[str] = []
 
         with tracker.stage("load"):
-            source_bytes = read_source(source, settings.max_file_bytes)
+            source_bytes = source.data
+            check_size(source.name, len(source_bytes), settings.max_file_bytes)
             picture = decode_image(source_bytes, source.name, settings.max_image_pixels,
                                    settings.max_aspect_ratio)
-            source_copy = source_copy_name(source.suffix)
+            source_copy = source_copy_name(PurePosixPath(source.name).suffix)
             (result_dir / source_copy).write_bytes(source_bytes)
 
         with tracker.stage("background"):
