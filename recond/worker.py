@@ -290,7 +290,8 @@ class Worker:
             log.warning("job replaced: file changed after it was queued", job=job.id, file=job.source)
             self.on_file_changed(self.inbox / source)
             raise JobEnded()
-        return SourcePicture(PurePosixPath(readable).name, read.data, read.mode)
+        where = PurePosixPath(readable)
+        return SourcePicture(where.name, read.data, read.mode, folder=where.parent.name)
 
     def _fail_removed(self, job: Job) -> None:
         """The file is gone from its inbox path: removed, or moved to failed/ by a run that was

@@ -23,11 +23,13 @@ class SourcePicture:
     """A picture's bytes, read once by the caller from the file it checked, and the name it came
     under (for messages, the viewer's title and ``source.<ext>``): the pipeline never opens the
     file itself, so the bytes checked are the bytes used (issue 18). ``mode``: the file's
-    permission bits, which its result may not exceed."""
+    permission bits, which its result may not exceed; ``folder``: the name of the inbox folder
+    it lay in (a web upload's folder tells the viewer's title to drop the upload id)."""
 
     name: str
     data: bytes
     mode: int = 0o666
+    folder: str = ""
 
 
 @dataclass

@@ -124,7 +124,7 @@ class Pipeline:
 
         with tracker.stage("viewer"):
             downloads = _download_order(result_dir)
-            title = shown_file_name(display_name(source.parent.name), display_name(source.name))
+            title = shown_file_name(display_name(source.folder), display_name(source.name))
             write_viewer(result_dir, oriented, downloads, title=title, video=VIDEO_NAME)
 
         record = {
