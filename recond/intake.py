@@ -10,16 +10,16 @@ a copy of a picture is removed only once a published result holds its bytes.
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
-from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
@@ -29,6 +29,7 @@ from recond.layout import display_name, is_in_failed, remove_emptied_folders, re
 from recond.logging import get_logger
 from recond.pipeline.image import is_picture_name
 from recond.store import ACTIVE, DONE, DUPLICATE, FAILED, Job, Store
+from recond.watching import ReportingInotifyObserver
 
 IGNORED_NAMES = (".*", "~$*", "*.part", "*.crdownload", "*.tmp", "thumbs.db", "._*")
 JUNK_FOLDERS = {"@eadir", ".stfolder", "__macosx", ".trashes", ".spotlight-v100"}
@@ -93,6 +94,11 @@ class Intake:
         self._observer: BaseObserver | None = None
         self._armed_inode: tuple[int, int] | None = None
         self._last_scan = 0.0
+        self._overflowed = threading.Event()  # the kernel dropped events: rescan at once
+        self._unwatched: set[Path] = set()  # folders past the inotify watch limit: polled
+        self._unwatched_lock = threading.Lock()
+        self._polled: dict[Path, tuple[int, int]] = {}  # (size, mtime) of files in those folders
+        self._last_poll = 0.0
         self._settler = threading.Thread(target=self._settle_loop, name="recond-settle", daemon=True)
 
     # Life cycle.
@@ -119,16 +125,19 @@ class Intake:
         """Consider every file under ``folder`` (default: the whole inbox) without a job yet."""
         folder = folder or self.inbox
         active = self.store.active_sources()
+        for path in self._files_under(folder):
+            if self._relative(path).as_posix() not in active:
+                self.consider(path)
+        if folder == self.inbox:
+            self._last_scan = time.monotonic()
+
+    def _files_under(self, folder: Path) -> Iterator[Path]:
         for root, dirs, files in os.walk(folder):
             base = Path(root)
             # A folder is skipped when any file inside it would be (junk, hidden, failed/).
             dirs[:] = [d for d in dirs if not is_ignored(self._relative(base / d / "file"))]
             for name in files:
-                path = base / name
-                if self._relative(path).as_posix() not in active:
-                    self.consider(path)
-        if folder == self.inbox:
-            self._last_scan = time.monotonic()
+                yield base / name
 
     def consider(self, path: Path) -> None:
         """Start (or keep) watching one file until it has settled."""
@@ -308,8 +317,14 @@ class Intake:
             elif not self.warnings or "is missing" not in self.warnings[-1]:
                 self._warn(f"inbox {self.inbox} is missing; waiting for it to come back")
             return
-        if time.monotonic() - self._last_scan >= self.settings.rescan_seconds:
+        if self._overflowed.is_set():
+            self._overflowed.clear()
+            log.warning("the watcher dropped events (inotify queue overflow); rescanning the inbox now")
             self.scan()
+        elif time.monotonic() - self._last_scan >= self.settings.rescan_seconds:
+            self.scan()
+        if time.monotonic() - self._last_poll >= self.settings.poll_interval:
+            self._poll_unwatched()
 
     def _watcher_problem(self) -> str | None:
         if not self.inbox.is_dir():
@@ -326,25 +341,76 @@ class Intake:
         return None
 
     def _arm(self) -> None:
-        if self.settings.polling:
-            observer: BaseObserver = PollingObserver(timeout=self.settings.poll_interval)
+        polling = self.settings.polling
+        try:
+            observer = self._started_observer(polling)
+        except OSError as error:
+            if polling or error.errno != errno.ENOSPC:
+                raise
+            self._warn(f"inotify watch limit reached (fs.inotify.max_user_watches): the inbox is "
+                       f"polled every {self.settings.poll_interval:g} s instead")
+            polling, observer = True, self._started_observer(True)
+        self._observer, self._armed_inode = observer, self._inode()
+        log.info("watching inbox", inbox=str(self.inbox), mode="polling" if polling else "native")
+
+    def _started_observer(self, polling: bool) -> BaseObserver:
+        observer: BaseObserver
+        if polling:
+            observer = PollingObserver(timeout=self.settings.poll_interval)
         else:
-            observer = Observer()
+            observer = ReportingInotifyObserver(on_overflow=self._overflowed.set,
+                                                on_unwatched=self._not_watched)
         observer.schedule(_Events(self), str(self.inbox), recursive=True)
         observer.daemon = True
-        observer.start()
-        self._observer, self._armed_inode = observer, self._inode()
-        log.info("watching inbox", inbox=str(self.inbox),
-                 mode="polling" if self.settings.polling else "native")
+        try:
+            observer.start()
+        except OSError:
+            self._stop_observer(observer)
+            raise
+        return observer
+
+    def _not_watched(self, folder: Path) -> None:
+        """Past the watch limit: the folder is polled (``_poll_unwatched``), and status says so."""
+        with self._unwatched_lock:
+            first = not self._unwatched
+            self._unwatched.add(folder)
+        if first:
+            self._warn(f"inotify watch limit reached (fs.inotify.max_user_watches): "
+                       f"inbox folder '{self._shown(folder)}' and any others past the limit are "
+                       f"polled every {self.settings.poll_interval:g} s instead")
+
+    def _poll_unwatched(self) -> None:
+        """Consider each file in an unwatched folder whose size or mtime changed since the last poll."""
+        self._last_poll = time.monotonic()
+        with self._unwatched_lock:
+            folders = sorted(self._unwatched)
+        roots = [folder for folder in folders if not any(other in folder.parents for other in folders)]
+        seen: dict[Path, tuple[int, int]] = {}
+        for root in roots:
+            for path in self._files_under(root):
+                try:
+                    status = path.lstat()
+                except OSError:
+                    continue
+                seen[path] = (status.st_size, status.st_mtime_ns)
+                if self._polled.get(path) != seen[path]:
+                    self.consider(path)
+        self._polled = seen
 
     def _disarm(self) -> None:
         observer, self._observer = self._observer, None
         if observer is not None:
-            try:
-                observer.stop()
-                observer.join(timeout=5)
-            except Exception as exc:  # a watcher that already died may fail to stop; it is gone either way
-                log.debug("stopping dead watcher failed", error=str(exc))
+            self._stop_observer(observer)
+        with self._unwatched_lock:
+            self._unwatched.clear()  # the next observer reports its own
+
+    @staticmethod
+    def _stop_observer(observer: BaseObserver) -> None:
+        try:
+            observer.stop()
+            observer.join(timeout=5)
+        except Exception as exc:  # a watcher that already died may fail to stop; it is gone either way
+            log.debug("stopping dead watcher failed", error=str(exc))
 
     def _inode(self) -> tuple[int, int] | None:
         try:
