@@ -16,7 +16,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
@@ -26,7 +26,7 @@ from watchdog.observers.polling import PollingObserver
 from recond import dropped
 from recond.config import Settings
 from recond.layout import display_name, is_in_failed, remove_emptied_folders, result_holds, result_name_for
-from recond.logging import get_logger
+from recond.logging import Repeats, get_logger
 from recond.pipeline.image import is_picture_name
 from recond.store import ACTIVE, DONE, DUPLICATE, FAILED, Job, Store
 from recond.watching import ReportingInotifyObserver
@@ -57,6 +57,7 @@ class _Observation:
     parked: bool = False  # empty, unreadable or not a file: watched, but not waited for by --once
     waiting_on: int | None = None  # a running job of this path: its new bytes wait for it to end
     touched: bool = False  # an event arrived since it was last checked
+    unsettled_since: float = field(default_factory=time.monotonic)  # waiting to settle since
 
 
 class _Events(FileSystemEventHandler):
@@ -99,6 +100,7 @@ class Intake:
         self._unwatched_lock = threading.Lock()
         self._polled: dict[Path, tuple[int, int]] = {}  # (size, mtime) of files in those folders
         self._last_poll = 0.0
+        self._repeats = Repeats()
         self._settler = threading.Thread(target=self._settle_loop, name="recond-settle", daemon=True)
 
     # Life cycle.
@@ -114,10 +116,24 @@ class Intake:
         self._disarm()
         self._settler.join(timeout=5)
 
-    def idle(self) -> bool:
-        """Nothing waiting to settle (used by ``recond --once``)."""
+    def idle(self, give_up_after: float | None = None) -> bool:
+        """Nothing waiting to settle (used by ``recond --once``); with ``give_up_after``, a file
+        still changing after that many seconds does not count (``still_changing`` names it)."""
+        return all(seen.parked for seen in self._waiting_to_settle(give_up_after).values())
+
+    def still_changing(self, give_up_after: float) -> list[str]:
+        """Inbox files that have not settled within ``give_up_after`` seconds (shown names)."""
+        everything = self._waiting_to_settle(None)
+        patient = self._waiting_to_settle(give_up_after)
+        return sorted(self._shown(path) for path, seen in everything.items()
+                      if path not in patient and not seen.parked)
+
+    def _waiting_to_settle(self, give_up_after: float | None) -> dict[Path, _Observation]:
+        now = time.monotonic()
         with self._changed:
-            return all(seen.parked for seen in self._pending.values())
+            return {path: seen for path, seen in self._pending.items()
+                    if give_up_after is None or seen.waiting_on is not None
+                    or now - seen.unsettled_since <= give_up_after}
 
     # Finding candidates.
 
@@ -184,8 +200,9 @@ class Intake:
             for path, seen in candidates:
                 try:
                     self._check(path, seen)
-                except Exception:  # e.g. the database is locked: keep the file, try next tick
-                    log.exception("could not record file; will retry", file=str(path))
+                except Exception as error:  # e.g. the database is locked: keep the file, try next tick
+                    self._repeats.log(log.exception, "could not record a file; will retry",
+                                      error=str(error), file=str(path))
             self._stopping.wait(min(0.5, max(0.05, self.settings.settle_seconds / 4)))
 
     def _check(self, path: Path, seen: _Observation) -> None:
@@ -195,7 +212,7 @@ class Intake:
             job = self.store.get(seen.waiting_on)
             if job is not None and job.state in ACTIVE:
                 return
-            seen.waiting_on, seen.stable_since = None, now
+            seen.waiting_on, seen.stable_since, seen.unsettled_since = None, now, now
         readable = self._readable(path, seen)
         if readable is None:
             return

@@ -104,6 +104,10 @@ class Installation:
         """Result folders (the outbox also holds the gallery, index.html)."""
         return sorted(p for p in self.outbox.iterdir() if p.is_dir()) if self.outbox.is_dir() else []
 
+    def stderr_lines(self) -> int:
+        self.log.flush()
+        return (self.root / "daemon.stderr").read_bytes().count(b"\n")
+
     def stderr(self) -> str:
         self.log.flush()
         return (self.root / "daemon.stderr").read_text(errors="replace")[-4000:]
