@@ -405,7 +405,7 @@ def test_full_state_disk_keeps_every_result_strands_no_job_and_floods_no_log(
             assert "NOT RESPONDING" not in installation.reconctl("status").stdout
             flood = installation.stderr_lines() - lines_before
             print(f"stderr lines in 40 s of a full state disk: {flood}")
-            assert flood < 100
+            assert flood < 300  # a few tracebacks, each error once a minute (it was 58,332 in 47 s)
             filler.unlink()
             installation.wait(lambda s: s["counts"]["done"] == 3, timeout=300)
             status = installation.status()
