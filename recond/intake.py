@@ -361,11 +361,14 @@ class Intake:
         polling = self.settings.polling
         try:
             observer = self._started_observer(polling)
-        except OSError as error:
-            if polling or error.errno != errno.ENOSPC:
+        except OSError as error:  # not even the inbox itself could be watched: poll all of it
+            if polling or error.errno not in (errno.ENOSPC, errno.EMFILE):
                 raise
-            self._warn(f"inotify watch limit reached (fs.inotify.max_user_watches): the inbox is "
-                       f"polled every {self.settings.poll_interval:g} s instead")
+            if error.errno == errno.EMFILE:  # (ENOSPC was told by _not_watched)
+                self._warn(f"inotify instance limit reached (fs.inotify.max_user_instances): the "
+                           f"inbox is polled every {self.settings.poll_interval:g} s instead")
+            with self._unwatched_lock:
+                self._unwatched.clear()  # the polling observer covers every folder
             polling, observer = True, self._started_observer(True)
         self._observer, self._armed_inode = observer, self._inode()
         log.info("watching inbox", inbox=str(self.inbox), mode="polling" if polling else "native")

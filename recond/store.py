@@ -117,7 +117,7 @@ class StoreError(RuntimeError):
 class Store:
     """Jobs and daemon state in ``db_path``; safe to share between the daemon's threads.
 
-    ``reader=True`` (``reconctl status``, recond-web) opens an existing database as it is: no
+    ``reader=True`` (``reconctl status``) opens an existing database as it is: no
     schema change and no wait on another process's write lock, which WAL readers never need.
     """
 
@@ -318,9 +318,9 @@ class Store:
         made a second result. Returns how many were learnt."""
         known = {row[0] for row in self._query("select sha256 from jobs where state in (?, ?, ?)",
                                                [*ACTIVE, DONE])}
-        learnt = 0
+        found, learnt = list(results), 0  # read every job.json before taking the write lock
         with self._writing():
-            for source, sha256, folder in results:
+            for source, sha256, folder in found:
                 if sha256 in known:  # done, or a job that published it just before a crash
                     continue
                 known.add(sha256)
