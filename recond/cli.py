@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 import time
@@ -25,7 +26,7 @@ from recond.folders import SHARE_FOLDERS, waiting_reason
 from recond import layout
 from recond.pipeline.names import VIDEO_NAME
 from recond.status import job_facts, open_store, status_report
-from recond.store import FAILED, STATES, Job, Store, StoreError
+from recond.store import FAILED, STATES, Job, Store, StoreError, database_error
 
 
 
@@ -106,6 +107,10 @@ def _format_status(report: dict[str, Any]) -> str:
         eta = f", ETA {_duration(current['eta_s'])}" if current["eta_s"] is not None else ""
         lines.append(f"now:    #{current['id']} {current['source']}: {current['stage'] or 'starting'} "
                      f"{round((current['progress'] or 0) * 100)}%{eta}")
+        if current["stage_overdue"]:
+            lines.append(f"warning: the {current['stage']} stage has run {_duration(current['stage_seconds'])}; "
+                         f"it usually takes {current['stage_expected_s']:.1f} s (a stuck child process "
+                         "is stopped at the stage's limit, stage_limit_factor / stage_limit_floor_s)")
     if report["recent"]:
         lines.append("recent:")
         for job in report["recent"]:
@@ -113,6 +118,9 @@ def _format_status(report: dict[str, Any]) -> str:
             if job["duplicate_of"]:
                 outcome = f"same bytes as #{job['duplicate_of']}: {outcome}"
             lines.append(f"  #{job['id']:<5} {job['state']:<9} {job['source']}  {outcome}".rstrip())
+    if report["database_busy"]:
+        lines.append("warning: the job database is held by another process: recond waits to record "
+                     "its progress, so what is shown here may be behind")
     for warning in [*daemon["watcher_warnings"], *filter(None, [daemon["worker_warning"]])]:
         lines.append(f"warning: {warning}")
     return "\n".join(_shown(line) for line in lines)
@@ -136,7 +144,12 @@ def status(ctx: click.Context, as_json: bool, watch: bool) -> None:
     """Is the daemon up, is the model loaded, what is queued, running, done or failed."""
     settings = _settings(ctx)
     while True:
-        report = status_report(settings)
+        try:
+            report = status_report(settings)
+        except StoreError as error:
+            raise click.ClickException(str(error)) from None
+        except sqlite3.Error as error:
+            raise click.ClickException(database_error(settings.db_path, error)) from None
         if watch:
             click.clear()
         if as_json:

@@ -15,7 +15,6 @@ import threading
 import time
 from functools import partial
 from pathlib import Path
-from typing import IO
 
 import click
 import sdnotify
@@ -25,13 +24,21 @@ from recond.config import (IntakeSettings, Settings, SettingsError, load_setting
 from recond.errors import reload_command
 from recond.folders import (FolderError, create_state_dir, folder_error, missing_share_folder,
                             missing_share_folders)
+from recond.heartbeat import Heartbeat
 from recond.intake import Intake
-from recond.logging import configure_logging, get_logger
-from recond.store import HEARTBEAT_SECONDS, Store, StoreError
+from recond.layout import published_results
+from recond.logging import Repeats, configure_logging, get_logger
+from recond.store import HEARTBEAT_SECONDS, Store, StoreError, database_error
 from recond.worker import Worker, build_pipeline
 
 
 log = get_logger("recond.daemon")
+
+# `recond --once` waits this many settle periods (and at least ONCE_MIN_SETTLE_WAIT_SECONDS) for
+# a file that keeps changing, then reports it and leaves it for the next run (issue 18: a file
+# written without end kept --once from ever exiting).
+ONCE_SETTLE_PERIODS = 5
+ONCE_MIN_SETTLE_WAIT_SECONDS = 5.0
 
 
 class AlreadyRunning(RuntimeError):
@@ -48,19 +55,25 @@ class Daemon:
         self.intake: Intake | None = None
         self._stop = threading.Event()
         self._reload = threading.Event()
+        self._repeats = Repeats()
 
     def run(self, once: bool = False) -> int:
         settings = self.settings
-        lock = _lock_state_dir(create_state_dir(settings))
+        lock = _lock_state_dir(create_state_dir(settings), settings.lock_path)
         configure_logging(settings)
         store = Store(settings.db_path)
         store.daemon_started(os.getpid())
         self._install_signal_handlers()
         self.systemd.notify("READY=1")
+        self.heartbeat = Heartbeat(self.systemd, settings.heartbeat_path, store.waiting_on_another_process)
+        self.heartbeat.start()
         worker: Worker | None = None
         try:
             if not self._wait_for_share_folders(store):
                 return 0
+            learnt = store.learn_published(published_results(settings.outbox.resolve()))
+            if learnt:
+                log.info("job database learnt results already in the outbox", results=learnt)
             settings = self.settings  # a SIGHUP while waiting may have changed the folders
             worker = Worker(settings, store, pipeline_factory=partial(
                 build_pipeline, report=lambda line: store.daemon_update(model_detail=line),
@@ -84,9 +97,13 @@ class Daemon:
                 self.intake.stop()
             if worker is not None and worker.is_alive():
                 worker.stop()
-            store.daemon_update(stopped_at=time.time(), heartbeat_at=time.time())
+            self.heartbeat.stop()
+            try:
+                store.daemon_update(stopped_at=time.time(), heartbeat_at=time.time())
+            except sqlite3.Error as error:
+                log.warning("the clean stop could not be recorded", error=str(error))
             store.close()
-            lock.close()
+            os.close(lock)
             log.info("recond stopped")
 
     def _wait_for_share_folders(self, store: Store) -> bool:
@@ -102,8 +119,8 @@ class Daemon:
                 reported = waiting
                 store.daemon_update(model_status="waiting",
                                     model_detail="loads once the folders below are there")
-            store.daemon_update(heartbeat_at=time.time(), watcher_warnings=waiting)
-            self.systemd.notify(f"WATCHDOG=1\nSTATUS={waiting[0]}")
+            self.heartbeat.tick(status=waiting[0])
+            self._record_heartbeat(store, waiting)
             if self._stop.wait(1.0):
                 return False
             if self._reload.is_set():
@@ -117,6 +134,11 @@ class Daemon:
     def _loop(self, store: Store, worker: Worker, once: bool) -> int:
         last_beat, reported_warnings = 0.0, list[str]()
         while not self._stop.wait(0.5 if once else 1.0):
+            self.heartbeat.tick()
+            replaced = store.replaced()
+            if replaced:
+                log.error(replaced)
+                return 1
             if self._reload.is_set():
                 self._reload.clear()
                 self._reload_settings(store, worker)
@@ -143,17 +165,27 @@ class Daemon:
             self.intake.consider(path)
 
     def _heartbeat(self, store: Store, warnings: list[str]) -> None:
+        if not self._record_heartbeat(store, warnings):
+            return
+        try:
+            counts = store.counts()
+            state = store.daemon_state() or {}
+        except sqlite3.Error:
+            return
+        self.heartbeat.tick(status=f"model {state.get('model_status')}; {counts['queued']} queued, "
+                                   f"{counts['running']} running, {counts['done']} done, "
+                                   f"{counts['failed']} failed")
+
+    def _record_heartbeat(self, store: Store, warnings: list[str]) -> bool:
+        """The heartbeat row, best effort: a busy database or a full disk only delays it (the
+        liveness file and the watchdog ping come from recond/heartbeat.py, without SQLite)."""
         try:
             store.daemon_update(heartbeat_at=time.time(), watcher_warnings=warnings)
-        except sqlite3.Error as error:  # held by another process past the retries: beat later
-            log.warning("heartbeat not recorded; the job database is busy", error=str(error))
-            self.systemd.notify("WATCHDOG=1")  # the process itself is fine
-            return
-        counts = store.counts()
-        state = store.daemon_state() or {}
-        self.systemd.notify(f"WATCHDOG=1\nSTATUS=model {state.get('model_status')}; "
-                            f"{counts['queued']} queued, {counts['running']} running, "
-                            f"{counts['done']} done, {counts['failed']} failed")
+        except sqlite3.Error as error:
+            self._repeats.log(log.warning, "heartbeat not recorded in the job database",
+                              error=str(error))
+            return False
+        return True
 
     def _once_finished(self, store: Store, intake: Intake, worker: Worker) -> int | None:
         """Exit code once everything waiting is processed (1 when the model cannot load)."""
@@ -161,10 +193,16 @@ class Daemon:
         if model_status == "missing":
             log.error("model missing: nothing was processed", queued=store.counts()["queued"])
             return 1
-        if not intake.idle() or worker.busy:
+        give_up_after = max(ONCE_SETTLE_PERIODS * self.settings.settle_seconds, ONCE_MIN_SETTLE_WAIT_SECONDS)
+        if not intake.idle(give_up_after) or worker.busy:
             return None
         counts = store.counts()
-        return 0 if counts["queued"] == counts["running"] == 0 else None
+        if counts["queued"] or counts["running"]:
+            return None
+        for name in intake.still_changing(give_up_after):
+            log.warning("still changing; left in the inbox for the next run", file=name,
+                        waited_s=round(give_up_after, 1))
+        return 0
 
     def _fresh_settings(self) -> Settings | None:
         """The config file read again on SIGHUP (None when it has an error; the log says which)."""
@@ -199,25 +237,31 @@ class Daemon:
         signal.signal(signal.SIGHUP, lambda signum, frame: self._reload.set())
 
 
-def _lock_state_dir(state_dir: Path) -> IO[str]:
-    """Hold an exclusive lock for the process lifetime: two daemons on one database would race."""
+def _lock_state_dir(state_dir: Path, pid_file: Path) -> int:
+    """Hold an exclusive lock for the process lifetime: two daemons on one database would race.
+
+    The lock is on the state dir itself (its descriptor), so deleting a file cannot release it;
+    ``pid_file`` only says who holds it. Returns the descriptor to close at exit.
+    """
     try:
-        handle = (state_dir / "recond.lock").open("a+")
+        folder = os.open(state_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as error:
         raise folder_error("state_dir", state_dir, error) from None
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(folder, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "unknown"
-        handle.close()
+        os.close(folder)
+        try:
+            holder = pid_file.read_text().strip() or "unknown"
+        except OSError:
+            holder = "unknown"
         raise AlreadyRunning(
             f"another recond (pid {holder}) is already using {state_dir}; stop it first") from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(str(os.getpid()))
-    handle.flush()
-    return handle
+    try:
+        pid_file.write_text(str(os.getpid()))
+    except OSError as error:  # the lock holds without it; only the message above is poorer
+        log.warning("pid file not written", file=str(pid_file), error=str(error))
+    return folder
 
 
 @click.command()
@@ -232,6 +276,9 @@ def main(config_path: Path | None, once: bool) -> None:
     except (SettingsError, FolderError, AlreadyRunning, StoreError, OSError) as error:
         click.echo(f"recond: {error}", err=True)
         sys.exit(2 if isinstance(error, SettingsError) else 1)
+    except sqlite3.Error as error:
+        click.echo(f"recond: {database_error(settings.db_path, error)}", err=True)
+        sys.exit(1)
     sys.exit(code)
 
 

@@ -22,6 +22,18 @@ class ResultExistsError(FileExistsError):
     """The result folder's name is taken; results are never overwritten."""
 
 
+class StageTimedOut(RuntimeError):
+    """A stage's child process ran past the stage's time limit and was killed (issue 18).
+
+    Not the picture's fault as far as anyone knows: the worker retries the job, and fails it
+    with this sentence once it is out of attempts.
+    """
+
+    def __init__(self, stage: str, what: str, spent_s: float, limit_s: float, expected_s: float) -> None:
+        super().__init__(f"the {stage} stage's {what} ran {spent_s:.0f} s, past the stage's limit of "
+                         f"{limit_s:.0f} s (it usually takes {expected_s:.1f} s), and was stopped")
+
+
 class ModelLoadError(RuntimeError):
     """The model folder, its config or its weights are missing or do not fit together.
 

@@ -10,16 +10,16 @@ a copy of a picture is removed only once a published result holds its bytes.
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import os
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
-from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
@@ -27,10 +27,11 @@ from recond import dropped
 from recond.config import Settings
 from recond.folder_identity import FolderIdentity
 from recond.layout import display_name, is_in_failed, remove_emptied_folders, result_holds, result_name_for
-from recond.logging import get_logger
+from recond.logging import Repeats, get_logger
 from recond.pipeline.image import is_picture_name
 from recond.set_aside import set_aside
 from recond.store import ACTIVE, DONE, DUPLICATE, FAILED, Job, Store
+from recond.watching import ReportingInotifyObserver
 
 IGNORED_NAMES = (".*", "~$*", "*.part", "*.crdownload", "*.tmp", "thumbs.db", "._*")
 JUNK_FOLDERS = {"@eadir", ".stfolder", "__macosx", ".trashes", ".spotlight-v100"}
@@ -58,6 +59,7 @@ class _Observation:
     parked: bool = False  # empty, unreadable or not a file: watched, but not waited for by --once
     waiting_on: int | None = None  # a running job of this path: its new bytes wait for it to end
     touched: bool = False  # an event arrived since it was last checked
+    unsettled_since: float = field(default_factory=time.monotonic)  # waiting to settle since
 
 
 class _Events(FileSystemEventHandler):
@@ -97,6 +99,12 @@ class Intake:
         self._observer: BaseObserver | None = None
         self._armed_inode: tuple[int, int] | None = None
         self._last_scan = 0.0
+        self._overflowed = threading.Event()  # the kernel dropped events: rescan at once
+        self._unwatched: set[Path] = set()  # folders past the inotify watch limit: polled
+        self._unwatched_lock = threading.Lock()
+        self._polled: dict[Path, tuple[int, int]] = {}  # (size, mtime) of files in those folders
+        self._last_poll = 0.0
+        self._repeats = Repeats()
         self._settler = threading.Thread(target=self._settle_loop, name="recond-settle", daemon=True)
 
     # Life cycle.
@@ -112,10 +120,24 @@ class Intake:
         self._disarm()
         self._settler.join(timeout=5)
 
-    def idle(self) -> bool:
-        """Nothing waiting to settle (used by ``recond --once``)."""
+    def idle(self, give_up_after: float | None = None) -> bool:
+        """Nothing waiting to settle (used by ``recond --once``); with ``give_up_after``, a file
+        still changing after that many seconds does not count (``still_changing`` names it)."""
+        return all(seen.parked for seen in self._waiting_to_settle(give_up_after).values())
+
+    def still_changing(self, give_up_after: float) -> list[str]:
+        """Inbox files that have not settled within ``give_up_after`` seconds (shown names)."""
+        everything = self._waiting_to_settle(None)
+        patient = self._waiting_to_settle(give_up_after)
+        return sorted(self._shown(path) for path, seen in everything.items()
+                      if path not in patient and not seen.parked)
+
+    def _waiting_to_settle(self, give_up_after: float | None) -> dict[Path, _Observation]:
+        now = time.monotonic()
         with self._changed:
-            return all(seen.parked for seen in self._pending.values())
+            return {path: seen for path, seen in self._pending.items()
+                    if give_up_after is None or seen.waiting_on is not None
+                    or now - seen.unsettled_since <= give_up_after}
 
     # Finding candidates.
 
@@ -123,16 +145,19 @@ class Intake:
         """Consider every file under ``folder`` (default: the whole inbox) without a job yet."""
         folder = folder or self.inbox
         active = self.store.active_sources()
+        for path in self._files_under(folder):
+            if self._relative(path).as_posix() not in active:
+                self.consider(path)
+        if folder == self.inbox:
+            self._last_scan = time.monotonic()
+
+    def _files_under(self, folder: Path) -> Iterator[Path]:
         for root, dirs, files in os.walk(folder):
             base = Path(root)
             # A folder is skipped when any file inside it would be (junk, hidden, failed/).
             dirs[:] = [d for d in dirs if not is_ignored(self._relative(base / d / "file"))]
             for name in files:
-                path = base / name
-                if self._relative(path).as_posix() not in active:
-                    self.consider(path)
-        if folder == self.inbox:
-            self._last_scan = time.monotonic()
+                yield base / name
 
     def consider(self, path: Path) -> None:
         """Start (or keep) watching one file until it has settled."""
@@ -179,8 +204,9 @@ class Intake:
             for path, seen in candidates if not self._inbox_replaced() else []:
                 try:
                     self._check(path, seen)
-                except Exception:  # e.g. the database is locked: keep the file, try next tick
-                    log.exception("could not record file; will retry", file=str(path))
+                except Exception as error:  # e.g. the database is locked: keep the file, try next tick
+                    self._repeats.log(log.exception, "could not record a file; will retry",
+                                      error=str(error), file=str(path))
             self._stopping.wait(min(0.5, max(0.05, self.settings.settle_seconds / 4)))
 
     def _check(self, path: Path, seen: _Observation) -> None:
@@ -190,7 +216,7 @@ class Intake:
             job = self.store.get(seen.waiting_on)
             if job is not None and job.state in ACTIVE:
                 return
-            seen.waiting_on, seen.stable_since = None, now
+            seen.waiting_on, seen.stable_since, seen.unsettled_since = None, now, now
         readable = self._readable(path, seen)
         if readable is None:
             return
@@ -337,8 +363,14 @@ class Intake:
             elif not self.warnings or "is missing" not in self.warnings[-1]:
                 self._warn(f"inbox {self.inbox} is missing; waiting for it to come back")
             return
-        if time.monotonic() - self._last_scan >= self.settings.rescan_seconds:
+        if self._overflowed.is_set():
+            self._overflowed.clear()
+            log.warning("the watcher dropped events (inotify queue overflow); rescanning the inbox now")
             self.scan()
+        elif time.monotonic() - self._last_scan >= self.settings.rescan_seconds:
+            self.scan()
+        if time.monotonic() - self._last_poll >= self.settings.poll_interval:
+            self._poll_unwatched()
 
     def _inbox_replaced(self) -> bool:
         """Is the inbox there but not the folder intake started with (a bare mount point, a
@@ -368,25 +400,79 @@ class Intake:
         return None
 
     def _arm(self) -> None:
-        if self.settings.polling:
-            observer: BaseObserver = PollingObserver(timeout=self.settings.poll_interval)
+        polling = self.settings.polling
+        try:
+            observer = self._started_observer(polling)
+        except OSError as error:  # not even the inbox itself could be watched: poll all of it
+            if polling or error.errno not in (errno.ENOSPC, errno.EMFILE):
+                raise
+            if error.errno == errno.EMFILE:  # (ENOSPC was told by _not_watched)
+                self._warn(f"inotify instance limit reached (fs.inotify.max_user_instances): the "
+                           f"inbox is polled every {self.settings.poll_interval:g} s instead")
+            with self._unwatched_lock:
+                self._unwatched.clear()  # the polling observer covers every folder
+            polling, observer = True, self._started_observer(True)
+        self._observer, self._armed_inode = observer, self._inode()
+        log.info("watching inbox", inbox=str(self.inbox), mode="polling" if polling else "native")
+
+    def _started_observer(self, polling: bool) -> BaseObserver:
+        observer: BaseObserver
+        if polling:
+            observer = PollingObserver(timeout=self.settings.poll_interval)
         else:
-            observer = Observer()
+            observer = ReportingInotifyObserver(on_overflow=self._overflowed.set,
+                                                on_unwatched=self._not_watched)
         observer.schedule(_Events(self), str(self.inbox), recursive=True)
         observer.daemon = True
-        observer.start()
-        self._observer, self._armed_inode = observer, self._inode()
-        log.info("watching inbox", inbox=str(self.inbox),
-                 mode="polling" if self.settings.polling else "native")
+        try:
+            observer.start()
+        except OSError:
+            self._stop_observer(observer)
+            raise
+        return observer
+
+    def _not_watched(self, folder: Path) -> None:
+        """Past the watch limit: the folder is polled (``_poll_unwatched``), and status says so."""
+        with self._unwatched_lock:
+            first = not self._unwatched
+            self._unwatched.add(folder)
+        if first:
+            self._warn(f"inotify watch limit reached (fs.inotify.max_user_watches): "
+                       f"inbox folder '{self._shown(folder)}' and any others past the limit are "
+                       f"polled every {self.settings.poll_interval:g} s instead")
+
+    def _poll_unwatched(self) -> None:
+        """Consider each file in an unwatched folder whose size or mtime changed since the last poll."""
+        self._last_poll = time.monotonic()
+        with self._unwatched_lock:
+            folders = sorted(self._unwatched)
+        roots = [folder for folder in folders if not any(other in folder.parents for other in folders)]
+        seen: dict[Path, tuple[int, int]] = {}
+        for root in roots:
+            for path in self._files_under(root):
+                try:
+                    status = path.lstat()
+                except OSError:
+                    continue
+                seen[path] = (status.st_size, status.st_mtime_ns)
+                if self._polled.get(path) != seen[path]:
+                    self.consider(path)
+        self._polled = seen
 
     def _disarm(self) -> None:
         observer, self._observer = self._observer, None
         if observer is not None:
-            try:
-                observer.stop()
-                observer.join(timeout=5)
-            except Exception as exc:  # a watcher that already died may fail to stop; it is gone either way
-                log.debug("stopping dead watcher failed", error=str(exc))
+            self._stop_observer(observer)
+        with self._unwatched_lock:
+            self._unwatched.clear()  # the next observer reports its own
+
+    @staticmethod
+    def _stop_observer(observer: BaseObserver) -> None:
+        try:
+            observer.stop()
+            observer.join(timeout=5)
+        except Exception as exc:  # a watcher that already died may fail to stop; it is gone either way
+            log.debug("stopping dead watcher failed", error=str(exc))
 
     def _inode(self) -> tuple[int, int] | None:
         try:

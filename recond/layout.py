@@ -195,6 +195,21 @@ def find_published(outbox: Path, result_name: str, sha256: str) -> Path | None:
     return None
 
 
+def published_results(outbox: Path) -> Iterator[tuple[str, str, str]]:
+    """(source name, sha256, folder) of each published result whose job.json names its bytes:
+    what a new job database learns from the outbox (issue 18)."""
+    try:
+        entries = sorted(os.scandir(outbox), key=lambda entry: entry.name)
+    except OSError:
+        return
+    for entry in entries:
+        if entry.name.startswith(".") or not entry.is_dir(follow_symlinks=False):
+            continue
+        record = read_record(entry.path)
+        if isinstance(record.get("sha256"), str) and isinstance(record.get("source"), str):
+            yield record["source"], record["sha256"], str(Path(entry.path))
+
+
 def result_holds(result_dir: str | Path | None, sha256: str) -> bool:
     """Does this published result still hold these bytes as its ``source.*`` copy? Only then may
     an inbox copy of them be removed as a duplicate."""

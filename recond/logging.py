@@ -9,6 +9,10 @@ from __future__ import annotations
 import logging
 import logging.handlers
 import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
 
 import structlog
 
@@ -29,7 +33,7 @@ def configure_logging(settings: Settings, to_file: bool = True) -> None:
     handlers.append(stderr)
     if to_file:
         settings.state_dir.mkdir(parents=True, exist_ok=True)
-        json_file = logging.handlers.RotatingFileHandler(
+        json_file = _JsonFileHandler(
             settings.log_path, maxBytes=settings.log_max_bytes,
             backupCount=settings.log_backups, encoding="utf-8")
         json_file.setFormatter(_formatter(structlog.processors.JSONRenderer()))
@@ -49,6 +53,47 @@ def configure_logging(settings: Settings, to_file: bool = True) -> None:
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=False,
     )
+
+
+# An error that repeats (a full disk, a database held by another process) is logged once per
+# this many seconds, with how often it recurred, not once per loop (issue 18: 58,332 stderr
+# lines in 47 s).
+REPEAT_LOG_SECONDS = 60.0
+
+
+class Repeats:
+    """Logs each distinct event at most once per REPEAT_LOG_SECONDS, counting the ones held back."""
+
+    def __init__(self, interval: float = REPEAT_LOG_SECONDS) -> None:
+        self.interval = interval
+        self._last: dict[str, tuple[float, int]] = {}
+        self._lock = threading.Lock()
+
+    def log(self, method: Callable[..., Any], event: str, **fields: Any) -> None:
+        """``method(event, **fields)`` (e.g. ``log.warning``) unless it was logged lately."""
+        key = f"{event} {fields.get('error', '')}"
+        now = time.monotonic()
+        with self._lock:
+            last, held_back = self._last.get(key, (float("-inf"), 0))
+            if now - last < self.interval:
+                self._last[key] = (last, held_back + 1)
+                return
+            self._last[key] = (now, 0)
+        method(event, **fields, **({"repeated_since_last_logged": held_back} if held_back else {}))
+
+
+class _JsonFileHandler(logging.handlers.RotatingFileHandler):
+    """The JSON log. A record it cannot write (the state disk is full) goes to stderr anyway;
+    the write error itself is told once per REPEAT_LOG_SECONDS, not with a traceback per record."""
+
+    _told_at = float("-inf")
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if time.monotonic() - self._told_at >= REPEAT_LOG_SECONDS:
+            self._told_at = time.monotonic()
+            error = sys.exc_info()[1]
+            sys.stderr.write(f"recond: cannot write the JSON log {self.baseFilename} ({error}); "
+                             "its records still reach stderr\n")
 
 
 class _StderrHandler(logging.StreamHandler):

@@ -11,29 +11,42 @@ import time
 from typing import Any
 
 from recond.config import Settings
+from recond.heartbeat import liveness_age
+from recond.pipeline.progress import stage_overdue
 from recond.pipeline.record import read_record
 from recond.layout import pid_alive
-from recond.store import DONE, RUNNING, STALE_HEARTBEAT_SECONDS, STATES, Job, Store
+from recond.store import DONE, HEARTBEAT_SECONDS, RUNNING, STALE_HEARTBEAT_SECONDS, STATES, Job, Store
 
 
-def open_store(settings: Settings) -> Store | None:
+def open_store(settings: Settings, reader: bool = False) -> Store | None:
     """The job database, or None when recond has never run with these settings (raises
-    StoreError with one sentence when it exists but cannot be read)."""
+    StoreError with one sentence when it exists but cannot be read); ``reader``: see Store."""
     if not settings.db_path.is_file():
         return None
-    return Store(settings.db_path)
+    return Store(settings.db_path, reader=reader)
 
 
 def status_report(settings: Settings, recent: int = 10) -> dict[str, Any]:
-    """Everything `reconctl status` shows, as plain data (also the --json output)."""
-    store = open_store(settings)
+    """Everything `reconctl status` shows, as plain data (also the --json output).
+
+    It answers at once when another process holds the database (WAL readers do not wait for
+    writers) and says so: then the daemon cannot record its heartbeat, and its liveness file
+    (recond/heartbeat.py) tells whether it still runs.
+    """
+    store = open_store(settings, reader=True)
     daemon = (store.daemon_state() if store else None) or {}
     now = time.time()
     beat_age = now - daemon["heartbeat_at"] if daemon.get("heartbeat_at") else None
     running = bool(daemon) and not daemon.get("stopped_at") and pid_alive(daemon.get("pid"))
+    busy = (store is not None and running and (beat_age is None or beat_age >= 2 * HEARTBEAT_SECONDS)
+            and store.held_by_another())
+    alive_age = liveness_age(settings.heartbeat_path) if running else None
+    if alive_age is not None and (beat_age is None or alive_age < beat_age):
+        beat_age = alive_age
     report: dict[str, Any] = {
         "state_dir": str(settings.state_dir.resolve()),
         "database": store is not None,
+        "database_busy": busy,
         "daemon": {
             "running": running and beat_age is not None and beat_age < STALE_HEARTBEAT_SECONDS,
             "pid": daemon.get("pid") if running else None,
@@ -58,7 +71,12 @@ def status_report(settings: Settings, recent: int = 10) -> dict[str, Any]:
         if current:
             report["current"] = {"id": current.id, "source": current.source, "stage": current.stage,
                                  "progress": current.progress, "eta_s": current.eta_s,
-                                 "started_at": current.started_at}
+                                 "started_at": current.started_at,
+                                 "stage_seconds": round(now - current.stage_started_at, 1)
+                                 if current.stage_started_at else None,
+                                 "stage_expected_s": current.stage_expected_s,
+                                 "stage_overdue": stage_overdue(current.stage_expected_s,
+                                                                current.stage_started_at, now)}
         report["recent"] = [_summary(job) for job in store.jobs(limit=recent)
                             if job.state != RUNNING]
         last_done = store.jobs(DONE, limit=1)

@@ -15,7 +15,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -31,6 +31,10 @@ HEARTBEAT_SECONDS = 5.0
 STALE_HEARTBEAT_SECONDS = 6 * HEARTBEAT_SECONDS
 ACTIVE = (QUEUED, RUNNING)
 BUSY_TIMEOUT_SECONDS = 5.0  # SQLite's own wait for another process's lock, per attempt
+# A write that found the database busy this recently counts as still waiting: between one
+# write giving up and the next starting to wait, SQLite's own busy wait runs unseen.
+BUSY_RECENT_SECONDS = 2 * BUSY_TIMEOUT_SECONDS + 1
+READ_BUSY_SECONDS = 0.5  # a reader (`reconctl status`) answers rather than waits for a writer
 WRITE_RETRY_SECONDS = 60.0  # then a write is retried until this much time has passed
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 
@@ -56,6 +60,8 @@ JOB_COLUMNS: dict[str, type] = {
     "stage": str,
     "progress": float,  # 0..1 over the whole pipeline
     "eta_s": float,
+    "stage_started_at": float,  # when the running stage began (wall clock) ...
+    "stage_expected_s": float,  # ... and how long it usually takes: status flags one past it
     "queued_at": float,
     "started_at": float,
     "finished_at": float,
@@ -81,6 +87,8 @@ class Job:
     stage: str | None = None
     progress: float | None = None
     eta_s: float | None = None
+    stage_started_at: float | None = None
+    stage_expected_s: float | None = None
     queued_at: float | None = None
     started_at: float | None = None
     finished_at: float | None = None
@@ -107,22 +115,30 @@ class StoreError(RuntimeError):
 
 
 class Store:
-    """Jobs and daemon state in ``db_path``; safe to share between the daemon's threads."""
+    """Jobs and daemon state in ``db_path``; safe to share between the daemon's threads.
 
-    def __init__(self, db_path: Path) -> None:
+    ``reader=True`` (``reconctl status``) opens an existing database as it is: no
+    schema change and no wait on another process's write lock, which WAL readers never need.
+    """
+
+    def __init__(self, db_path: Path, reader: bool = False) -> None:
         self.db_path = db_path
         db_path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
+        self._found_busy_at = float("-inf")  # when a write last found another process's lock
+        self._busy_timeout_ms = int((READ_BUSY_SECONDS if reader else BUSY_TIMEOUT_SECONDS) * 1000)
         try:
             # Autocommit connection: transactions are explicit (_writing), one lock serialises threads.
-            connection = sqlite3.connect(str(db_path), check_same_thread=False,
-                                         timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)
+            connection = sqlite3.connect(str(db_path), check_same_thread=False, isolation_level=None,
+                                         timeout=self._busy_timeout_ms / 1000)
             self.db = sqlite_utils.Database(connection)
-            self._retrying(lambda: self.db.enable_wal())
+            self.identity = _identity(db_path)
+            if not (reader and self.db.table("daemon").exists()):
+                self._retrying(lambda: self.db.enable_wal())
+                self._create_tables()
             self.db.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes in WAL mode
-            self._create_tables()
-        except sqlite3.DatabaseError as error:
-            raise StoreError(_unusable(db_path, error)) from None
+        except (sqlite3.DatabaseError, OSError) as error:
+            raise StoreError(database_error(db_path, error)) from None
 
     def _create_tables(self) -> None:
         with self._writing():
@@ -162,10 +178,44 @@ class Store:
             try:
                 return statement()
             except sqlite3.OperationalError as error:
-                busy = "locked" in str(error) or "busy" in str(error)
-                if not busy or time.monotonic() > deadline:
+                if not _is_busy(error) or time.monotonic() > deadline:
                     raise
+                self._found_busy_at = time.monotonic()
                 time.sleep(0.2)
+
+    def waiting_on_another_process(self) -> bool:
+        """True while writes wait for a lock another process holds (a bounded wait, not a hang):
+        one found the database busy within the last BUSY_RECENT_SECONDS."""
+        return time.monotonic() - self._found_busy_at < BUSY_RECENT_SECONDS
+
+    def held_by_another(self) -> bool:
+        """True when a write could not start now: some connection holds the write lock."""
+        with self._lock:
+            self.db.execute("PRAGMA busy_timeout = 0")
+            try:
+                self.db.execute("BEGIN IMMEDIATE")
+                self.db.execute("ROLLBACK")
+                return False
+            except sqlite3.OperationalError as error:
+                return _is_busy(error)  # else, e.g. read-only for this user: nobody holds it
+            finally:
+                self.db.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
+
+    def replaced(self) -> str | None:
+        """A sentence when the file at ``db_path`` is no longer the database this store opened
+        (deleted, or replaced by another file); None while it is."""
+        try:
+            now = _identity(self.db_path)
+        except FileNotFoundError:
+            now = None
+        except OSError:
+            return None  # unreadable for a moment is not replaced
+        if now == self.identity:
+            return None
+        what = "deleted" if now is None else "replaced by another file"
+        return (f"the job database {self.db_path} was {what} while recond ran; recond stops so "
+                "that no job is recorded where nobody reads it (on the next start it learns the "
+                "published results from the outbox)")
 
     def close(self) -> None:
         self.db.close()
@@ -290,6 +340,27 @@ class Store:
                    "finished_at": now, "updated_at": now}
             return self._stored(self.db.table("jobs").insert(row).last_pk)
 
+    def learn_published(self, results: Iterable[tuple[str, str, str]]) -> int:
+        """Record results found in the outbox, as (source, sha256, folder), whose bytes this
+        database does not know (a new or reset one): a picture dropped again is then known, not
+        made a second result. Returns how many were learnt."""
+        known = {row[0] for row in self._query("select sha256 from jobs where state in (?, ?, ?)",
+                                               [*ACTIVE, DONE])}
+        found, learnt = list(results), 0  # read every job.json before taking the write lock
+        with self._writing():
+            for source, sha256, folder in found:
+                if sha256 in known:  # done, or a job that published it just before a crash
+                    continue
+                known.add(sha256)
+                text, raw = _source_key(source)
+                self.db.table("jobs").insert({
+                    "source": text, "source_hex": raw, "sha256": sha256, "state": DONE,
+                    "result_name": self._unique_name(Path(folder).name), "output": folder,
+                    "finished_at": time.time(), "updated_at": time.time(),
+                    "warnings": json.dumps(["learnt from the outbox: the job database was new"])})
+                learnt += 1
+        return learnt
+
     def claim_next(self) -> Job | None:
         """Oldest queued job, now running (its attempt counted)."""
         now = time.time()
@@ -301,9 +372,11 @@ class Store:
                       stage=None, progress=0.0, eta_s=None, error=None)
             return self._stored(job.id)
 
-    def report_progress(self, job_id: int, stage: str, progress: float, eta_s: float | None) -> None:
+    def report_progress(self, job_id: int, stage: str, progress: float, eta_s: float | None,
+                        stage_started_at: float | None = None, stage_expected_s: float | None = None) -> None:
         with self._writing():
-            self._set(job_id, stage=stage, progress=progress, eta_s=eta_s)
+            self._set(job_id, stage=stage, progress=progress, eta_s=eta_s,
+                      stage_started_at=stage_started_at, stage_expected_s=stage_expected_s)
 
     def finish(self, job_id: int, output: Path, warnings: list[str], sha256: str | None = None) -> None:
         """Done; ``sha256`` when the published bytes differ from the queued ones."""
@@ -324,6 +397,13 @@ class Store:
             self._set(job_id, state=FAILED, error=display_name(error), eta_s=None, finished_at=time.time(),
                       output=display_name(str(kept_at)) if kept_at else None)
             self._promote_duplicates(job_id)
+
+    def retry_later(self, job_id: int, reason: str) -> None:
+        """Put a running job back, its attempt counted and ``reason`` shown until it runs again
+        (a stage past its time limit: maybe the machine, maybe the picture)."""
+        with self._writing():
+            self._set(job_id, state=QUEUED, error=display_name(reason), stage=None, progress=None,
+                      eta_s=None, started_at=None)
 
     def requeue(self, job_id: int) -> None:
         """Put a running job back, not counting the attempt (not a crash: a clean shutdown, a
@@ -439,13 +519,36 @@ def _source_key(source: str) -> list[Any]:
     return [text, None if raw == text.encode() else raw.hex()]
 
 
-def _unusable(db_path: Path, error: sqlite3.DatabaseError) -> str:
-    """One sentence naming the database file and what to do about it."""
-    if isinstance(error, sqlite3.OperationalError) and "unable to open" in str(error):
-        return (f"cannot open the job database {db_path} (user id {os.getuid()}): give this user "
+def _identity(db_path: Path) -> tuple[int, int]:
+    status = os.stat(db_path)
+    return status.st_dev, status.st_ino
+
+
+def _is_busy(error: sqlite3.OperationalError) -> bool:
+    return "locked" in str(error) or "busy" in str(error)
+
+
+def database_error(db_path: Path, error: BaseException) -> str:
+    """One sentence naming the database file, what went wrong and what to do about it. Only a
+    database SQLite reports corrupt is worth moving aside (its history goes with it)."""
+    kind = getattr(error, "sqlite_errorname", "") or ""
+    uid = os.getuid()
+    if kind in ("SQLITE_CORRUPT", "SQLITE_NOTADB") or "malformed" in str(error):
+        return (f"the job database {db_path} is corrupt ({error}); move it aside (recond then "
+                "starts an empty one and learns the results already in the outbox) or restore "
+                "it from a backup")
+    if kind.startswith("SQLITE_READONLY"):
+        return (f"the job database {db_path} is read-only for user id {uid}: give this user write "
+                "access to it, its -wal and -shm files and its folder, or point state_dir elsewhere")
+    if kind.startswith("SQLITE_CANTOPEN") or isinstance(error, PermissionError):
+        return (f"cannot open the job database {db_path} (user id {uid}): give this user "
                 "read and write access to it and its folder, or point state_dir elsewhere")
-    if "locked" in str(error) or "busy" in str(error):
+    if kind == "SQLITE_FULL":
+        return (f"the disk holding the job database {db_path} is full; free some space there "
+                "and start recond again (the database is kept)")
+    if isinstance(error, sqlite3.OperationalError) and _is_busy(error):
         return (f"the job database {db_path} is held by another process; stop it (or wait) "
                 "and start recond again")
-    return (f"the job database {db_path} is unreadable ({error}); move it aside (recond then "
-            "starts an empty one; results in the outbox are kept) or restore it from a backup")
+    return (f"the job database {db_path} could not be used just now ({error}); check its disk, "
+            "then start recond again (the database is kept)")
+

@@ -21,9 +21,9 @@ from typing import Any
 from recond import dropped, layout
 from recond.folder_identity import FolderIdentity
 from recond.config import JobSettings, ModelSettings, Settings, part_of
-from recond.errors import RELOAD_EITHER_WAY, describe_failure, loading_fix
+from recond.errors import RELOAD_EITHER_WAY, StageTimedOut, describe_failure, loading_fix
 from recond.gallery import write_gallery
-from recond.logging import get_logger
+from recond.logging import Repeats, get_logger
 from recond.outbox_gate import OutboxFault, OutboxGate
 from recond.pipeline.contract import ProgressCallback, SourcePicture, WarmPipeline
 from recond.pipeline.progress import Progress
@@ -94,6 +94,8 @@ class Worker:
         self._wake = threading.Event()
         self._new_settings: Settings | None = None
         self._next_load = 0.0
+        self._repeats = Repeats()
+        self._stranded: set[int] = set()  # interrupted jobs the store could not put back yet
         self._thread = threading.Thread(target=self._loop, name="recond-worker", daemon=True)
 
     @property
@@ -148,12 +150,14 @@ class Worker:
             self._wake.clear()
             try:
                 self._step()
-            except Exception:  # one store call or one job's error never ends the worker
-                log.exception("worker step failed; carrying on")
+            except Exception as error:  # one store call or one job's error never ends the worker
+                self._repeats.log(log.exception, "worker step failed; carrying on", error=str(error))
                 self._stopping.wait(ERROR_PAUSE_SECONDS)
 
     def _step(self) -> None:
         self._apply_new_settings()
+        for job_id in sorted(self._stranded):
+            self._put_back(job_id)
         if self.pipeline is None:
             if time.monotonic() >= self._next_load:
                 self._load_model()
@@ -175,7 +179,7 @@ class Worker:
         try:
             self.process(job)
         except Exception:
-            self._put_back(job)
+            self._put_back(job.id)
             raise
         finally:
             self.busy = False
@@ -183,11 +187,16 @@ class Worker:
         if self.paused or (after is not None and after.state == QUEUED):
             self._stopping.wait(WAIT_SECONDS)  # it waits for the outbox or the share: so do we
 
-    def _put_back(self, job: Job) -> None:
-        """A job an unexpected error interrupted returns to the queue (not a crash of it)."""
-        current = self.store.get(job.id)
+    def _put_back(self, job_id: int) -> None:
+        """A job an unexpected error interrupted returns to the queue (not a crash of it). When
+        the store cannot take even that (a full state disk), the job is remembered and put back
+        before the next one is claimed, so it is never left "running" (issue 18); a result it
+        published is then found and recorded (``process``)."""
+        self._stranded.add(job_id)
+        current = self.store.get(job_id)
         if current is not None and current.state == RUNNING:
-            self.store.requeue(job.id)
+            self.store.requeue(job_id)
+        self._stranded.discard(job_id)
 
     def _apply_new_settings(self) -> None:
         settings, self._new_settings = self._new_settings, None
@@ -319,6 +328,11 @@ class Worker:
             self.store.requeue(job.id)
             self._pause(fault)
             return
+        if isinstance(error, StageTimedOut) and job.attempts < self.settings.max_attempts:
+            self.store.retry_later(job.id, str(error))
+            log.warning("job requeued: a stage ran past its time limit", job=job.id, file=job.source,
+                        error=str(error), attempt=job.attempts, max_attempts=self.settings.max_attempts)
+            return
         reason, user_caused = describe_failure(error)
         log.error("job failed", job=job.id, file=job.source, error=reason,
                   seconds=round(time.monotonic() - started, 2), exc_info=not user_caused)
@@ -408,7 +422,8 @@ class Worker:
             decile = int(progress.overall * 10)
             if progress.stage != last["stage"] or now - last["written"] >= PROGRESS_WRITE_SECONDS:
                 try:
-                    self.store.report_progress(job.id, progress.stage, progress.overall, progress.eta_s)
+                    self.store.report_progress(job.id, progress.stage, progress.overall, progress.eta_s,
+                                               progress.stage_started_at, progress.stage_expected_s)
                     last["written"] = now
                 except sqlite3.Error as error:  # a busy database never fails the job it reports on
                     log.warning("progress not recorded", job=job.id, error=str(error))

@@ -62,32 +62,49 @@ def shared_dir() -> Path:
 def places_holding(data: bytes, inbox: Path, outbox: Path) -> list[str]:
     """Every place these exact bytes lie: a published result's source.*, a file in the inbox's
     failed folder, or a file still in the inbox (links and staging folders are no place)."""
+    return places_of([data], inbox, outbox)[data]
+
+
+def places_of(datas: list[bytes], inbox: Path, outbox: Path) -> dict[bytes, list[str]]:
+    """``places_holding`` for many pictures at once, in one walk of the folders."""
     import os
     import stat
     from pathlib import PurePosixPath
 
     from recond.layout import is_in_failed
 
-    places = []
+    places: dict[bytes, list[str]] = {data: [] for data in datas}
+    sizes = {len(data) for data in datas}
+
+    def note(path: Path, place: str) -> None:
+        if path.stat().st_size in sizes:
+            found = places.get(path.read_bytes())
+            if found is not None:
+                found.append(place)
+
     if outbox.is_dir():
         for result in sorted(outbox.iterdir()):
             if not result.name.startswith("."):
-                places += [f"result {result.name}" for copy in result.glob("source.*")
-                           if copy.read_bytes() == data]
+                for copy in result.glob("source.*"):
+                    note(copy, f"result {result.name}")
     for root, _, names in os.walk(inbox):
         for name in names:
             path = Path(root) / name
             if name.endswith(".error.txt") or not stat.S_ISREG(os.lstat(path).st_mode):
                 continue
-            if path.stat().st_size == len(data) and path.read_bytes() == data:
-                relative = path.relative_to(inbox)
-                where = "failed" if is_in_failed(PurePosixPath(relative)) else "inbox"
-                places.append(f"{where} {relative}")
+            relative = path.relative_to(inbox)
+            note(path, f"{'failed' if is_in_failed(PurePosixPath(relative)) else 'inbox'} {relative}")
     return places
 
 
 def assert_in_one_place(data: bytes, inbox: Path, outbox: Path) -> str:
     """Nothing dropped is ever lost: the bytes lie in exactly one place (the project's rule)."""
-    places = places_holding(data, inbox, outbox)
-    assert len(places) == 1, f"bytes found in {places or 'no place'}"
-    return places[0]
+    return assert_each_in_one_place([data], inbox, outbox)[0]
+
+
+def assert_each_in_one_place(datas: list[bytes], inbox: Path, outbox: Path) -> list[str]:
+    """``assert_in_one_place`` for many pictures (distinct bytes), in one walk; their places."""
+    found = places_of(datas, inbox, outbox)
+    astray = {data[:40]: places for data, places in found.items() if len(places) != 1}
+    assert not astray, f"bytes not in exactly one place: {dict(list(astray.items())[:5])}"
+    return [found[data][0] for data in datas]

@@ -60,7 +60,8 @@ def test_status_shows_the_live_daemon_running_job_and_recent_results(config: Pat
     assert report["counts"]["done"] == 1 and report["counts"]["running"] == 1
     assert report["current"] == {"id": running.id, "source": "kitchen/b.jpg", "stage": "texture",
                                  "progress": 0.42, "eta_s": 75.0,
-                                 "started_at": report["current"]["started_at"]}
+                                 "started_at": report["current"]["started_at"], "stage_seconds": None,
+                                 "stage_expected_s": None, "stage_overdue": False}
     assert report["recent"][0]["output"] == str(tmp_path / "outbox" / "t_a")
     code, text = reconctl(config, "status")
     assert code == 0 and f"up (pid {os.getpid()}" in text

@@ -44,11 +44,13 @@ class Installation:
     def write_config(self, values: dict[str, Any]) -> None:
         self.config.write_text("".join(f"{key} = {json.dumps(value)}\n" for key, value in values.items()))
 
-    def start(self, *arguments: str) -> subprocess.Popen:
-        env = {key: value for key, value in os.environ.items() if not key.startswith("RECOND_")}
+    def start(self, *arguments: str, wrapper: tuple[str, ...] = (),
+              env: dict[str, str] | None = None) -> subprocess.Popen:
+        """Run `recond` (under ``wrapper``, e.g. unshare, and with ``env`` added)."""
+        environment = {key: value for key, value in os.environ.items() if not key.startswith("RECOND_")}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "recond.daemon", "--config", str(self.config), *arguments],
-            cwd=REPO, env=env, stderr=self.log)
+            [*wrapper, sys.executable, "-m", "recond.daemon", "--config", str(self.config), *arguments],
+            cwd=REPO, env={**environment, **(env or {})}, stderr=self.log)
         return self.process
 
     def reconctl(self, *arguments: str) -> subprocess.CompletedProcess:
@@ -101,6 +103,10 @@ class Installation:
     def result_folders(self) -> list[Path]:
         """Result folders (the outbox also holds the gallery, index.html)."""
         return sorted(p for p in self.outbox.iterdir() if p.is_dir()) if self.outbox.is_dir() else []
+
+    def stderr_lines(self) -> int:
+        self.log.flush()
+        return (self.root / "daemon.stderr").read_bytes().count(b"\n")
 
     def stderr(self) -> str:
         self.log.flush()

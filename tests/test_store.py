@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 
-from recond.store import DONE, DUPLICATE, FAILED, QUEUED, RUNNING, Store
+import pytest
+
+from recond.store import DONE, DUPLICATE, FAILED, QUEUED, RUNNING, Store, StoreError, database_error
 
 
 def test_jobs_are_claimed_oldest_first_and_counted(tmp_path: Path) -> None:
@@ -101,3 +104,35 @@ def test_daemon_row_records_pid_model_and_watcher_warnings(tmp_path: Path) -> No
     state = Store(tmp_path / "recond.db").daemon_state()
     assert state["pid"] == 4242 and state["model_status"] == "missing"
     assert state["watcher_warnings"] == ["inbox missing"]
+
+
+def test_only_a_corrupt_database_is_to_be_moved_aside(tmp_path: Path) -> None:
+    corrupt = tmp_path / "corrupt.db"
+    corrupt.write_bytes(b"this was never a database " * 200)
+    with pytest.raises(StoreError) as refused:
+        Store(corrupt)
+    assert "corrupt" in str(refused.value) and "move it aside" in str(refused.value)
+    assert str(refused.value).count(". ") == 0  # one sentence
+
+    store = Store(tmp_path / "recond.db")
+    pages = store.db.execute("PRAGMA page_count").fetchone()[0]
+    store.db.execute(f"PRAGMA max_page_count = {pages}")  # a real SQLITE_FULL, as on a full disk
+    with pytest.raises(sqlite3.OperationalError) as full:
+        for number in range(1000):
+            store.enqueue(f"{number}.png", f"{number:064x}", 1, f"r{number}")
+    sentence = database_error(store.db_path, full.value)
+    assert "full" in sentence and "move it aside" not in sentence and "is kept" in sentence
+
+
+def test_a_reader_answers_at_once_while_another_process_holds_the_database(tmp_path: Path) -> None:
+    Store(tmp_path / "recond.db").enqueue("mug.png", "a" * 64, 1, "mug")
+    holder = sqlite3.connect(tmp_path / "recond.db", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        started = time.monotonic()
+        reader = Store(tmp_path / "recond.db", reader=True)
+        assert reader.counts()[QUEUED] == 1 and reader.held_by_another()
+        assert time.monotonic() - started < 1.0
+    finally:
+        holder.execute("ROLLBACK")
+    assert not reader.held_by_another()

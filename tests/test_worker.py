@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from conftest import settings_for, wait_for
+from conftest import assert_in_one_place, settings_for, wait_for
 from recond import layout
 from recond.pipeline.contract import SourcePicture
 from recond.pipeline.record import write_record
@@ -269,3 +269,45 @@ def test_duplicate_waiting_on_a_job_is_removed_once_its_result_is_published(sett
     assert (Path(done.output) / "source.jpg").read_bytes() == b"same bytes"
     assert not (settings.inbox / "backup").exists()  # emptied by recond: removed (issue 8)
     assert store.get(copy.id).output == done.output and settings.inbox.is_dir()
+
+
+class StoreRefusingPipeline(StandInPipeline):
+    """Leaves the job database refusing every write (SQLite's query_only, as a full state disk
+    does) just as its result is staged, until ``allow_writes`` is set."""
+
+    def __init__(self, store: Store) -> None:
+        super().__init__()
+        self.store, self.refusing, self.allow_writes = store, threading.Event(), threading.Event()
+
+    def run(self, source: Path, result_dir: Path, job: Any = None, progress: Any = None) -> Result:
+        result = super().run(source, result_dir, job, progress)
+        if not self.refusing.is_set():
+            self.store.db.execute("PRAGMA query_only = ON")
+            self.refusing.set()
+            threading.Thread(target=self._writable_again, daemon=True).start()
+        return result
+
+    def _writable_again(self) -> None:
+        self.allow_writes.wait()
+        with self.store._lock:  # the store's connection, shared by threads under its lock
+            self.store.db.execute("PRAGMA query_only = OFF")
+
+
+def test_a_result_the_store_could_not_record_is_published_once_never_left_running(
+        settings: Settings) -> None:
+    store = Store(settings.db_path)
+    job_id = queue_file(settings, store, "mug.jpg", b"mug bytes")
+    pipeline = StoreRefusingPipeline(store)
+    worker = run_worker(settings, store, pipeline)
+    try:
+        pipeline.refusing.wait(10)
+        time.sleep(3)  # the worker tries to record it, and to put it back, and cannot
+        assert store.get(job_id).state == "running"
+        pipeline.allow_writes.set()
+        done = wait_for(lambda: (job := store.get(job_id)).state == DONE and job, timeout=20)
+    finally:
+        pipeline.allow_writes.set()
+        worker.stop()
+    assert len(pipeline.runs) == 1  # recorded from the published result, not run again
+    assert [p.name for p in settings.outbox.iterdir() if p.is_dir()] == [Path(done.output).name]
+    assert_in_one_place(b"mug bytes", settings.inbox, settings.outbox).startswith("result")

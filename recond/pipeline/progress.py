@@ -1,8 +1,11 @@
-"""Progress of one pipeline run: stage, fraction and an ETA.
+"""Progress of one pipeline run: stage, fraction, an ETA and each stage's time limit.
 
 The ETA comes from the seconds each stage took in this machine's earlier jobs, kept in the
 state dir (STAGE_HISTORY_NAME); before the first job it uses DEFAULT_STAGE_SECONDS. A stage
-running longer than its history says is extrapolated from its own pace instead.
+running longer than its history says is extrapolated from its own pace instead. The same
+expected seconds, times a generous factor and never below a floor (JobSettings), give the
+stage's time limit, which a stage's child process is held to (``recond.pipeline.child``).
+The history is best effort: a state disk that cannot take it never costs a job its result.
 """
 
 from __future__ import annotations
@@ -45,6 +48,9 @@ STAGE_HISTORY_NAME = "stage_seconds.json"
 # Weight of the newest job in the running mean: recent jobs count most (the machine's load and
 # the settings change), yet one odd job does not throw the ETA off.
 NEWEST_JOB_WEIGHT = 0.5
+# Status flags a stage that has run this many times its expected seconds (issue 18: a frozen
+# ffmpeg showed "render 98 %, ETA 0 s" for minutes with nothing amiss in status).
+OVERDUE_FACTOR = 2.0
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,13 @@ class Progress:
     stage_fraction: float
     overall: float
     eta_s: float | None
+    stage_started_at: float | None = None  # wall clock, so another process can tell its age
+    stage_expected_s: float | None = None
+
+
+def stage_overdue(expected_s: float | None, started_at: float | None, now: float) -> bool:
+    """Has a stage run well past the seconds it usually takes?"""
+    return expected_s is not None and started_at is not None and now - started_at > OVERDUE_FACTOR * expected_s
 
 
 def expected_stage_seconds(state_dir: Path) -> dict[str, float]:
@@ -64,17 +77,51 @@ def expected_stage_seconds(state_dir: Path) -> dict[str, float]:
     return {stage: float(learnt.get(stage, seconds)) for stage, seconds in DEFAULT_STAGE_SECONDS.items()}
 
 
-def remember_stage_seconds(state_dir: Path, stage_seconds: Mapping[str, float]) -> None:
-    """Fold one finished job's stage seconds into the history (only where the state dir exists)."""
+def remember_stage_seconds(state_dir: Path, stage_seconds: Mapping[str, float]) -> str | None:
+    """Fold one finished job's stage seconds into the history (only where the state dir exists).
+
+    Best effort: returns why it could not (a full or read-only state disk), for a log line.
+    """
     state_dir = Path(state_dir)
     if not state_dir.is_dir():
-        return
+        return None
     before = expected_stage_seconds(state_dir)
     history = {stage: round((1 - NEWEST_JOB_WEIGHT) * before[stage] + NEWEST_JOB_WEIGHT * stage_seconds[stage], 3)
                if stage in stage_seconds else before[stage] for stage in STAGES}
     partial = state_dir / f".{STAGE_HISTORY_NAME}.tmp"
-    partial.write_text(json.dumps(history, indent=2) + "\n", encoding="utf-8")
-    os.replace(partial, state_dir / STAGE_HISTORY_NAME)
+    try:
+        partial.write_text(json.dumps(history, indent=2) + "\n", encoding="utf-8")
+        os.replace(partial, state_dir / STAGE_HISTORY_NAME)
+    except OSError as error:
+        partial.unlink(missing_ok=True)
+        return f"stage history not kept ({error})"
+    return None
+
+
+class StageClock:
+    """What a running stage is handed: ``clock(fraction)`` reports its progress, and
+    ``seconds_left()`` is the time it may still take (its child process is held to it)."""
+
+    def __init__(self, report: Callable[[float], None], limit_s: float, expected_s: float) -> None:
+        self._report = report
+        self.limit_s = limit_s
+        self.expected_s = expected_s
+        self.started = time.monotonic()
+        self.fraction = 0.0
+
+    def __call__(self, fraction: float) -> None:
+        self.fraction = fraction
+        self._report(fraction)
+
+    def again(self) -> None:
+        """Report the last fraction again: a stage waiting on a child stays cancellable."""
+        self._report(self.fraction)
+
+    def spent(self) -> float:
+        return time.monotonic() - self.started
+
+    def seconds_left(self) -> float:
+        return self.limit_s - self.spent()
 
 
 @dataclass
@@ -83,18 +130,20 @@ class ProgressTracker:
 
     callback: Callable[[Progress], None] | None = None
     expected: Mapping[str, float] | None = None  # stage seconds; None: DEFAULT_STAGE_SECONDS
+    limit_factor: float = 10.0  # a stage's limit: this many times its expected seconds ...
+    limit_floor_s: float = 120.0  # ... and never less than this
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
     @contextmanager
-    def stage(self, name: str) -> Iterator[Callable[[float], None]]:
-        """Run a stage: yields a ``report(fraction)`` function; records the stage's seconds."""
+    def stage(self, name: str) -> Iterator[StageClock]:
+        """Run a stage: yields its :class:`StageClock`; records the stage's seconds."""
         expected = self.expected or DEFAULT_STAGE_SECONDS
         index = STAGES.index(name)
         total = sum(expected.values())
         done_before = sum(expected[s] for s in STAGES[:index])
         still_after = sum(expected[s] for s in STAGES[index + 1:])
         share = expected[name]
-        stage_started = time.monotonic()
+        stage_started, started_at = time.monotonic(), time.time()
 
         def report(fraction: float) -> None:
             fraction = min(max(fraction, 0.0), 1.0)
@@ -104,9 +153,11 @@ class ProgressTracker:
             if fraction > 0 and spent > share * fraction:  # slower than usual: go by its own pace
                 left_in_stage = spent * (1.0 - fraction) / fraction
             if self.callback is not None:
-                self.callback(Progress(name, fraction, overall, left_in_stage + still_after))
+                self.callback(Progress(name, fraction, overall, left_in_stage + still_after,
+                                       started_at, share))
 
-        report(0.0)
-        yield report
+        clock = StageClock(report, max(self.limit_floor_s, self.limit_factor * share), share)
+        clock(0.0)
+        yield clock
         self.stage_seconds[name] = round(time.monotonic() - stage_started, 3)
-        report(1.0)
+        clock(1.0)

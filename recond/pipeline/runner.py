@@ -18,6 +18,7 @@ from recond import __version__
 from recond.config import JobSettings, ModelSettings, part_of
 from recond.errors import InputError
 from recond.layout import display_name
+from recond.logging import Repeats, get_logger
 from recond.pipeline.background import BackgroundRemover
 from recond.pipeline.contract import JobResult, ProgressCallback, SourcePicture
 from recond.pipeline.export import export_meshes, orient_y_up
@@ -48,6 +49,8 @@ from recond.upload_names import shown_file_name
 
 __all__ = ["InputError", "JobResult", "Pipeline", "Progress"]
 
+log = get_logger("recond.pipeline")
+
 MIN_OBJECT_PIXELS = 8  # framing drops the last row and column, as upstream does: tiny crops vanish
 
 
@@ -65,6 +68,7 @@ class Pipeline:
         settings = part_of(settings, ModelSettings)
         self.settings = settings
         self.stage_history = stage_history
+        self._repeats = Repeats()
         self.device = settings.resolved_device()
         self.dtype = settings.resolved_dtype()
         self.model_id = settings.model
@@ -79,8 +83,10 @@ class Pipeline:
         of a result inside ``result_dir`` (an empty folder the caller made and publishes:
         recond.layout); raises InputError for a bad picture."""
         expected = expected_stage_seconds(self.stage_history) if self.stage_history else None
-        return self._build(source, Path(result_dir), part_of(job, JobSettings),
-                           ProgressTracker(progress, expected))
+        job = part_of(job, JobSettings)
+        return self._build(source, Path(result_dir), job,
+                           ProgressTracker(progress, expected, limit_factor=job.stage_limit_factor,
+                                           limit_floor_s=job.stage_limit_floor_s))
 
     def _build(self, source: SourcePicture, result_dir: Path, settings: JobSettings,
                tracker: ProgressTracker) -> JobResult:
@@ -117,10 +123,10 @@ class Pipeline:
             oriented = orient_y_up(mesh)
             export_meshes(oriented, result_dir)
 
-        with tracker.stage("render") as report:
+        with tracker.stage("render") as clock:
             frames = render_turntable(oriented, settings.render_views, settings.render_size,
-                                      device=self.device, progress=report)
-            write_turntable(frames, result_dir, settings.video_fps)
+                                      device=self.device, progress=clock)
+            write_turntable(frames, result_dir, settings.video_fps, clock)
 
         with tracker.stage("viewer"):
             downloads = _download_order(result_dir)
@@ -148,8 +154,10 @@ class Pipeline:
         with tracker.stage("record"):
             record["stage_seconds"] = dict(tracker.stage_seconds)
             write_record(result_dir, record)
-        if self.stage_history:
-            remember_stage_seconds(self.stage_history, tracker.stage_seconds)
+        if self.stage_history:  # best effort: a full state disk never costs the result
+            not_kept = remember_stage_seconds(self.stage_history, tracker.stage_seconds)
+            if not_kept:
+                self._repeats.log(log.warning, not_kept)
         return JobResult(result_dir, warnings, dict(tracker.stage_seconds), record)
 
 

@@ -1,0 +1,417 @@
+"""recond stays alive and says so when its surroundings misbehave (issue 18): a watcher that
+drops events or runs out of watches, a hung stage, a busy or vanished job database, a full
+state disk, a file that never stops changing, a second daemon.
+
+Real daemons in subprocesses, real signals, mounts and namespaces; every picture's bytes end
+in exactly one place. The 10,000-file and 90-s-lock cases carry the ``slow`` marker (CI runs
+them: the README's test command runs every test).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import assert_each_in_one_place
+from recond.config import load_settings
+from recond.status import status_report
+from recond.store import Store
+from test_daemon_e2e import REPO, Installation
+from test_nothing_lost import as_nobody, mounted, open_dir  # noqa: F401 (open_dir: a fixture)
+
+
+def queued(installation: Installation) -> int:
+    """Queued jobs, read straight from the database (a reconctl run per poll is too slow here)."""
+    try:
+        with sqlite3.connect(installation.state / "recond.db", timeout=1) as db:
+            return int(db.execute("select count(*) from jobs where state = 'queued'").fetchone()[0])
+    except sqlite3.Error:
+        return 0
+
+
+def log_events(installation: Installation) -> list[dict]:
+    path = installation.state / "recond.log"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def wait_until(condition, timeout: float, installation: Installation | None = None) -> float:
+    """Seconds it took ``condition()`` to hold; fails after ``timeout`` (or if the daemon died)."""
+    started = time.monotonic()
+    while not condition():
+        if installation and installation.process and installation.process.poll() is not None:
+            raise AssertionError(f"recond exited\n{installation.stderr()}")
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"not within {timeout} s" + (f"\n{installation.stderr()}" if installation else ""))
+        time.sleep(0.1)
+    return time.monotonic() - started
+
+
+def without_model(tmp_path: Path, **settings: object) -> Installation:
+    """An installation whose weights are missing: jobs are queued and stay queued."""
+    return Installation(tmp_path, tmp_path / "no-weights", tmp_path, **settings)
+
+
+def watching(installation: Installation) -> None:
+    wait_until(lambda: any(e["event"] == "watching inbox" for e in log_events(installation)), 30,
+               installation)
+
+
+@pytest.mark.slow
+def test_10000_files_dropped_while_events_overflow_are_all_queued_within_a_minute(tmp_path: Path) -> None:
+    installation = without_model(tmp_path)
+    try:
+        installation.start()
+        watching(installation)
+        # Frozen, recond reads no events: 10,000 files make ~30,000 (create, modify, close), past
+        # the kernel's queue of fs.inotify.max_queued_events (16,384 here), which overflows.
+        installation.process.send_signal(signal.SIGSTOP)
+        pictures = [b"%05d" % number for number in range(10_000)]
+        for number, data in enumerate(pictures):
+            (installation.inbox / f"p{number:05d}.png").write_bytes(data)
+        installation.process.send_signal(signal.SIGCONT)
+        seconds = wait_until(lambda: queued(installation) == len(pictures), 60, installation)
+        print(f"10,000 files queued {seconds:.1f} s after the watcher woke")
+        assert any("overflow" in e["event"] for e in log_events(installation))
+        assert installation.stop() == 0
+        assert_each_in_one_place(pictures, installation.inbox, installation.outbox)
+    finally:
+        installation.stop()
+
+
+def test_folders_past_the_inotify_watch_limit_are_reported_and_polled(tmp_path: Path) -> None:
+    installation = without_model(tmp_path)
+    folders = ["a", "b", "c", "d", "e", "f"]
+    for folder in folders:
+        (installation.inbox / folder).mkdir()
+    # A user namespace of its own has its own watch limit: 3 watches for the inbox and six folders.
+    limited = ("unshare", "--user", "--map-root-user", "sh", "-c",
+               'echo 3 > /proc/sys/user/max_inotify_watches && exec "$@"', "sh")
+    try:
+        installation.start(wrapper=limited)
+        status = installation.wait(lambda s: any("watch limit" in w for w in s["daemon"]["watcher_warnings"]))
+        assert any("polled" in w for w in status["daemon"]["watcher_warnings"])
+        assert any("watch limit" in e["event"] for e in log_events(installation))
+        pictures = [folder.encode() * 3 for folder in folders]
+        for folder, data in zip(folders, pictures):
+            (installation.inbox / folder / "mug.png").write_bytes(data)
+        # Well before the 300 s rescan: the unwatched folders are polled.
+        wait_until(lambda: queued(installation) == len(folders), 20, installation)
+        assert installation.stop() == 0
+        assert_each_in_one_place(pictures, installation.inbox, installation.outbox)
+    finally:
+        installation.stop()
+
+
+class NotifySocket:
+    """A real NOTIFY_SOCKET (what systemd gives a Type=notify service): the datagrams recond
+    sends, with the time each arrived."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.socket.bind(str(path))
+        self.socket.settimeout(0.2)
+        self.messages: list[tuple[float, str]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.messages.append((time.monotonic(), self.socket.recv(4096).decode()))
+            except TimeoutError:
+                continue
+
+    def pings(self, since: float = 0.0) -> list[float]:
+        return [at for at, text in self.messages if "WATCHDOG=1" in text and at >= since]
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.socket.close()
+
+
+def reconctl_status_seconds(installation: Installation) -> tuple[float, dict]:
+    started = time.monotonic()
+    status = installation.status()
+    return time.monotonic() - started, status
+
+
+@pytest.mark.slow
+def test_database_held_90_s_by_another_process_keeps_the_watchdog_fed_and_status_answering(
+        tmp_path: Path) -> None:
+    installation = without_model(tmp_path)
+    notify = NotifySocket(tmp_path / "notify")
+    holder = None
+    try:
+        installation.start(env={"NOTIFY_SOCKET": str(notify.path)})
+        watching(installation)
+        wait_until(lambda: any("READY=1" in text for _, text in notify.messages), 10)
+        holder = subprocess.Popen([sys.executable, "-c", (
+            "import sqlite3, sys, time\n"
+            "db = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+            "db.execute('BEGIN EXCLUSIVE'); print('held', flush=True); time.sleep(90)\n"
+            "db.execute('ROLLBACK')\n"), str(installation.state / "recond.db")],
+            stdout=subprocess.PIPE, text=True)
+        assert holder.stdout.readline().strip() == "held"
+        held_at = time.monotonic()
+        picture = b"dropped while the database was held"
+        (installation.inbox / "mug.png").write_bytes(picture)
+        time.sleep(15)
+        seconds, status = reconctl_status_seconds(installation)
+        assert status["database_busy"] and status["daemon"]["running"], status
+        text = installation.reconctl("status").stdout
+        assert "held by another process" in text and "NOT RESPONDING" not in text
+        # Past STALE_HEARTBEAT_SECONDS without a heartbeat row: the liveness file still speaks.
+        time.sleep(max(0.0, held_at + 45 - time.monotonic()))
+        seconds, status = reconctl_status_seconds(installation)
+        assert status["daemon"]["running"] and not status["daemon"]["unresponsive"], status
+        print(f"reconctl status answered in {seconds:.2f} s (a whole python start included)")
+        assert seconds < 5.0
+        started = time.monotonic()
+        status_report(load_settings(installation.config))
+        assert time.monotonic() - started < 1.0  # the answer itself, without starting python
+        holder.wait(120)
+        released_at = time.monotonic()
+        wait_until(lambda: queued(installation) == 1, 60, installation)
+        pings = [held_at - 1, *notify.pings(since=held_at - 1), released_at]
+        gaps = [later - earlier for earlier, later in zip(pings, pings[1:])]
+        print(f"longest gap between watchdog pings while held: {max(gaps):.1f} s")
+        assert max(gaps) < 15  # HEARTBEAT_SECONDS is 5; systemd's WatchdogSec is 60
+        assert installation.stop() == 0
+        assert_each_in_one_place([picture], installation.inbox, installation.outbox)
+    finally:
+        if holder and holder.poll() is None:
+            holder.kill()
+        installation.stop()
+        notify.close()
+
+
+def test_deleting_the_lock_file_does_not_let_a_second_daemon_in(tmp_path: Path) -> None:
+    installation = without_model(tmp_path)
+    try:
+        installation.start()
+        watching(installation)
+        (installation.state / "recond.lock").unlink()
+        second = subprocess.run([sys.executable, "-m", "recond.daemon", "--config", str(installation.config)],
+                                cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert second.returncode == 1 and "already using" in second.stderr, second.stderr
+        picture = b"still the first daemon's"
+        (installation.inbox / "mug.png").write_bytes(picture)
+        wait_until(lambda: queued(installation) == 1, 20, installation)
+        assert installation.stop() == 0
+        assert_each_in_one_place([picture], installation.inbox, installation.outbox)
+    finally:
+        installation.stop()
+
+
+def test_database_deleted_under_the_daemon_stops_it_and_the_next_one_knows_the_results(
+        tmp_path: Path, tiny_model_dir: Path, shared_dir: Path) -> None:
+    installation = Installation(tmp_path, tiny_model_dir, shared_dir / "examples")
+    picture = (shared_dir / "examples" / "chair.png").read_bytes()
+    try:
+        installation.start()
+        installation.drop_like_a_share("chair.png")
+        installation.wait(lambda s: s["counts"]["done"] == 1, timeout=300)
+        for name in ("recond.db", "recond.db-wal", "recond.db-shm"):
+            (installation.state / name).unlink(missing_ok=True)
+        assert installation.process.wait(30) == 1
+        assert "was deleted while recond ran" in installation.stderr()
+
+        installation.start()  # a new, empty database: it learns the result from the outbox
+        installation.drop_like_a_share("chair.png")
+        # Known bytes: the copy is removed, its bytes being in the result, and nothing is queued.
+        wait_until(lambda: not (installation.inbox / "chair.png").exists(), 30, installation)
+        status = installation.status()
+        assert status["counts"]["done"] == 1 and status["counts"]["queued"] == status["counts"]["running"] == 0
+        assert status["recent"][0]["output"] == str(installation.result_folders()[0])
+        assert len(installation.result_folders()) == 1  # not a second result
+        assert installation.stop() == 0
+        assert_each_in_one_place([picture], installation.inbox, installation.outbox)
+    finally:
+        installation.stop()
+
+
+def test_root_owned_read_only_database_gives_one_sentence_not_a_traceback(open_dir: Path) -> None:
+    installation = without_model(open_dir)
+    installation.state.mkdir()
+    Store(installation.state / "recond.db").close()  # root's, 0644 (recond run once as root) ...
+    for path in (installation.inbox, installation.state, installation.state / "recond.db", installation.config):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    os.chown(installation.state, 65534, 65534)  # ... in the service user's state dir
+    picture = b"waits for a usable database"
+    (installation.inbox / "mug.png").write_bytes(picture)
+    daemon = as_nobody(sys.executable, "-m", "recond.daemon", "--config", str(installation.config), "--once")
+    assert "Traceback" not in daemon.stderr and daemon.stderr.count("\n") == 1, daemon.stderr
+    assert daemon.returncode == 1 and "job database" in daemon.stderr and "read-only" in daemon.stderr
+    assert "move it aside" not in daemon.stderr
+    status = as_nobody(sys.executable, "-m", "recond.cli", "--config", str(installation.config), "status")
+    assert status.returncode == 0 and "Traceback" not in status.stderr  # reading needs no write access
+    assert_each_in_one_place([picture], installation.inbox, installation.outbox)
+
+
+def freezing_ffmpeg(folder: Path) -> Path:
+    """An ffmpeg for IMAGEIO_FFMPEG_EXE that stops itself (SIGSTOP) the first time it is run,
+    then runs the real one: a child frozen the way the issue's was, at a known moment."""
+    import imageio_ffmpeg
+
+    script = folder / "ffmpeg"
+    script.write_text(f"#!/bin/sh\nif [ ! -e {folder}/frozen-once ]; then : > {folder}/frozen-once; "
+                      f"kill -STOP $$; fi\nexec {imageio_ffmpeg.get_ffmpeg_exe()} \"$@\"\n")
+    script.chmod(0o755)
+    return script
+
+
+def frozen_children(parent: int) -> list[int]:
+    """Stopped (state T) child processes of ``parent``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            fields = dict(line.split(":\t", 1) for line in (entry / "status").read_text().splitlines()
+                          if ":\t" in line)
+        except (OSError, ValueError):
+            continue
+        if fields.get("PPid", "").strip() == str(parent) and fields.get("State", "").startswith("T"):
+            found.append(int(entry.name))
+    return found
+
+
+def test_frozen_ffmpeg_is_flagged_killed_at_the_stage_limit_and_the_job_retried(
+        tmp_path: Path, tiny_model_dir: Path, shared_dir: Path) -> None:
+    # render usually takes 2 s (the default history): flagged past 4 s, killed at 15 s.
+    installation = Installation(tmp_path, tiny_model_dir, shared_dir / "examples",
+                                stage_limit_factor=1.0, stage_limit_floor_s=15.0)
+    try:
+        installation.start(env={"IMAGEIO_FFMPEG_EXE": str(freezing_ffmpeg(tmp_path))})
+        installation.drop_like_a_share("chair.png")
+        wait_until(lambda: frozen_children(installation.process.pid), 300, installation)
+        frozen = frozen_children(installation.process.pid)
+        status = installation.wait(lambda s: s["current"] and s["current"]["stage_overdue"], timeout=15)
+        assert status["current"]["stage"] == "render"
+        assert "the render stage has run" in installation.reconctl("status").stdout
+        status = installation.wait(lambda s: s["counts"]["done"] == 1, timeout=120)
+        assert not Path(f"/proc/{frozen[0]}").exists() or frozen[0] not in frozen_children(installation.process.pid)
+        retried = [e for e in log_events(installation) if e["event"] == "job requeued: a stage ran past its time limit"]
+        assert len(retried) == 1 and "ffmpeg ran" in retried[0]["error"], retried
+        job = json.loads(installation.reconctl("show", str(status["recent"][0]["id"]), "--json").stdout)
+        assert job["attempts"] == 2 and job["error"] is None
+        assert installation.stop() == 0
+        assert_each_in_one_place([(shared_dir / "examples" / "chair.png").read_bytes()],
+                                 installation.inbox, installation.outbox)
+    finally:
+        installation.stop()
+
+
+def test_sigterm_ends_a_frozen_stage_at_once_and_keeps_the_job(
+        tmp_path: Path, tiny_model_dir: Path, shared_dir: Path) -> None:
+    installation = Installation(tmp_path, tiny_model_dir, shared_dir / "examples")  # limit: 120 s
+    try:
+        installation.start(env={"IMAGEIO_FFMPEG_EXE": str(freezing_ffmpeg(tmp_path))})
+        installation.drop_like_a_share("robot.png")
+        wait_until(lambda: frozen_children(installation.process.pid), 300, installation)
+        frozen = frozen_children(installation.process.pid)
+        started = time.monotonic()
+        installation.process.send_signal(signal.SIGTERM)
+        assert installation.process.wait(30) == 0
+        print(f"a frozen render stage stopped {time.monotonic() - started:.1f} s after SIGTERM")
+        assert time.monotonic() - started < 10  # TimeoutStopSec is 180
+        assert not Path(f"/proc/{frozen[0]}").exists()  # the child is gone with it
+        status = installation.status()
+        assert status["counts"]["queued"] == 1 and status["counts"]["failed"] == 0
+        assert_each_in_one_place([(shared_dir / "examples" / "robot.png").read_bytes()],
+                                 installation.inbox, installation.outbox)
+    finally:
+        installation.stop()
+
+
+def test_once_reports_a_file_that_never_stops_changing_and_exits(tmp_path: Path, tiny_model_dir: Path,
+                                                                 shared_dir: Path) -> None:
+    installation = Installation(tmp_path, tiny_model_dir, shared_dir / "examples")
+    shutil.copy(shared_dir / "examples" / "chair.png", installation.inbox / "chair.png")
+    growing, writing = installation.inbox / "growing.png", threading.Event()
+
+    def keep_writing() -> None:
+        with growing.open("ab") as stream:
+            while not writing.is_set():
+                stream.write(b"x")
+                stream.flush()
+                time.sleep(0.1)
+
+    writer = threading.Thread(target=keep_writing)
+    writer.start()
+    try:
+        started = time.monotonic()
+        code = installation.start("--once").wait(400)
+        print(f"--once exited after {time.monotonic() - started:.1f} s")
+        assert code == 0, installation.stderr()
+    finally:
+        writing.set()
+        writer.join()
+    left = [e for e in log_events(installation) if e["event"].startswith("still changing")]
+    assert [e["file"] for e in left] == ["growing.png"]
+    status = installation.status()
+    assert status["counts"]["done"] == 1 and status["counts"]["queued"] == 0
+    assert_each_in_one_place([(shared_dir / "examples" / "chair.png").read_bytes(), growing.read_bytes()],
+                             installation.inbox, installation.outbox)
+
+
+def fill(folder: Path) -> Path:
+    """Fill the filesystem holding ``folder`` to its last byte; returns the file doing it."""
+    filler = folder / "filler"
+    descriptor = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        for chunk in (1 << 20, 1 << 16, 1 << 12, 1):
+            try:
+                while True:
+                    os.write(descriptor, b"\0" * chunk)
+            except OSError:
+                continue
+    finally:
+        os.close(descriptor)
+    return filler
+
+
+@pytest.mark.slow
+def test_full_state_disk_keeps_every_result_strands_no_job_and_floods_no_log(
+        tmp_path: Path, tiny_model_dir: Path, shared_dir: Path) -> None:
+    installation = Installation(tmp_path, tiny_model_dir, shared_dir / "examples")
+    installation.state.mkdir()
+    names = ("chair.png", "robot.png", "flamingo.png")
+    with mounted("-t", "tmpfs", "-o", "size=16m", "tmpfs", target=installation.state):
+        try:
+            installation.start()
+            installation.drop_like_a_share("chair.png")
+            installation.wait(lambda s: s["counts"]["done"] == 1, timeout=300)
+            installation.drop_like_a_share("robot.png")
+            installation.wait_for_stage(("export", "render"), timeout=300)
+            filler = fill(installation.state)  # mid-job: its history, progress and outcome
+            lines_before = installation.stderr_lines()
+            installation.drop_like_a_share("flamingo.png")  # and a drop while full
+            time.sleep(40)  # past STALE_HEARTBEAT_SECONDS, with the database unwritable
+            status = installation.status()
+            assert status["daemon"]["running"] and not status["daemon"]["unresponsive"], status
+            assert "NOT RESPONDING" not in installation.reconctl("status").stdout
+            flood = installation.stderr_lines() - lines_before
+            print(f"stderr lines in 40 s of a full state disk: {flood}")
+            assert flood < 300  # a few tracebacks, each error once a minute (it was 58,332 in 47 s)
+            filler.unlink()
+            installation.wait(lambda s: s["counts"]["done"] == 3, timeout=300)
+            status = installation.status()
+            assert status["counts"]["running"] == status["counts"]["queued"] == status["counts"]["failed"] == 0
+            assert installation.stop() == 0
+        finally:
+            installation.stop()
+    assert_each_in_one_place([(shared_dir / "examples" / name).read_bytes() for name in names],
+                             installation.inbox, installation.outbox)
