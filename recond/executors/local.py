@@ -19,6 +19,7 @@ import pickle
 import signal
 import socket
 import threading
+import time
 import traceback
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -32,8 +33,11 @@ from recond.config import ModelSettings, Settings, part_of
 from recond.executors import (DeviceFacts, DeviceTask, HostPart, HostTask, JobCancelled, PartProgress,
                               PipelineFactory, ProgressSink, WorkerInfo, WorkerLost)
 from recond.executors.inline import CancellableReports, device_part
+from recond.logging import get_logger
 from recond.pipeline.contract import JobResult, WarmPipeline
 from recond.pipeline.handoff import DeviceOutput
+
+log = get_logger("recond.executors")
 
 CONTEXT = get_context("spawn")
 HOST_MODULE = "recond.pipeline.host"  # imported at a process's start, so its first job is warm
@@ -42,6 +46,7 @@ HOST_MODULE = "recond.pipeline.host"  # imported at a process's start, so its fi
 HOST_TORCH_THREADS = 1
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 STOP_WAIT_SECONDS = 5.0
+RESPAWN_PAUSE_SECONDS = 5.0  # before replacing a process that ended without a part
 
 
 class HostTraceback(Exception):
@@ -109,6 +114,7 @@ class HostPool:
         self._pending: deque[tuple[HostTask, Future[JobResult]]] = deque()
         self._cancelled = False
         self._closed = False
+        self._empty_slots: dict[int, float] = {}  # slot -> when to start its next process
         self._wake_reader, self._wake_writer = CONTEXT.Pipe(duplex=False)
         self._processes = [self._spawn(slot) for slot in range(size)]
         self._watcher = threading.Thread(target=self._watch, name="recond-host-pool", daemon=True)
@@ -127,7 +133,7 @@ class HostPool:
 
     def workers(self) -> list[WorkerInfo]:
         with self._lock:
-            return [host.info() for host in self._processes]
+            return [host.info() for host in sorted(self._processes, key=lambda host: host.slot)]
 
     def cancel(self) -> None:
         """Kill the processes running parts and fail every part, running or waiting, with
@@ -176,6 +182,7 @@ class HostPool:
                     self._replace(sentinels[sentinel])
             if self._wake_reader in ready:
                 self._wake_reader.recv()
+            self._refill()
 
     def _receive(self, host: HostProcess) -> None:
         try:
@@ -205,22 +212,35 @@ class HostPool:
 
     def _replace(self, host: HostProcess) -> None:
         """A process ended: its part fails (WorkerLost, or JobCancelled after cancel) and,
-        unless the pool is closing, a fresh process takes its slot."""
+        unless the pool is closing, a fresh process takes its slot: at once when it died
+        running a part, after RESPAWN_PAUSE_SECONDS when it died idle (it may not start at all)."""
         host.process.join()
+        reason = _exit_reason(host.process.exitcode)
         with self._lock:
             task, future = host.task, host.future
             host.task = host.future = None
             if host in self._processes:
                 self._processes.remove(host)
-            assigned = []
-            if not self._cancelled:
-                self._processes.append(self._spawn(host.slot))
-                assigned = self._assign()
+            self._empty_slots[host.slot] = time.monotonic() + (0.0 if task else RESPAWN_PAUSE_SECONDS)
             cancelled = self._cancelled
+        if task is None and not cancelled:  # the worker logs what a death under a job did to it
+            log.warning("host worker process ended while idle; replaced shortly", pid=host.process.pid,
+                        reason=reason, retry_in_s=RESPAWN_PAUSE_SECONDS)
         if future is not None and task is not None and not future.done():
             future.set_exception(JobCancelled() if cancelled else WorkerLost(
-                f"the host worker process {host.process.pid} died ({_exit_reason(host.process.exitcode)}) "
-                "while processing this file"))
+                f"the host worker process {host.process.pid} died ({reason}) while processing this file"))
+
+    def _refill(self) -> None:
+        """Start processes in the slots whose time has come, and give them waiting parts."""
+        with self._lock:
+            if self._cancelled:
+                return
+            now = time.monotonic()
+            for slot, due in list(self._empty_slots.items()):
+                if due <= now:
+                    del self._empty_slots[slot]
+                    self._processes.append(self._spawn(slot))
+            assigned = self._assign()
         self._send(assigned)
 
     # Under the lock.
@@ -246,17 +266,21 @@ class HostPool:
                 assigned.append(host)
         return assigned
 
-    # Outside the lock: a hand-off is megabytes, and a starting process reads it only once its
-    # imports are done.
+    # Outside the lock, each on a thread of its own: a hand-off is megabytes, more than a pipe
+    # holds, and a process just started reads it only once its imports are done (seconds).
 
     def _send(self, assigned: list[HostProcess]) -> None:
         for host in assigned:
-            task = host.task
-            try:
-                if task is not None:
-                    host.tasks.send((self.host_part, task))
-            except OSError:
-                pass  # it died meanwhile: the watcher fails its part and replaces it
+            if host.task is not None:
+                threading.Thread(target=_send_task, args=(host.tasks, (self.host_part, host.task)),
+                                 name=f"recond-host-{host.slot}-send", daemon=True).start()
+
+
+def _send_task(tasks: Connection, message: tuple[HostPart, HostTask]) -> None:
+    try:
+        tasks.send(message)
+    except OSError:
+        pass  # the process died meanwhile: the watcher fails its part and replaces it
 
 
 def _exit_reason(exitcode: int | None) -> str:
