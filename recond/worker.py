@@ -198,7 +198,11 @@ class Worker:
             self._stopping.wait(WAIT_SECONDS)
             return
         if self._has_room() and (job := self.store.claim_next()) is not None:
-            self._begin(job)
+            try:
+                self._begin(job)
+            except Exception:
+                self._put_back(job)
+                raise
             after = self.store.get(job.id)
             if self.paused or (after is not None and after.state == QUEUED):
                 self._wake.wait(WAIT_SECONDS)  # it waits for the outbox or the share: so do we
@@ -328,7 +332,11 @@ class Worker:
         """Act on every part that ended: start the host part, publish, fail or requeue."""
         for flight in list(self.in_flight.values()):
             if flight.future is not None and flight.future.done():
-                self._advance(flight)
+                try:
+                    self._advance(flight)
+                except Exception:  # e.g. the store failed us: the job must not stay "running"
+                    self._drop(flight, requeue=True)
+                    raise
 
     def _advance(self, flight: InFlight) -> None:
         job = flight.job
@@ -373,10 +381,10 @@ class Worker:
             self._drop(flight)
             self._job_error(job, error, flight.started)
             return
-        del self.in_flight[job.id]
         flight.staging.close()  # published: nothing left to remove
         remember_stage_seconds(self.settings.state_dir, result.stage_seconds)
         self._finish(job, folder, result.warnings, result.record.get("sha256", job.sha256), flight.started)
+        del self.in_flight[job.id]
 
     def _drop(self, flight: InFlight, requeue: bool = False) -> None:
         """Forget a job in flight, removing its staging folder; ``requeue`` puts it back in the
@@ -385,9 +393,13 @@ class Worker:
         # Leaving layout.staging() by an exception is what removes its folder.
         flight.staging.__exit__(JobCancelled, JobCancelled(), None)
         if requeue:
-            current = self.store.get(flight.job.id)
-            if current is not None and current.state == RUNNING:
-                self.store.requeue(flight.job.id)
+            self._put_back(flight.job)
+
+    def _put_back(self, job: Job) -> None:
+        """A job still recorded as running goes back to the queue (not a crash of it)."""
+        current = self.store.get(job.id)
+        if current is not None and current.state == RUNNING:
+            self.store.requeue(job.id)
 
     def _worker_lost(self, job: Job, lost: WorkerLost) -> None:
         """The process running the job died: one attempt spent; out of attempts, the job fails."""
