@@ -48,11 +48,13 @@ def chair_surface() -> trimesh.Trimesh:
     settings = load_settings(model=str(BENCH_CHAIR), device="cpu")
     model = TripoSR.from_pretrained(BENCH_CHAIR)
     # chair.png carries its own alpha, which the pipeline's background stage keeps as the cutout.
-    picture = decode_image(read_source(CHAIR, settings.max_file_bytes), CHAIR.name,
+    picture = decode_image(read_source(CHAIR, settings.max_file_bytes).data, CHAIR.name,
                            settings.max_image_pixels, settings.max_aspect_ratio)
     with torch.no_grad():
         scene_code = model.encode([prepare_image(picture, settings.foreground_ratio)])[0]
-        return kept_surface(model, scene_code, settings).mesh
+        grid = model.density_grid(scene_code, settings.mc_resolution, settings.chunk_size,
+                                  level=settings.mc_threshold)
+        return kept_surface(grid, model.radius, settings).mesh
 
 
 def fast_simplification(mesh: trimesh.Trimesh, target: int) -> trimesh.Trimesh:

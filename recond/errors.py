@@ -32,6 +32,12 @@ class StageTimedOut(RuntimeError):
     def __init__(self, stage: str, what: str, spent_s: float, limit_s: float, expected_s: float) -> None:
         super().__init__(f"the {stage} stage's {what} ran {spent_s:.0f} s, past the stage's limit of "
                          f"{limit_s:.0f} s (it usually takes {expected_s:.1f} s), and was stopped")
+        self._facts = (stage, what, spent_s, limit_s, expected_s)
+
+    def __reduce__(self) -> tuple[type[StageTimedOut], tuple[str, str, float, float, float]]:
+        # A host process (recond.executors.local) sends it back to the worker pickled, and the
+        # worker retries a job on this type alone.
+        return (StageTimedOut, self._facts)
 
 
 class ModelLoadError(RuntimeError):

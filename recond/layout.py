@@ -154,7 +154,8 @@ def build_result(outbox: Path, result_name: str, owner: str, build: Callable[[Pa
                  source_mode: int = 0o777, before_publish: Callable[[], None] = lambda: None
                  ) -> tuple[T, Path]:
     """Run ``build(folder)`` in a staging folder, then publish it; returns (what build returned,
-    the published folder). The one way a result reaches the outbox (worker and reconctl).
+    the published folder). With ``publish_result``, the one way a result reaches the outbox
+    (reconctl process builds here; the worker's host parts fill a ``staging`` folder elsewhere).
 
     The result grants no more than its source file did (``source_mode``: a 0600 picture gives
     a 0700 folder of 0600 files), and ``before_publish`` may still stop the publishing (e.g.
@@ -162,9 +163,17 @@ def build_result(outbox: Path, result_name: str, owner: str, build: Callable[[Pa
     """
     with staging(outbox, result_name, owner) as folder:
         built = build(folder)
-        restrict_to(folder, source_mode)
-        before_publish()
-        return built, publish(folder, outbox, result_name)
+        return built, publish_result(folder, outbox, result_name, source_mode, before_publish)
+
+
+def publish_result(staged: Path, outbox: Path, result_name: str, source_mode: int = 0o777,
+                   before_publish: Callable[[], None] = lambda: None) -> Path:
+    """Publish a complete staging folder as ``build_result`` does: its permissions bounded by
+    the source's, ``before_publish`` given the last word (the worker, whose host parts fill
+    staging folders in other processes, calls this itself)."""
+    restrict_to(staged, source_mode)
+    before_publish()
+    return publish(staged, outbox, result_name)
 
 
 def restrict_to(folder: Path, source_mode: int) -> None:

@@ -60,23 +60,16 @@ def status_report(settings: Settings, recent: int = 10) -> dict[str, Any]:
             "device": daemon.get("device") if running else None,
             "watcher_warnings": daemon.get("watcher_warnings", []) if running else [],
             "worker_warning": daemon.get("worker_warning") if running else None,
+            # Where jobs' parts run: the warm model(s) and the host processes (recond.executors).
+            "workers": daemon.get("workers", []) if running else [],
         },
         "counts": store.counts() if store else dict.fromkeys(STATES, 0),
-        "current": None,
+        "running": [],
         "recent": [],
         "last_background": None,
     }
     if store:
-        current = store.running()
-        if current:
-            report["current"] = {"id": current.id, "source": current.source, "stage": current.stage,
-                                 "progress": current.progress, "eta_s": current.eta_s,
-                                 "started_at": current.started_at,
-                                 "stage_seconds": round(now - current.stage_started_at, 1)
-                                 if current.stage_started_at else None,
-                                 "stage_expected_s": current.stage_expected_s,
-                                 "stage_overdue": stage_overdue(current.stage_expected_s,
-                                                                current.stage_started_at, now)}
+        report["running"] = [_running(job, now) for job in store.running()]
         report["recent"] = [_summary(job) for job in store.jobs(limit=recent)
                             if job.state != RUNNING]
         last_done = store.jobs(DONE, limit=1)
@@ -85,6 +78,15 @@ def status_report(settings: Settings, recent: int = 10) -> dict[str, Any]:
             report["last_background"] = {"id": last_done[0].id, "method": record.get("background")}
         store.close()
     return report
+
+
+def _running(job: Job, now: float) -> dict[str, Any]:
+    """One running job: its stage, progress and ETA, and whether its stage is overdue."""
+    return {"id": job.id, "source": job.source, "stage": job.stage, "progress": job.progress,
+            "eta_s": job.eta_s, "started_at": job.started_at,
+            "stage_seconds": round(now - job.stage_started_at, 1) if job.stage_started_at else None,
+            "stage_expected_s": job.stage_expected_s,
+            "stage_overdue": stage_overdue(job.stage_expected_s, job.stage_started_at, now)}
 
 
 def _summary(job: Job) -> dict[str, Any]:

@@ -58,11 +58,13 @@ def unsimplified(chair_pipeline: Pipeline, chair: tuple[Path, Path]) -> trimesh.
     """The surface the mesh stage simplifies, made again from the picture, turned +Y up like the files."""
     _, picture = chair
     job = JobSettings()
-    image = decode_image(read_source(picture, job.max_file_bytes), picture.name, job.max_image_pixels,
+    image = decode_image(read_source(picture, job.max_file_bytes).data, picture.name, job.max_image_pixels,
                          job.max_aspect_ratio)
     with torch.no_grad():
         scene_code = chair_pipeline.model.encode([prepare_image(image, job.foreground_ratio)])[0]
-    return orient_y_up(kept_surface(chair_pipeline.model, scene_code, job).mesh)
+        grid = chair_pipeline.model.density_grid(scene_code, job.mc_resolution, job.chunk_size,
+                                                 level=job.mc_threshold)
+    return orient_y_up(kept_surface(grid, chair_pipeline.model.radius, job).mesh)
 
 
 def run_chair(pipeline: Pipeline, picture: Path, outbox: Path, **job: object) -> JobResult:

@@ -173,12 +173,12 @@ def test_subfolder_swapped_for_a_link_moves_and_reads_nothing_from_outside(setti
     job, _ = store.enqueue("sub/pic.png", sha256(b"the queued picture"), 18, "t_pic")
     (settings.inbox / "sub").rename(settings.inbox / "sub-before")  # the swap
     (settings.inbox / "sub").symlink_to(private)
-    worker = Worker(settings, store)
-    worker.pipeline = StandInPipeline()
+    pipeline = StandInPipeline()
+    worker = Worker(settings, store, pipeline_factory=lambda s: pipeline)
     worker.process(store.claim_next())
     ended = store.get(job.id)
     assert ended.state == FAILED and "regular file" in ended.error
-    assert worker.pipeline.runs == []
+    assert pipeline.runs == []
     assert (private / "pic.png").read_bytes() == b"a private picture"  # neither moved nor read
     assert places_holding(b"a private picture", settings.inbox, settings.outbox) == []
     assert assert_in_one_place(b"the queued picture", settings.inbox,
@@ -193,8 +193,7 @@ def test_retry_through_a_swapped_subfolder_writes_nothing_outside(settings: Sett
     (settings.inbox / "sub").mkdir()
     (settings.inbox / "sub" / "pic.png").write_bytes(b"corrupt picture")
     job, _ = store.enqueue("sub/pic.png", sha256(b"corrupt picture"), 15, "t_pic")
-    worker = Worker(settings, store)
-    worker.pipeline = PickyPipeline()
+    worker = Worker(settings, store, pipeline_factory=lambda s: PickyPipeline())
     worker.process(store.claim_next())
     assert store.get(job.id).state == FAILED and not (settings.inbox / "sub").exists()
     (settings.inbox / "sub").symlink_to(private)  # the subfolder comes back as a link
@@ -348,13 +347,13 @@ def test_worker_refuses_a_file_grown_past_the_limit_from_its_size(settings: Sett
     (settings.inbox / "a.png").write_bytes(b"small at first")
     job, _ = store.enqueue("a.png", sha256(b"small at first"), 14, "t_a")
     os.truncate(settings.inbox / "a.png", 1 << 40)
-    worker = Worker(settings, store)
-    worker.pipeline = StandInPipeline()
+    pipeline = StandInPipeline()
+    worker = Worker(settings, store, pipeline_factory=lambda s: pipeline)
     started = time.monotonic()
     worker.process(store.claim_next())
     assert time.monotonic() - started < 5  # not one terabyte read: refused from fstat
     ended = store.get(job.id)
-    assert ended.state == FAILED and "max_file_bytes" in ended.error and worker.pipeline.runs == []
+    assert ended.state == FAILED and "max_file_bytes" in ended.error and pipeline.runs == []
     assert (settings.inbox / "failed" / "a.png").stat().st_size == 1 << 40
 
 
@@ -496,13 +495,13 @@ def test_kill_between_the_move_to_failed_and_its_record_is_found_again(settings:
     assert store.get(job.id).state == RUNNING
     assert assert_in_one_place(b"a picture that failed", settings.inbox, settings.outbox) == "failed failed/a.png"
     assert layout.error_note(settings.inbox / "failed" / "a.png").is_file()
-    worker = Worker(settings, store)
+    pipeline = StandInPipeline()
+    worker = Worker(settings, store, pipeline_factory=lambda s: pipeline)
     worker.recover()  # the restart
-    worker.pipeline = StandInPipeline()
     worker.process(store.claim_next())
     ended = store.get(job.id)
     assert ended.state == FAILED and ended.output == str(settings.inbox.resolve() / "failed" / "a.png")
-    assert worker.pipeline.runs == []
+    assert pipeline.runs == []
     code, output = reconctl(settings, "retry", str(job.id))
     assert code == 0, output
     assert assert_in_one_place(b"a picture that failed", settings.inbox, settings.outbox) == "inbox a.png"

@@ -7,13 +7,14 @@ loads only when a pipeline is built.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from recond.config import JobSettings
-from recond.pipeline.progress import Progress
+from recond.pipeline.handoff import DeviceOutput
+from recond.pipeline.progress import Progress, StageReport
 
 ProgressCallback = Callable[[Progress], None]
 
@@ -42,12 +43,30 @@ class JobResult:
     record: dict[str, Any] = field(default_factory=dict)
 
 
+# The host part (recond.pipeline.host.run_host_part): the hand-off, the job's settings, the
+# empty folder to fill, where its (stage, fraction) reports go, and the expected stage seconds
+# its stages' time limits come from (None: the defaults).
+HostPart = Callable[[DeviceOutput, JobSettings, Path, "StageReport | None", "Mapping[str, float] | None"],
+                    JobResult]
+
+
 class WarmPipeline(Protocol):
-    """Built once from the model settings; turns one picture into one result folder per call."""
+    """Built once from the model settings; turns one picture into one result folder per call,
+    whole (``run``) or in its two parts (recond/pipeline/runner.py, issue 14)."""
 
     model_id: str
     device: str
     background_method: str
+
+    def device_part(self, source: SourcePicture, job: JobSettings,
+                    report: StageReport | None = None) -> DeviceOutput:
+        """What needs the warm model: the picture's bytes -> the host part's hand-off."""
+        ...
+
+    @property
+    def host_part(self) -> HostPart:
+        """The host part, a module-level function any process can import and run."""
+        ...
 
     def run(self, source: SourcePicture, result_dir: Path, job: JobSettings,
             progress: ProgressCallback | None = None) -> JobResult:

@@ -1,4 +1,7 @@
-"""Mesh stage: scene code -> density grid -> marching cubes -> the object alone, at a bounded size.
+"""Mesh stage: density grid -> marching cubes -> the object alone, at a bounded size.
+
+The grid itself is the device part's work (TripoSR.density_grid, recond/pipeline/runner.py);
+this stage is the host part's first.
 
 A marching-cubes surface at 256^3 has ~150k-1.7M faces and often small floating blobs. Every
 later stage (unwrap, bake, files, turntable, viewer) costs in proportion to the faces, and the
@@ -20,15 +23,11 @@ import trimesh
 
 from recond.config import JobSettings
 from recond.errors import InputError
-from recond.pipeline.reconstruct import color_query
 from recond.pipeline.topology import hausdorff_to_diagonal, simplify, solid_facts
-from recond.triposr.model import TripoSR
 from recond.triposr.isosurface import marching_cubes, unit_to_box
 
-GRID_SHARE = 0.85  # of the stage's progress: the density grid is nearly all of its time
 NOT_A_SOLID = ("the surface is not a closed solid (it has holes or edges shared by more than two "
                "faces), so mesh.stl needs repair before printing")
-
 
 @dataclass(frozen=True)
 class MeshFacts:
@@ -62,27 +61,26 @@ class KeptSurface:
     pieces_dropped: int
 
 
-def build_mesh(model: TripoSR, scene_code: torch.Tensor, settings: JobSettings,
-               report: Callable[[float], None]) -> tuple[trimesh.Trimesh, MeshFacts]:
-    """The object's coloured surface (z up, model space); an empty surface is the picture's fault."""
-    kept = kept_surface(model, scene_code, settings, report)
-    report(0.9)
+def build_mesh(density_grid: torch.Tensor, color_at: Callable[[np.ndarray], np.ndarray], radius: float,
+               settings: JobSettings, report: Callable[[float], None]) -> tuple[trimesh.Trimesh, MeshFacts]:
+    """The object's coloured surface (z up, model space) from the density grid the device part
+    made; an empty surface is the picture's fault. ``color_at`` is the model's colour field."""
+    kept = kept_surface(density_grid, radius, settings)
+    report(0.6)
     simple = simplify(kept.mesh, settings.target_faces)
+    report(0.8)
     hausdorff = 0.0 if simple is kept.mesh else hausdorff_to_diagonal(kept.mesh, simple)
-    report(0.97)
-    colored = with_vertex_colors(simple, color_query(model, scene_code, settings.chunk_size))
+    report(0.9)
+    colored = with_vertex_colors(simple, color_at)
     solid = solid_facts(simple)
     facts = MeshFacts(kept.marching_cubes_faces, kept.pieces, kept.pieces_dropped, len(kept.mesh.faces),
                       len(colored.faces), solid.watertight, solid.is_volume, solid.bodies, round(hausdorff, 6))
     return colored, facts
 
 
-def kept_surface(model: TripoSR, scene_code: torch.Tensor, settings: JobSettings,
-                 report: Callable[[float], None] = lambda fraction: None) -> KeptSurface:
-    """Density grid, marching cubes and floaters dropped (z up, model space, uncoloured)."""
-    grid = model.density_grid(scene_code, settings.mc_resolution, settings.chunk_size,
-                              level=settings.mc_threshold, progress=lambda f: report(GRID_SHARE * f))
-    raw = surface(grid, settings.mc_threshold, model.radius)
+def kept_surface(density_grid: torch.Tensor, radius: float, settings: JobSettings) -> KeptSurface:
+    """Marching cubes on the density grid and floaters dropped (z up, model space, uncoloured)."""
+    raw = surface(density_grid, settings.mc_threshold, radius)
     if len(raw.faces) == 0:
         raise InputError(
             "the model found no object in this picture (its density never reaches the surface "
