@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from conftest import assert_in_one_place, settings_for, wait_for
+from recond.layout import STAGING_SUFFIX
 from recond.pipeline.names import RECORD_NAME
 from recond.store import DONE, FAILED, Store
 from recond.worker import Worker
@@ -167,7 +168,7 @@ def test_sigterm_puts_every_job_in_flight_back_without_an_attempt(pool: Installa
         shown = json.loads(pool.reconctl("show", str(job["id"]), "--json").stdout)
         if shown["state"] != DONE:  # a job that had published before the signal stays done
             assert shown["state"] == "queued" and shown["attempts"] == 0 and shown["stage"] is None
-    assert not [folder for folder in pool.outbox.iterdir() if folder.name.startswith(".")]  # no partial
+    assert not [folder for folder in pool.outbox.iterdir() if folder.name.endswith(STAGING_SUFFIX)]  # no partial
     for name in PICTURES:
         assert_in_one_place((pool.examples / name).read_bytes(), pool.inbox, pool.outbox)
     deadline = time.monotonic() + 10
