@@ -7,7 +7,9 @@ The pool is a few ``multiprocessing`` processes managed here rather than a
 replaced. Processes are spawned, not forked: the daemon holds torch's threads, and forking a
 threaded process is unsafe. Each one imports the host part only (torch, trimesh, xatlas), never
 rembg or the full model; it ignores SIGTERM/SIGINT (the daemon decides when its job stops) and
-dies with the daemon (PR_SET_PDEATHSIG), so no orphan keeps writing into a staging folder.
+dies with the daemon (PR_SET_PDEATHSIG), so no orphan keeps writing into a staging folder. It
+leads a process group of its own, and the pool kills the group: a stage's child process (ffmpeg,
+recond.pipeline.child) goes with it, even one frozen by SIGSTOP (issue 18).
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ def serve_host_parts(tasks: Connection, results: Connection, parent_pid: int) ->
     ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent_pid:  # the daemon died before the line above took effect
         return
+    os.setpgid(0, 0)  # its stages' child processes join this group: killed together (_kill_group)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     import torch
@@ -147,7 +150,7 @@ class HostPool:
         for _, future in waiting:
             future.set_exception(JobCancelled())
         for host in busy:
-            host.process.kill()
+            _kill_group(host.process)
 
     def close(self) -> None:
         """Cancel, let idle processes end, and wait for every process and the watcher."""
@@ -160,7 +163,7 @@ class HostPool:
         for host in processes:
             host.process.join(STOP_WAIT_SECONDS)
             if host.process.is_alive():
-                host.process.kill()
+                _kill_group(host.process)
                 host.process.join()
         self._wake_writer.send(None)
         self._watcher.join()
@@ -217,6 +220,7 @@ class HostPool:
         unless the pool is closing, a fresh process takes its slot: at once when it died
         running a part, after RESPAWN_PAUSE_SECONDS when it died idle (it may not start at all)."""
         host.process.join()
+        _kill_group(host.process)  # a child process its stage left behind (the OOM killer took the parent)
         reason = _exit_reason(host.process.exitcode)
         with self._lock:
             task, future = host.task, host.future
@@ -283,6 +287,17 @@ def _send_task(tasks: Connection, message: tuple[HostPart, HostTask]) -> None:
         tasks.send(message)
     except OSError:
         pass  # the process died meanwhile: the watcher fails its part and replaces it
+
+
+def _kill_group(process: BaseProcess) -> None:
+    """SIGKILL a host process and every process of its group (the child processes of its stage)."""
+    if process.pid is None:  # never started (and killpg(0) would be the daemon's own group)
+        return
+    try:
+        os.killpg(process.pid, signal.SIGKILL)  # the group's id is the leader's pid
+    except (ProcessLookupError, PermissionError):
+        pass  # no such group: every member has ended
+    process.kill()  # one that had not made its group yet (a no-op once it has ended)
 
 
 def _exit_reason(exitcode: int | None) -> str:
