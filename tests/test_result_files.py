@@ -70,7 +70,8 @@ def unsimplified(chair_pipeline: Pipeline, chair: tuple[Path, Path]) -> trimesh.
 def run_chair(pipeline: Pipeline, picture: Path, outbox: Path, **job: object) -> JobResult:
     settings = part_of(load_settings(**SMALL_TURNTABLE, **job), JobSettings)
     result, folder = layout.build_result(outbox, "chair", "test",
-                                         lambda staging: pipeline.run(picture, staging, settings))
+                                         lambda staging: pipeline.run(read_source(picture, settings.max_file_bytes),
+                                                                      staging, settings))
     result.result_dir = folder
     return result
 
