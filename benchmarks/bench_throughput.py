@@ -43,7 +43,9 @@ CHAIR = SHARED / "examples" / "chair.png"
 DEVICE_SECONDS = 1.0
 
 from recond.config import JobSettings, ModelSettings, Settings, load_settings, part_of  # noqa: E402
+from recond.pipeline.contract import SourcePicture  # noqa: E402
 from recond.pipeline.host import run_host_part  # noqa: E402
+from recond.pipeline.image import read_source  # noqa: E402
 from recond.pipeline.record import sha256_of_bytes  # noqa: E402
 from recond.pipeline.runner import Pipeline  # noqa: E402
 from recond.store import DONE, FAILED, Store  # noqa: E402
@@ -77,12 +79,12 @@ class SimulatedGpu:
         real = Pipeline(settings)
         self.model_id, self.device, self.background_method = real.model_id, "simulated GPU", real.background_method
         self.seconds = seconds
-        self.template = real.device_part(CHAIR.name, CHAIR.read_bytes(), JobSettings())
+        self.template = real.device_part(read_source(CHAIR, JobSettings().max_file_bytes), JobSettings())
 
-    def device_part(self, source_name: str, source_bytes: bytes, job: JobSettings, report: Any = None) -> Any:
+    def device_part(self, source: SourcePicture, job: JobSettings, report: Any = None) -> Any:
         time.sleep(self.seconds)
-        return dataclasses.replace(self.template, source_name=source_name, source_bytes=source_bytes,
-                                   sha256=sha256_of_bytes(source_bytes))
+        return dataclasses.replace(self.template, source_name=source.name, source_folder=source.folder,
+                                   source_bytes=source.data, sha256=sha256_of_bytes(source.data))
 
 
 def peak_rss_mib(pid: int) -> float | None:
