@@ -101,7 +101,7 @@ class ModelSettings(_Part):
             flags = native_bf16_flags()
             if flags:
                 return DTypeChoice("bfloat16", "CPU has " + ", ".join(flags))
-            return DTypeChoice("float32", f"CPU has no native bfloat16 ({' or '.join(NATIVE_BF16_FLAGS)})")
+            return DTypeChoice("float32", f"CPU has no {' or '.join(NATIVE_BF16_FLAGS)}")
         return DTypeChoice("float32", f"{device} device")
 
 
@@ -112,7 +112,7 @@ class DTypeChoice(NamedTuple):
     reason: str
 
     def __str__(self) -> str:
-        return f"{self.name}: {self.reason}"
+        return f"{self.name} ({self.reason})"
 
 
 class JobSettings(_Part):

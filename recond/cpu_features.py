@@ -15,10 +15,10 @@ CPUINFO = Path("/proc/cpuinfo")
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
-def native_bf16_flags(cpuinfo: Path = CPUINFO) -> list[str]:
+def native_bf16_flags() -> list[str]:
     """The NATIVE_BF16_FLAGS this CPU has; [] where /proc/cpuinfo is missing (not Linux)."""
     try:
-        text = cpuinfo.read_text(encoding="utf-8", errors="replace")
+        text = CPUINFO.read_text(encoding="utf-8", errors="replace")
     except OSError:
         return []
     flags: set[str] = set()
