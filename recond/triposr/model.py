@@ -36,7 +36,7 @@ from recond.triposr.upsampler import TriplaneUpsampler
 DEFAULT_CHUNK_SIZE = 8192
 
 # The parts that gain from half precision: the ViT, the transformer and the upsampler are all of
-# the encode's time and 99.7% of the weights. Stored and computed in bfloat16 on a CPU with
+# the encode's time and 99.2% of the weights. Stored and computed in bfloat16 on a CPU with
 # native bfloat16 they take ~half float32's time and memory (issue 16). The decoder (41k
 # parameters), the learned triplane queries, exp of the density, the grid and the colours stay
 # float32: exp of a half-precision density overflows, and the surface sits on its level.
