@@ -3,14 +3,14 @@
 Prints, for each dtype: the load, the first and a warm encode of the full-size official
 architecture (random weights, benchmarks/bench_triposr.py, saved as a model folder and evicted
 from the page cache before each child loads it), the occupancy (density > mc_threshold at 128^3)
-IoU against float32 on that model and on bench_chair + chair.png, and the peak RSS (ru_maxrss)
-of a full-size job on chair.png: in a child that builds the pipeline as the daemon's worker
+IoU against float32 on that model and on bench_chair + chair.png, and the peak RSS (VmHWM) of
+a full-size job on chair.png: in a child that builds the pipeline as the daemon's worker
 does, and in a child running `reconctl process`. Random weights give a noise field, so in both
 the full-size forward pass hands on bench_chair's object (bench_pipeline.chair_after_the_forward)
 and the later stages cost what a real object costs. Each child prints where its memory is.
 The full-size encode takes ~20 s in float32 here: the whole run takes a few minutes.
 
-    python benchmarks/bench_dtype.py [--threads N]
+    python benchmarks/bench_dtype.py [--threads N] [--model-folder FOLDER]
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import re
-import resource
 import subprocess
 import sys
 import tempfile
@@ -51,15 +50,11 @@ def gib(kib: float) -> float:
     return kib / 2 ** 20
 
 
-def peak_rss_gib() -> float:
-    return gib(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)  # KiB on Linux
-
-
 def rss_now() -> str:
     """Resident memory now, split as the kernel counts it (anonymous: our own; files: mapped)."""
     status = dict(re.findall(r"^(\w+):\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M))
     return (f"RSS {gib(int(status['VmRSS'])):.2f} GiB (anonymous {gib(int(status['RssAnon'])):.2f}, "
-            f"files {gib(int(status['RssFile'])):.2f}), peak {peak_rss_gib():.2f} GiB")
+            f"files {gib(int(status['RssFile'])):.2f}), peak {bench_pipeline.peak_rss_gib():.2f} GiB")
 
 
 def occupancy(model: TripoSR, scene_code: torch.Tensor) -> np.ndarray:
@@ -95,7 +90,7 @@ def daemon_child(folder: Path, dtype: str, scratch: Path) -> None:
     np.save(scratch / f"occupancy_{dtype}.npy", occupancy(model, scene_code))
     pipeline.model = bench_pipeline.chair_after_the_forward(model, settings)
     result = bench_pipeline.run_job(pipeline, settings, scratch, f"job_{dtype}")
-    facts["job_peak_gib"] = peak_rss_gib()
+    facts["job_peak_gib"] = bench_pipeline.peak_rss_gib()
     print(f"  [{dtype}, as the daemon] job on chair.png: {result.record['faces']} faces, stages "
           + ", ".join(f"{k} {v:.1f}" for k, v in result.stage_seconds.items()) + f": {rss_now()}")
     (scratch / f"facts_{dtype}.json").write_text(json.dumps(facts))
@@ -121,7 +116,7 @@ def process_child(folder: Path, dtype: str, scratch: Path) -> None:
     except SystemExit as exit_code:
         assert exit_code.code == 0, "reconctl process failed"
     print(f"  [{dtype}, reconctl process] chair.png done: {rss_now()}")
-    (scratch / f"process_{dtype}.json").write_text(json.dumps({"peak_gib": peak_rss_gib()}))
+    (scratch / f"process_{dtype}.json").write_text(json.dumps({"peak_gib": bench_pipeline.peak_rss_gib()}))
 
 
 def bench_chair_iou() -> float:
@@ -138,6 +133,8 @@ def bench_chair_iou() -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--model-folder", type=Path,
+                        help="a full-size model folder this script built before (saves ~3 min)")
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)  # mode, folder, dtype, scratch
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -152,10 +149,11 @@ def main() -> None:
           f"{bench_chair_iou():.4f}")
     with tempfile.TemporaryDirectory(prefix="bench_dtype_") as scratch_name:
         scratch = Path(scratch_name)
-        folder = scratch / "full_size_model"
-        started = time.perf_counter()
-        bench_pipeline.save_full_size_model(folder)
-        print(f"full-size model folder built and saved in {time.perf_counter() - started:.1f} s")
+        folder = args.model_folder or scratch / "full_size_model"
+        if not args.model_folder:
+            started = time.perf_counter()
+            bench_pipeline.save_full_size_model(folder)
+            print(f"full-size model folder built and saved in {time.perf_counter() - started:.1f} s")
         for dtype in DTYPES:
             for mode in ("daemon", "process"):
                 bench_pipeline.evict_from_page_cache(folder / "model.ckpt")

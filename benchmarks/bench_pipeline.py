@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -52,7 +51,11 @@ from recond.triposr.config import OFFICIAL_CONFIG_PATH  # noqa: E402
 
 
 def peak_rss_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB on Linux
+    """This process's peak RSS since it started (VmHWM). Not ru_maxrss: a child started by
+    subprocess inherits its parent's at the fork, so a child of a parent that built the
+    full-size model reported the parent's 2.3 GiB before loading anything."""
+    status = Path("/proc/self/status").read_text()
+    return int(status.split("VmHWM:")[1].split()[0]) / 2 ** 20  # kB
 
 
 def load_average() -> str:
