@@ -220,15 +220,16 @@ class Worker:
             fix = loading_fix(error, self.how_to_reload)
             detail = f"{' '.join(str(error).split())} -- to fix: {fix}"
             self._next_load = time.monotonic() + self.settings.model_retry_seconds
-            self.store.daemon_update(model_status="missing", model_detail=detail, device=None)
+            self.store.daemon_update(model_status="missing", model_detail=detail, device=None, dtype=None)
             log.error("model not loaded; jobs stay queued", model=self.settings.model,
                       error=str(error), fix=fix, retry_in_s=self.settings.model_retry_seconds)
             return
         self.pipeline = pipeline
         device = pipeline.device
-        self.store.daemon_update(model_status="ready", device=device, model_detail=(
-            f"{pipeline.model_id} (pictures without transparency: {pipeline.background_method})"))
-        log.info("model loaded", model=self.settings.model, device=device,
+        self.store.daemon_update(
+            model_status="ready", device=device, dtype=str(pipeline.dtype),
+            model_detail=f"{pipeline.model_id} (pictures without transparency: {pipeline.background_method})")
+        log.info("model loaded", model=self.settings.model, device=device, dtype=str(pipeline.dtype),
                  seconds=round(time.monotonic() - started, 2))
 
     # One job: check its bytes, build and publish, then record the outcome.

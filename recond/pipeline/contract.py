@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from recond.config import JobSettings
+from recond.config import DTypeChoice, JobSettings
 from recond.pipeline.progress import Progress
 
 ProgressCallback = Callable[[Progress], None]
@@ -47,6 +47,7 @@ class WarmPipeline(Protocol):
 
     model_id: str
     device: str
+    dtype: DTypeChoice
     background_method: str
 
     def run(self, source: SourcePicture, result_dir: Path, job: JobSettings,

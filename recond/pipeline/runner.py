@@ -73,7 +73,7 @@ class Pipeline:
         self.dtype = settings.resolved_dtype()
         self.model_id = settings.model
         self.model = model or TripoSR.from_pretrained(settings.model, device=self.device,
-                                                      dtype=getattr(torch, self.dtype))
+                                                      dtype=getattr(torch, self.dtype.name))
         self.background = BackgroundRemover(settings)
         self.background_method = self.background.method
 
@@ -140,7 +140,8 @@ class Pipeline:
             "sha256": sha256_of_bytes(source_bytes),
             "model": self.model_id,
             "device": self.device,
-            "dtype": self.dtype,
+            "dtype": self.dtype.name,
+            "dtype_reason": self.dtype.reason,
             "background": background_used,
             "warnings": warnings,
             "vertices": int(len(oriented.vertices)),
