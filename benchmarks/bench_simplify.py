@@ -48,7 +48,7 @@ def chair_surface() -> trimesh.Trimesh:
     settings = load_settings(model=str(BENCH_CHAIR), device="cpu")
     model = TripoSR.from_pretrained(BENCH_CHAIR)
     # chair.png carries its own alpha, which the pipeline's background stage keeps as the cutout.
-    picture = decode_image(read_source(CHAIR, settings.max_file_bytes), CHAIR.name,
+    picture = decode_image(read_source(CHAIR, settings.max_file_bytes).data, CHAIR.name,
                            settings.max_image_pixels, settings.max_aspect_ratio)
     with torch.no_grad():
         scene_code = model.encode([prepare_image(picture, settings.foreground_ratio)])[0]
