@@ -10,6 +10,7 @@ busy database) never fail a job: the queue waits, and one error never ends the t
 
 from __future__ import annotations
 
+import importlib
 import os
 import sqlite3
 import threading
@@ -64,6 +65,13 @@ def build_pipeline(settings: ModelSettings,
 
     fetch_missing_models(settings, report)
     return Pipeline(settings, stage_history=stage_history)
+
+
+def load_main_thread_libraries() -> None:
+    """Import here, on the main thread, the pipeline's libraries whose first import must not be on
+    the worker thread, which ends before the process does: pymeshlab (recond.pipeline.topology
+    says why). The rest of the pipeline still loads on the worker thread, when it is built."""
+    importlib.import_module("pymeshlab")
 
 
 class Worker:
@@ -124,6 +132,8 @@ class Worker:
             log.info("removed a staging folder left by a crash", folder=str(folder))
 
     def start(self) -> None:
+        """Start the worker thread; call from the main thread (load_main_thread_libraries)."""
+        load_main_thread_libraries()
         self._thread.start()
 
     def stop(self, timeout: float | None = None) -> None:

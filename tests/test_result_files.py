@@ -58,7 +58,7 @@ def unsimplified(chair_pipeline: Pipeline, chair: tuple[Path, Path]) -> trimesh.
     """The surface the mesh stage simplifies, made again from the picture, turned +Y up like the files."""
     _, picture = chair
     job = JobSettings()
-    image = decode_image(read_source(picture, job.max_file_bytes), picture.name, job.max_image_pixels,
+    image = decode_image(read_source(picture, job.max_file_bytes).data, picture.name, job.max_image_pixels,
                          job.max_aspect_ratio)
     with torch.no_grad():
         scene_code = chair_pipeline.model.encode([prepare_image(image, job.foreground_ratio)])[0]
@@ -68,7 +68,8 @@ def unsimplified(chair_pipeline: Pipeline, chair: tuple[Path, Path]) -> trimesh.
 def run_chair(pipeline: Pipeline, picture: Path, outbox: Path, **job: object) -> JobResult:
     settings = part_of(load_settings(**SMALL_TURNTABLE, **job), JobSettings)
     result, folder = layout.build_result(outbox, "chair", "test",
-                                         lambda staging: pipeline.run(picture, staging, settings))
+                                         lambda staging: pipeline.run(read_source(picture, settings.max_file_bytes),
+                                                                      staging, settings))
     result.result_dir = folder
     return result
 
