@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -53,7 +52,11 @@ from recond.triposr.config import OFFICIAL_CONFIG_PATH  # noqa: E402
 
 
 def peak_rss_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB on Linux
+    """This process's peak RSS since it started (VmHWM). Not ru_maxrss: a child started by
+    subprocess inherits its parent's at the fork, so a child of a parent that built the
+    full-size model reported the parent's 2.3 GiB before loading anything."""
+    status = Path("/proc/self/status").read_text()
+    return int(status.split("VmHWM:")[1].split()[0]) / 2 ** 20  # kB
 
 
 def load_average() -> str:
@@ -71,7 +74,7 @@ def settings_for(model: str, scratch: Path) -> Settings:
 
 
 def print_settings(settings: Settings) -> None:
-    print("settings: device cpu, dtype float32, background " + settings.background + ", "
+    print(f"settings: device cpu, dtype {settings.resolved_dtype()}, background {settings.background}, "
           + ", ".join(f"{key} {value}" for key, value in part_of(settings, JobSettings).model_dump().items()))
 
 
@@ -135,8 +138,10 @@ def evict_from_page_cache(path: Path) -> None:
 def full_size_child(folder: Path, job: bool, scratch: Path) -> None:
     """Run in a fresh process, with the checkpoint evicted from the page cache."""
     print_machine("full-size process")
+    settings = settings_for(str(folder), scratch)
+    print_settings(settings)
     started = time.perf_counter()
-    model = TripoSR.from_pretrained(folder)
+    model = TripoSR.from_pretrained(folder, dtype=getattr(torch, settings.resolved_dtype().name))
     print(f"  load (from_pretrained): {time.perf_counter() - started:.1f} s, "
           f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters, "
           f"peak RSS {peak_rss_gib():.2f} GiB")
@@ -147,7 +152,6 @@ def full_size_child(folder: Path, job: bool, scratch: Path) -> None:
         print(f"  {label}: {time.perf_counter() - started:.1f} s ({load_average()})")
     print(f"  peak RSS after encodes: {peak_rss_gib():.2f} GiB")
     if job:
-        settings = settings_for(str(folder), scratch)
         pipeline = Pipeline(settings, model=chair_after_the_forward(model, settings))
         for label in ("first job", "warm job"):
             started = time.perf_counter()

@@ -8,7 +8,8 @@ recond/pipeline/mesh.py; recond's simplifier is in recond/pipeline/topology.py).
 solid (148,664 faces, one body, genus 27), so a simplifier fit for a printable STL must hand
 back one too. Candidates not installed are
 listed as such; all but pymeshlab are optional installs for this script only
-(pip install fast-simplification pyfqmr meshlib manifold3d).
+(pip install fast-simplification pyfqmr meshlib manifold3d vtk). Not a candidate: CGAL's edge
+collapse keeps topology, but its Python bindings (cgal 6.0.1 on PyPI) leave that package out.
 
     python benchmarks/bench_simplify.py [--target-faces 20000] [--surface kept.ply] [--threads N]
 """
@@ -133,6 +134,34 @@ def manifold3d(mesh: trimesh.Trimesh, target: int) -> trimesh.Trimesh:
     return trimesh.Trimesh(out.vert_properties[:, :3], out.tri_verts, process=False)
 
 
+def vtk_decimate_pro(mesh: trimesh.Trimesh, target: int) -> trimesh.Trimesh:
+    """VTK's vtkDecimatePro (BSD) with its topology kept: no splitting, no boundary vertex deleted.
+    It may stop short of the target when no collapse keeps the topology."""
+    from vtkmodules.util.numpy_support import numpy_to_vtk, numpy_to_vtkIdTypeArray, vtk_to_numpy
+    from vtkmodules.vtkCommonCore import vtkPoints
+    from vtkmodules.vtkCommonDataModel import vtkCellArray, vtkPolyData
+    from vtkmodules.vtkFiltersCore import vtkDecimatePro
+
+    points = vtkPoints()
+    points.SetData(numpy_to_vtk(np.asarray(mesh.vertices, dtype=np.float64), deep=True))
+    triangles = vtkCellArray()
+    triangles.SetData(numpy_to_vtkIdTypeArray(np.arange(0, 3 * len(mesh.faces) + 1, 3, dtype=np.int64), deep=True),
+                      numpy_to_vtkIdTypeArray(np.asarray(mesh.faces, dtype=np.int64).ravel(), deep=True))
+    surface = vtkPolyData()
+    surface.SetPoints(points)
+    surface.SetPolys(triangles)
+    decimate = vtkDecimatePro()
+    decimate.SetInputData(surface)
+    decimate.SetTargetReduction(1 - target / len(mesh.faces))
+    decimate.PreserveTopologyOn()
+    decimate.SplittingOff()
+    decimate.BoundaryVertexDeletionOff()
+    decimate.Update()
+    out = decimate.GetOutput()
+    return trimesh.Trimesh(vtk_to_numpy(out.GetPoints().GetData()),
+                           vtk_to_numpy(out.GetPolys().GetConnectivityArray()).reshape(-1, 3), process=False)
+
+
 # name: (modules it needs, simplifier)
 CANDIDATES: dict[str, tuple[tuple[str, ...], Simplifier]] = {
     "fast-simplification (before)": (("fast_simplification",), fast_simplification),
@@ -144,6 +173,7 @@ CANDIDATES: dict[str, tuple[tuple[str, ...], Simplifier]] = {
     "pymeshlab, + planarquadric": (("pymeshlab",), meshlab(planarquadric=True)),
     "meshlib decimateMesh": (("meshlib",), meshlib),
     "manifold3d simplify(tolerance)": (("manifold3d",), manifold3d),
+    "vtk DecimatePro, topology kept": (("vtkmodules",), vtk_decimate_pro),
 }
 
 

@@ -97,6 +97,7 @@ def _format_status(report: dict[str, Any]) -> str:
     lines = [line, f"state:  {report['state_dir']}"]
     if daemon["model"]:
         device = f" on {daemon['device']}" if daemon["device"] else ""
+        device += f" in {daemon['dtype']}" if daemon.get("dtype") else ""
         lines.append(f"model:  {daemon['model']}{device}: {daemon['model_detail'] or ''}".rstrip(": "))
     if report["last_background"]:
         last = report["last_background"]
@@ -250,7 +251,7 @@ class Check:
 
 def doctor_checks(settings: Settings) -> list[Check]:
     """Each thing recond needs, checked for real (the weights are loaded, ffmpeg is run)."""
-    return [*_folder_checks(settings), _gpu_check(settings), _weights_check(settings),
+    return [*_folder_checks(settings), _gpu_check(settings), _dtype_check(settings), _weights_check(settings),
             _rembg_check(settings), _ffmpeg_check(), _daemon_check(settings)]
 
 
@@ -289,6 +290,17 @@ def _gpu_check(settings: Settings) -> Check:
     return Check("gpu", "warn", "no CUDA GPU: recond runs on the CPU (minutes per photo)")
 
 
+def _dtype_check(settings: Settings) -> Check:
+    """The dtype the encoder computes in and why; bfloat16 emulated on a CPU is a slowdown."""
+    from recond.cpu_features import native_bf16_flags
+
+    choice = settings.resolved_dtype()
+    if choice.name == "bfloat16" and settings.resolved_device() == "cpu" and not native_bf16_flags():
+        return Check("dtype", "warn", f"{choice}, but this CPU has no native bfloat16: float32 is faster "
+                                      "here (dtype = \"auto\" picks it)")
+    return Check("dtype", "ok", str(choice))
+
+
 def _weights_check(settings: Settings) -> Check:
     from recond.hub import cached_files, hub_problem, is_hub_id, not_cached_message
 
@@ -307,7 +319,7 @@ def _weights_check(settings: Settings) -> Check:
 
     try:
         model = TripoSR.from_pretrained(settings.model, device=settings.resolved_device(),
-                                        dtype=getattr(torch, settings.resolved_dtype()))
+                                        dtype=getattr(torch, settings.resolved_dtype().name))
     except Exception as error:  # any reason the weights do not load is what doctor reports
         return Check("weights", "fail", f"{settings.model}: {error} -- to fix: {fix}")
     parameters = sum(parameter.numel() for parameter in model.parameters())

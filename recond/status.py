@@ -58,6 +58,7 @@ def status_report(settings: Settings, recent: int = 10) -> dict[str, Any]:
             "model": daemon.get("model_status") if running else None,
             "model_detail": daemon.get("model_detail") if running else None,
             "device": daemon.get("device") if running else None,
+            "dtype": daemon.get("dtype") if running else None,
             "watcher_warnings": daemon.get("watcher_warnings", []) if running else [],
             "worker_warning": daemon.get("worker_warning") if running else None,
             # Where jobs' parts run: the warm model(s) and the host processes (recond.executors).

@@ -40,7 +40,9 @@ EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 
 DAEMON_COLUMNS: dict[str, type] = {
     "id": int, "pid": int, "started_at": float, "heartbeat_at": float, "stopped_at": float,
-    "model_status": str, "model_detail": str, "device": str, "watcher_warnings": str,
+    "model_status": str, "model_detail": str, "device": str,
+    "dtype": str,  # the encoder's compute dtype and why, e.g. "bfloat16 (CPU has avx512_bf16)"
+    "watcher_warnings": str,
     "worker_warning": str,  # e.g. the outbox is full: the queue is paused
     "workers": str,  # JSON list: where parts run (recond.executors.WorkerInfo), busy with which job
 }
@@ -450,7 +452,7 @@ class Store:
         with self._writing():
             self.db.table("daemon").upsert({"id": 1, "pid": pid, "started_at": now, "heartbeat_at": now,
                                       "stopped_at": None, "model_status": "loading",
-                                      "model_detail": None, "device": None,
+                                      "model_detail": None, "device": None, "dtype": None,
                                       "watcher_warnings": "[]", "worker_warning": None,
                                       "workers": "[]"}, pk="id")
 

@@ -13,6 +13,8 @@ busy database) never fail a job: the queue waits, and one error never ends the t
 
 from __future__ import annotations
 
+import importlib
+import os
 import sqlite3
 import threading
 import time
@@ -78,6 +80,13 @@ class InFlight:
     future: Future[Any] | None = None
     staging: ExitStack = field(default_factory=ExitStack)  # the staging folder, once the host part has one
     folder: Path | None = None
+
+
+def load_main_thread_libraries() -> None:
+    """Import here, on the main thread, the pipeline's libraries whose first import must not be on
+    the worker thread, which ends before the process does: pymeshlab (recond.pipeline.topology
+    says why). The rest of the pipeline still loads on the worker thread, when it is built."""
+    importlib.import_module("pymeshlab")
 
 
 class Worker:
@@ -148,6 +157,8 @@ class Worker:
             log.info("removed a staging folder left by a crash", folder=str(folder))
 
     def start(self) -> None:
+        """Start the worker thread; call from the main thread (load_main_thread_libraries)."""
+        load_main_thread_libraries()
         self._thread.start()
 
     def stop(self, timeout: float | None = None) -> None:
@@ -271,14 +282,15 @@ class Worker:
             fix = loading_fix(error, self.how_to_reload)
             detail = f"{' '.join(str(error).split())} -- to fix: {fix}"
             self._next_load = time.monotonic() + self.settings.model_retry_seconds
-            self.store.daemon_update(model_status="missing", model_detail=detail, device=None)
+            self.store.daemon_update(model_status="missing", model_detail=detail, device=None, dtype=None)
             log.error("model not loaded; jobs stay queued", model=self.settings.model,
                       error=str(error), fix=fix, retry_in_s=self.settings.model_retry_seconds)
             return
         self.executor = executor
-        self.store.daemon_update(model_status="ready", device=facts.device, model_detail=(
-            f"{facts.model_id} (pictures without transparency: {facts.background_method})"))
-        log.info("model loaded", model=self.settings.model, device=facts.device,
+        self.store.daemon_update(
+            model_status="ready", device=facts.device, dtype=facts.dtype,
+            model_detail=f"{facts.model_id} (pictures without transparency: {facts.background_method})")
+        log.info("model loaded", model=self.settings.model, device=facts.device, dtype=facts.dtype,
                  jobs_at_once=executor.capacity, seconds=round(time.monotonic() - started, 2))
 
     def _close_executor(self) -> None:

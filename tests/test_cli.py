@@ -47,7 +47,8 @@ def test_status_before_the_daemon_ever_ran_says_down_with_zero_counts(config: Pa
 def test_status_shows_the_live_daemon_running_jobs_and_recent_results(config: Path, tmp_path: Path) -> None:
     store = Store(settings_of(config).db_path)
     store.daemon_started(os.getpid())  # this test process stands for a live daemon
-    store.daemon_update(model_status="ready", device="cpu", watcher_warnings=["inbox missing"])
+    store.daemon_update(model_status="ready", device="cpu", dtype="bfloat16 (CPU has avx512_bf16)",
+                        watcher_warnings=["inbox missing"])
     done, _ = store.enqueue("a.jpg", "aa", 1, "t_a")
     store.claim_next()
     store.finish(done.id, tmp_path / "outbox" / "t_a", [])
@@ -73,6 +74,7 @@ def test_status_shows_the_live_daemon_running_jobs_and_recent_results(config: Pa
     assert report["recent"][0]["output"] == str(tmp_path / "outbox" / "t_a")
     code, text = reconctl(config, "status")
     assert code == 0 and f"up (pid {os.getpid()}" in text
+    assert "model:  ready on cpu in bfloat16 (CPU has avx512_bf16)" in text
     assert "kitchen/b.jpg: texture 42%, ETA 1m 15s" in text and "c.jpg: grid 20%, ETA 1m 30s" in text
     assert f"workers: 2 of 3 busy: device (cpu, job #{on_device.id}), host-0 (cpu, job #{hosted.id}), host-1 (cpu)" in text
     assert "warning:" in text
@@ -162,6 +164,8 @@ def test_doctor_loads_real_weights(config: Path, tiny_model_dir: Path) -> None:
                                 env={"RECOND_MODEL": str(tiny_model_dir)})
     line = next(line for line in result.output.splitlines() if " weights " in line)
     assert line.startswith("OK") and "loads" in line
+    dtype = str(settings_of(config).resolved_dtype())  # this machine's choice, e.g. bfloat16 (CPU has ...)
+    assert any(line.startswith("OK") and line.endswith(dtype) for line in result.output.splitlines())
 
 
 def test_bad_setting_is_one_line_naming_it(config: Path) -> None:

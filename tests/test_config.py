@@ -139,3 +139,26 @@ def test_a_missing_model_folder_is_named_by_its_absolute_path(tmp_path, monkeypa
         locate_files("../elsewhere/bench_chair")
     assert f"The model folder {tmp_path.parent / 'elsewhere' / 'bench_chair'} does not exist" \
         in str(caught.value)
+
+
+CPUINFO_FLAGS = "fpu vme sse sse2 avx avx2 avx512f avx512bw avx512vl"
+
+
+@pytest.mark.parametrize(("flags", "expected"), [
+    (CPUINFO_FLAGS + " avx512_bf16 avx512_vnni", "bfloat16 (CPU has avx512_bf16)"),
+    (CPUINFO_FLAGS + " amx_bf16 amx_tile avx512_bf16", "bfloat16 (CPU has avx512_bf16, amx_bf16)"),
+    (CPUINFO_FLAGS, "float32 (CPU has no avx512_bf16 or amx_bf16)"),
+])
+def test_auto_dtype_on_a_cpu_follows_its_bfloat16_flags(tmp_path, monkeypatch, flags, expected):
+    # A stand-in /proc/cpuinfo (two cores, Linux's layout): this machine is only one of these CPUs.
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("".join(f"processor\t: {core}\nmodel name\t: x\nflags\t\t: {flags}\n\n" for core in (0, 1)))
+    monkeypatch.setattr("recond.cpu_features.CPUINFO", cpuinfo)
+    assert str(load_settings(device="cpu").resolved_dtype()) == expected
+    assert load_settings(device="cpu", dtype="float16").resolved_dtype() == ("float16", "set by the dtype setting")
+    assert load_settings(device="cuda").resolved_dtype().name == "float16"
+
+
+def test_auto_dtype_without_cpuinfo_is_float32(tmp_path, monkeypatch):
+    monkeypatch.setattr("recond.cpu_features.CPUINFO", tmp_path / "missing")
+    assert load_settings(device="cpu").resolved_dtype().name == "float32"

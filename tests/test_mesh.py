@@ -3,6 +3,8 @@ stage on a real model records what it did."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -108,3 +110,36 @@ def test_stage_on_the_tiny_model_records_counts_before_and_after(tiny_model_dir:
     assert facts.as_record()["hausdorff"] == facts.hausdorff > 0
     assert solid_facts(mesh) == SolidFacts(facts.watertight, facts.is_volume, facts.bodies)
     assert fractions == sorted(fractions) and len(fractions) >= 3
+
+
+# As the daemon runs the pipeline: torch and the simplifier first imported on the worker thread,
+# which ends before the process does (recond.pipeline.topology says why that is unsafe for pymeshlab).
+ON_A_WORKER_THREAD = """
+import sys, threading
+import trimesh
+from recond.worker import load_main_thread_libraries
+if sys.argv[1] == "loaded first":
+    load_main_thread_libraries()
+def work():
+    import torch
+    try:
+        from recond.pipeline.topology import simplify
+    except ImportError as refused:
+        print("ImportError", refused)
+        return
+    print(len(simplify(trimesh.creation.icosphere(subdivisions=4), 1000).faces))
+worker = threading.Thread(target=work)
+worker.start()
+worker.join()
+"""
+
+
+@pytest.mark.parametrize("order", ["loaded first", "not loaded"])
+def test_simplifier_used_on_a_worker_thread_leaves_a_clean_exit(order: str) -> None:
+    """Before the fix this process aborted at exit (malloc_consolidate, exit code 134); now the
+    first import off the main thread is refused with the reason instead."""
+    completed = subprocess.run([sys.executable, "-c", ON_A_WORKER_THREAD, order], capture_output=True,
+                               text=True, timeout=120, cwd=Path(__file__).resolve().parents[1])
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    expected = "1000" if order == "loaded first" else "ImportError pymeshlab must first be imported on the main thread"
+    assert completed.stdout.splitlines()[-1].startswith(expected), completed.stdout + completed.stderr

@@ -117,6 +117,7 @@ def test_example_picture_becomes_a_complete_valid_result(pipeline: Pipeline, sou
     assert record["source"] == source.name
     assert record["sha256"] == sha256_file(source)
     assert (record["model"], record["device"]) == (pipeline.model_id, "cpu")
+    assert (record["dtype"], record["dtype_reason"]) == pipeline.settings.resolved_dtype()
     assert record["settings"]["mc_resolution"] == 32
     assert record["settings"]["texture_resolution"] == 128
     assert record["settings"] | SMALL_JOB.model_dump() == record["settings"]  # job settings in full

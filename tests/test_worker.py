@@ -23,7 +23,7 @@ from conftest import assert_in_one_place, settings_for, wait_for
 from recond import layout
 from recond.pipeline.contract import SourcePicture
 from recond.pipeline.record import write_record
-from recond.config import JobSettings, ModelSettings, Settings
+from recond.config import DTypeChoice, JobSettings, ModelSettings, Settings
 from recond.store import DONE, FAILED, QUEUED, Store
 from recond.pipeline.progress import DEFAULT_STAGE_SECONDS, STAGES, expected_stage_seconds
 from recond.worker import Worker
@@ -67,6 +67,7 @@ class StandInPipeline:
 
     model_id, device, background_method = "stand-in", "cpu", "none"
     host_part = staticmethod(stand_in_host_part)
+    dtype = DTypeChoice("float32", "stand-in")
 
     def __init__(self, error: Exception | None = None, stage_seconds: float = 0.0) -> None:
         self.error, self.stage_seconds, self.runs = error, stage_seconds, []
@@ -182,6 +183,7 @@ def test_missing_model_keeps_jobs_queued_until_reload_brings_it(settings: Settin
     finally:
         worker.stop()
     assert store.daemon_state()["model_status"] == "ready"
+    assert store.daemon_state()["dtype"] == "float32 (stand-in)"
 
 
 def test_stopping_mid_job_requeues_it_without_counting_the_attempt(settings: Settings) -> None:

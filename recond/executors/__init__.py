@@ -93,6 +93,7 @@ class DeviceFacts:
     model_id: str
     device: str
     background_method: str
+    dtype: str = ""  # the encoder's dtype and why, e.g. "bfloat16 (CPU has avx512_bf16)"
 
 
 @dataclass(frozen=True)

@@ -68,7 +68,8 @@ class InlineExecutor:
 
     def start(self) -> DeviceFacts:
         pipeline = self.pipeline = self.pipeline_factory(self.model_settings)
-        return DeviceFacts(pipeline.model_id, pipeline.device, pipeline.background_method)
+        return DeviceFacts(pipeline.model_id, pipeline.device, pipeline.background_method,
+                           str(pipeline.dtype))
 
     def submit_device(self, task: DeviceTask) -> Future[DeviceOutput]:
         pipeline = self._started()

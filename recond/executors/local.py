@@ -326,7 +326,8 @@ class LocalExecutor:
     def start(self) -> DeviceFacts:
         pipeline = self.pipeline = self.pipeline_factory(self.model_settings)
         self._hosts = HostPool(self.host_workers, pipeline.host_part, self.on_progress)
-        return DeviceFacts(pipeline.model_id, pipeline.device, pipeline.background_method)
+        return DeviceFacts(pipeline.model_id, pipeline.device, pipeline.background_method,
+                           str(pipeline.dtype))
 
     def submit_device(self, task: DeviceTask) -> Future[DeviceOutput]:
         return self._device_thread.submit(self._device_part, task)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from recond.config import JobSettings
+from recond.config import DTypeChoice, JobSettings
 from recond.pipeline.handoff import DeviceOutput
 from recond.pipeline.progress import Progress, StageReport
 
@@ -56,6 +56,7 @@ class WarmPipeline(Protocol):
 
     model_id: str
     device: str
+    dtype: DTypeChoice
     background_method: str
 
     def device_part(self, source: SourcePicture, job: JobSettings,

@@ -53,7 +53,7 @@ class Pipeline:
         self.dtype = settings.resolved_dtype()
         self.model_id = settings.model
         self.model = model or TripoSR.from_pretrained(settings.model, device=self.device,
-                                                      dtype=getattr(torch, self.dtype))
+                                                      dtype=getattr(torch, self.dtype.name))
         self.background = BackgroundRemover(settings)
         self.background_method = self.background.method
         self.decoder = DecoderWeights(self.model.config.decoder, self.model.config.renderer, {
@@ -104,7 +104,8 @@ class Pipeline:
             sha256=sha256_of_bytes(source.data), prepared=np.round(prepared * 255).astype(np.uint8),
             background=background_used, warnings=warnings, scene_code=scene_code.float().cpu().numpy(),
             density=density, decoder=self.decoder, stage_seconds=dict(tracker.stage_seconds),
-            model_facts={"model": self.model_id, "device": self.device, "dtype": self.dtype,
+            model_facts={"model": self.model_id, "device": self.device, "dtype": self.dtype.name,
+                         "dtype_reason": self.dtype.reason,
                          "settings": self.settings.model_dump(mode="json")})
 
 

@@ -6,15 +6,31 @@ has genus 27); an edge collapse free to change topology pinches such parts into 
 STL stops being printable (issue 15: fast-simplification left 94 bodies and non-manifold edges).
 MeshLab's quadric edge collapse refuses such collapses when asked (``preservetopology``); on
 bench_chair it also moved the surface least of the simplifiers tried (benchmarks/bench_simplify.py).
+
+pymeshlab must first be imported on the main thread (``recond.worker.Worker.start`` does it, see
+``load_main_thread_libraries``, before the worker thread imports the pipeline). Its import builds
+Qt objects (the plugin manager, its plugin loaders and plugins) that live until the process exits
+and hold references to the Qt data of the thread that made them. Made on the worker thread, which
+has ended by then, the destructors run at exit release that data once too often: valgrind shows
+``QThreadData::deref`` from ``PluginManager::~PluginManager`` decrementing a count in the block an
+earlier plugin's destructor freed. With torch also first loaded on that thread, this corrupted the
+malloc arena they share and the daemon aborted at exit (``malloc_consolidate(): unaligned fastbin
+chunk detected``, exit code 134). Imported on the main thread, valgrind finds no such error, also
+when meshes are simplified on a worker thread that then ends: a MeshSet is made and freed per call.
 """
 
 from __future__ import annotations
 
+import sys
+import threading
 from dataclasses import dataclass
 
 import numpy as np
-import pymeshlab
 import trimesh
+
+if "pymeshlab" not in sys.modules and threading.current_thread() is not threading.main_thread():
+    raise ImportError("pymeshlab must first be imported on the main thread (see recond.pipeline.topology)")
+import pymeshlab  # noqa: E402 (after the guard: an import on another thread would corrupt memory)
 
 # Points sampled on each surface (its vertices first) for the Hausdorff distance. On bench_chair
 # 30,000 already find the maximum that 200,000 find, in a third of the time (bench_simplify.py).

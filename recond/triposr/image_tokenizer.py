@@ -24,7 +24,9 @@ class ImageTokenizer(nn.Module):
         self.model = ViTModel(config)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalised in float32, then handed to the ViT in the dtype of its weights."""
         # Constants, not buffers: upstream's are non-persistent, so the checkpoint has none.
-        mean = torch.tensor(IMAGENET_MEAN, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
-        return self.model((images - mean) / std).transpose(1, 2)
+        mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
+        normalised = (images - mean) / std
+        return self.model(normalised.to(self.model.layernorm.weight.dtype)).transpose(1, 2)

@@ -4,7 +4,8 @@ The parts mirror upstream's TSR (tsr/system.py); the checkpoint's parameter name
 attribute paths here. The model stays a model: encode, point queries and the density grid.
 Meshing is a pipeline stage (recond/pipeline/mesh.py), as the style guide asks of upstream's
 TSR, which meshes and renders inside the model class. Dense work is chunked and runs under
-inference mode, in ``compute_dtype`` via autocast (float32 on CPU; float16/bfloat16 on CUDA).
+inference mode. The encoder parts (ENCODER_PARTS) compute in ``compute_dtype`` and store their
+weights in it; everything after the scene codes computes in float32.
 """
 
 from __future__ import annotations
@@ -34,6 +35,13 @@ from recond.triposr.upsampler import TriplaneUpsampler
 # machine (issue 7); one thread here: 1.6 us/point against 1.8 (benchmarks/bench_density_grid.py).
 DEFAULT_CHUNK_SIZE = 8192
 
+# The parts that gain from half precision: the ViT, the transformer and the upsampler are all of
+# the encode's time and 99.2% of the weights. Stored and computed in bfloat16 on a CPU with
+# native bfloat16 they take ~half float32's time and memory (issue 16). The decoder (41k
+# parameters), the learned triplane queries, exp of the density, the grid and the colours stay
+# float32: exp of a half-precision density overflows, and the surface sits on its level.
+ENCODER_PARTS = ("image_tokenizer.", "backbone.", "post_processor.")
+
 Images = torch.Tensor | Sequence[np.ndarray | Image.Image | torch.Tensor]
 
 
@@ -57,7 +65,8 @@ class TripoSR(nn.Module):
         The model is built on the meta device and adopts the checkpoint's memory-mapped tensors
         (no second copy). They are paged in here (loader.page_in), so loading pays for the disk
         and the first encode costs what a warm one does (a lazily paged checkpoint doubled it,
-        issue 7).
+        issue 7). With a ``dtype`` other than float32, ENCODER_PARTS are converted to it tensor
+        by tensor while loading (loader.store_as), never holding the float32 copy as well.
         """
         files = loader.locate_files(str(source))
         config = load_config(files.config, files.vit_config)
@@ -67,10 +76,11 @@ class TripoSR(nn.Module):
         except ValueError as exc:
             raise ModelLoadError(
                 f"{files.config} describes a model this port cannot build ({exc}).") from None
-        state = loader.read_state_dict(files.weights)
+        state = loader.read_state_dict(
+            files.weights, lambda key: dtype if key.startswith(ENCODER_PARTS) else torch.float32)
         loader.check_fit(model.state_dict(), state, files.weights)
-        model.load_state_dict(state, strict=True, assign=True)
-        model.to(device=torch.device(device), dtype=torch.float32)
+        model.load_state_dict(state, strict=True, assign=True)  # assign: the state's dtypes too
+        model.to(device=torch.device(device))
         model.compute_dtype = dtype
         return model.eval()
 
@@ -87,19 +97,21 @@ class TripoSR(nn.Module):
         """Prepared pictures ([B, H, W, 3] in [0, 1], or a list) -> scene codes [B, 3, C, 2p, 2p].
 
         ``progress`` hears the fraction of transformer blocks done: on a CPU the full-size
-        forward takes ~20 s, and a report per block keeps a job's progress moving.
+        forward takes ~20 s, and a report per block keeps a job's progress moving. The encoder
+        parts compute in the dtype their weights are stored in (compute_dtype): plainly, not
+        under autocast, which on a CPU re-casts every weight on each call.
         """
-        with self._compute(), self._block_progress(progress):
+        with torch.inference_mode(), self._block_progress(progress):
             pixels = model_input(images, self.config.cond_image_size).to(self.device)
             image_tokens = self.image_tokenizer(pixels)
-            query_tokens = self.tokenizer(pixels.shape[0])
+            query_tokens = self.tokenizer(pixels.shape[0]).to(self.compute_dtype)
             triplane_tokens = self.backbone(query_tokens, image_tokens.transpose(1, 2))
             return self.post_processor(self.tokenizer.detokenize(triplane_tokens)).float()
 
     def query(self, scene_code: torch.Tensor, points: torch.Tensor,
               chunk_size: int = DEFAULT_CHUNK_SIZE) -> dict[str, torch.Tensor]:
         """Points [N, 3] -> density (raw) and density_act [N, 1], features (raw) and color [N, 3]."""
-        with self._compute():
+        with torch.inference_mode():
             return self.field.query(scene_code.to(self.device), points.to(self.device, torch.float32),
                                     chunk_size)
 
@@ -112,7 +124,7 @@ class TripoSR(nn.Module):
         evaluated coarse to fine: exact wherever the surface density_act == level can pass,
         elsewhere only on the right side of the level (isosurface.refined_density_grid).
         """
-        with self._compute():
+        with torch.inference_mode():
             code = scene_code.to(self.device)
 
             def density_at(points: torch.Tensor) -> torch.Tensor:
@@ -137,9 +149,3 @@ class TripoSR(nn.Module):
         finally:
             for handle in handles:
                 handle.remove()
-
-    @contextlib.contextmanager
-    def _compute(self) -> Iterator[None]:
-        half = self.compute_dtype != torch.float32
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.compute_dtype, enabled=half):
-            yield

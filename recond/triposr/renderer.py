@@ -45,8 +45,7 @@ class TriplaneField:
         return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
 
     def _query_chunk(self, scene_code: torch.Tensor, points: torch.Tensor) -> dict[str, torch.Tensor]:
-        # activations in float32 even under autocast: exp of a half-precision density overflows
-        out = {key: value.float() for key, value in self.decoder(self.features(scene_code, points)).items()}
+        out = self.decoder(self.features(scene_code, points))
         activation = DENSITY_ACTIVATIONS[self.config.density_activation]
         out["density_act"] = activation(out["density"] + self.config.density_bias)
         out["color"] = torch.sigmoid(out["features"])
