@@ -33,6 +33,7 @@ FOLDER_SETTINGS = ("inbox", "outbox", "state_dir", "rembg_home")
 
 Background = Literal["auto", "rembg", "alpha", "none"]
 DType = Literal["auto", "float32", "float16", "bfloat16"]
+Executor = Literal["local", "ray"]
 
 
 class SettingsError(ValueError):
@@ -123,6 +124,12 @@ class DaemonSettings(_Part):
     log_level: Literal["debug", "info", "warning", "error"] = Field("info")
     log_max_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="Rotate the JSON log here.")
     log_backups: int = Field(5, ge=0, description="Rotated JSON logs kept.")
+    executor: Executor = Field("local", description=(
+        "Where jobs run: local (this machine) or ray (a Ray cluster; the ray extra)."))
+    ray_address: str = Field("auto", min_length=1, description=(
+        "Ray cluster to join: auto, host:port, ray://head:10001, or local (a private one)."))
+    ray_device_workers: int = Field(0, ge=0, description=(
+        "Warm-model actors on Ray; 0: one per GPU in the cluster, one when it has none."))
 
     @property
     def db_path(self) -> Path:
