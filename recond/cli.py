@@ -87,11 +87,15 @@ def _format_status(report: dict[str, Any]) -> str:
         last = report["last_background"]
         lines.append(f"background: job #{last['id']} used {last['method'] or 'unknown (no job.json)'}")
     lines.append("jobs:   " + ", ".join(f"{number} {state}" for state, number in counts.items()))
-    current = report["current"]
-    if current:
-        eta = f", ETA {_duration(current['eta_s'])}" if current["eta_s"] is not None else ""
-        lines.append(f"now:    #{current['id']} {current['source']}: {current['stage'] or 'starting'} "
-                     f"{round((current['progress'] or 0) * 100)}%{eta}")
+    for job in report["running"]:
+        eta = f", ETA {_duration(job['eta_s'])}" if job["eta_s"] is not None else ""
+        lines.append(f"now:    #{job['id']} {job['source']}: {job['stage'] or 'starting'} "
+                     f"{round((job['progress'] or 0) * 100)}%{eta}")
+    if len(daemon["workers"]) > 1:
+        busy = [worker for worker in daemon["workers"] if worker["busy"]]
+        lines.append(f"workers: {len(busy)} of {len(daemon['workers'])} busy: " + ", ".join(
+            f"{worker['name']} ({worker['device']}"
+            f"{', job #' + str(worker['job_id']) if worker['busy'] else ''})" for worker in daemon["workers"]))
     if report["recent"]:
         lines.append("recent:")
         for job in report["recent"]:

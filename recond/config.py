@@ -31,6 +31,11 @@ CONFIG_ENV_VAR = "RECOND_CONFIG"
 # Folder settings: a relative value in the TOML file is taken from the file's own folder.
 FOLDER_SETTINGS = ("inbox", "outbox", "state_dir", "rembg_home")
 
+# Host workers each hold torch, a job's hand-off and its meshes (README: memory of a host
+# worker); the default stops at 8 so a many-core server does not fill its memory unasked.
+DEFAULT_HOST_WORKERS_CAP = 8
+MAX_HOST_WORKERS = 64
+
 Background = Literal["auto", "rembg", "alpha", "none"]
 DType = Literal["auto", "float32", "float16", "bfloat16"]
 Executor = Literal["local", "ray"]
@@ -120,6 +125,9 @@ class DaemonSettings(_Part):
     outbox: Path = Field(Path("outbox"), description="Folder result folders are published to.")
     state_dir: Path = Field(Path("state"), description="SQLite job database and JSON log.")
     max_attempts: int = Field(3, ge=1, description="Crashes a job survives before it fails.")
+    host_workers: int | None = Field(None, ge=0, le=MAX_HOST_WORKERS, description=(
+        "Processes running jobs' CPU part (mesh to viewer) while the model serves the next job; "
+        "0 runs each job whole, one at a time; unset: one fewer than the CPUs (at least 1, at most 8)."))
     model_retry_seconds: float = Field(180.0, gt=0, description="Retry loading missing weights.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info")
     log_max_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="Rotate the JSON log here.")
@@ -130,6 +138,12 @@ class DaemonSettings(_Part):
         "Ray cluster to join: auto, host:port, ray://head:10001, or local (a private one)."))
     ray_device_workers: int = Field(0, ge=0, description=(
         "Warm-model actors on Ray; 0: one per GPU in the cluster, one when it has none."))
+
+    def resolved_host_workers(self) -> int:
+        """host_workers, or from the CPUs this process may use: one is left to the device part."""
+        if self.host_workers is not None:
+            return self.host_workers
+        return min(max(1, len(os.sched_getaffinity(0)) - 1), DEFAULT_HOST_WORKERS_CAP)
 
     @property
     def db_path(self) -> Path:

@@ -1,6 +1,6 @@
 """The `recond` command: wires intake, worker, signals and systemd notification into one process.
 
-SIGTERM/SIGINT stop it cleanly (the running job finishes its stage and is requeued), SIGHUP
+SIGTERM/SIGINT stop it cleanly (the jobs in flight are cancelled and requeued), SIGHUP
 re-reads the settings and retries a missing model. ``--once`` processes what is waiting, then exits.
 """
 
@@ -62,8 +62,7 @@ class Daemon:
                 return 0
             settings = self.settings  # a SIGHUP while waiting may have changed the folders
             worker = Worker(settings, store, pipeline_factory=partial(
-                build_pipeline, report=lambda line: store.daemon_update(model_detail=line),
-                stage_history=settings.state_dir),
+                build_pipeline, report=lambda line: store.daemon_update(model_detail=line)),
                 on_file_changed=self._file_changed)
             worker.recover()
             self.intake = Intake(settings, store, on_enqueued=lambda job: worker.wake())
@@ -77,7 +76,7 @@ class Daemon:
             return self._loop(store, worker, once)
         finally:
             self.systemd.notify("STOPPING=1")
-            log.info("stopping: no new jobs; a running job is requeued at its next stage")
+            log.info("stopping: no new jobs; the jobs in flight go back to the queue")
             if self.intake is not None:
                 self.intake.stop()
             if worker is not None and worker.is_alive():

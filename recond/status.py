@@ -46,18 +46,18 @@ def status_report(settings: Settings, recent: int = 10) -> dict[str, Any]:
             "device": daemon.get("device") if running else None,
             "watcher_warnings": daemon.get("watcher_warnings", []) if running else [],
             "worker_warning": daemon.get("worker_warning") if running else None,
+            # Where jobs' parts run: the warm model(s) and the host processes (recond.executors).
+            "workers": daemon.get("workers", []) if running else [],
         },
         "counts": store.counts() if store else dict.fromkeys(STATES, 0),
-        "current": None,
+        "running": [],
         "recent": [],
         "last_background": None,
     }
     if store:
-        current = store.running()
-        if current:
-            report["current"] = {"id": current.id, "source": current.source, "stage": current.stage,
-                                 "progress": current.progress, "eta_s": current.eta_s,
-                                 "started_at": current.started_at}
+        report["running"] = [{"id": job.id, "source": job.source, "stage": job.stage,
+                              "progress": job.progress, "eta_s": job.eta_s, "started_at": job.started_at}
+                             for job in store.running()]
         report["recent"] = [_summary(job) for job in store.jobs(limit=recent)
                             if job.state != RUNNING]
         last_done = store.jobs(DONE, limit=1)

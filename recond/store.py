@@ -38,7 +38,9 @@ DAEMON_COLUMNS: dict[str, type] = {
     "id": int, "pid": int, "started_at": float, "heartbeat_at": float, "stopped_at": float,
     "model_status": str, "model_detail": str, "device": str, "watcher_warnings": str,
     "worker_warning": str,  # e.g. the outbox is full: the queue is paused
+    "workers": str,  # JSON list: where parts run (recond.executors.WorkerInfo), busy with which job
 }
+JSON_DAEMON_COLUMNS = ("watcher_warnings", "workers")
 
 JOB_COLUMNS: dict[str, type] = {
     "id": int,
@@ -187,8 +189,9 @@ class Store:
             counts[state] = number
         return counts
 
-    def running(self) -> Job | None:
-        return self._first("state = ?", [RUNNING], order_by="id")
+    def running(self) -> list[Job]:
+        """Every job in flight (up to host_workers + 1 of them), oldest first."""
+        return self._jobs_where("state = ?", [RUNNING], order_by="id")
 
     def active_sources(self) -> set[str]:
         """Inbox paths that already have a queued or running job (so a rescan skips them)."""
@@ -297,12 +300,14 @@ class Store:
                       output=display_name(str(kept_at)) if kept_at else None)
             self._promote_duplicates(job_id)
 
-    def requeue(self, job_id: int) -> None:
-        """Put a running job back, not counting the attempt (not a crash: a clean shutdown, a
-        paused outbox, a missing share, a store error)."""
+    def requeue(self, job_id: int, count_attempt: bool = False) -> None:
+        """Put a running job back. The attempt is not counted unless ``count_attempt``: a clean
+        shutdown, a paused outbox, a missing share or a store error is not the job's crash; a
+        worker process that died under it is (recond.executors.WorkerLost)."""
         with self._writing():
             job = self._stored(job_id)
-            self._set(job_id, state=QUEUED, attempts=max(0, job.attempts - 1), stage=None,
+            attempts = job.attempts if count_attempt else max(0, job.attempts - 1)
+            self._set(job_id, state=QUEUED, attempts=attempts, stage=None,
                       progress=None, eta_s=None, started_at=None)
 
     def recover_after_crash(self, max_attempts: int,
@@ -338,11 +343,13 @@ class Store:
             self.db.table("daemon").upsert({"id": 1, "pid": pid, "started_at": now, "heartbeat_at": now,
                                       "stopped_at": None, "model_status": "loading",
                                       "model_detail": None, "device": None,
-                                      "watcher_warnings": "[]", "worker_warning": None}, pk="id")
+                                      "watcher_warnings": "[]", "worker_warning": None,
+                                      "workers": "[]"}, pk="id")
 
     def daemon_update(self, **values: Any) -> None:
-        if "watcher_warnings" in values:
-            values["watcher_warnings"] = json.dumps(values["watcher_warnings"])
+        for name in JSON_DAEMON_COLUMNS:
+            if name in values:
+                values[name] = json.dumps(values[name])
         with self._writing():
             self.db.table("daemon").upsert({"id": 1, **values}, pk="id")
 
@@ -352,7 +359,8 @@ class Store:
         if not rows:
             return None
         state = dict(rows[0])
-        state["watcher_warnings"] = json.loads(state["watcher_warnings"] or "[]")
+        for name in JSON_DAEMON_COLUMNS:
+            state[name] = json.loads(state[name] or "[]")
         return state
 
     # Internals.

@@ -1,6 +1,9 @@
-"""The worker: one thread that owns the warm pipeline and runs queued jobs oldest first.
+"""The worker: one thread that decides which jobs are in flight, oldest first, and records them.
 
-A job owns the exact bytes it was queued with: they are checked before the run, the pipeline
+Each job runs in two parts (issue 14) on an executor (recond/executors/): the device part on
+the warm model, then the host part on a CPU; with host processes, up to ``host_workers + 1``
+jobs are in flight at once, and the worker alone touches the store, the inbox and the outbox.
+A job owns the exact bytes it was queued with: they are checked before the run, the host part
 builds the result in a private staging folder, the worker publishes it (``recond.layout``), and
 the inbox original (and any byte-identical copies waiting on it) is removed only while it still
 holds the published bytes. A failure moves the original to ``inbox/failed/`` with a note. Faults
@@ -16,17 +19,24 @@ import stat
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
+from concurrent.futures import CancelledError, Future, wait
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from recond import dropped, layout
 from recond.config import JobSettings, ModelSettings, Settings, part_of
 from recond.errors import describe_failure, loading_fix
+from recond.executors import (DeviceTask, Executor, HostTask, JobCancelled, PartProgress, WorkerLost,
+                              build_executor)
 from recond.gallery import write_gallery
 from recond.logging import get_logger
 from recond.outbox_gate import OutboxFault, OutboxGate
-from recond.pipeline.contract import ProgressCallback, WarmPipeline
-from recond.pipeline.progress import Progress
+from recond.pipeline.contract import JobResult, ProgressCallback, WarmPipeline
+from recond.pipeline.handoff import DeviceOutput
+from recond.pipeline.image import read_source
+from recond.pipeline.progress import EtaEstimate, Progress, expected_stage_seconds, remember_stage_seconds
 from recond.store import QUEUED, RUNNING, Job, Store
 
 log = get_logger("recond.worker")
@@ -34,14 +44,6 @@ log = get_logger("recond.worker")
 PROGRESS_WRITE_SECONDS = 0.5  # how often a running job's progress reaches the database
 ERROR_PAUSE_SECONDS = 2.0  # after an unexpected error in the loop, before the next step
 WAIT_SECONDS = 5.0  # between checks while the outbox is paused or the inbox share is gone
-
-
-class JobCancelled(BaseException):
-    """Raised from the progress callback so a stopping daemon leaves the pipeline between stages.
-
-    A BaseException, like asyncio.CancelledError, so that a stage's ``except Exception`` cannot
-    turn a shutdown into a failed job.
-    """
 
 
 class JobWaits(Exception):
@@ -53,23 +55,39 @@ class JobEnded(Exception):
 
 
 def build_pipeline(settings: ModelSettings,
-                   report: Callable[[str], None] = lambda line: None,
-                   stage_history: Path | None = None) -> WarmPipeline:
+                   report: Callable[[str], None] = lambda line: None) -> WarmPipeline:
     """The real, warm pipeline (imported here: torch loads in the worker thread, not at start-up),
-    after the first start's downloads (``report`` gets their progress lines); ``stage_history``
-    is where jobs' stage seconds are kept for the ETA (the state dir)."""
+    after the first start's downloads (``report`` gets their progress lines)."""
     from recond.downloads import fetch_missing_models
     from recond.pipeline.runner import Pipeline
 
     fetch_missing_models(settings, report)
-    return Pipeline(settings, stage_history=stage_history)
+    return Pipeline(settings)
+
+
+@dataclass
+class InFlight:
+    """A claimed job and the part of it running now (device, then host)."""
+
+    job: Job
+    settings: JobSettings
+    started: float
+    eta: EtaEstimate
+    phase: str = "device"
+    future: Future[Any] | None = None
+    staging: ExitStack = field(default_factory=ExitStack)  # the staging folder, once the host part has one
+    folder: Path | None = None
 
 
 class Worker:
     """Runs jobs from ``store`` with a pipeline built by ``pipeline_factory(model settings)``.
 
-    ``on_file_changed(path)`` is told about an inbox file whose bytes changed after it was
-    queued (the daemon hands it to intake, which queues the new bytes once they settle).
+    It alone decides what is in flight (STYLE.md habit 13): it claims a job only while the
+    executor (recond/executors/) has room, hands it the picture's bytes for the device part,
+    gives the hand-off to a host part writing into a staging folder, and publishes, fails or
+    requeues each job here. ``on_file_changed(path)`` is told about an inbox file whose bytes
+    changed after it was queued (the daemon hands it to intake, which queues the new bytes once
+    they settle).
     """
 
     def __init__(self, settings: Settings, store: Store,
@@ -79,8 +97,8 @@ class Worker:
         self.store = store
         self.pipeline_factory = pipeline_factory
         self.on_file_changed = on_file_changed
-        self.pipeline: WarmPipeline | None = None
-        self.busy = False
+        self.executor: Executor | None = None
+        self.in_flight: dict[int, InFlight] = {}
         self.paused: str | None = None  # why the queue waits (outbox full or unwritable)
         self.owner = layout.owner_tag(str(settings.state_dir.resolve()))
         self.gate = OutboxGate(settings.outbox.resolve(), self.owner)
@@ -88,7 +106,9 @@ class Worker:
         self._stopping = threading.Event()
         self._wake = threading.Event()
         self._new_settings: Settings | None = None
+        self._rebuild = False  # the model or the executor's settings changed: once idle, rebuild
         self._next_load = 0.0
+        self._workers_shown: list[dict[str, Any]] | None = None
         self._thread = threading.Thread(target=self._loop, name="recond-worker", daemon=True)
 
     @property
@@ -98,6 +118,10 @@ class Worker:
     @property
     def outbox(self) -> Path:
         return self.settings.outbox.resolve()
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.in_flight)
 
     # Control, from other threads.
 
@@ -122,8 +146,12 @@ class Worker:
         self._thread.start()
 
     def stop(self, timeout: float | None = None) -> None:
-        """Stop taking jobs; a running job is cancelled at its next progress report and requeued."""
+        """Stop taking jobs; every job in flight is cancelled and requeued without counting an
+        attempt (a device part at its next progress report, a host process at once)."""
         self._stopping.set()
+        executor = self.executor
+        if executor is not None:
+            executor.cancel()
         self._wake.set()
         self._thread.join(timeout)
 
@@ -148,59 +176,76 @@ class Worker:
             except Exception:  # one store call or one job's error never ends the worker
                 log.exception("worker step failed; carrying on")
                 self._stopping.wait(ERROR_PAUSE_SECONDS)
+        self._shut_down()
 
     def _step(self) -> None:
         self._apply_new_settings()
-        if self.pipeline is None:
+        if self.executor is None:
             if time.monotonic() >= self._next_load:
                 self._load_model()
-            if self.pipeline is None:
+            if self.executor is None:
                 self._wake.wait(max(0.0, self._next_load - time.monotonic()))
+            return
+        self._advance_finished()
+        self._show_workers()
+        if self._rebuild:
+            if not self.in_flight:
+                self._close_executor()
+            else:
+                self._wake.wait(WAIT_SECONDS)
             return
         if self.paused and not self._outbox_cleared():
             self._stopping.wait(WAIT_SECONDS)
             return
-        job = self.store.claim_next()
-        if job is None:
-            self._wake.wait(5.0)  # intake wakes us on every new job; this is a safety net
+        if self._has_room() and (job := self.store.claim_next()) is not None:
+            try:
+                self._begin(job)
+            except Exception:
+                self._put_back(job)
+                raise
+            after = self.store.get(job.id)
+            if self.paused or (after is not None and after.state == QUEUED):
+                self._wake.wait(WAIT_SECONDS)  # it waits for the outbox or the share: so do we
             return
-        self.busy = True
-        try:
-            self.process(job)
-        except Exception:
-            self._put_back(job)
-            raise
-        finally:
-            self.busy = False
-        after = self.store.get(job.id)
-        if self.paused or (after is not None and after.state == QUEUED):
-            self._stopping.wait(WAIT_SECONDS)  # it waits for the outbox or the share: so do we
+        self._wake.wait(WAIT_SECONDS)  # a finished part and intake wake us; this is a safety net
 
-    def _put_back(self, job: Job) -> None:
-        """A job an unexpected error interrupted returns to the queue (not a crash of it)."""
-        current = self.store.get(job.id)
-        if current is not None and current.state == RUNNING:
-            self.store.requeue(job.id)
+    def _has_room(self) -> bool:
+        executor = self.executor
+        on_device = sum(1 for flight in self.in_flight.values() if flight.phase == "device")
+        return (executor is not None and len(self.in_flight) < executor.capacity
+                and on_device < executor.device_slots)
+
+    def _shut_down(self) -> None:
+        """The thread's last act: the executor stopped, every job in flight back in the queue."""
+        self._close_executor()
+        for flight in list(self.in_flight.values()):
+            self._drop(flight, requeue=True)
+            log.info("job requeued", job=flight.job.id, file=flight.job.source, reason="stopping")
 
     def _apply_new_settings(self) -> None:
         settings, self._new_settings = self._new_settings, None
         if settings is None:
             return
-        model_changed = part_of(settings, ModelSettings) != part_of(self.settings, ModelSettings)
+        executor_changed = (part_of(settings, ModelSettings) != part_of(self.settings, ModelSettings)
+                            or settings.resolved_host_workers() != self.settings.resolved_host_workers())
         if settings.inbox != self.settings.inbox:
             self._inbox_device = None
         if settings.outbox != self.settings.outbox:
             self.gate = OutboxGate(settings.outbox.resolve(), self.owner)
         self.settings = settings
-        if self.pipeline is None or model_changed:
-            self.pipeline, self._next_load = None, 0.0
+        if self.executor is None:
+            self._next_load = 0.0
+        elif executor_changed:
+            self._rebuild = True
 
     def _load_model(self) -> None:
         self.store.daemon_update(model_status="loading", model_detail=self.settings.model)
         started = time.monotonic()
+        executor = build_executor(self.settings, self.pipeline_factory, self._record_progress)
         try:
-            pipeline = self.pipeline_factory(part_of(self.settings, ModelSettings))
+            facts = executor.start()
         except Exception as error:  # any failure here means "no model"; jobs wait, nothing fails
+            executor.close()
             fix = loading_fix(error)
             detail = f"{' '.join(str(error).split())} -- to fix: {fix}"
             self._next_load = time.monotonic() + self.settings.model_retry_seconds
@@ -208,44 +253,165 @@ class Worker:
             log.error("model not loaded; jobs stay queued", model=self.settings.model,
                       error=str(error), fix=fix, retry_in_s=self.settings.model_retry_seconds)
             return
-        self.pipeline = pipeline
-        device = pipeline.device
-        self.store.daemon_update(model_status="ready", device=device, model_detail=(
-            f"{pipeline.model_id} (pictures without transparency: {pipeline.background_method})"))
-        log.info("model loaded", model=self.settings.model, device=device,
-                 seconds=round(time.monotonic() - started, 2))
+        self.executor = executor
+        self.store.daemon_update(model_status="ready", device=facts.device, model_detail=(
+            f"{facts.model_id} (pictures without transparency: {facts.background_method})"))
+        log.info("model loaded", model=self.settings.model, device=facts.device,
+                 jobs_at_once=executor.capacity, seconds=round(time.monotonic() - started, 2))
 
-    # One job: check its bytes, build and publish, then record the outcome.
+    def _close_executor(self) -> None:
+        executor, self.executor = self.executor, None
+        self._rebuild, self._next_load = False, 0.0
+        if executor is not None:
+            executor.close()
+        self._show_workers()
+
+    def _show_workers(self) -> None:
+        """Where parts run, for `reconctl status`: written to the daemon row when it changes."""
+        workers = [info.as_dict() for info in self.executor.workers()] if self.executor else []
+        if workers != self._workers_shown:
+            try:
+                self.store.daemon_update(workers=workers)
+                self._workers_shown = workers
+            except sqlite3.Error as error:  # shown at the next change or step
+                log.warning("workers not recorded", error=str(error))
+
+    # One job: check its bytes, run its two parts, publish, then record the outcome.
 
     def process(self, job: Job) -> None:
-        """Run one claimed job to done, failed or back to the queue."""
+        """Run one claimed job to done, failed or back to the queue, in this thread."""
+        self._begin(job)
+        while (flight := self.in_flight.get(job.id)) is not None:
+            assert flight.future is not None, "a job in flight has a part running"
+            wait([flight.future])
+            self._advance(flight)
+
+    def _begin(self, job: Job) -> None:
+        """Start one claimed job: record it done when its result is already published, else
+        hand its bytes to the device part; the loop takes it on from there."""
         published = self._published(job)
         if published is not None:  # renamed into place just before a crash: record, never redo
             self._finish(job, published, job.warnings, job.sha256, started=None)
-        else:
-            self._run(job)
-
-    def _run(self, job: Job) -> None:
-        """Check the job's bytes, build and publish its result, and record the outcome."""
+            return
+        if self.executor is None:
+            self._load_model()
         started = time.monotonic()
-        pipeline = self.pipeline
-        assert pipeline is not None, "jobs run only once the model is loaded"
         try:
-            readable = self._verified_source(job)
-            log.info("job started", job=job.id, file=job.source, attempt=job.attempts)
-            result, folder = layout.build_result(
-                self.outbox, job.result_name, f"{self.owner}-{job.id}",
-                lambda staging: pipeline.run(readable, staging, part_of(self.settings, JobSettings),
-                                             progress=self._progress_reporter(job)))
+            source_bytes = read_source(self._verified_source(job), self.settings.max_file_bytes)
         except JobEnded:
-            pass  # recorded where it was found out
-        except (JobCancelled, JobWaits) as interruption:
+            return  # recorded where it was found out
+        except JobWaits as interruption:
             self.store.requeue(job.id)
             log.info("job requeued", job=job.id, file=job.source, reason=type(interruption).__name__)
+            return
         except Exception as error:
             self._job_error(job, error, started)
+            return
+        executor = self.executor
+        if executor is None:  # the model did not load: the job waits for it
+            self.store.requeue(job.id)
+            return
+        log.info("job started", job=job.id, file=job.source, attempt=job.attempts)
+        expected = expected_stage_seconds(self.settings.state_dir)
+        flight = InFlight(job, part_of(self.settings, JobSettings), started,
+                          EtaEstimate(self._progress_reporter(job), expected))
+        self.in_flight[job.id] = flight
+        self._running(flight, lambda: executor.submit_device(DeviceTask(
+            job.id, PurePosixPath(job.source_name).name, source_bytes, flight.settings)))
+
+    def _running(self, flight: InFlight, submit: Callable[[], Future[Any]]) -> None:
+        """Submit a part of ``flight``; its end wakes the loop. An error submitting puts the job back."""
+        try:
+            flight.future = submit()
+        except Exception:
+            self._drop(flight, requeue=True)
+            raise
+        flight.future.add_done_callback(lambda future: self._wake.set())
+
+    def _advance_finished(self) -> None:
+        """Act on every part that ended: start the host part, publish, fail or requeue."""
+        for flight in list(self.in_flight.values()):
+            if flight.future is not None and flight.future.done():
+                try:
+                    self._advance(flight)
+                except Exception:  # e.g. the store failed us: the job must not stay "running"
+                    self._drop(flight, requeue=True)
+                    raise
+
+    def _advance(self, flight: InFlight) -> None:
+        job = flight.job
+        assert flight.future is not None, "only a submitted part ends"
+        try:
+            value = flight.future.result()
+        except (JobCancelled, CancelledError):
+            self._drop(flight, requeue=True)
+            log.info("job requeued", job=job.id, file=job.source, reason="JobCancelled")
+        except WorkerLost as lost:
+            self._drop(flight)
+            self._worker_lost(job, lost)
+        except Exception as error:
+            self._drop(flight)
+            self._job_error(job, error, flight.started)
         else:
-            self._finish(job, folder, result.warnings, result.record.get("sha256", job.sha256), started)
+            if flight.phase == "device":
+                self._start_host_part(flight, value)
+            else:
+                self._publish(flight, value)
+
+    def _start_host_part(self, flight: InFlight, handoff: DeviceOutput) -> None:
+        executor, job = self.executor, flight.job
+        assert executor is not None, "the executor stays while jobs are in flight"
+        try:
+            flight.folder = flight.staging.enter_context(
+                layout.staging(self.outbox, job.result_name, f"{self.owner}-{job.id}"))
+        except Exception as error:  # e.g. the outbox is full or gone
+            self._drop(flight)
+            self._job_error(job, error, flight.started)
+            return
+        flight.phase = "host"
+        folder = flight.folder
+        self._running(flight, lambda: executor.submit_host(HostTask(job.id, handoff, flight.settings, folder)))
+
+    def _publish(self, flight: InFlight, result: JobResult) -> None:
+        job = flight.job
+        assert flight.folder is not None, "a host part ran in a staging folder"
+        try:
+            folder = layout.publish(flight.folder, self.outbox, job.result_name)
+        except Exception as error:
+            self._drop(flight)
+            self._job_error(job, error, flight.started)
+            return
+        flight.staging.close()  # published: nothing left to remove
+        remember_stage_seconds(self.settings.state_dir, result.stage_seconds)
+        self._finish(job, folder, result.warnings, result.record.get("sha256", job.sha256), flight.started)
+        del self.in_flight[job.id]
+
+    def _drop(self, flight: InFlight, requeue: bool = False) -> None:
+        """Forget a job in flight, removing its staging folder; ``requeue`` puts it back in the
+        queue without counting the attempt (else the caller records what happened)."""
+        self.in_flight.pop(flight.job.id, None)
+        # Leaving layout.staging() by an exception is what removes its folder.
+        flight.staging.__exit__(JobCancelled, JobCancelled(), None)
+        if requeue:
+            self._put_back(flight.job)
+
+    def _put_back(self, job: Job) -> None:
+        """A job still recorded as running goes back to the queue (not a crash of it)."""
+        current = self.store.get(job.id)
+        if current is not None and current.state == RUNNING:
+            self.store.requeue(job.id)
+
+    def _worker_lost(self, job: Job, lost: WorkerLost) -> None:
+        """The process running the job died: one attempt spent; out of attempts, the job fails."""
+        if job.attempts >= self.settings.max_attempts:
+            reason = (f"{lost}; that happened on each of its {job.attempts} attempts "
+                      f"(max_attempts = {self.settings.max_attempts}): it may crash the pipeline")
+            log.error("job failed", job=job.id, file=job.source, error=reason)
+            self.fail_job(job, reason)
+            return
+        self.store.requeue(job.id, count_attempt=True)
+        log.warning("job requeued: the process running it died", job=job.id, file=job.source,
+                    error=str(lost), attempts=job.attempts)
 
     def _verified_source(self, job: Job) -> Path:
         """The file to hand the pipeline, holding exactly the job's bytes. Raises JobEnded when
@@ -392,12 +558,16 @@ class Worker:
         self.store.daemon_update(worker_warning=None)
         return True
 
+    def _record_progress(self, message: PartProgress) -> None:
+        """A part's (stage, fraction), from any thread: to the job's ETA, the store and the log."""
+        flight = self.in_flight.get(message.job_id)
+        if flight is not None:
+            flight.eta(message.stage, message.fraction)
+
     def _progress_reporter(self, job: Job) -> ProgressCallback:
         last: dict[str, Any] = {"stage": None, "written": 0.0, "decile": -1}
 
         def report(progress: Progress) -> None:
-            if self._stopping.is_set():
-                raise JobCancelled()
             now = time.monotonic()
             decile = int(progress.overall * 10)
             if progress.stage != last["stage"] or now - last["written"] >= PROGRESS_WRITE_SECONDS:

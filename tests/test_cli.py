@@ -41,30 +41,39 @@ def test_status_before_the_daemon_ever_ran_says_down_with_zero_counts(config: Pa
     report = json.loads(output)
     assert code == 0 and report["daemon"]["running"] is False
     assert report["counts"] == {"queued": 0, "running": 0, "done": 0, "failed": 0, "duplicate": 0}
-    assert report["current"] is None and report["recent"] == []
+    assert report["running"] == [] and report["recent"] == [] and report["daemon"]["workers"] == []
 
 
-def test_status_shows_the_live_daemon_running_job_and_recent_results(config: Path, tmp_path: Path) -> None:
+def test_status_shows_the_live_daemon_running_jobs_and_recent_results(config: Path, tmp_path: Path) -> None:
     store = Store(settings_of(config).db_path)
     store.daemon_started(os.getpid())  # this test process stands for a live daemon
     store.daemon_update(model_status="ready", device="cpu", watcher_warnings=["inbox missing"])
     done, _ = store.enqueue("a.jpg", "aa", 1, "t_a")
     store.claim_next()
     store.finish(done.id, tmp_path / "outbox" / "t_a", [])
-    running, _ = store.enqueue("kitchen/b.jpg", "bb", 1, "t_b")
+    hosted, _ = store.enqueue("kitchen/b.jpg", "bb", 1, "t_b")
+    on_device, _ = store.enqueue("c.jpg", "cc", 1, "t_c")
     store.claim_next()
-    store.report_progress(running.id, "texture", 0.42, 75.0)
+    store.claim_next()
+    store.report_progress(hosted.id, "texture", 0.42, 75.0)
+    store.report_progress(on_device.id, "grid", 0.2, 90.0)
+    store.daemon_update(workers=[
+        {"name": "device", "kind": "device", "node": "here", "device": "cpu", "busy": True, "job_id": on_device.id},
+        {"name": "host-0", "kind": "host", "node": "here", "device": "cpu", "busy": True, "job_id": hosted.id},
+        {"name": "host-1", "kind": "host", "node": "here", "device": "cpu", "busy": False, "job_id": None}])
 
     report = json.loads(reconctl(config, "status", "--json")[1])
     assert report["daemon"]["running"] is True and report["daemon"]["pid"] == os.getpid()
-    assert report["counts"]["done"] == 1 and report["counts"]["running"] == 1
-    assert report["current"] == {"id": running.id, "source": "kitchen/b.jpg", "stage": "texture",
-                                 "progress": 0.42, "eta_s": 75.0,
-                                 "started_at": report["current"]["started_at"]}
+    assert report["counts"]["done"] == 1 and report["counts"]["running"] == 2
+    assert [(job["id"], job["source"], job["stage"], job["progress"], job["eta_s"]) for job in report["running"]] == [
+        (hosted.id, "kitchen/b.jpg", "texture", 0.42, 75.0), (on_device.id, "c.jpg", "grid", 0.2, 90.0)]
+    assert [worker["busy"] for worker in report["daemon"]["workers"]] == [True, True, False]
     assert report["recent"][0]["output"] == str(tmp_path / "outbox" / "t_a")
     code, text = reconctl(config, "status")
     assert code == 0 and f"up (pid {os.getpid()}" in text
-    assert "kitchen/b.jpg: texture 42%, ETA 1m 15s" in text and "warning:" in text
+    assert "kitchen/b.jpg: texture 42%, ETA 1m 15s" in text and "c.jpg: grid 20%, ETA 1m 30s" in text
+    assert f"workers: 2 of 3 busy: device (cpu, job #{on_device.id}), host-0 (cpu, job #{hosted.id}), host-1 (cpu)" in text
+    assert "warning:" in text
 
 
 def test_status_says_down_when_the_recorded_daemon_process_is_gone(config: Path) -> None:

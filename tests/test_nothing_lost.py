@@ -57,10 +57,10 @@ AS_NOBODY = [  # uid/gid 65534 in a private mount namespace where /root is trave
 class PickyPipeline(StandInPipeline):
     """The stand-in, refusing files whose bytes start with b"corrupt" as the real one would."""
 
-    def run(self, source: Path, result_dir: Path, job=None, progress=None):
-        if source.read_bytes().startswith(b"corrupt"):
-            raise InputError(f"{source.name} is truncated or corrupt")
-        return super().run(source, result_dir, job, progress)
+    def device_part(self, source_name: str, source_bytes: bytes, job=None, report=None):
+        if source_bytes.startswith(b"corrupt"):
+            raise InputError(f"{source_name} is truncated or corrupt")
+        return super().device_part(source_name, source_bytes, job, report)
 
 
 @pytest.fixture
@@ -180,12 +180,12 @@ def test_worker_never_runs_bytes_other_than_those_queued(settings: Settings) -> 
     (settings.inbox / "a.png").write_bytes(b"new bytes")
     job, _ = store.enqueue("a.png", sha256(b"old bytes"), 9, "t_a")
     told = []
-    worker = Worker(settings, store, on_file_changed=told.append)
-    worker.pipeline = StandInPipeline()
+    pipeline = StandInPipeline()
+    worker = Worker(settings, store, pipeline_factory=lambda s: pipeline, on_file_changed=told.append)
     worker.process(store.claim_next())
     ended = store.get(job.id)
     assert ended.state == FAILED and "changed after it was queued" in ended.error
-    assert worker.pipeline.runs == [] and told == [settings.inbox.resolve() / "a.png"]
+    assert pipeline.runs == [] and told == [settings.inbox.resolve() / "a.png"]
     assert assert_in_one_place(b"new bytes", settings.inbox, settings.outbox) == "inbox a.png"
 
 
@@ -262,10 +262,9 @@ KILL_AFTER_PUBLISH = textwrap.dedent("""
     layout.publish = publish_then_die
     root = sys.argv[1]
     settings = load_settings(inbox=root + "/inbox", outbox=root + "/outbox",
-                             state_dir=root + "/state", max_attempts=1)
+                             state_dir=root + "/state", max_attempts=1, host_workers=0)
     store = Store(settings.db_path)
-    worker = Worker(settings, store)
-    worker.pipeline = StandInPipeline()
+    worker = Worker(settings, store, pipeline_factory=lambda s: StandInPipeline())
     worker.process(store.claim_next())
 """)
 
@@ -279,13 +278,13 @@ def test_kill_9_right_after_publishing_on_the_last_attempt_keeps_the_result(tmp_
                            capture_output=True, text=True, timeout=60)
     assert child.returncode == -signal.SIGKILL, child.stderr
     assert store.get(job.id).state == RUNNING and store.get(job.id).attempts == 1
-    worker = Worker(settings, store)
+    pipeline = StandInPipeline()
+    worker = Worker(settings, store, pipeline_factory=lambda s: pipeline)
     worker.recover()  # a restart
     assert store.get(job.id).state == QUEUED
-    worker.pipeline = StandInPipeline()
     worker.process(store.claim_next())
     done = store.get(job.id)
-    assert done.state == DONE and worker.pipeline.runs == [] and done.output == str(settings.outbox.resolve() / "t_a")
+    assert done.state == DONE and pipeline.runs == [] and done.output == str(settings.outbox.resolve() / "t_a")
     result = CliRunner().invoke(cli, ["retry", str(job.id)], env={"RECOND_INBOX": str(settings.inbox),
                                 "RECOND_STATE_DIR": str(settings.state_dir)})
     assert result.exit_code == 1 and "only failed jobs" in result.output

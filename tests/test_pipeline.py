@@ -23,7 +23,6 @@ import recond.pipeline.background as background_module
 from conftest import SHARED
 from recond import layout
 from recond.config import JobSettings, Settings, load_settings
-from recond.pipeline.progress import DEFAULT_STAGE_SECONDS
 from recond.errors import InputError
 from recond.pipeline.runner import JobResult, Pipeline, Progress
 from recond.triposr.model import TripoSR
@@ -35,7 +34,8 @@ EXAMPLE_PICTURES = sorted(EXAMPLES.glob("*.png")) or [
 ]
 SMALL = {"mc_resolution": 32, "texture_resolution": 128, "render_views": 4, "render_size": 64}
 SMALL_JOB = JobSettings(**SMALL)
-STAGE_ORDER = ["load", "background", "reconstruct", "mesh", "texture", "export", "render", "viewer", "record"]
+STAGE_ORDER = ["load", "background", "reconstruct", "grid", "mesh", "texture", "export", "render", "viewer",
+               "record"]
 RECORD_FIELDS = {"source", "sha256", "settings", "model", "device", "background", "warnings",
                  "stage_seconds", "vertices", "faces", "files"}
 
@@ -266,21 +266,6 @@ def test_progress_reports_stages_in_order_up_to_complete(pipeline: Pipeline, tmp
     assert overall[-1] == pytest.approx(1.0)
     assert all(0.0 <= r.stage_fraction <= 1.0 for r in reports)
     assert reports[-1].eta_s == pytest.approx(0.0, abs=1e-6)
-
-
-def test_stage_seconds_of_each_job_feed_the_next_jobs_eta(pipeline: Pipeline, small_settings,
-                                                         tmp_path: Path) -> None:
-    state_dir = tmp_path / "state"
-    state_dir.mkdir()
-    learning = Pipeline(small_settings(), model=pipeline.model, stage_history=state_dir)
-    first = run_published(learning, EXAMPLES / "chair.png", tmp_path / "outbox", "first", SMALL_JOB)
-    learnt = json.loads((state_dir / "stage_seconds.json").read_text())
-    assert learnt["reconstruct"] == pytest.approx(
-        (DEFAULT_STAGE_SECONDS["reconstruct"] + first.stage_seconds["reconstruct"]) / 2, abs=1e-3)
-    reports: list[Progress] = []
-    run_published(learning, EXAMPLES / "chair.png", tmp_path / "outbox", "second", SMALL_JOB,
-                  progress=reports.append)
-    assert reports[0].eta_s == pytest.approx(sum(learnt.values()))
 
 
 # --- (g) a refused picture leaves nothing (staging and publishing: test_layout.py) -------

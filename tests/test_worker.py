@@ -24,7 +24,7 @@ from recond import layout
 from recond.pipeline.record import write_record
 from recond.config import JobSettings, ModelSettings, Settings
 from recond.store import DONE, FAILED, QUEUED, Store
-from recond.pipeline.progress import STAGES, Progress
+from recond.pipeline.progress import DEFAULT_STAGE_SECONDS, STAGES, expected_stage_seconds
 from recond.worker import Worker
 
 @dataclass
@@ -32,34 +32,60 @@ class Result:
     result_dir: Path
     warnings: list[str] = field(default_factory=list)
     record: dict[str, Any] = field(default_factory=dict)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+
+DEVICE_STAGES, HOST_STAGES = STAGES[:STAGES.index("mesh")], STAGES[STAGES.index("mesh"):]
+
+
+@dataclass
+class StandInHandoff:
+    source_name: str
+    source_bytes: bytes
+    stage_seconds: float
+
+
+def stand_in_host_part(handoff: StandInHandoff, job: Any, result_dir: Path, report: Any = None) -> Result:
+    copy = f"source{Path(handoff.source_name).suffix}"
+    (result_dir / copy).write_bytes(handoff.source_bytes)
+    for stage in HOST_STAGES:
+        time.sleep(handoff.stage_seconds)
+        if report:
+            report(stage, 0.5)
+    record = {"source": handoff.source_name, "source_copy": copy, "sha256": sha256(handoff.source_bytes)}
+    write_record(result_dir, record)
+    return Result(result_dir, ["stand-in warning"], record, {stage: 0.01 for stage in STAGES})
 
 
 class StandInPipeline:
-    """Writes source.<ext> and job.json into the folder it is handed; can fail or dawdle."""
+    """Writes source.<ext> and job.json into the folder it is handed; can fail or dawdle.
+
+    Two parts like the real one: the device part reports its stages and hands the bytes on,
+    the host part (a module-level function, as an executor needs) writes the files."""
 
     model_id, device, background_method = "stand-in", "cpu", "none"
+    host_part = staticmethod(stand_in_host_part)
 
     def __init__(self, error: Exception | None = None, stage_seconds: float = 0.0) -> None:
         self.error, self.stage_seconds, self.runs = error, stage_seconds, []
         self.job_settings: list[JobSettings] = []
         self.started = threading.Event()
 
-    def run(self, source: Path, result_dir: Path, job: Any = None, progress: Any = None) -> Result:
-        self.runs.append(result_dir.name)
+    def device_part(self, source_name: str, source_bytes: bytes, job: Any = None,
+                    report: Any = None) -> StandInHandoff:
+        self.runs.append(source_name)
         self.job_settings.append(job)
-        data = source.read_bytes()
-        copy = f"source{source.suffix}"
-        (result_dir / copy).write_bytes(data)
-        for index, stage in enumerate(STAGES):
+        for stage in DEVICE_STAGES:
             self.started.set()
             if self.error:
                 raise self.error
             time.sleep(self.stage_seconds)
-            if progress:
-                progress(Progress(stage, 0.0, index / len(STAGES), 1.0))
-        record = {"source": source.name, "source_copy": copy, "sha256": sha256(data)}
-        write_record(result_dir, record)
-        return Result(result_dir, ["stand-in warning"], record)
+            if report:
+                report(stage, 0.5)
+        return StandInHandoff(source_name, source_bytes, self.stage_seconds)
+
+    def run(self, source: Path, result_dir: Path, job: Any = None, progress: Any = None) -> Result:
+        return stand_in_host_part(self.device_part(source.name, source.read_bytes(), job), job, result_dir)
 
 
 def sha256(data: bytes) -> str:
@@ -180,7 +206,6 @@ def test_result_published_before_a_crash_is_not_made_twice(settings: Settings) -
     pipeline.run(settings.inbox / "a.jpg", published)
     pipeline.runs.clear()
     layout.staging_dir(settings.outbox, job.result_name, f"{worker.owner}-{job.id}").mkdir()
-    worker.pipeline = pipeline
     worker.process(job)
     assert store.get(job_id).state == DONE and pipeline.runs == []
     assert not (settings.inbox / "a.jpg").exists()
@@ -190,11 +215,10 @@ def test_partial_folder_left_by_a_crash_is_cleared_before_the_rerun(settings: Se
     store = Store(settings.db_path)
     queue_file(settings, store, "a.jpg")
     job = store.claim_next()
-    worker = Worker(settings, store)
+    worker = Worker(settings, store, pipeline_factory=lambda s: StandInPipeline())
     leftover = layout.staging_dir(settings.outbox, job.result_name, f"{worker.owner}-{job.id}")
     leftover.mkdir()
     (leftover / "mesh.obj").write_text("half")
-    worker.pipeline = StandInPipeline()
     worker.process(job)
     assert store.get(job.id).state == DONE
     assert [p.name for p in settings.outbox.iterdir() if p.is_dir()] == [job.result_name]
@@ -204,11 +228,11 @@ def test_job_waits_instead_of_failing_while_the_inbox_share_is_gone(settings: Se
     store = Store(settings.db_path)
     job_id = queue_file(settings, store, "a.jpg")
     shutil.rmtree(settings.inbox)
-    worker = Worker(settings, store)
-    worker.pipeline = StandInPipeline()
+    pipeline = StandInPipeline()
+    worker = Worker(settings, store, pipeline_factory=lambda s: pipeline)
     worker.process(store.claim_next())
     job = store.get(job_id)
-    assert job.state == QUEUED and job.attempts == 0 and worker.pipeline.runs == []
+    assert job.state == QUEUED and job.attempts == 0 and pipeline.runs == []
 
 
 def test_reload_rebuilds_the_warm_pipeline_only_when_a_model_setting_changed(settings: Settings) -> None:
@@ -268,3 +292,15 @@ def test_duplicate_waiting_on_a_job_is_removed_once_its_result_is_published(sett
     assert (Path(done.output) / "source.jpg").read_bytes() == b"same bytes"
     assert not (settings.inbox / "backup").exists()  # emptied by recond: removed (issue 8)
     assert store.get(copy.id).output == done.output and settings.inbox.is_dir()
+
+
+def test_the_worker_keeps_each_jobs_stage_seconds_for_the_next_etas(settings: Settings) -> None:
+    store = Store(settings.db_path)
+    job_id = queue_file(settings, store, "a.jpg")
+    worker = run_worker(settings, store, StandInPipeline())
+    try:
+        wait_for(lambda: store.get(job_id).state == DONE)
+    finally:
+        worker.stop()
+    learnt = expected_stage_seconds(settings.state_dir)
+    assert learnt["mesh"] == pytest.approx((DEFAULT_STAGE_SECONDS["mesh"] + 0.01) / 2, abs=1e-3)

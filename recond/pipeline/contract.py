@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from recond.config import JobSettings
-from recond.pipeline.progress import Progress
+from recond.pipeline.handoff import DeviceOutput
+from recond.pipeline.progress import Progress, StageReport
 
 ProgressCallback = Callable[[Progress], None]
 
@@ -29,11 +30,22 @@ class JobResult:
 
 
 class WarmPipeline(Protocol):
-    """Built once from the model settings; turns one picture into one result folder per call."""
+    """Built once from the model settings; turns one picture into one result folder per call,
+    whole (``run``) or in its two parts (recond/pipeline/runner.py, issue 14)."""
 
     model_id: str
     device: str
     background_method: str
+
+    def device_part(self, source_name: str, source_bytes: bytes, job: JobSettings,
+                    report: StageReport | None = None) -> DeviceOutput:
+        """What needs the warm model: the picture's bytes -> the host part's hand-off."""
+        ...
+
+    @property
+    def host_part(self) -> Callable[[DeviceOutput, JobSettings, Path, StageReport], JobResult]:
+        """The host part, a module-level function any process can import and run."""
+        ...
 
     def run(self, source: Path, result_dir: Path, job: JobSettings,
             progress: ProgressCallback | None = None) -> JobResult:

@@ -1,4 +1,7 @@
-"""Mesh stage: scene code -> density grid -> marching cubes -> the object alone, at a bounded size.
+"""Mesh stage: density grid -> marching cubes -> the object alone, at a bounded size.
+
+The grid itself is the device part's work (TripoSR.density_grid, recond/pipeline/runner.py);
+this stage is the host part's first.
 
 A marching-cubes surface at 256^3 has ~150k-1.7M faces and often small floating blobs. Every
 later stage (unwrap, bake, files, turntable, viewer) costs in proportion to the faces, and the
@@ -18,11 +21,7 @@ import trimesh
 
 from recond.config import JobSettings
 from recond.errors import InputError
-from recond.pipeline.reconstruct import color_query
-from recond.triposr.model import TripoSR
 from recond.triposr.isosurface import marching_cubes, unit_to_box
-
-GRID_SHARE = 0.85  # of the stage's progress: the density grid is nearly all of its time
 
 
 @dataclass(frozen=True)
@@ -39,22 +38,22 @@ class MeshFacts:
         return asdict(self)
 
 
-def build_mesh(model: TripoSR, scene_code: torch.Tensor, settings: JobSettings,
-               report: Callable[[float], None]) -> tuple[trimesh.Trimesh, MeshFacts]:
-    """The object's coloured surface (z up, model space); an empty surface is the picture's fault."""
-    grid = model.density_grid(scene_code, settings.mc_resolution, settings.chunk_size,
-                              level=settings.mc_threshold, progress=lambda f: report(GRID_SHARE * f))
-    raw = surface(grid, settings.mc_threshold, model.radius)
+def build_mesh(density_grid: torch.Tensor, color_at: Callable[[np.ndarray], np.ndarray], radius: float,
+               settings: JobSettings, report: Callable[[float], None]) -> tuple[trimesh.Trimesh, MeshFacts]:
+    """The object's coloured surface (z up, model space) from the density grid the device part
+    made; an empty surface is the picture's fault. ``color_at`` is the model's colour field."""
+    raw = surface(density_grid, settings.mc_threshold, radius)
     if len(raw.faces) == 0:
         raise InputError(
             "the model found no object in this picture (its density never reaches the surface "
             f"threshold {settings.mc_threshold}); try a clearer photo of a single object"
         )
+    report(0.6)
     kept, pieces, dropped = drop_floaters(raw, settings.floater_fraction)
-    report(0.9)
+    report(0.7)
     simple = simplify(kept, settings.target_faces)
-    report(0.97)
-    colored = with_vertex_colors(simple, color_query(model, scene_code, settings.chunk_size))
+    report(0.9)
+    colored = with_vertex_colors(simple, color_at)
     facts = MeshFacts(len(raw.faces), pieces, dropped, len(kept.faces), len(colored.faces))
     return colored, facts
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -10,12 +11,19 @@ import torch
 from recond.triposr.model import TripoSR
 
 
+class PointField(Protocol):
+    """What answers point queries of a scene: the whole model, or the host part's decoder alone."""
+
+    def query(self, scene_code: torch.Tensor, points: torch.Tensor, chunk_size: int) -> dict[str, torch.Tensor]:
+        ...
+
+
 def reconstruct(model: TripoSR, prepared_rgb: np.ndarray, report: Callable[[float], None]) -> torch.Tensor:
     """Encode the picture, reporting after each transformer block."""
     return model.encode([prepared_rgb], progress=report)[0]
 
 
-def color_query(model: TripoSR, scene_code: torch.Tensor, chunk_size: int
+def color_query(model: PointField, scene_code: torch.Tensor, chunk_size: int
                 ) -> Callable[[np.ndarray], np.ndarray]:
     """The model's colour field as a plain function of points, for vertex colours and the bake."""
 

@@ -1,6 +1,12 @@
 """The warm pipeline: built once (model and rembg session warm), then one picture in,
 one complete result folder out, stage by stage, with progress.
 
+A job has two parts (issue 14). The *device part* (here: load, background, encode, density
+grid) needs the warm weights on their device; it returns a plain :class:`DeviceOutput`. The
+*host part* (recond/pipeline/host.py: marching cubes to job.json) is CPU work that needs only
+that hand-off, so an executor (recond/executors/) may run it in another process or on another
+host while the device part serves the next picture. ``run`` does both here, one after the other.
+
 The pipeline writes into the folder it is handed; where that folder lives and how it is
 published is ``recond.layout``'s business (a private staging folder, renamed into the outbox when
 complete). The source file is copied byte for byte and never touched.
@@ -14,34 +20,16 @@ import numpy as np
 import torch
 from PIL import Image
 
-from recond import __version__
 from recond.config import JobSettings, ModelSettings, part_of
 from recond.errors import InputError
-from recond.layout import display_name
 from recond.pipeline.background import BackgroundRemover
 from recond.pipeline.contract import JobResult, ProgressCallback
-from recond.pipeline.export import export_meshes, orient_y_up
+from recond.pipeline.handoff import DecoderWeights, DensityBox, DeviceOutput
+from recond.pipeline.host import run_host_part
 from recond.pipeline.image import decode_image, read_source
-from recond.pipeline.names import (
-    FRAME_PREFIX,
-    GLB_NAME,
-    INPUT_NAME,
-    MTL_NAME,
-    OBJ_NAME,
-    RECORD_NAME,
-    STL_NAME,
-    TEXTURE_NAME,
-    VIDEO_NAME,
-    source_copy_name,
-)
-from recond.pipeline.mesh import build_mesh
-from recond.pipeline.progress import (Progress, ProgressTracker, expected_stage_seconds,
-                                      remember_stage_seconds)
-from recond.pipeline.reconstruct import color_query, reconstruct
-from recond.pipeline.record import sha256_of_bytes, write_record
-from recond.pipeline.texture import bake_texture
-from recond.pipeline.turntable import render_turntable, write_turntable
-from recond.pipeline.viewer import write_viewer
+from recond.pipeline.progress import EtaEstimate, Progress, ProgressTracker, StageReport
+from recond.pipeline.reconstruct import reconstruct
+from recond.pipeline.record import sha256_of_bytes
 from recond.triposr.model import TripoSR
 from recond.triposr.preprocess import prepare_image
 
@@ -54,16 +42,12 @@ class Pipeline:
     """One warm TripoSR model and background remover, reused for every picture.
 
     Built from the model settings only (a full Settings is narrowed to them), so what a job
-    may change never reaches the warm parts; each run gets its job settings. With a
-    ``stage_history`` folder (the daemon's state dir), each job's stage seconds are kept there
-    and the next jobs' ETA comes from them.
+    may change never reaches the warm parts; each run gets its job settings.
     """
 
-    def __init__(self, settings: ModelSettings, model: TripoSR | None = None,
-                 stage_history: Path | None = None) -> None:
+    def __init__(self, settings: ModelSettings, model: TripoSR | None = None) -> None:
         settings = part_of(settings, ModelSettings)
         self.settings = settings
-        self.stage_history = stage_history
         self.device = settings.resolved_device()
         self.dtype = settings.resolved_dtype()
         self.model_id = settings.model
@@ -71,81 +55,53 @@ class Pipeline:
                                                       dtype=getattr(torch, self.dtype))
         self.background = BackgroundRemover(settings)
         self.background_method = self.background.method
+        self.decoder = DecoderWeights(self.model.config.decoder, self.model.config.renderer, {
+            name: tensor.detach().float().cpu().numpy() for name, tensor in self.model.decoder.state_dict().items()})
+
+    host_part = staticmethod(run_host_part)
 
     def run(self, source: Path, result_dir: Path, job: JobSettings,
             progress: ProgressCallback | None = None) -> JobResult:
         """Turn ``source`` into the files of a result inside ``result_dir`` (an empty folder the
-        caller made and publishes: recond.layout); raises InputError for a bad picture."""
-        expected = expected_stage_seconds(self.stage_history) if self.stage_history else None
-        return self._build(Path(source), Path(result_dir), part_of(job, JobSettings),
-                           ProgressTracker(progress, expected))
+        caller made and publishes: recond.layout), both parts here, one after the other;
+        raises InputError for a bad picture."""
+        source, job = Path(source), part_of(job, JobSettings)
+        report = EtaEstimate(progress)
+        handoff = self.device_part(source.name, read_source(source, job.max_file_bytes), job, report)
+        return run_host_part(handoff, job, result_dir, report)
 
-    def _build(self, source: Path, result_dir: Path, settings: JobSettings,
-               tracker: ProgressTracker) -> JobResult:
+    def device_part(self, source_name: str, source_bytes: bytes, job: JobSettings,
+                    report: StageReport | None = None) -> DeviceOutput:
+        """The picture's bytes -> what the host part needs: the cut-out picture, the scene code,
+        the density grid around the surface and the decoder. Raises InputError for a bad picture."""
+        settings = part_of(job, JobSettings)
+        tracker = ProgressTracker(report)
         warnings: list[str] = []
 
         with tracker.stage("load"):
-            source_bytes = read_source(source, settings.max_file_bytes)
-            picture = decode_image(source_bytes, source.name, settings.max_image_pixels,
+            picture = decode_image(source_bytes, source_name, settings.max_image_pixels,
                                    settings.max_aspect_ratio)
-            source_copy = source_copy_name(source.suffix)
-            (result_dir / source_copy).write_bytes(source_bytes)
 
         with tracker.stage("background"):
             cutout, background_used, notes = self.background.remove(picture)
             warnings += notes
-            prepared = _prepared_for_model(cutout, settings.foreground_ratio, source.name)
-            Image.fromarray(np.round(prepared * 255).astype(np.uint8)).save(result_dir / INPUT_NAME)
+            prepared = _prepared_for_model(cutout, settings.foreground_ratio, source_name)
 
-        with tracker.stage("reconstruct") as report:
-            scene_code = reconstruct(self.model, prepared, report)
+        with tracker.stage("reconstruct") as progress:
+            scene_code = reconstruct(self.model, prepared, progress)
 
-        with tracker.stage("mesh") as report:
-            mesh, mesh_facts = build_mesh(self.model, scene_code, settings, report)
+        with tracker.stage("grid") as progress:
+            grid = self.model.density_grid(scene_code, settings.mc_resolution, settings.chunk_size,
+                                           level=settings.mc_threshold, progress=progress)
+            density = DensityBox.around_surface(grid.numpy(), settings.mc_threshold)
 
-        atlas = None
-        with tracker.stage("texture") as report:
-            if settings.bake_texture:
-                color_at = color_query(self.model, scene_code, settings.chunk_size)
-                mesh, atlas = bake_texture(mesh, color_at, settings.texture_resolution, progress=report)
-
-        with tracker.stage("export"):
-            oriented = orient_y_up(mesh)
-            export_meshes(oriented, result_dir)
-
-        with tracker.stage("render") as report:
-            frames = render_turntable(oriented, settings.render_views, settings.render_size,
-                                      device=self.device, progress=report)
-            write_turntable(frames, result_dir, settings.video_fps)
-
-        with tracker.stage("viewer"):
-            downloads = _download_order(result_dir)
-            write_viewer(result_dir, oriented, downloads, title=display_name(source.name), video=VIDEO_NAME)
-
-        record = {
-            "recond_version": __version__,
-            "source": source.name,
-            "source_copy": source_copy,
-            "sha256": sha256_of_bytes(source_bytes),
-            "model": self.model_id,
-            "device": self.device,
-            "dtype": self.dtype,
-            "background": background_used,
-            "warnings": warnings,
-            "vertices": int(len(oriented.vertices)),
-            "faces": int(len(oriented.faces)),
-            "mesh": mesh_facts.as_record(),
-            "textured": bool(settings.bake_texture),
-            "texture": atlas.as_record() if atlas else None,
-            # Everything that shaped the result: the warm parts' settings and this job's, in full.
-            "settings": {**self.settings.model_dump(mode="json"), **settings.model_dump(mode="json")},
-        }
-        with tracker.stage("record"):
-            record["stage_seconds"] = dict(tracker.stage_seconds)
-            write_record(result_dir, record)
-        if self.stage_history:
-            remember_stage_seconds(self.stage_history, tracker.stage_seconds)
-        return JobResult(result_dir, warnings, dict(tracker.stage_seconds), record)
+        return DeviceOutput(
+            source_name=source_name, source_bytes=source_bytes, sha256=sha256_of_bytes(source_bytes),
+            prepared=np.round(prepared * 255).astype(np.uint8), background=background_used,
+            warnings=warnings, scene_code=scene_code.float().cpu().numpy(), density=density,
+            decoder=self.decoder, stage_seconds=dict(tracker.stage_seconds),
+            model_facts={"model": self.model_id, "device": self.device, "dtype": self.dtype,
+                         "settings": self.settings.model_dump(mode="json")})
 
 
 def _prepared_for_model(cutout: Image.Image, foreground_ratio: float, name: str) -> np.ndarray:
@@ -157,11 +113,3 @@ def _prepared_for_model(cutout: Image.Image, foreground_ratio: float, name: str)
     if min(prepared.shape[:2]) < MIN_OBJECT_PIXELS:
         raise InputError(f"{name}: the object is only a few pixels across; recond needs a larger picture of it")
     return prepared
-
-
-def _download_order(result_dir: Path) -> list[str]:
-    """The files a person would want first: the GLB, other meshes, the video, then the rest."""
-    first = [GLB_NAME, OBJ_NAME, MTL_NAME, TEXTURE_NAME, STL_NAME, VIDEO_NAME, INPUT_NAME]
-    present = {p.name for p in result_dir.iterdir() if p.is_file()}
-    rest = sorted(name for name in present if name not in first and not name.startswith(FRAME_PREFIX))
-    return [name for name in first if name in present] + rest + [RECORD_NAME]

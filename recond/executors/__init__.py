@@ -1,0 +1,149 @@
+"""Executors: where the two parts of a job run. The worker owns concurrency; an executor only
+runs a part and returns its value (STYLE.md habit 13, issue 14).
+
+The interface, for whoever writes an executor (inline.py, local.py; ray.py):
+
+- ``build_executor(settings, pipeline_factory, on_progress)`` picks one from the settings. An
+  executor is built by the worker thread, then ``start()`` loads the warm model(s) and returns
+  :class:`DeviceFacts`; it raises when the model cannot load (the worker shows "model missing",
+  keeps jobs queued and builds a new executor after ``model_retry_seconds``).
+- ``capacity``: how many jobs the worker may keep in flight, and ``device_slots``: how many of
+  them may be in their device part (warm models). The worker claims a job from the store
+  (SQLite stays the only queue) only while both have room.
+- ``submit_device(DeviceTask) -> Future[DeviceOutput]``: load, background, encode, density grid
+  on a warm model. The picture goes as bytes: nothing on the executor's side reads the inbox.
+- ``submit_host(HostTask) -> Future[JobResult]``: the host part (the pipeline's ``host_part``,
+  a module-level function: recond.pipeline.host.run_host_part) writing the result's files into
+  ``task.result_dir``, a private staging folder the worker made in the daemon's filesystem. An
+  executor on other hosts runs it into a temporary folder there and writes the returned files
+  (``{name: bytes}``) into ``task.result_dir`` from the daemon process before the future
+  resolves. Parts may be queued inside the executor until a slot is free.
+- Progress: every part reports ``(stage, fraction)``; the executor hands each to
+  ``on_progress(PartProgress)`` (from any thread of the daemon process). The worker records it
+  (store, log, ETA); the ETA history (state_dir/stage_seconds.json) is written by the worker only.
+- A future's exception says what happened to the job:
+  ``JobCancelled`` after ``cancel()`` (the worker requeues it without counting an attempt);
+  ``WorkerLost`` when the process/actor running it died (kill -9, OOM): the job loses one attempt
+  and is retried (failed once out of ``max_attempts``), and the executor replaces the worker;
+  any other exception is the part's own error (InputError, OSError ...), judged as before.
+  A future may resolve with a value even after its worker died: the value counts.
+- ``cancel()``: thread-safe (SIGTERM); every running or queued part ends soon with JobCancelled
+  and no new part starts. ``close()`` then releases processes, threads and connections.
+- ``workers() -> list[WorkerInfo]``: for `reconctl status` and /api/status (node, device,
+  idle/busy, which job); the worker stores it in the daemon row whenever it changes.
+
+Nothing run by an executor writes to the job database, the inbox or the outbox: publishing,
+failing and requeueing stay in the worker (recond/worker.py) and recond.layout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from recond.config import JobSettings, ModelSettings, Settings
+from recond.pipeline.contract import JobResult, WarmPipeline
+from recond.pipeline.handoff import DeviceOutput
+from recond.pipeline.progress import StageReport
+
+HostPart = Callable[[DeviceOutput, JobSettings, Path, StageReport], JobResult]
+
+
+class JobCancelled(BaseException):
+    """A part was cancelled (the daemon is stopping); its job goes back to the queue.
+
+    A BaseException, like asyncio.CancelledError, so that a stage's ``except Exception`` cannot
+    turn a shutdown into a failed job.
+    """
+
+
+class WorkerLost(Exception):
+    """The process (or Ray actor) running a part died; the job loses one attempt."""
+
+
+@dataclass(frozen=True)
+class PartProgress:
+    """One progress report of a running part, as it comes back to the worker."""
+
+    job_id: int
+    stage: str
+    fraction: float
+
+
+@dataclass(frozen=True)
+class DeviceTask:
+    job_id: int
+    source_name: str  # the file's name (no inbox folders): titles and source.<ext>
+    source_bytes: bytes
+    job: JobSettings
+
+
+@dataclass(frozen=True)
+class HostTask:
+    job_id: int
+    handoff: DeviceOutput
+    job: JobSettings
+    result_dir: Path  # empty staging folder on the daemon's side; see the module docstring
+
+
+@dataclass(frozen=True)
+class DeviceFacts:
+    """What the daemon row shows about the warm model."""
+
+    model_id: str
+    device: str
+    background_method: str
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """One place parts run, for status: 'device' holds a warm model, 'host' runs host parts."""
+
+    name: str
+    kind: str  # "device" or "host"
+    node: str  # host name (Ray: the node's address)
+    device: str  # cpu, cuda:0 ...
+    busy: bool
+    job_id: int | None = None
+    pid: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+ProgressSink = Callable[[PartProgress], None]
+PipelineFactory = Callable[[ModelSettings], WarmPipeline]
+
+
+class Executor(Protocol):
+    capacity: int
+    device_slots: int
+
+    def start(self) -> DeviceFacts: ...
+
+    def submit_device(self, task: DeviceTask) -> Future[DeviceOutput]: ...
+
+    def submit_host(self, task: HostTask) -> Future[JobResult]: ...
+
+    def cancel(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def workers(self) -> list[WorkerInfo]: ...
+
+
+def build_executor(settings: Settings, pipeline_factory: PipelineFactory,
+                   on_progress: ProgressSink) -> Executor:
+    """The executor the settings ask for: in the worker thread (host_workers = 0) or with a
+    pool of host processes beside a warm model in this process."""
+    workers = settings.resolved_host_workers()
+    if workers == 0:
+        from recond.executors.inline import InlineExecutor
+
+        return InlineExecutor(settings, pipeline_factory, on_progress)
+    from recond.executors.local import LocalExecutor
+
+    return LocalExecutor(settings, pipeline_factory, on_progress, workers)
