@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -91,11 +92,12 @@ def _format_status(report: dict[str, Any]) -> str:
         eta = f", ETA {_duration(job['eta_s'])}" if job["eta_s"] is not None else ""
         lines.append(f"now:    #{job['id']} {job['source']}: {job['stage'] or 'starting'} "
                      f"{round((job['progress'] or 0) * 100)}%{eta}")
-    if len(daemon["workers"]) > 1:
-        busy = [worker for worker in daemon["workers"] if worker["busy"]]
-        lines.append(f"workers: {len(busy)} of {len(daemon['workers'])} busy: " + ", ".join(
-            f"{worker['name']} ({worker['device']}"
-            f"{', job #' + str(worker['job_id']) if worker['busy'] else ''})" for worker in daemon["workers"]))
+    workers = daemon["workers"]
+    if len(workers) > 1 or any(worker["pid"] not in (None, daemon["pid"]) for worker in workers):
+        busy = [worker for worker in workers if worker["busy"]]
+        lines.append(f"workers: {len(busy)} of {len(workers)} busy: " + ", ".join(
+            f"{worker['name']} ({worker['device']}{_elsewhere(worker['node'])}"
+            f"{', job #' + str(worker['job_id']) if worker['busy'] else ''})" for worker in workers))
     if report["recent"]:
         lines.append("recent:")
         for job in report["recent"]:
@@ -106,6 +108,11 @@ def _format_status(report: dict[str, Any]) -> str:
     for warning in [*daemon["watcher_warnings"], *filter(None, [daemon["worker_warning"]])]:
         lines.append(f"warning: {warning}")
     return "\n".join(lines)
+
+
+def _elsewhere(node: str) -> str:
+    """' on NODE' for a worker on another machine (executor = "ray"), else nothing."""
+    return "" if node == socket.gethostname() else f" on {node}"
 
 
 def _duration(seconds: float | None) -> str:

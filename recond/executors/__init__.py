@@ -147,8 +147,12 @@ class Executor(Protocol):
 
 def build_executor(settings: Settings, pipeline_factory: PipelineFactory,
                    on_progress: ProgressSink) -> Executor:
-    """The executor the settings ask for: in the worker thread (host_workers = 0) or with a
-    pool of host processes beside a warm model in this process."""
+    """The executor the settings ask for: on a Ray cluster (executor = "ray"), in the worker
+    thread (host_workers = 0) or with a pool of host processes beside a warm model here."""
+    if settings.executor == "ray":
+        from recond.executors.ray import RayExecutor
+
+        return RayExecutor(settings, pipeline_factory, on_progress)
     workers = settings.resolved_host_workers()
     if workers == 0:
         from recond.executors.inline import InlineExecutor
