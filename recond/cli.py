@@ -93,7 +93,7 @@ def _format_status(report: dict[str, Any]) -> str:
         lines.append(f"now:    #{job['id']} {job['source']}: {job['stage'] or 'starting'} "
                      f"{round((job['progress'] or 0) * 100)}%{eta}")
     workers = daemon["workers"]
-    if len(workers) > 1 or any(worker["pid"] not in (None, daemon["pid"]) for worker in workers):
+    if len(workers) > 1 or any(worker.get("pid") not in (None, daemon["pid"]) for worker in workers):
         busy = [worker for worker in workers if worker["busy"]]
         lines.append(f"workers: {len(busy)} of {len(workers)} busy: " + ", ".join(
             f"{worker['name']} ({worker['device']}{_elsewhere(worker['node'])}"

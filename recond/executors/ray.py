@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from ray.exceptions import (ActorDiedError, ActorUnavailableError, RayActorError, RayError, RayTaskError,
-                            TaskCancelledError)
+from ray.exceptions import (ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError,
+                            RayError, RayTaskError, TaskCancelledError)
 
 from recond.config import JobSettings, ModelSettings, Settings, part_of
 from recond.executors import (DeviceFacts, DeviceTask, HostTask, JobCancelled, PartProgress,
@@ -53,6 +53,9 @@ REPORT_SECONDS = 0.25  # a part sends at most this often within one stage
 CLUSTER_CHECK_SECONDS = 10.0  # how often the CPUs of the cluster (nodes come and go) are counted
 RESULT_FILE_PREFIX = "recond-host-"
 RESTART_ASK_SECONDS = 1.0  # between questions to an actor Ray is still restarting
+# Placing an actor and loading its model (a first start may download the weights on its node):
+# past this the start fails and the worker tries again after model_retry_seconds.
+ACTOR_START_SECONDS = 900.0
 
 
 class RayUnavailable(RuntimeError):
@@ -249,7 +252,7 @@ class RayExecutor:
             warm_host_process.remote()
         self._slots = [DeviceSlot(index, self._new_actor()) for index in range(count)]
         for slot in self._slots:  # waits for every model to load; a load error raises as itself
-            slot.facts, slot.ready = _unwrapped(lambda: ray.get(slot.actor.facts.remote())), True
+            slot.facts, slot.ready = self._facts_of(slot.actor), True
         self._poller.start()
         first = self._slots[0].facts
         devices = sorted({slot.facts["device"] for slot in self._slots})
@@ -300,7 +303,10 @@ class RayExecutor:
         self._writer.shutdown(wait=True)
         if ray.is_initialized():
             for actor in [slot.actor for slot in self._slots] + ([self._board] if self._board else []):
-                ray.kill(actor, no_restart=True)
+                try:
+                    ray.kill(actor, no_restart=True)
+                except Exception as error:  # the cluster is gone: so are the actors
+                    log.debug("ray actor not killed", error=str(error))
             ray.shutdown()
         self._slots = []
 
@@ -310,6 +316,17 @@ class RayExecutor:
             hosts = [WorkerInfo(f"ray-host-job-{part.job_id}", "host", part.node, "cpu", True, part.job_id)
                      for part in self._parts.values() if part.kind == "host"]
         return devices + hosts
+
+    def _facts_of(self, actor: Any) -> dict[str, Any]:
+        """An actor's facts once its model is loaded; its load error raised as itself."""
+        try:
+            return dict(ray.get(actor.facts.remote(), timeout=ACTOR_START_SECONDS))
+        except RayTaskError as error:
+            raise _cause(error) from None
+        except GetTimeoutError:
+            raise RayUnavailable(
+                f"the Ray device actors did not load their model within {ACTOR_START_SECONDS:.0f} s "
+                "(no node with a free GPU or CPU? `ray status` shows the cluster)") from None
 
     def _new_actor(self) -> Any:
         """A device actor: one GPU on a cluster with GPUs; else a CPU actor, which Ray places on
@@ -329,18 +346,18 @@ class RayExecutor:
     # Outcomes (Ray's callback thread, or the result writer's).
 
     def _device_done(self, slot: DeviceSlot, part: RemotePart, done: Future[Any]) -> None:
-        with self._lock:
+        error = done.exception()
+        lost = _lost(error) if error is not None else None
+        with self._lock:  # idle and, if it died, not ready, in one step: no job goes to a dead actor
             slot.job_id = None
+            slot.ready = slot.ready and lost is None
             self._parts.pop(part.job_id, None)
-        try:
-            value = done.result()
-        except BaseException as error:  # noqa: BLE001 - every outcome is handed to the worker
-            lost = _lost(error)
-            if lost is not None:
-                self._restarting(slot, error)
-            _settle(part.future, error=lost or _cause(error))
-        else:
-            _settle(part.future, value=value)
+        if error is None:
+            _settle(part.future, value=done.result())
+            return
+        if lost is not None:
+            self._restarting(slot, error)
+        _settle(part.future, error=lost or _cause(error))
 
     def _host_done(self, task: HostTask, part: RemotePart, done: Future[Any]) -> None:
         with self._lock:
@@ -362,7 +379,6 @@ class RayExecutor:
         """A dead actor: Ray restarts it (its __init__ reloads the model); it takes jobs again
         once it answers. One Ray gave up on (ActorDiedError) is replaced by a new one."""
         with self._lock:
-            slot.ready = False
             if isinstance(error, ActorDiedError) and not self._closed.is_set():
                 slot.actor = self._new_actor()
         log.warning("ray device actor lost; Ray restarts it and it reloads its model",
@@ -440,14 +456,6 @@ def _cause(error: BaseException) -> BaseException:
     if isinstance(error, RayTaskError) and error.cause is not None:
         return error.cause
     return error
-
-
-def _unwrapped(call: Any) -> Any:
-    """``call()``, with a part's own error raised as itself rather than in Ray's wrapper."""
-    try:
-        return call()
-    except RayTaskError as error:
-        raise _cause(error) from None
 
 
 def _failed(error: BaseException) -> Future[Any]:
