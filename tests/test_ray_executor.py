@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,22 +41,32 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+@dataclass(frozen=True)
+class RayCluster:
+    address: str  # host:port, as a daemon on a cluster node joins
+    client_address: str  # ray://host:port, Ray Client, as a daemon off the cluster joins
+
+
 @pytest.fixture(scope="module")
-def ray_cluster() -> Iterator[str]:
-    """A one-node Ray cluster of 2 CPUs, as `ray start --head` makes it; yields its address.
+def ray_cluster() -> Iterator[RayCluster]:
+    """A one-node Ray cluster of 2 CPUs, as `ray start --head` makes it, with its Ray Client port.
 
     `--block` keeps `ray start` in the foreground: SIGTERM to it stops every Ray process it
     started. The temporary folder is short because Ray's socket paths must fit in 107 bytes.
-    Token authentication is off for this loopback test cluster (Ray 2.60 turns it on for local
-    clusters, and a driver given an explicit address sends no token). Workers get the checkout
+    Token authentication is off for this loopback test cluster (Ray 2.60's `ray start --head`
+    turns it on, and a daemon then needs RAY_AUTH_MODE=token; README). Workers get the checkout
     on their path, so they run the code under test.
     """
-    port = free_port()
+    port, client_port = free_port(), free_port()
     temp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(REPO),
+           # The head starts a Ray Client server process per client and gives it 30 s to answer;
+           # a first start on a busy 2-core machine can take longer (the daemon would retry).
+           "RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S": "120"}
     head = subprocess.Popen(
         [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
-         "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
+         "--node-ip-address=127.0.0.1", f"--port={port}", f"--ray-client-server-port={client_port}",
+         "--num-cpus=2", "--include-dashboard=false",
          f"--object-store-memory={100 * 1024 * 1024}", "--disable-usage-stats", f"--temp-dir={temp}"],
         env=env, stdout=subprocess.DEVNULL, stderr=(temp / "head.log").open("wb"), start_new_session=True)
     try:
@@ -63,7 +74,7 @@ def ray_cluster() -> Iterator[str]:
         while not any(temp.glob("session_*/logs/raylet.out")):
             assert head.poll() is None and time.monotonic() < deadline, (temp / "head.log").read_text()
             time.sleep(0.2)
-        yield f"127.0.0.1:{port}"
+        yield RayCluster(f"127.0.0.1:{port}", f"ray://127.0.0.1:{client_port}")
     finally:
         head.terminate()
         try:
@@ -75,14 +86,14 @@ def ray_cluster() -> Iterator[str]:
 
 
 @pytest.fixture
-def on_ray(tmp_path: Path, tiny_model_dir: Path, shared_dir: Path, ray_cluster: str
+def on_ray(tmp_path: Path, tiny_model_dir: Path, shared_dir: Path, ray_cluster: RayCluster
            ) -> Iterator[Callable[..., Installation]]:
     """``on_ray(**settings)``: an installation whose daemon runs its jobs on the test cluster."""
     made: list[Installation] = []
 
     def make(**settings: Any) -> Installation:
-        made.append(Installation(tmp_path, tiny_model_dir, shared_dir / "examples", executor="ray",
-                                 ray_address=ray_cluster, model_retry_seconds=1, **settings))
+        made.append(Installation(tmp_path, tiny_model_dir, shared_dir / "examples", **{
+            "executor": "ray", "ray_address": ray_cluster.address, "model_retry_seconds": 1, **settings}))
         return made[-1]
 
     yield make
@@ -126,23 +137,6 @@ def assert_each_published_once(setup: Installation, dropped: dict[str, bytes]) -
     for data in dropped.values():
         assert assert_in_one_place(data, setup.inbox, setup.outbox).startswith("result ")
     assert len(setup.result_folders()) == len(dropped)
-
-
-def test_six_pictures_give_six_results_each_once_and_status_lists_the_actor(on_ray):
-    setup = on_ray()
-    setup.start()
-    dropped = drop(setup, SIX_PICTURES)
-    status = setup.wait(all_done(6), timeout=150)
-    assert_each_published_once(setup, dropped)
-    assert status["counts"]["failed"] == 0
-    devices = [worker for worker in status["daemon"]["workers"] if worker["kind"] == "device"]
-    assert len(devices) == 1  # ray_device_workers = 0 on a cluster without GPUs: one CPU actor
-    assert devices[0]["device"] == "cpu" and devices[0]["node"].endswith(f"({socket.gethostname()})")
-    assert devices[0]["pid"] != setup.process.pid  # the model lives in the actor, not the daemon
-    record = json.loads((setup.result_folders()[0] / "job.json").read_text())
-    assert record["handoff"]["bytes"]["total"] > 0  # what went from the actor to the host task
-    text = setup.reconctl("status").stdout
-    assert "ray: 1 × cpu" in text and "ray-device-0 (cpu on " in text
 
 
 def test_actor_killed_mid_job_restarts_and_the_job_is_retried_without_a_second_result(on_ray):
@@ -189,3 +183,21 @@ def test_sigterm_puts_jobs_on_ray_back_in_the_queue_and_a_restart_finishes_them(
     setup.start()  # finds the same cluster again and carries on
     setup.wait(all_done(3), timeout=120)
     assert_each_published_once(setup, dropped)
+
+
+def test_six_pictures_through_ray_client_give_six_results_once_each_and_status_names_the_actor(
+        on_ray, ray_cluster):
+    setup = on_ray(ray_address=ray_cluster.client_address)  # ray://: no shared sockets, as off the cluster
+    setup.start()
+    dropped = drop(setup, SIX_PICTURES)
+    status = setup.wait(all_done(6), timeout=150)
+    assert_each_published_once(setup, dropped)
+    assert status["counts"]["failed"] == 0
+    devices = [worker for worker in status["daemon"]["workers"] if worker["kind"] == "device"]
+    assert len(devices) == 1  # ray_device_workers = 0 on a cluster without GPUs: one CPU actor
+    assert devices[0]["device"] == "cpu" and devices[0]["node"].endswith(f"({socket.gethostname()})")
+    assert devices[0]["pid"] != setup.process.pid  # the model lives in the actor, not the daemon
+    record = json.loads((setup.result_folders()[0] / "job.json").read_text())
+    assert record["handoff"]["bytes"]["total"] > 0  # what went from the actor to the host task
+    text = setup.reconctl("status").stdout
+    assert "ray: 1 × cpu" in text and "ray-device-0 (cpu on " in text
