@@ -195,7 +195,7 @@ class Worker:
                 self._wake.wait(WAIT_SECONDS)
             return
         if self.paused and not self._outbox_cleared():
-            self._stopping.wait(WAIT_SECONDS)
+            self._wake.wait(WAIT_SECONDS)  # parts still ending wake it: they are recorded meanwhile
             return
         if self._has_room() and (job := self.store.claim_next()) is not None:
             try:

@@ -44,7 +44,9 @@ HOST_MODULE = "recond.pipeline.host"  # imported at a process's start, so its fi
 # Torch threads per host process: the processes already share the cores between them (and the
 # device thread), and most of a host part (mcubes, xatlas, simplification) is single-threaded.
 HOST_TORCH_THREADS = 1
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
+# linux/prctl.h. The signal comes when the thread that started the process ends: the worker
+# thread or the pool's watcher thread, both of which outlive the pool.
+PR_SET_PDEATHSIG = 1
 STOP_WAIT_SECONDS = 5.0
 RESPAWN_PAUSE_SECONDS = 5.0  # before replacing a process that ended without a part
 
