@@ -26,8 +26,6 @@ import pytest
 from conftest import assert_in_one_place
 from test_daemon_e2e import REPO, Installation
 
-pytest.importorskip("ray", reason="the ray extra is not installed (pip install -e '.[ray]')")
-
 SIX_PICTURES = ("chair.png", "flamingo.png", "hamburger.png", "horse.png", "police_woman.png", "robot.png")
 CLUSTER_START_SECONDS = 60
 # The tiny checkpoint's density grid at 64^3 takes a second or two on this CPU (its random field
@@ -57,6 +55,7 @@ def ray_cluster() -> Iterator[RayCluster]:
     turns it on, and a daemon then needs RAY_AUTH_MODE=token; README). Workers get the checkout
     on their path, so they run the code under test.
     """
+    pytest.importorskip("ray", reason="the ray extra is not installed (pip install -e '.[ray]')")
     port, client_port = free_port(), free_port()
     temp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(REPO),
@@ -137,6 +136,19 @@ def assert_each_published_once(setup: Installation, dropped: dict[str, bytes]) -
     for data in dropped.values():
         assert assert_in_one_place(data, setup.inbox, setup.outbox).startswith("result ")
     assert len(setup.result_folders()) == len(dropped)
+
+
+def test_without_ray_installed_the_daemon_stops_with_one_line_naming_the_extra(tmp_path):
+    config = tmp_path / "recond.toml"
+    config.write_text(f'executor = "ray"\ninbox = "{tmp_path / "inbox"}"\n'
+                      f'outbox = "{tmp_path / "outbox"}"\nstate_dir = "{tmp_path / "state"}"\n')
+    # sys.modules["ray"] = None makes `import ray` fail as on a machine without the extra.
+    run = subprocess.run([sys.executable, "-c", "import sys; sys.modules['ray'] = None; "
+                          "from recond.daemon import main; main()", "--config", str(config)],
+                         cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2 and run.stdout == ""
+    assert run.stderr.count("\n") == 1 and "pip install -e '.[ray]'" in run.stderr
+    assert not (tmp_path / "state").exists()  # stopped before it touched anything
 
 
 def test_actor_killed_mid_job_restarts_and_the_job_is_retried_without_a_second_result(on_ray):
