@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -111,11 +112,12 @@ def _format_status(report: dict[str, Any]) -> str:
             lines.append(f"warning: the {job['stage']} stage has run {_duration(job['stage_seconds'])}; "
                          f"it usually takes {job['stage_expected_s']:.1f} s (a stuck child process "
                          "is stopped at the stage's limit, stage_limit_factor / stage_limit_floor_s)")
-    if len(daemon["workers"]) > 1:
-        busy = [worker for worker in daemon["workers"] if worker["busy"]]
-        lines.append(f"workers: {len(busy)} of {len(daemon['workers'])} busy: " + ", ".join(
-            f"{worker['name']} ({worker['device']}"
-            f"{', job #' + str(worker['job_id']) if worker['busy'] else ''})" for worker in daemon["workers"]))
+    workers = daemon["workers"]
+    if len(workers) > 1 or any(worker.get("pid") not in (None, daemon["pid"]) for worker in workers):
+        busy = [worker for worker in workers if worker["busy"]]
+        lines.append(f"workers: {len(busy)} of {len(workers)} busy: " + ", ".join(
+            f"{worker['name']} ({worker['device']}{_elsewhere(worker['node'])}"
+            f"{', job #' + str(worker['job_id']) if worker['busy'] else ''})" for worker in workers))
     if report["recent"]:
         lines.append("recent:")
         for job in report["recent"]:
@@ -129,6 +131,11 @@ def _format_status(report: dict[str, Any]) -> str:
     for warning in [*daemon["watcher_warnings"], *filter(None, [daemon["worker_warning"]])]:
         lines.append(f"warning: {warning}")
     return "\n".join(_shown(line) for line in lines)
+
+
+def _elsewhere(node: str) -> str:
+    """' on NODE' for a worker on another machine (executor = "ray"), else nothing."""
+    return "" if node == socket.gethostname() else f" on {node}"
 
 
 def _duration(seconds: float | None) -> str:

@@ -43,6 +43,7 @@ MAX_HOST_WORKERS = 64
 
 Background = Literal["auto", "rembg", "alpha", "none"]
 DType = Literal["auto", "float32", "float16", "bfloat16"]
+Executor = Literal["local", "ray"]
 
 
 class SettingsError(ValueError):
@@ -163,6 +164,12 @@ class DaemonSettings(_Part):
     log_level: Literal["debug", "info", "warning", "error"] = Field("info")
     log_max_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="Rotate the JSON log here.")
     log_backups: int = Field(5, ge=0, description="Rotated JSON logs kept.")
+    executor: Executor = Field("local", description=(
+        "Where jobs run: local (this machine) or ray (a Ray cluster; the ray extra)."))
+    ray_address: str = Field("auto", min_length=1, description=(
+        "Ray cluster to join: auto, host:port, ray://head:10001, or local (a private one)."))
+    ray_device_workers: int = Field(0, ge=0, description=(
+        "Warm-model actors on Ray; 0: one per GPU in the cluster, one when it has none."))
 
     def resolved_host_workers(self) -> int:
         """host_workers, or from the CPUs this process may use: one is left to the device part."""

@@ -21,7 +21,7 @@ import sdnotify
 
 from recond.config import (IntakeSettings, Settings, SettingsError, load_settings, part_of,
                            started_by_systemd)
-from recond.errors import reload_command
+from recond.errors import RAY_MISSING, reload_command
 from recond.folders import (FolderError, create_state_dir, folder_error, missing_share_folder,
                             missing_share_folders)
 from recond.heartbeat import Heartbeat
@@ -263,6 +263,16 @@ def _lock_state_dir(state_dir: Path, pid_file: Path) -> int:
     return folder
 
 
+def _check_executor_installed(settings: Settings) -> None:
+    """executor = "ray" needs the optional ray extra: without it, stop now with one line."""
+    if settings.executor != "ray":
+        return
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        raise SettingsError(RAY_MISSING) from None
+
+
 @click.command()
 @click.option("--config", "config_path", type=click.Path(path_type=Path, dir_okay=False),
               help="TOML settings file (default: $RECOND_CONFIG, then built-in defaults).")
@@ -271,6 +281,7 @@ def main(config_path: Path | None, once: bool) -> None:
     """Watch the inbox and turn every photo dropped there into a 3D result folder in the outbox."""
     try:
         settings = load_settings(config_path)
+        _check_executor_installed(settings)
         code = Daemon(settings, config_path).run(once=once)
     except (SettingsError, FolderError, AlreadyRunning, StoreError, OSError) as error:
         click.echo(f"recond: {error}", err=True)

@@ -77,6 +77,10 @@ NUMBA_HELP = (
     "then run {reload}"
 )
 
+RAY_MISSING = (
+    "executor = \"ray\" needs Ray, which is not installed in recond's Python environment: "
+    "pip install -e '.[ray]' in the checkout (or pip install 'recond[ray]'), or set executor = \"local\"")
+
 PROCESS_MODEL_HELP = (
     "put the TripoSR weights (config.yaml + model.ckpt from stabilityai/TripoSR) in a folder and "
     "pass it: reconctl process IMAGE --model /that/folder (or set model in the config file)")

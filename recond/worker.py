@@ -30,7 +30,7 @@ from recond.folder_identity import FolderIdentity
 from recond.config import JobSettings, ModelSettings, Settings, part_of
 from recond.errors import RELOAD_EITHER_WAY, StageTimedOut, describe_failure, loading_fix
 from recond.executors import (DeviceTask, Executor, HostTask, JobCancelled, PartProgress, WorkerLost,
-                              build_executor)
+                              build_executor, executor_shape)
 from recond.gallery import write_gallery
 from recond.logging import Repeats, get_logger
 from recond.outbox_gate import OutboxFault, OutboxGate
@@ -259,8 +259,7 @@ class Worker:
         settings, self._new_settings = self._new_settings, None
         if settings is None:
             return
-        executor_changed = (part_of(settings, ModelSettings) != part_of(self.settings, ModelSettings)
-                            or settings.resolved_host_workers() != self.settings.resolved_host_workers())
+        executor_changed = executor_shape(settings) != executor_shape(self.settings)
         if settings.inbox != self.settings.inbox:
             self.inbox_identity = FolderIdentity("inbox", settings.inbox.resolve(), settings.state_dir)
         if settings.outbox != self.settings.outbox:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 from pathlib import Path
 
@@ -15,6 +16,8 @@ from recond.config import Settings, load_settings
 from recond.pipeline.record import write_record
 from recond.store import Store
 from recond.layout import move_to_failed
+
+HERE = socket.gethostname()  # where a local executor's workers run
 
 
 @pytest.fixture
@@ -59,9 +62,9 @@ def test_status_shows_the_live_daemon_running_jobs_and_recent_results(config: Pa
     store.report_progress(hosted.id, "texture", 0.42, 75.0)
     store.report_progress(on_device.id, "grid", 0.2, 90.0)
     store.daemon_update(workers=[
-        {"name": "device", "kind": "device", "node": "here", "device": "cpu", "busy": True, "job_id": on_device.id},
-        {"name": "host-0", "kind": "host", "node": "here", "device": "cpu", "busy": True, "job_id": hosted.id},
-        {"name": "host-1", "kind": "host", "node": "here", "device": "cpu", "busy": False, "job_id": None}])
+        {"name": "device", "kind": "device", "node": HERE, "device": "cpu", "busy": True, "job_id": on_device.id},
+        {"name": "host-0", "kind": "host", "node": HERE, "device": "cpu", "busy": True, "job_id": hosted.id},
+        {"name": "host-1", "kind": "host", "node": HERE, "device": "cpu", "busy": False, "job_id": None}])
 
     report = json.loads(reconctl(config, "status", "--json")[1])
     assert report["daemon"]["running"] is True and report["daemon"]["pid"] == os.getpid()
@@ -78,6 +81,17 @@ def test_status_shows_the_live_daemon_running_jobs_and_recent_results(config: Pa
     assert "kitchen/b.jpg: texture 42%, ETA 1m 15s" in text and "c.jpg: grid 20%, ETA 1m 30s" in text
     assert f"workers: 2 of 3 busy: device (cpu, job #{on_device.id}), host-0 (cpu, job #{hosted.id}), host-1 (cpu)" in text
     assert "warning:" in text
+
+
+def test_status_names_the_node_of_a_worker_on_another_machine(config: Path) -> None:
+    store = Store(settings_of(config).db_path)
+    store.daemon_started(os.getpid())
+    store.daemon_update(model_status="ready", device="ray: 1 × cuda", workers=[
+        {"name": "ray-device-0", "kind": "device", "node": "10.0.0.7 (gpu1)", "device": "cuda",
+         "busy": True, "job_id": 41, "pid": 4242}])
+    code, text = reconctl(config, "status")
+    assert code == 0 and "model:  ready on ray: 1 × cuda" in text
+    assert "workers: 1 of 1 busy: ray-device-0 (cuda on 10.0.0.7 (gpu1), job #41)" in text
 
 
 def test_status_says_down_when_the_recorded_daemon_process_is_gone(config: Path) -> None:

@@ -44,7 +44,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from recond.config import JobSettings, ModelSettings, Settings
+from recond.config import JobSettings, ModelSettings, Settings, part_of
 from recond.pipeline.contract import JobResult, SourcePicture, WarmPipeline
 from recond.pipeline.handoff import DeviceOutput
 
@@ -112,13 +112,23 @@ class WorkerInfo:
         return asdict(self)
 
 
+def executor_shape(settings: Settings) -> tuple[object, ...]:
+    """The settings an executor is built from: when a SIGHUP changes them, the worker builds a
+    new one once no job is in flight."""
+    return (part_of(settings, ModelSettings), settings.executor, settings.resolved_host_workers(),
+            settings.ray_address, settings.ray_device_workers)
+
+
 ProgressSink = Callable[[PartProgress], None]
 PipelineFactory = Callable[[ModelSettings], WarmPipeline]
 
 
 class Executor(Protocol):
-    capacity: int
-    device_slots: int
+    @property
+    def capacity(self) -> int: ...  # read each time: a Ray cluster's size changes as nodes come and go
+
+    @property
+    def device_slots(self) -> int: ...
 
     def start(self) -> DeviceFacts: ...
 
@@ -135,8 +145,12 @@ class Executor(Protocol):
 
 def build_executor(settings: Settings, pipeline_factory: PipelineFactory,
                    on_progress: ProgressSink) -> Executor:
-    """The executor the settings ask for: in the worker thread (host_workers = 0) or with a
-    pool of host processes beside a warm model in this process."""
+    """The executor the settings ask for: on a Ray cluster (executor = "ray"), in the worker
+    thread (host_workers = 0) or with a pool of host processes beside a warm model here."""
+    if settings.executor == "ray":
+        from recond.executors.ray import RayExecutor
+
+        return RayExecutor(settings, pipeline_factory, on_progress)
     workers = settings.resolved_host_workers()
     if workers == 0:
         from recond.executors.inline import InlineExecutor

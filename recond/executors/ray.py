@@ -1,0 +1,478 @@
+"""executor = "ray": the parts of jobs run on a Ray cluster, so more machines (and GPUs) share
+one queue (issue 14; README "More than one machine").
+
+Each device worker is a Ray actor holding one warm pipeline (one GPU each on a cluster with
+GPUs, else a CPU actor); host parts run as Ray tasks on any node with a free CPU. The picture
+goes out as bytes and the result comes back as its files' bytes, which this process writes into
+the worker's staging folder: nodes share no filesystem with the daemon, and nothing on them
+touches the inbox, the job database or the outbox (STYLE.md habit 13).
+
+What Ray does when something dies (measured with Ray 2.60 on this machine, see the README): an
+actor killed mid-task fails that task with ActorUnavailableError, a RayActorError whose text says
+"the task may or may not have been executed", and Ray restarts the actor, which runs __init__
+again and so reloads its model (``max_restarts=-1``). The task itself is never run again
+(``max_task_retries=0``), nor is a killed host task (``max_retries=0``; WorkerCrashedError).
+Every such loss becomes WorkerLost: the worker requeues the job with one attempt counted, and
+whether a result exists is the worker's bookkeeping (the store and layout.find_published), never
+the actor's word.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import tempfile
+import threading
+import time
+import uuid
+from collections import defaultdict
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray.exceptions import (ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError,
+                            RayError, RayTaskError, TaskCancelledError)
+
+from recond.config import JobSettings, ModelSettings, Settings, part_of
+from recond.executors import (DeviceFacts, DeviceTask, HostTask, JobCancelled, PartProgress,
+                              PipelineFactory, ProgressSink, WorkerInfo, WorkerLost)
+from recond.logging import get_logger
+from recond.pipeline.contract import JobResult, SourcePicture
+from recond.pipeline.handoff import DeviceOutput
+from recond.pipeline.progress import StageReport
+
+log = get_logger("recond.executors.ray")
+
+NAMESPACE = "recond"
+LOCAL_ADDRESS = "local"  # ray_address: a private Ray inside the daemon
+PROGRESS_POLL_SECONDS = 0.5  # how often the daemon collects the parts' progress from the board
+REPORT_SECONDS = 0.25  # a part sends at most this often within one stage
+CLUSTER_CHECK_SECONDS = 10.0  # how often the CPUs of the cluster (nodes come and go) are counted
+RESULT_FILE_PREFIX = "recond-host-"
+RESTART_ASK_SECONDS = 1.0  # between questions to an actor Ray is still restarting
+# Placing an actor and loading its model (a first start may download the weights on its node):
+# past this the start fails and the worker tries again after model_retry_seconds.
+ACTOR_START_SECONDS = 900.0
+
+
+class RayUnavailable(RuntimeError):
+    """No Ray cluster answers at ray_address; jobs stay queued and the worker tries again."""
+
+
+def connect(address: str) -> None:
+    """Join the cluster at ``address`` (or start a private one for ``local``) from the daemon."""
+    if ray.is_initialized():
+        return
+    options: dict[str, Any] = {"namespace": NAMESPACE, "log_to_driver": False,
+                               "logging_level": logging.WARNING}
+    if address == LOCAL_ADDRESS:
+        options |= {"include_dashboard": False}
+    try:
+        ray.init(address=address, **options)
+    except (ConnectionError, RuntimeError) as error:
+        raise RayUnavailable(
+            f"no Ray cluster at ray_address = {address!r} ({' '.join(str(error).split())}); start "
+            "one (ray start --head, README \"More than one machine\") or fix ray_address") from None
+
+
+# What runs on the cluster.
+
+
+class ProgressBoard:
+    """Collects the parts' (stage, fraction) reports until the daemon takes them (an actor: a
+    remote part cannot call into the daemon)."""
+
+    def __init__(self) -> None:
+        self.reports: list[tuple[int, str, float, str]] = []
+
+    def report(self, job_id: int, stage: str, fraction: float, node: str) -> None:
+        self.reports.append((job_id, stage, fraction, node))
+
+    def take(self) -> list[tuple[int, str, float, str]]:
+        reports, self.reports = self.reports, []
+        return reports
+
+
+# Created with ray.remote(...)(cls) rather than as a decorator, which a type checker would not see.
+RemoteProgressBoard = ray.remote(num_cpus=0, max_restarts=-1)(ProgressBoard)
+
+
+def node_name() -> str:
+    """The node a part runs on, as status shows it: its address and host name."""
+    return f"{ray.util.get_node_ip_address()} ({socket.gethostname()})"
+
+
+def board_reporter(board_name: str, job_id: int) -> StageReport:
+    """A part's report function: each new stage, its end, and otherwise every REPORT_SECONDS.
+
+    The board is passed by name, not as a handle: Ray warns that an actor whose constructor
+    arguments live in the object store may fail to restart once they are gone.
+    """
+    last: dict[str, Any] = {"stage": None, "at": 0.0}
+    node = node_name()
+    board = ray.get_actor(board_name, namespace=NAMESPACE)
+
+    def report(stage: str, fraction: float) -> None:
+        now = time.monotonic()
+        if stage != last["stage"] or fraction >= 1.0 or now - last["at"] >= REPORT_SECONDS:
+            board.report.remote(job_id, stage, fraction, node)
+            last["stage"], last["at"] = stage, now
+
+    return report
+
+
+class DeviceWorker:
+    """One warm pipeline on one node (and GPU). A restart after a crash builds it again here."""
+
+    def __init__(self, settings: ModelSettings, board_name: str) -> None:
+        from recond.worker import build_pipeline
+
+        self.board_name = board_name
+        self.load_error: Exception | None = None
+        try:
+            self.pipeline = build_pipeline(settings)
+        except Exception as error:  # kept, so facts() raises it as itself (loading_fix reads it)
+            self.load_error = error
+
+    def facts(self) -> dict[str, Any]:
+        if self.load_error is not None:
+            raise self.load_error
+        return {"node": node_name(), "pid": os.getpid(), "device": self.pipeline.device,
+                "dtype": str(self.pipeline.dtype),
+                "model_id": self.pipeline.model_id, "background_method": self.pipeline.background_method}
+
+    def device_part(self, job_id: int, source: SourcePicture, job: JobSettings) -> DeviceOutput:
+        return self.pipeline.device_part(source, job, board_reporter(self.board_name, job_id))
+
+
+RemoteDeviceWorker = ray.remote(max_restarts=-1, max_task_retries=0)(DeviceWorker)
+
+
+@ray.remote(num_cpus=1, max_retries=0)
+def host_part_on_node(job_id: int, handoff: DeviceOutput, job: JobSettings, board_name: str,
+                      expected_s: dict[str, float] | None = None) -> tuple[JobResult, dict[str, bytes]]:
+    """The host part in a temporary folder on whichever node runs it; returns its result and
+    the folder's files as {relative path: bytes}."""
+    from recond.pipeline.host import run_host_part
+
+    with tempfile.TemporaryDirectory(prefix=RESULT_FILE_PREFIX) as name:
+        folder = Path(name)
+        result = run_host_part(handoff, job, folder, board_reporter(board_name, job_id), expected_s)
+        files = {path.relative_to(folder).as_posix(): path.read_bytes()
+                 for path in sorted(folder.rglob("*")) if path.is_file()}
+    return result, files
+
+
+@ray.remote(num_cpus=1, max_retries=0)
+def warm_host_process() -> None:
+    """Import the host part into a Ray worker process (Ray reuses its processes for later tasks),
+    so the first jobs do not each wait seconds for torch and trimesh to load."""
+    import recond.pipeline.host  # noqa: F401
+
+
+# The daemon's side.
+
+
+@dataclass
+class DeviceSlot:
+    """One device actor as the daemon sees it."""
+
+    index: int
+    actor: Any
+    ready: bool = False  # its model is loaded (False while Ray restarts it)
+    job_id: int | None = None
+    facts: dict[str, Any] = field(default_factory=dict)
+
+    def info(self) -> WorkerInfo:
+        state = "" if self.ready else " (restarting)"
+        return WorkerInfo(f"ray-device-{self.index}", "device", self.facts.get("node", "?"),
+                          self.facts.get("device", "?") + state, self.job_id is not None, self.job_id,
+                          self.facts.get("pid"))
+
+
+@dataclass
+class RemotePart:
+    """A part submitted to Ray, the future the worker holds, and where it runs."""
+
+    job_id: int
+    kind: str  # "device" or "host"
+    ref: Any  # ray.ObjectRef
+    future: Future[Any]
+    node: str = "?"
+
+
+class RayExecutor:
+    """Device actors and host tasks on the cluster at ``settings.ray_address``."""
+
+    def __init__(self, settings: Settings, pipeline_factory: PipelineFactory,
+                 on_progress: ProgressSink) -> None:
+        # pipeline_factory is the daemon's; each actor builds its pipeline on its own node.
+        self.settings = settings
+        self.model_settings = part_of(settings, ModelSettings)
+        self.on_progress = on_progress
+        self._lock = threading.Lock()
+        self._slots: list[DeviceSlot] = []
+        self._parts: dict[int, RemotePart] = {}
+        self._cancelled = False
+        self._closed = threading.Event()
+        self._board: Any = None
+        self._board_name = f"recond-progress-{uuid.uuid4().hex[:12]}"  # one per daemon and start
+        self._host_slots = 1
+        self._cpu_actors = 0
+        self._actor_options: dict[str, Any] = {}  # {"num_gpus": 1} on a cluster with GPUs
+        self._cluster_checked = 0.0
+        # Result files are written off Ray's callback thread, which must not wait on a disk.
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="recond-ray-results")
+        self._poller = threading.Thread(target=self._poll_progress, name="recond-ray-progress", daemon=True)
+
+    # The interface (recond/executors/__init__.py).
+
+    @property
+    def device_slots(self) -> int:
+        with self._lock:
+            return sum(1 for slot in self._slots if slot.ready)
+
+    @property
+    def capacity(self) -> int:
+        """Jobs in flight: one per ready actor, plus one host part per CPU the actors leave."""
+        self._count_cluster()
+        return self.device_slots + self._host_slots
+
+    def start(self) -> DeviceFacts:
+        connect(self.settings.ray_address)
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        count = self.settings.ray_device_workers or gpus or 1
+        self._actor_options = {"num_gpus": 1} if gpus else {}
+        self._cpu_actors = 0 if gpus else count
+        self._board = RemoteProgressBoard.options(name=self._board_name).remote()
+        self._count_cluster(force=True)
+        for _ in range(self._host_slots):  # while the actors load their models
+            warm_host_process.remote()
+        self._slots = [DeviceSlot(index, self._new_actor()) for index in range(count)]
+        for slot in self._slots:  # waits for every model to load; a load error raises as itself
+            slot.facts, slot.ready = self._facts_of(slot.actor), True
+        self._poller.start()
+        first = self._slots[0].facts
+        devices = sorted({slot.facts["device"] for slot in self._slots})
+        log.info("ray actors ready", actors=count, nodes=sorted({slot.facts["node"] for slot in self._slots}),
+                 devices=devices, host_parts_at_once=self._host_slots)
+        return DeviceFacts(first["model_id"], f"ray: {count} × {'/'.join(devices)}", first["background_method"],
+                           first.get("dtype", ""))
+
+    def submit_device(self, task: DeviceTask) -> Future[DeviceOutput]:
+        with self._lock:
+            if self._cancelled:
+                return _failed(JobCancelled())
+            slot = self._free_slot()
+            slot.job_id = task.job_id
+            ref = slot.actor.device_part.remote(task.job_id, task.source, task.job)
+            part = self._parts[task.job_id] = RemotePart(task.job_id, "device", ref, Future(),
+                                                          slot.facts.get("node", "?"))
+        ref.future().add_done_callback(lambda done: self._device_done(slot, part, done))
+        return part.future
+
+    def submit_host(self, task: HostTask) -> Future[JobResult]:
+        with self._lock:
+            if self._cancelled:
+                return _failed(JobCancelled())
+            ref = host_part_on_node.remote(task.job_id, task.handoff, task.job, self._board_name,
+                                           task.expected_s)
+            part = self._parts[task.job_id] = RemotePart(task.job_id, "host", ref, Future())
+        ref.future().add_done_callback(lambda done: self._writer.submit(self._host_done, task, part, done))
+        return part.future
+
+    def cancel(self) -> None:
+        """Every part in flight ends now with JobCancelled; Ray is asked to drop the host tasks."""
+        with self._lock:
+            self._cancelled = True
+            parts = list(self._parts.values())
+        for part in parts:
+            _settle(part.future, error=JobCancelled())
+            if part.kind == "host":
+                try:
+                    ray.cancel(part.ref, force=True)
+                except Exception as error:  # it may have ended meanwhile
+                    log.debug("host task not cancelled", job=part.job_id, error=str(error))
+
+    def close(self) -> None:
+        """Stop the actors (their models go with them) and leave the cluster."""
+        self.cancel()
+        self._closed.set()
+        if self._poller.is_alive():
+            self._poller.join(PROGRESS_POLL_SECONDS * 4)
+        self._writer.shutdown(wait=True)
+        if ray.is_initialized():
+            for actor in [slot.actor for slot in self._slots] + ([self._board] if self._board else []):
+                try:
+                    ray.kill(actor, no_restart=True)
+                except Exception as error:  # the cluster is gone: so are the actors
+                    log.debug("ray actor not killed", error=str(error))
+            ray.shutdown()
+        self._slots = []
+
+    def workers(self) -> list[WorkerInfo]:
+        with self._lock:
+            devices = [slot.info() for slot in self._slots]
+            hosts = [WorkerInfo(f"ray-host-job-{part.job_id}", "host", part.node, "cpu", True, part.job_id)
+                     for part in self._parts.values() if part.kind == "host"]
+        return devices + hosts
+
+    def _facts_of(self, actor: Any) -> dict[str, Any]:
+        """An actor's facts once its model is loaded; its load error raised as itself."""
+        try:
+            return dict(ray.get(actor.facts.remote(), timeout=ACTOR_START_SECONDS))
+        except RayTaskError as error:
+            raise _cause(error) from None
+        except GetTimeoutError:
+            raise RayUnavailable(
+                f"the Ray device actors did not load their model within {ACTOR_START_SECONDS:.0f} s "
+                "(no node with a free GPU or CPU? `ray status` shows the cluster)") from None
+
+    def _new_actor(self) -> Any:
+        """A device actor: one GPU on a cluster with GPUs; else a CPU actor, which Ray places on
+        a node with a free CPU but which holds none while it waits (Ray's default for actors)."""
+        return RemoteDeviceWorker.options(**self._actor_options).remote(self.model_settings, self._board_name)
+
+    # Under the lock.
+
+    def _free_slot(self) -> DeviceSlot:
+        """An idle actor, ready ones first (the worker asks only while one is ready; should one
+        have died since, Ray holds the part until its restart)."""
+        idle = [slot for slot in self._slots if slot.job_id is None]
+        if not idle:
+            raise RuntimeError("no idle Ray device actor; the worker exceeded device_slots")
+        return sorted(idle, key=lambda slot: not slot.ready)[0]
+
+    # Outcomes (Ray's callback thread, or the result writer's).
+
+    def _device_done(self, slot: DeviceSlot, part: RemotePart, done: Future[Any]) -> None:
+        error = done.exception()
+        lost = _lost(error) if error is not None else None
+        with self._lock:  # idle and, if it died, not ready, in one step: no job goes to a dead actor
+            slot.job_id = None
+            slot.ready = slot.ready and lost is None
+            self._parts.pop(part.job_id, None)
+        if error is None:
+            _settle(part.future, value=done.result())
+            return
+        if lost is not None:
+            self._restarting(slot, error)
+        _settle(part.future, error=lost or _cause(error))
+
+    def _host_done(self, task: HostTask, part: RemotePart, done: Future[Any]) -> None:
+        with self._lock:
+            self._parts.pop(part.job_id, None)
+        if part.future.done():  # cancelled meanwhile: nothing is written
+            return
+        try:
+            result, files = done.result()
+            for name, data in files.items():  # into the daemon's staging folder
+                target = task.result_dir / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(data)
+        except BaseException as error:  # noqa: BLE001 - every outcome is handed to the worker
+            _settle(part.future, error=_lost(error) or _cause(error))
+        else:
+            _settle(part.future, value=replace(result, result_dir=task.result_dir))
+
+    def _restarting(self, slot: DeviceSlot, error: BaseException) -> None:
+        """A dead actor: Ray restarts it (its __init__ reloads the model); it takes jobs again
+        once it answers. One Ray gave up on (ActorDiedError) is replaced by a new one."""
+        with self._lock:
+            if isinstance(error, ActorDiedError) and not self._closed.is_set():
+                slot.actor = self._new_actor()
+        log.warning("ray device actor lost; Ray restarts it and it reloads its model",
+                    actor=slot.index, node=slot.facts.get("node"), error=" ".join(str(error).split())[:300])
+        self._ask_ready(slot)
+
+    def _ask_ready(self, slot: DeviceSlot) -> None:
+        if not self._closed.is_set():
+            slot.actor.facts.remote().future().add_done_callback(lambda done: self._answered(slot, done))
+
+    def _answered(self, slot: DeviceSlot, done: Future[Any]) -> None:
+        try:
+            facts = done.result()
+        except ActorUnavailableError:  # still restarting: ask again
+            threading.Timer(RESTART_ASK_SECONDS, self._ask_ready, [slot]).start()
+            return
+        except BaseException as error:  # noqa: BLE001 - its model did not load: it stays out
+            if not self._closed.is_set():
+                log.error("ray device actor did not come back", actor=slot.index,
+                          error=" ".join(str(_cause(error)).split())[:300])
+            return
+        with self._lock:
+            slot.facts, slot.ready = facts, True
+        log.info("ray device actor ready again", actor=slot.index, node=facts["node"], pid=facts["pid"])
+
+    # Progress and cluster size.
+
+    def _poll_progress(self) -> None:
+        while not self._closed.wait(PROGRESS_POLL_SECONDS):
+            try:
+                reports = ray.get(self._board.take.remote(), timeout=10)
+            except Exception as error:  # the board restarts or the cluster is busy: skip a beat
+                log.debug("progress not collected", error=str(error))
+                continue
+            latest_node: dict[int, str] = defaultdict(str)
+            for job_id, stage, fraction, node in reports:
+                latest_node[job_id] = node
+                with self._lock:
+                    running = job_id in self._parts
+                if running:
+                    self.on_progress(PartProgress(job_id, stage, fraction))
+            with self._lock:
+                for job_id, node in latest_node.items():
+                    if job_id in self._parts:
+                        self._parts[job_id].node = node
+
+    def _count_cluster(self, force: bool = False) -> None:
+        """Host parts at once: the cluster's CPUs less one per CPU actor (at least one)."""
+        if not force and time.monotonic() - self._cluster_checked < CLUSTER_CHECK_SECONDS:
+            return
+        self._cluster_checked = time.monotonic()
+        try:
+            cpus = int(ray.cluster_resources().get("CPU", 1))
+        except Exception as error:  # the head is away for a moment: keep the last count
+            log.debug("cluster size not read", error=str(error))
+            return
+        self._host_slots = max(1, cpus - self._cpu_actors)
+
+
+def _lost(error: BaseException) -> WorkerLost | None:
+    """The WorkerLost a Ray failure means (an actor, worker process or node gone), else None."""
+    if isinstance(error, RayTaskError | TaskCancelledError) or not isinstance(error, RayError):
+        return None
+    if isinstance(error, RayActorError):
+        what = "the Ray actor holding the model died"
+    else:
+        what = f"the Ray worker died ({type(error).__name__})"
+    return WorkerLost(f"{what} while processing this file; the job is retried")
+
+
+def _cause(error: BaseException) -> BaseException:
+    """The part's own error (InputError ...) out of Ray's wrapper; a cancel is JobCancelled."""
+    if isinstance(error, TaskCancelledError):
+        return JobCancelled()
+    if isinstance(error, RayTaskError) and error.cause is not None:
+        return error.cause
+    return error
+
+
+def _failed(error: BaseException) -> Future[Any]:
+    future: Future[Any] = Future()
+    future.set_exception(error)
+    return future
+
+
+def _settle(future: Future[Any], value: Any = None, error: BaseException | None = None) -> None:
+    """Resolve ``future`` once (a cancel and an outcome may race)."""
+    try:
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(value)
+    except Exception:  # already resolved (InvalidStateError)
+        pass
