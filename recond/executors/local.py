@@ -325,6 +325,12 @@ class LocalExecutor:
 
     def start(self) -> DeviceFacts:
         pipeline = self.pipeline = self.pipeline_factory(self.model_settings)
+        if pipeline.device == "cpu":
+            import torch
+
+            # The host processes take a core each: a device part whose OpenMP threads wait on
+            # cores they share ran 2-3x slower than alone (bench_throughput.py on 2 CPUs).
+            torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) - self.host_workers))
         self._hosts = HostPool(self.host_workers, pipeline.host_part, self.on_progress)
         return DeviceFacts(pipeline.model_id, pipeline.device, pipeline.background_method,
                            str(pipeline.dtype))
