@@ -120,8 +120,7 @@ def test_offline_hub_model_is_one_clear_line_fast_and_drops_stay_queued(
     daemons.append(daemon)
     failed = daemon.wait_for(lambda: [event for event in json_log(tmp_path / "state")
                                       if event["event"] == "model not loaded; jobs stay queued"])
-    started = next(event for event in json_log(tmp_path / "state") if event["event"] == "recond started")
-    seconds = _iso_seconds(failed[0]["timestamp"]) - _iso_seconds(started["timestamp"])
+    seconds = _seconds_after_start(tmp_path / "state", failed[0])
     print(f"offline weights message {seconds:.2f} s after 'recond started' (load {os.getloadavg()})")
     # Not a speed target (benchmarks/bench_first_run.py prints the figure): huggingface_hub's
     # own path retried for 25 s and more; one probe with a 1.5 s timeout ends well before that
@@ -320,8 +319,7 @@ def test_offline_first_start_with_no_rembg_model_is_ready_within_seconds(
     daemons.append(daemon)
     loaded = daemon.wait_for(lambda: [event for event in json_log(tmp_path / "state")
                                       if event["event"] == "model loaded"])
-    started = next(event for event in json_log(tmp_path / "state") if event["event"] == "recond started")
-    seconds = _iso_seconds(loaded[0]["timestamp"]) - _iso_seconds(started["timestamp"])
+    seconds = _seconds_after_start(tmp_path / "state", loaded[0])
     print(f"offline rembg: model loaded {seconds:.2f} s after 'recond started' (load {os.getloadavg()})")
     # Not a speed target (benchmarks/bench_first_run.py prints the figure): pooch's own download
     # alone waited 30 s for its read timeout (43 s seen with DNS), so anything below that means
@@ -532,6 +530,12 @@ def test_a_folder_that_cannot_be_created_names_its_setting(tmp_path: Path) -> No
                             cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     assert result.stderr.startswith("recond: setting state_dir:") and len(result.stderr.splitlines()) == 1
+
+
+def _seconds_after_start(state_dir: Path, event: dict) -> float:
+    """How long after the log's "recond started" the daemon logged ``event``."""
+    started = next(line for line in json_log(state_dir) if line["event"] == "recond started")
+    return _iso_seconds(event["timestamp"]) - _iso_seconds(started["timestamp"])
 
 
 def _iso_seconds(stamp: str) -> float:
