@@ -34,12 +34,15 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import bench_pipeline  # noqa: E402  (the full-size model folder, the chair job, page-cache eviction)
 import bench_triposr  # noqa: E402
 
-from recond.config import JobSettings, load_settings  # noqa: E402
-from recond.cpu_features import native_bf16_flags  # noqa: E402
+from recond.config import (  # noqa: E402
+    JobSettings,
+    load_settings,
+    native_bf16_flags,  # noqa: E402
+)
 from recond.pipeline.runner import Pipeline  # noqa: E402
+from recond.pipeline.warm import build_pipeline  # noqa: E402
 from recond.triposr.model import TripoSR  # noqa: E402
 from recond.triposr.preprocess import prepare_image  # noqa: E402
-from recond.worker import build_pipeline  # noqa: E402
 
 DTYPES = ("float32", "auto")
 OCCUPANCY_RESOLUTION = 128

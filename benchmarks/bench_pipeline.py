@@ -40,15 +40,14 @@ CHAIR = SHARED / "examples" / "chair.png"
 sys.path.insert(0, str(REPO / "benchmarks"))
 import bench_triposr  # noqa: E402  (the full-size random-weight model, shared with bench_triposr)
 
-from recond import layout  # noqa: E402
 from recond.config import JobSettings, Settings, load_settings, part_of  # noqa: E402
+from recond.inbox.dropped import read_source  # noqa: E402
+from recond.outbox import publish  # noqa: E402
 from recond.pipeline.contract import JobResult  # noqa: E402
-from recond.pipeline.image import read_source  # noqa: E402
 from recond.pipeline.runner import Pipeline  # noqa: E402
+from recond.triposr.config import OFFICIAL_CONFIG_PATH  # noqa: E402
 from recond.triposr.model import TripoSR  # noqa: E402
 from recond.triposr.preprocess import prepare_image  # noqa: E402
-from recond.triposr.config import OFFICIAL_CONFIG_PATH  # noqa: E402
-
 
 
 def peak_rss_gib() -> float:
@@ -107,7 +106,7 @@ def bench_chair(runs: int, scratch: Path) -> None:
 
 def run_job(pipeline: Pipeline, settings: Settings, scratch: Path, name: str) -> JobResult:
     """chair.png through the pipeline into a published result folder, as the worker does it."""
-    result, folder = layout.build_result(
+    result, folder = publish.build_result(
         scratch / "outbox", name, "bench",
         lambda staging: pipeline.run(read_source(CHAIR, settings.max_file_bytes), staging,
                                      part_of(settings, JobSettings)))

@@ -29,10 +29,16 @@ import torch
 import trimesh
 
 from recond.config import load_settings
-from recond.pipeline.image import decode_image, read_source
+from recond.inbox.dropped import read_source
+from recond.pipeline.image import decode_image
 from recond.pipeline.mesh import kept_surface
-from recond.pipeline.topology import (DECIMATION, HAUSDORFF_SAMPLES, hausdorff_to_diagonal, simplify,
-                                      solid_facts)
+from recond.pipeline.topology import (
+    DECIMATION,
+    HAUSDORFF_SAMPLES,
+    hausdorff_to_diagonal,
+    simplify,
+    solid_facts,
+)
 from recond.triposr.model import TripoSR
 from recond.triposr.preprocess import prepare_image
 
@@ -137,7 +143,11 @@ def manifold3d(mesh: trimesh.Trimesh, target: int) -> trimesh.Trimesh:
 def vtk_decimate_pro(mesh: trimesh.Trimesh, target: int) -> trimesh.Trimesh:
     """VTK's vtkDecimatePro (BSD) with its topology kept: no splitting, no boundary vertex deleted.
     It may stop short of the target when no collapse keeps the topology."""
-    from vtkmodules.util.numpy_support import numpy_to_vtk, numpy_to_vtkIdTypeArray, vtk_to_numpy
+    from vtkmodules.util.numpy_support import (
+        numpy_to_vtk,
+        numpy_to_vtkIdTypeArray,
+        vtk_to_numpy,
+    )
     from vtkmodules.vtkCommonCore import vtkPoints
     from vtkmodules.vtkCommonDataModel import vtkCellArray, vtkPolyData
     from vtkmodules.vtkFiltersCore import vtkDecimatePro

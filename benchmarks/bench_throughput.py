@@ -44,14 +44,15 @@ BENCH_CHAIR = SHARED / "reference" / "bench_chair"
 CHAIR = SHARED / "examples" / "chair.png"
 DEVICE_SECONDS = 1.0
 
-from recond.config import JobSettings, ModelSettings, Settings, load_settings, part_of  # noqa: E402
+from recond.config import JobSettings, ModelSettings, load_settings  # noqa: E402
+from recond.inbox.dropped import read_source  # noqa: E402
 from recond.pipeline.contract import SourcePicture  # noqa: E402
 from recond.pipeline.host import run_host_part  # noqa: E402
-from recond.pipeline.image import read_source  # noqa: E402
 from recond.pipeline.record import sha256_of_bytes  # noqa: E402
 from recond.pipeline.runner import Pipeline  # noqa: E402
+from recond.pipeline.warm import build_pipeline  # noqa: E402
 from recond.store import DONE, FAILED, Store  # noqa: E402
-from recond.worker import Worker, build_pipeline  # noqa: E402
+from recond.worker import Worker  # noqa: E402
 
 
 def distinct_chairs(folder: Path, count: int) -> list[Path]:

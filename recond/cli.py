@@ -12,23 +12,21 @@ import os
 import re
 import socket
 import sqlite3
-import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import click
 
 from recond.config import JobSettings, Settings, SettingsError, load_settings, part_of
-from recond.errors import MODEL_HELP, process_loading_fix, reload_command
-from recond.folders import SHARE_FOLDERS, waiting_reason
-from recond import layout
-from recond.pipeline.names import VIDEO_NAME
+from recond.doctor import doctor_checks
+from recond.errors import process_loading_fix
+from recond.inbox.failed import FAILED_FOLDERS, find_in_failed, move_back_from_failed
+from recond.names import result_name_for
+from recond.outbox import leftovers, publish
 from recond.status import job_facts, open_store, status_report
 from recond.store import FAILED, STATES, Job, Store, StoreError, database_error
-
 
 
 def _settings(ctx: click.Context, **overrides: object) -> Settings:
@@ -226,13 +224,13 @@ def retry(ctx: click.Context, job_id: int) -> None:
     inbox = settings.inbox.resolve()
     kept = Path(job.output) if job.output else None
     if kept is None or not kept.is_file():  # a kill between the move and its record: look
-        kept = layout.find_in_failed(inbox, job.source_name, job.id, job.sha256, job.size)
+        kept = find_in_failed(inbox, job.source_name, job.id, job.sha256, job.size)
     if kept is None:
         raise click.ClickException(_shown(
-            f"the file of job {job_id} is no longer in {inbox / layout.FAILED_FOLDERS[0]}; "
+            f"the file of job {job_id} is no longer in {inbox / FAILED_FOLDERS[0]}; "
             "drop it into the inbox again to retry"))
     try:
-        target = layout.move_back_from_failed(inbox, kept, job.source_name)
+        target = move_back_from_failed(inbox, kept, job.source_name)
     except OSError as error:  # e.g. a folder on the way became a symlink: nothing moved
         raise click.ClickException(_shown(f"job {job_id} not moved back: {error}")) from None
     _echo(f"moved back to {target}; recond will queue it as a new job")
@@ -247,126 +245,6 @@ def _job(settings: Settings, job_id: int) -> Job:
 
 
 # doctor
-
-
-@dataclass
-class Check:
-    name: str
-    level: str  # ok, warn or fail
-    message: str
-
-
-def doctor_checks(settings: Settings) -> list[Check]:
-    """Each thing recond needs, checked for real (the weights are loaded, ffmpeg is run)."""
-    return [*_folder_checks(settings), _gpu_check(settings), _dtype_check(settings), _weights_check(settings),
-            _rembg_check(settings), _ffmpeg_check(), _daemon_check(settings)]
-
-
-def _folder_checks(settings: Settings) -> list[Check]:
-    checks = []
-    for name in ("inbox", "outbox", "state_dir"):
-        folder = getattr(settings, name).expanduser().resolve()
-        if not folder.is_dir():
-            checks.append(_missing_folder_check(name, folder))
-        elif not os.access(folder, os.R_OK | os.W_OK | os.X_OK):
-            checks.append(Check(name, "fail", f"{folder} is not readable and writable by this user "
-                                              f"(uid {os.getuid()}); fix its owner or mode"))
-        else:
-            checks.append(Check(name, "ok", str(folder)))
-    return checks
-
-
-def _missing_folder_check(name: str, folder: Path) -> Check:
-    waiting = waiting_reason(name, folder) if name in SHARE_FOLDERS else None
-    if waiting:
-        return Check(name, "warn", waiting.replace("waiting for it", "recond waits for it"))
-    existing = next(parent for parent in folder.parents if parent.exists())
-    if os.access(existing, os.W_OK | os.X_OK):
-        return Check(name, "warn", f"{folder} does not exist (recond creates it on start)")
-    return Check(name, "fail", f"{folder} does not exist and this user cannot create it in {existing}")
-
-
-def _gpu_check(settings: Settings) -> Check:
-    import torch
-
-    if torch.cuda.is_available():
-        return Check("gpu", "ok", f"{torch.cuda.get_device_name(0)} (device setting: {settings.device})")
-    if settings.device.startswith("cuda"):
-        return Check("gpu", "fail", f"device = {settings.device} but torch sees no CUDA GPU "
-                                    "(driver, /dev/nvidia* access, or a CPU-only torch build)")
-    return Check("gpu", "warn", "no CUDA GPU: recond runs on the CPU (minutes per photo)")
-
-
-def _dtype_check(settings: Settings) -> Check:
-    """The dtype the encoder computes in and why; bfloat16 emulated on a CPU is a slowdown."""
-    from recond.cpu_features import native_bf16_flags
-
-    choice = settings.resolved_dtype()
-    if choice.name == "bfloat16" and settings.resolved_device() == "cpu" and not native_bf16_flags():
-        return Check("dtype", "warn", f"{choice}, but this CPU has no native bfloat16: float32 is faster "
-                                      "here (dtype = \"auto\" picks it)")
-    return Check("dtype", "ok", str(choice))
-
-
-def _weights_check(settings: Settings) -> Check:
-    from recond.hub import cached_files, hub_problem, is_hub_id, not_cached_message
-
-    daemon = status_report(settings, recent=0)["daemon"]
-    fix = MODEL_HELP.format(reload=reload_command(None, daemon["pid"]))  # started how: not known
-    if is_hub_id(settings.model) and cached_files(settings.model) is None:
-        problem = hub_problem(settings.model)  # doctor never downloads; it only asks the hub
-        if problem:
-            return Check("weights", "fail", f"{not_cached_message(settings.model, problem)} "
-                                            f"To fix: {fix}")
-        return Check("weights", "warn", f"{settings.model} is not downloaded yet; the hub answers, "
-                                        "so recond downloads it (once, about 1.7 GB) when it starts")
-    import torch
-
-    from recond.triposr.model import TripoSR
-
-    try:
-        model = TripoSR.from_pretrained(settings.model, device=settings.resolved_device(),
-                                        dtype=getattr(torch, settings.resolved_dtype().name))
-    except Exception as error:  # any reason the weights do not load is what doctor reports
-        return Check("weights", "fail", f"{settings.model}: {error} -- to fix: {fix}")
-    parameters = sum(parameter.numel() for parameter in model.parameters())
-    return Check("weights", "ok", f"{settings.model} loads ({parameters / 1e6:.1f} M parameters)")
-
-
-def _rembg_check(settings: Settings) -> Check:
-    from recond.pipeline.background import rembg_model_status
-
-    try:
-        status = rembg_model_status(settings)
-    except Exception as error:  # e.g. an unknown rembg_model: report it, run the other checks
-        return Check("rembg", "fail", str(error))
-    if status.available:
-        return Check("rembg", "ok", status.message)
-    when = (" (recond tries to download it when it starts)" if settings.rembg_home is None
-            and settings.background in ("auto", "rembg") else "")
-    return Check("rembg", "warn", status.message + when)
-
-
-def _ffmpeg_check() -> Check:
-    try:
-        import imageio_ffmpeg
-
-        executable = imageio_ffmpeg.get_ffmpeg_exe()
-        version = subprocess.run([executable, "-version"], capture_output=True, text=True,
-                                 timeout=30, check=True).stdout.splitlines()[0]
-    except Exception as error:  # missing binary, not executable, crashes: all mean no video
-        return Check("ffmpeg", "fail", f"ffmpeg not usable ({error}); {VIDEO_NAME} cannot be written")
-    return Check("ffmpeg", "ok", f"{executable} ({version})")
-
-
-def _daemon_check(settings: Settings) -> Check:
-    daemon = status_report(settings, recent=0)["daemon"]
-    if not daemon["running"]:
-        return Check("daemon", "warn", "recond is not running (start it: `scripts/run` in a "
-                                       "terminal, `systemctl start recond` for the service)")
-    if daemon["model"] == "missing":
-        return Check("daemon", "fail", f"running, but without a model: {daemon['model_detail']}")
-    return Check("daemon", "ok", f"running (pid {daemon['pid']}), model {daemon['model']}")
 
 
 @cli.command()
@@ -401,10 +279,10 @@ def process(ctx: click.Context, images: tuple[Path, ...], out: Path | None, mode
     from tqdm import tqdm
 
     from recond.errors import describe_failure
+    from recond.inbox.dropped import read_source
     from recond.logging import configure_logging
-    from recond.pipeline.image import read_source
     from recond.pipeline.progress import Progress
-    from recond.worker import build_pipeline
+    from recond.pipeline.warm import build_pipeline
 
     settings = _settings(ctx, model=model)
     configure_logging(settings.model_copy(update={"log_level": "warning"}), to_file=False)
@@ -415,10 +293,10 @@ def process(ctx: click.Context, images: tuple[Path, ...], out: Path | None, mode
             f"pipeline not loaded: {error} -- to fix: {process_loading_fix(error)}") from None
     out = (out or settings.outbox).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    layout.clean_staging(out, layout.process_owner(os.getpid()))  # those of killed runs
-    failures, owner = 0, layout.process_owner(os.getpid())
+    leftovers.clean_staging(out, leftovers.process_owner(os.getpid()))  # those of killed runs
+    failures, owner = 0, leftovers.process_owner(os.getpid())
     for number, image in enumerate(images):
-        name = layout.result_name_for(image.name, time.time())
+        name = result_name_for(image.name, time.time())
         # Percent and times only: tqdm's rate would flip between %/s and s/% as stages speed up.
         with tqdm(total=100, desc=image.name, file=sys.stderr, leave=False,
                   bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}") as bar:
@@ -427,7 +305,7 @@ def process(ctx: click.Context, images: tuple[Path, ...], out: Path | None, mode
                 bar.update(round(progress.overall * 100) - bar.n)
             try:
                 picture = read_source(image, settings.max_file_bytes)
-                result, folder = layout.build_result(  # staged, then published as the worker does
+                result, folder = publish.build_result(  # staged, then published as the worker does
                     out, name, f"{owner}-{number}",
                     lambda staging: pipeline.run(picture, staging,
                                                  part_of(settings, JobSettings), progress=report),

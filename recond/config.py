@@ -16,7 +16,14 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Annotated, Any, Literal, NamedTuple, TypeVar, cast
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -24,8 +31,6 @@ from pydantic_settings import (
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
-
-from recond.hub import looks_like_path
 
 ENV_PREFIX = "RECOND_"
 HOST_NAME = re.compile(r"(\*\.)?[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:.]+\]")
@@ -44,6 +49,36 @@ MAX_HOST_WORKERS = 64
 Background = Literal["auto", "rembg", "alpha", "none"]
 DType = Literal["auto", "float32", "float16", "bfloat16"]
 Executor = Literal["local", "ray"]
+
+
+# Whether this CPU computes bfloat16 natively, read from the kernel's /proc/cpuinfo flags. The
+# TripoSR forward pass in bfloat16 takes about half the float32 time on a CPU with native
+# bfloat16 (avx512_bf16 or AMX; issue 16), and is slower than float32 on one without, where
+# oneDNN emulates it: ``dtype = "auto"`` decides with this.
+CPUINFO = Path("/proc/cpuinfo")
+# Linux's names (arch/x86/include/asm/cpufeatures.h) for bfloat16 dot products in AVX-512 and
+# for AMX's bfloat16 tile multiply.
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def native_bf16_flags() -> list[str]:
+    """The NATIVE_BF16_FLAGS this CPU has; [] where /proc/cpuinfo is missing (not Linux)."""
+    try:
+        text = CPUINFO.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    flags: set[str] = set()
+    for line in text.splitlines():
+        name, _, value = line.partition(":")
+        if name.strip() == "flags":
+            flags.update(value.split())
+    return [flag for flag in NATIVE_BF16_FLAGS if flag in flags]
+
+
+def looks_like_path(source: str) -> bool:
+    """A folder path whether or not it exists: ``/...``, ``./...``, ``../...``, ``~/...``, or two
+    or more slashes; a hub id is ``owner/name`` (one slash) or a bare ``name``."""
+    return source.startswith(("/", ".", "~")) or source.count("/") > 1 or "\\" in source
 
 
 class SettingsError(ValueError):
@@ -107,8 +142,6 @@ class ModelSettings(_Part):
         if device.startswith("cuda"):
             return DTypeChoice("float16", "CUDA GPU")
         if device == "cpu":
-            from recond.cpu_features import NATIVE_BF16_FLAGS, native_bf16_flags
-
             flags = native_bf16_flags()
             if flags:
                 return DTypeChoice("bfloat16", "CPU has " + ", ".join(flags))
@@ -306,7 +339,7 @@ class _TomlFile(TomlConfigSettingsSource):
     or reconctl is started from.
 
     ``model`` is a folder or a Hugging Face id. A relative value is a folder, and taken from the
-    file's folder, when it looks like one (a leading ``.``, two or more ``/``: hub.looks_like_path)
+    file's folder, when it looks like one (a leading ``.``, two or more ``/``: looks_like_path)
     or when that folder exists beside the file; anything else (``stabilityai/TripoSR``) stays a
     hub id.
     """

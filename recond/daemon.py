@@ -19,18 +19,29 @@ from pathlib import Path
 import click
 import sdnotify
 
-from recond.config import (IntakeSettings, Settings, SettingsError, load_settings, part_of,
-                           started_by_systemd)
+from recond.config import (
+    IntakeSettings,
+    Settings,
+    SettingsError,
+    load_settings,
+    part_of,
+    started_by_systemd,
+)
 from recond.errors import RAY_MISSING, reload_command
-from recond.folders import (FolderError, create_state_dir, folder_error, missing_share_folder,
-                            missing_share_folders)
 from recond.heartbeat import Heartbeat
-from recond.intake import Intake
-from recond.layout import published_results
+from recond.inbox.intake import Intake
 from recond.logging import Repeats, configure_logging, get_logger
+from recond.outbox.publish import published_results
+from recond.pipeline.warm import build_pipeline
+from recond.shares.folders import (
+    FolderError,
+    create_state_dir,
+    folder_error,
+    missing_share_folder,
+    missing_share_folders,
+)
 from recond.store import HEARTBEAT_SECONDS, Store, StoreError, database_error
-from recond.worker import Worker, build_pipeline
-
+from recond.worker import Worker
 
 log = get_logger("recond.daemon")
 

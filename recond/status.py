@@ -12,10 +12,18 @@ from typing import Any
 
 from recond.config import Settings
 from recond.heartbeat import liveness_age
+from recond.outbox.leftovers import pid_alive
 from recond.pipeline.progress import stage_overdue
 from recond.pipeline.record import read_record
-from recond.layout import pid_alive
-from recond.store import DONE, HEARTBEAT_SECONDS, RUNNING, STALE_HEARTBEAT_SECONDS, STATES, Job, Store
+from recond.store import (
+    DONE,
+    HEARTBEAT_SECONDS,
+    RUNNING,
+    STALE_HEARTBEAT_SECONDS,
+    STATES,
+    Job,
+    Store,
+)
 
 
 def open_store(settings: Settings, reader: bool = False) -> Store | None:

@@ -13,15 +13,15 @@ import os
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import sqlite_utils
 
-from recond.layout import display_name, free_name, fs_bytes, result_name_for
+from recond.names import display_name, free_name, fs_bytes, result_name_for
 
 QUEUED, RUNNING, DONE, FAILED, DUPLICATE = "queued", "running", "done", "failed", "duplicate"
 STATES = (QUEUED, RUNNING, DONE, FAILED, DUPLICATE)
@@ -258,7 +258,7 @@ class Store:
     def duplicates_of(self, job_id: int) -> list[Job]:
         return self._jobs_where("duplicate_of = ? and state = ?", [job_id, DUPLICATE])
 
-    # Reading, for the web front end (recond/web) and the galleries (recond/gallery.py).
+    # Reading, for the web front end (recond/web) and the galleries (recond/outbox/gallery.py).
 
     def finished(self, limit: int, offset: int = 0) -> list[Job]:
         """Done and failed jobs, newest first: the entries of a gallery page."""

@@ -4,7 +4,7 @@ Each job runs in two parts (issue 14) on an executor (recond/executors/): the de
 the warm model, then the host part on a CPU; with host processes, up to ``host_workers + 1``
 jobs are in flight at once, and the worker alone touches the store, the inbox and the outbox.
 A job owns the exact bytes it was queued with: they are checked before the run, the host part
-builds the result in a private staging folder, the worker publishes it (``recond.layout``), and
+builds the result in a private staging folder, the worker publishes it (``recond.outbox.publish``), and
 the inbox original (and any byte-identical copies waiting on it) is removed only while it still
 holds the published bytes. A failure moves the original to ``inbox/failed/`` with a note. Faults
 of the machine rather than of the picture (missing weights, a full outbox, a vanished share, a
@@ -13,8 +13,6 @@ busy database) never fail a job: the queue waits, and one error never ends the t
 
 from __future__ import annotations
 
-import importlib
-import os
 import sqlite3
 import threading
 import time
@@ -25,19 +23,46 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from recond import dropped, layout
-from recond.folder_identity import FolderIdentity
 from recond.config import JobSettings, ModelSettings, Settings, part_of
-from recond.errors import RELOAD_EITHER_WAY, StageTimedOut, describe_failure, loading_fix
-from recond.executors import (DeviceTask, Executor, HostTask, JobCancelled, PartProgress, WorkerLost,
-                              build_executor, executor_shape)
-from recond.gallery import write_gallery
+from recond.errors import (
+    RELOAD_EITHER_WAY,
+    StageTimedOut,
+    describe_failure,
+    loading_fix,
+)
+from recond.executors import (
+    DeviceTask,
+    Executor,
+    HostTask,
+    JobCancelled,
+    PartProgress,
+    PipelineFactory,
+    ProgressSink,
+    WorkerLost,
+    executor_shape,
+)
+from recond.inbox import dropped
+from recond.inbox.failed import error_note, find_in_failed, remove_emptied_folders
+from recond.inbox.set_aside import set_aside
 from recond.logging import Repeats, get_logger
-from recond.outbox_gate import OutboxFault, OutboxGate
-from recond.pipeline.contract import JobResult, ProgressCallback, SourcePicture, WarmPipeline
+from recond.outbox import leftovers, publish
+from recond.outbox.gallery import write_gallery
+from recond.outbox.gate import OutboxFault, OutboxGate
+from recond.pipeline.contract import (
+    JobResult,
+    ProgressCallback,
+    SourcePicture,
+    WarmPipeline,
+)
 from recond.pipeline.handoff import DeviceOutput
-from recond.pipeline.progress import EtaEstimate, Progress, expected_stage_seconds, remember_stage_seconds
-from recond.set_aside import set_aside
+from recond.pipeline.progress import (
+    EtaEstimate,
+    Progress,
+    expected_stage_seconds,
+    remember_stage_seconds,
+)
+from recond.pipeline.warm import build_pipeline, load_main_thread_libraries
+from recond.shares.identity import FolderIdentity
 from recond.store import QUEUED, RUNNING, Job, Store
 
 log = get_logger("recond.worker")
@@ -53,17 +78,6 @@ class JobWaits(Exception):
 
 class JobEnded(Exception):
     """The job ended before its run (its file was removed, changed or unreadable); recorded."""
-
-
-def build_pipeline(settings: ModelSettings,
-                   report: Callable[[str], None] = lambda line: None) -> WarmPipeline:
-    """The real, warm pipeline (imported here: torch loads in the worker thread, not at start-up),
-    after the first start's downloads (``report`` gets their progress lines)."""
-    from recond.downloads import fetch_missing_models
-    from recond.pipeline.runner import Pipeline
-
-    fetch_missing_models(settings, report)
-    return Pipeline(settings)
 
 
 @dataclass
@@ -82,11 +96,22 @@ class InFlight:
     folder: Path | None = None
 
 
-def load_main_thread_libraries() -> None:
-    """Import here, on the main thread, the pipeline's libraries whose first import must not be on
-    the worker thread, which ends before the process does: pymeshlab (recond.pipeline.topology
-    says why). The rest of the pipeline still loads on the worker thread, when it is built."""
-    importlib.import_module("pymeshlab")
+def build_executor(settings: Settings, pipeline_factory: PipelineFactory,
+                   on_progress: ProgressSink) -> Executor:
+    """The executor the settings ask for: on a Ray cluster (executor = "ray"), in the worker
+    thread (host_workers = 0) or with a pool of host processes beside a warm model here."""
+    if settings.executor == "ray":
+        from recond.executors.ray import RayExecutor
+
+        return RayExecutor(settings, pipeline_factory, on_progress)
+    workers = settings.resolved_host_workers()
+    if workers == 0:
+        from recond.executors.inline import InlineExecutor
+
+        return InlineExecutor(settings, pipeline_factory, on_progress)
+    from recond.executors.local import LocalExecutor
+
+    return LocalExecutor(settings, pipeline_factory, on_progress, workers)
 
 
 class Worker:
@@ -114,7 +139,7 @@ class Worker:
         self.executor: Executor | None = None
         self.in_flight: dict[int, InFlight] = {}
         self.paused: str | None = None  # why the queue waits (outbox full or unwritable)
-        self.owner = layout.owner_tag(str(settings.state_dir.resolve()))
+        self.owner = publish.owner_tag(str(settings.state_dir.resolve()))
         self.gate = OutboxGate(settings.outbox.resolve(), self.owner, settings.state_dir)
         self.inbox_identity = FolderIdentity("inbox", self.inbox, settings.state_dir)
         self._stopping = threading.Event()
@@ -153,7 +178,7 @@ class Worker:
         for job in exhausted:
             log.error("job failed", job=job.id, file=job.source, error=job.error)
             self.fail_job(job, job.error or "")
-        for folder in layout.clean_staging(self.outbox, self.owner):
+        for folder in leftovers.clean_staging(self.outbox, self.owner):
             log.info("removed a staging folder left by a crash", folder=str(folder))
 
     def start(self) -> None:
@@ -395,7 +420,7 @@ class Worker:
         assert executor is not None, "the executor stays while jobs are in flight"
         try:
             flight.folder = flight.staging.enter_context(
-                layout.staging(self.outbox, job.result_name, f"{self.owner}-{job.id}"))
+                publish.staging(self.outbox, job.result_name, f"{self.owner}-{job.id}"))
         except Exception as error:  # e.g. the outbox is full or gone
             self._drop(flight)
             self._job_error(job, error, flight.started)
@@ -409,7 +434,7 @@ class Worker:
         job = flight.job
         assert flight.folder is not None, "a host part ran in a staging folder"
         try:
-            folder = layout.publish_result(flight.folder, self.outbox, job.result_name, flight.source.mode,
+            folder = publish.publish_result(flight.folder, self.outbox, job.result_name, flight.source.mode,
                                            self.gate.identity.raise_if_replaced)
         except Exception as error:
             self._drop(flight)
@@ -426,7 +451,7 @@ class Worker:
         """Forget a job in flight, removing its staging folder; ``requeue`` puts it back in the
         queue without counting the attempt (else the caller records what happened)."""
         self.in_flight.pop(flight.job.id, None)
-        # Leaving layout.staging() by an exception is what removes its folder.
+        # Leaving publish.staging() by an exception is what removes its folder.
         flight.staging.__exit__(JobCancelled, JobCancelled(), None)
         if requeue:
             self._put_back(flight.job.id)
@@ -445,7 +470,7 @@ class Worker:
 
     def _verified_source(self, job: Job) -> SourcePicture:
         """The job's picture: its bytes read once, from one descriptor opened beneath the inbox
-        (recond.dropped), and checked to be exactly the job's bytes; the pipeline gets these
+        (recond.inbox.dropped), and checked to be exactly the job's bytes; the pipeline gets these
         bytes and never opens the file. Raises JobEnded when the job ended here (removed,
         unreadable, too large, changed) and JobWaits when the inbox is away."""
         self._check_inbox_present(job)
@@ -484,10 +509,10 @@ class Worker:
     def _fail_removed(self, job: Job) -> None:
         """The file is gone from its inbox path: removed, or moved to failed/ by a run that was
         killed before it could record that (then the record learns where it lies)."""
-        kept = layout.find_in_failed(self.inbox, job.source_name, job.id, job.sha256, job.size)
+        kept = find_in_failed(self.inbox, job.source_name, job.id, job.sha256, job.size)
         if kept is not None:
             self.store.fail(job.id, "recond stopped after moving the file to failed/ and before "
-                            f"recording it; the reason is in {layout.error_note(kept).name}", kept_at=kept)
+                            f"recording it; the reason is in {error_note(kept).name}", kept_at=kept)
             return
         self.store.fail(job.id, "the file was removed from the inbox before it was processed")
         log.warning("job failed", job=job.id, file=job.source, error="file removed")
@@ -549,16 +574,16 @@ class Worker:
         except OSError as error:
             log.warning("original not removed from the inbox", file=job.source, error=str(error))
             return [f"the original could not be removed from the inbox: {error}"]
-        layout.remove_emptied_folders(self.inbox, source)
+        remove_emptied_folders(self.inbox, source)
         return []
 
     def _release_duplicates(self, job: Job, folder: Path) -> None:
         """Copies recorded while the job was active: removed now that a result holds their bytes."""
         for copy in self.store.duplicates_of(job.id):
             try:
-                if layout.result_holds(folder, copy.sha256) and dropped.remove_if_holds(
+                if publish.result_holds(folder, copy.sha256) and dropped.remove_if_holds(
                         self.inbox, copy.source_name, copy.sha256, copy.size):
-                    layout.remove_emptied_folders(self.inbox, copy.source_name)
+                    remove_emptied_folders(self.inbox, copy.source_name)
                     log.info("duplicate removed from the inbox", job=copy.id, file=copy.source,
                              output=str(folder))
             except OSError as error:
@@ -568,7 +593,7 @@ class Worker:
     def _published(self, job: Job) -> Path | None:
         if not job.result_name:
             return None
-        return layout.find_published(self.outbox, job.result_name, job.sha256)
+        return publish.find_published(self.outbox, job.result_name, job.sha256)
 
     def fail_job(self, job: Job, reason: str) -> None:
         """Record the failure and move the original to inbox/failed/ with a note beside it."""

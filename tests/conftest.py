@@ -75,7 +75,7 @@ def places_of(datas: list[bytes], inbox: Path, outbox: Path) -> dict[bytes, list
     import stat
     from pathlib import PurePosixPath
 
-    from recond.layout import is_in_failed
+    from recond.inbox.failed import is_in_failed
 
     places: dict[bytes, list[str]] = {data: [] for data in datas}
     sizes = {len(data) for data in datas}

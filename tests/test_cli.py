@@ -13,9 +13,9 @@ from click.testing import CliRunner
 
 from recond.cli import cli
 from recond.config import Settings, load_settings
+from recond.inbox.failed import move_to_failed
 from recond.pipeline.record import write_record
 from recond.store import Store
-from recond.layout import move_to_failed
 
 HERE = socket.gethostname()  # where a local executor's workers run
 

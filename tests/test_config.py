@@ -153,12 +153,12 @@ def test_auto_dtype_on_a_cpu_follows_its_bfloat16_flags(tmp_path, monkeypatch, f
     # A stand-in /proc/cpuinfo (two cores, Linux's layout): this machine is only one of these CPUs.
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text("".join(f"processor\t: {core}\nmodel name\t: x\nflags\t\t: {flags}\n\n" for core in (0, 1)))
-    monkeypatch.setattr("recond.cpu_features.CPUINFO", cpuinfo)
+    monkeypatch.setattr("recond.config.CPUINFO", cpuinfo)
     assert str(load_settings(device="cpu").resolved_dtype()) == expected
     assert load_settings(device="cpu", dtype="float16").resolved_dtype() == ("float16", "set by the dtype setting")
     assert load_settings(device="cuda").resolved_dtype().name == "float16"
 
 
 def test_auto_dtype_without_cpuinfo_is_float32(tmp_path, monkeypatch):
-    monkeypatch.setattr("recond.cpu_features.CPUINFO", tmp_path / "missing")
+    monkeypatch.setattr("recond.config.CPUINFO", tmp_path / "missing")
     assert load_settings(device="cpu").resolved_dtype().name == "float32"

@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import assert_in_one_place, settings_for, wait_for
-from recond.layout import STAGING_SUFFIX
+from test_daemon_e2e import SLOWER_JOB, Installation, counts
+
+from recond.outbox.publish import STAGING_SUFFIX
 from recond.pipeline.names import RECORD_NAME
 from recond.store import DONE, FAILED, Store
 from recond.worker import Worker
-from test_daemon_e2e import SLOWER_JOB, Installation, counts
 
 SMALL = {"mc_resolution": 32, "texture_resolution": 128, "render_views": 4, "render_size": 64, "video_fps": 4}
 PICTURES = ("chair.png", "robot.png", "flamingo.png")

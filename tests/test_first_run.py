@@ -225,8 +225,8 @@ def test_hub_model_downloads_once_with_progress_then_comes_from_the_cache(
     from huggingface_hub import constants
 
     from recond.config import load_settings
-    from recond.downloads import fetch_missing_models
-    from recond.hub import cached_files
+    from recond.pipeline.warm import fetch_missing_models
+    from recond.triposr.hub import cached_files
     from recond.triposr.model import TripoSR
 
     monkeypatch.setattr(constants, "ENDPOINT", stand_in_hub)  # both read HF_ENDPOINT at import
@@ -256,8 +256,8 @@ def test_rembg_model_is_fetched_before_any_job_when_rembg_home_is_unset(
     import pooch
 
     from recond.config import load_settings
-    from recond.downloads import fetch_missing_models
     from recond.pipeline.background import rembg_model_status
+    from recond.pipeline.warm import fetch_missing_models
 
     monkeypatch.setenv("U2NET_HOME", str(tmp_path / "u2net"))
     fetched: list[str] = []

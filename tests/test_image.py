@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 from recond.errors import InputError
-from recond.pipeline.image import decode_image, read_source
+from recond.inbox.dropped import read_source
+from recond.pipeline.image import decode_image
 
 MAX_PIXELS = 60_000_000
 MAX_BYTES = 50 * 1024 * 1024

@@ -9,10 +9,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import TEST_TIMINGS, settings_for, wait_for
 from watchdog.observers.api import EventEmitter
 
-from conftest import TEST_TIMINGS, settings_for, wait_for
-from recond.intake import Intake
+from recond.inbox.intake import Intake
 from recond.store import DUPLICATE, Store
 
 SETTLE = TEST_TIMINGS["settle_seconds"]

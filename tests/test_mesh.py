@@ -12,13 +12,18 @@ import pymeshlab
 import pytest
 import trimesh
 
-from recond.triposr.tiny import reference_picture
 from recond.config import load_settings
 from recond.pipeline.mesh import NOT_A_SOLID, MeshFacts, build_mesh, drop_floaters
 from recond.pipeline.reconstruct import color_query
-from recond.pipeline.topology import SolidFacts, hausdorff_to_diagonal, simplify, solid_facts
+from recond.pipeline.topology import (
+    SolidFacts,
+    hausdorff_to_diagonal,
+    simplify,
+    solid_facts,
+)
 from recond.triposr.model import TripoSR
 from recond.triposr.preprocess import prepare_image
+from recond.triposr.tiny import reference_picture
 
 
 def object_with_specks() -> tuple[trimesh.Trimesh, trimesh.Trimesh]:
@@ -117,7 +122,7 @@ def test_stage_on_the_tiny_model_records_counts_before_and_after(tiny_model_dir:
 ON_A_WORKER_THREAD = """
 import sys, threading
 import trimesh
-from recond.worker import load_main_thread_libraries
+from recond.pipeline.warm import load_main_thread_libraries
 if sys.argv[1] == "loaded first":
     load_main_thread_libraries()
 def work():

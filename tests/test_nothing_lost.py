@@ -17,7 +17,6 @@ import os
 import shutil
 import signal
 import socket
-import sqlite3
 import stat
 import subprocess
 import sys
@@ -30,20 +29,27 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import (
+    TEST_TIMINGS,
+    assert_in_one_place,
+    places_holding,
+    settings_for,
+    wait_for,
+)
 from PIL import Image
-
-from conftest import TEST_TIMINGS, assert_in_one_place, places_holding, settings_for, wait_for
-from recond import layout
-from recond.cli import cli
-from recond.status import status_report
-from recond.config import Settings, load_settings
-from recond.errors import InputError
-from recond.pipeline.contract import SourcePicture
-from recond.intake import Intake
-from recond.store import DONE, DUPLICATE, FAILED, QUEUED, RUNNING, Store
-from recond.worker import Worker
-from recond.triposr.tiny import reference_picture
 from test_worker import StandInPipeline, sha256
+
+from recond.cli import cli
+from recond.config import Settings
+from recond.errors import InputError
+from recond.inbox.failed import error_note
+from recond.inbox.intake import Intake
+from recond.outbox import publish
+from recond.pipeline.contract import SourcePicture
+from recond.status import status_report
+from recond.store import DONE, DUPLICATE, FAILED, QUEUED, RUNNING, Store
+from recond.triposr.tiny import reference_picture
+from recond.worker import Worker
 
 REPO = Path(__file__).resolve().parents[1]
 SETTLE = TEST_TIMINGS["settle_seconds"]
@@ -248,19 +254,20 @@ def test_two_daemons_sharing_an_outbox_never_mix_results(tmp_path: Path) -> None
 KILL_AFTER_PUBLISH = textwrap.dedent("""
     import os, signal, sys
     sys.path.insert(0, sys.argv[2])
-    from recond import layout
+    from recond.outbox import publish
+    from recond.inbox.failed import error_note
     from recond.config import load_settings
     from recond.store import Store
     from recond.worker import Worker
     from test_worker import StandInPipeline
 
-    real_publish = layout.publish
+    real_publish = publish.publish
 
     def publish_then_die(*arguments):
         real_publish(*arguments)
         os.kill(os.getpid(), signal.SIGKILL)  # right after the rename, before it is recorded
 
-    layout.publish = publish_then_die
+    publish.publish = publish_then_die
     root = sys.argv[1]
     settings = load_settings(inbox=root + "/inbox", outbox=root + "/outbox",
                              state_dir=root + "/state", max_attempts=1, host_workers=0)
@@ -339,12 +346,12 @@ def test_any_name_ends_in_a_result_or_failed_and_the_worker_lives(settings: Sett
         assert record["source"] == Path(name).name  # the original name is kept
     else:
         kept = Path(job.output)
-        assert place.startswith("failed") and layout.error_note(kept).is_file()
+        assert place.startswith("failed") and error_note(kept).is_file()
     assert [p.name for p in settings.inbox.iterdir() if p.is_dir()] in ([], ["failed"])  # tidied
 
 
 def test_real_pipeline_publishes_names_of_any_bytes_and_length(tmp_path: Path, tiny_model_dir: Path) -> None:
-    from recond.worker import build_pipeline
+    from recond.pipeline.warm import build_pipeline
 
     settings = settings_for(tmp_path, model=str(tiny_model_dir), device="cpu", mc_resolution=32,
                             texture_resolution=64, render_views=2, render_size=32, video_fps=2,
@@ -430,10 +437,11 @@ def test_database_held_by_another_process_for_3_s_fails_nothing(settings: Settin
 MEMORY_CHILD = textwrap.dedent("""
     import json, resource, sys
     from pathlib import Path
-    from recond import layout
+    from recond.outbox import publish
+    from recond.inbox.failed import error_note
     from recond.config import load_settings
     from recond.errors import InputError
-    from recond.pipeline.image import read_source
+    from recond.inbox.dropped import read_source
     from recond.pipeline.runner import Pipeline
 
     model, folder = sys.argv[1], Path(sys.argv[2])
@@ -450,7 +458,7 @@ MEMORY_CHILD = textwrap.dedent("""
     for picture in sorted(folder.glob("*.png")):
         for label, job in jobs.items():
             try:
-                layout.build_result(folder / "outbox", picture.stem, label.replace(" ", "-"),
+                publish.build_result(folder / "outbox", picture.stem, label.replace(" ", "-"),
                                     lambda staging: pipeline.run(read_source(picture, job.max_file_bytes), staging, job))
                 outcomes[f"{picture.name} {label}"] = "done"
             except InputError as error:
@@ -604,8 +612,8 @@ def test_leftover_staging_folders_are_cleaned_at_start_up_after_attempts_run_out
     (settings.inbox / "poison.png").write_bytes(b"crashes recond")
     job, _ = store.enqueue("poison.png", sha256(b"crashes recond"), 14, "t_poison")
     worker = Worker(settings, store)
-    own = layout.staging_dir(settings.outbox, job.result_name, f"{worker.owner}-{job.id}")
-    other = layout.staging_dir(settings.outbox, job.result_name, "another-daemon-1")
+    own = publish.staging_dir(settings.outbox, job.result_name, f"{worker.owner}-{job.id}")
+    other = publish.staging_dir(settings.outbox, job.result_name, "another-daemon-1")
     for _ in range(settings.max_attempts):
         store.claim_next()
         for folder in (own, other):

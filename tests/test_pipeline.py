@@ -17,18 +17,18 @@ import imageio_ffmpeg
 import numpy as np
 import pytest
 import trimesh
+from conftest import SHARED
 from PIL import Image
+from test_export import validate_glb
 
 import recond.pipeline.background as background_module
-from conftest import SHARED
-from recond import layout
 from recond.config import JobSettings, Settings, load_settings
-from recond.pipeline.mesh import NOT_A_SOLID
 from recond.errors import InputError
-from recond.pipeline.image import read_source
+from recond.inbox.dropped import read_source
+from recond.outbox import publish
+from recond.pipeline.mesh import NOT_A_SOLID
 from recond.pipeline.runner import JobResult, Pipeline, Progress
 from recond.triposr.model import TripoSR
-from test_export import validate_glb
 
 EXAMPLES = SHARED / "examples"
 EXAMPLE_PICTURES = sorted(EXAMPLES.glob("*.png")) or [
@@ -68,7 +68,7 @@ def pipeline(small_settings) -> Pipeline:
 def run_published(pipeline: Pipeline, source: Path, outbox: Path, name: str, job: JobSettings,
                   progress=None) -> JobResult:
     """Pipeline.run in a staging folder, published by recond.layout, as the worker does it."""
-    result, folder = layout.build_result(outbox, name, "test",
+    result, folder = publish.build_result(outbox, name, "test",
                                          lambda staging: pipeline.run(read_source(source, job.max_file_bytes),
                                                                       staging, job, progress=progress))
     result.result_dir = folder

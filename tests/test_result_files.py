@@ -18,17 +18,17 @@ import numpy as np
 import pytest
 import torch
 import trimesh
+from test_export import validate_glb
 
-from recond import layout
 from recond.config import JobSettings, load_settings, part_of
+from recond.inbox.dropped import read_source
+from recond.outbox import publish
 from recond.pipeline.export import orient_y_up
-from recond.pipeline.image import decode_image, read_source
+from recond.pipeline.image import decode_image
 from recond.pipeline.mesh import NOT_A_SOLID, kept_surface
 from recond.pipeline.runner import JobResult, Pipeline
 from recond.pipeline.topology import hausdorff_to_diagonal
-from recond.triposr.model import TripoSR
 from recond.triposr.preprocess import prepare_image
-from test_export import validate_glb
 
 # The simplification may move the surface by at most 1% of its bounding-box diagonal;
 # bench_chair at 20,000 faces measures 0.74% (benchmarks/bench_simplify.py).
@@ -69,7 +69,7 @@ def unsimplified(chair_pipeline: Pipeline, chair: tuple[Path, Path]) -> trimesh.
 
 def run_chair(pipeline: Pipeline, picture: Path, outbox: Path, **job: object) -> JobResult:
     settings = part_of(load_settings(**SMALL_TURNTABLE, **job), JobSettings)
-    result, folder = layout.build_result(outbox, "chair", "test",
+    result, folder = publish.build_result(outbox, "chair", "test",
                                          lambda staging: pipeline.run(read_source(picture, settings.max_file_bytes),
                                                                       staging, settings))
     result.result_dir = folder

@@ -21,18 +21,27 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import (
+    TEST_TIMINGS,
+    assert_in_one_place,
+    places_holding,
+    settings_for,
+    wait_for,
+)
 from PIL import Image
-
-from conftest import TEST_TIMINGS, assert_in_one_place, places_holding, settings_for, wait_for
-from recond import beneath, dropped, layout
-from recond.cli import cli
-from recond.config import Settings
-from recond.pipeline.image import decode_image, is_picture_name
-from recond.errors import InputError
-from recond.store import DONE, DUPLICATE, FAILED, QUEUED, RUNNING, Store
-from recond.worker import Worker
 from test_nothing_lost import REPO, PickyPipeline, mounted, running, states, watching
 from test_worker import StandInPipeline, sha256
+
+from recond.cli import cli
+from recond.config import Settings
+from recond.errors import InputError
+from recond.inbox import dropped
+from recond.inbox.failed import error_note, move_to_failed
+from recond.outbox import leftovers, publish
+from recond.pipeline.image import decode_image, is_picture_name
+from recond.shares import beneath
+from recond.store import DONE, DUPLICATE, FAILED, QUEUED, RUNNING, Store
+from recond.worker import Worker
 
 SETTLE = TEST_TIMINGS["settle_seconds"]
 RENAME_EXCHANGE = 2  # linux/fs.h: renameat2 swaps the two names atomically
@@ -209,7 +218,7 @@ def test_retry_through_a_swapped_subfolder_writes_nothing_outside(settings: Sett
 
 @pytest.fixture(params=["openat2", "walk"])
 def resolver(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Both ways recond.beneath resolves a path: the kernel's openat2, and the descriptor walk
+    """Both ways recond.shares.beneath resolves a path: the kernel's openat2, and the descriptor walk
     it falls back to on kernels without it."""
     monkeypatch.setattr(beneath, "_openat2_works", request.param == "openat2")
     return request.param
@@ -429,7 +438,7 @@ def test_control_characters_in_names_are_printed_escaped(settings: Settings) -> 
     store.enqueue(name, sha256(b"x"), 1, "t_clear")
     job = store.claim_next()
     store.fail(job.id, f"{name} is not a picture",
-               kept_at=layout.move_to_failed(settings.inbox, name, job.id, "not a picture"))
+               kept_at=move_to_failed(settings.inbox, name, job.id, "not a picture"))
     for command in (["jobs"], ["show", str(job.id)], ["status"], ["retry", str(job.id)]):
         code, output = reconctl(settings, *command)
         assert "\x1b" not in output and "\x07" not in output, command
@@ -444,8 +453,10 @@ def test_control_characters_in_names_are_printed_escaped(settings: Settings) -> 
 KILLED_PROCESS_RUN = textwrap.dedent("""
     import os, signal, sys
     from pathlib import Path
-    from recond import layout
-    with layout.staging(Path(sys.argv[1]), "20260101-000000_photo", layout.process_owner(os.getpid()) + "-0"):
+    from recond.outbox import publish
+    from recond.outbox import leftovers
+    from recond.inbox.failed import error_note, move_to_failed
+    with publish.staging(Path(sys.argv[1]), "20260101-000000_photo", leftovers.process_owner(os.getpid()) + "-0"):
         os.kill(os.getpid(), signal.SIGKILL)  # `reconctl process` killed mid-build
 """)
 
@@ -454,29 +465,31 @@ def test_killed_process_run_leaves_no_partial_after_the_next_start(settings: Set
     child = subprocess.run([sys.executable, "-c", KILLED_PROCESS_RUN, str(settings.outbox)], cwd=REPO,
                            capture_output=True, text=True, timeout=60)
     assert child.returncode == -signal.SIGKILL, child.stderr
-    left = [name for name in os.listdir(settings.outbox) if name.endswith(layout.STAGING_SUFFIX)]
+    left = [name for name in os.listdir(settings.outbox) if name.endswith(publish.STAGING_SUFFIX)]
     assert len(left) == 1
-    alive = layout.staging_dir(settings.outbox, "running", f"{layout.process_owner(os.getpid())}-0")
+    alive = publish.staging_dir(settings.outbox, "running", f"{leftovers.process_owner(os.getpid())}-0")
     alive.mkdir()  # a run still going (this process): kept
     Worker(settings, Store(settings.db_path)).recover()  # the daemon's next start
-    assert [name for name in os.listdir(settings.outbox) if name.endswith(layout.STAGING_SUFFIX)] == [alive.name]
+    assert [name for name in os.listdir(settings.outbox) if name.endswith(publish.STAGING_SUFFIX)] == [alive.name]
 
 
 KILL_AFTER_FAILED_MOVE = textwrap.dedent("""
     import os, signal, sys
     sys.path.insert(0, sys.argv[2])
-    from recond import layout
+    from recond.outbox import publish
+    from recond.outbox import leftovers
+    from recond.inbox.failed import error_note, move_to_failed
     from recond.config import load_settings
     from recond.store import Store
     from recond.worker import Worker
 
-    real_move = layout.move_to_failed
+    real_move = move_to_failed
 
     def move_then_die(*arguments):
         real_move(*arguments)
         os.kill(os.getpid(), signal.SIGKILL)  # after the move to failed/, before its record
 
-    layout.move_to_failed = move_then_die
+    move_to_failed = move_then_die
     root = sys.argv[1]
     settings = load_settings(inbox=root + "/inbox", outbox=root + "/outbox", state_dir=root + "/state")
     store = Store(settings.db_path)
@@ -494,7 +507,7 @@ def test_kill_between_the_move_to_failed_and_its_record_is_found_again(settings:
     assert child.returncode == -signal.SIGKILL, child.stderr
     assert store.get(job.id).state == RUNNING
     assert assert_in_one_place(b"a picture that failed", settings.inbox, settings.outbox) == "failed failed/a.png"
-    assert layout.error_note(settings.inbox / "failed" / "a.png").is_file()
+    assert error_note(settings.inbox / "failed" / "a.png").is_file()
     pipeline = StandInPipeline()
     worker = Worker(settings, store, pipeline_factory=lambda s: pipeline)
     worker.recover()  # the restart
@@ -512,7 +525,7 @@ def test_retry_finds_a_file_in_failed_its_record_does_not_name(settings: Setting
     (settings.inbox / "a.png").write_bytes(b"a picture")
     job, _ = store.enqueue("a.png", sha256(b"a picture"), 9, "t_a")
     store.claim_next()
-    layout.move_to_failed(settings.inbox, "a.png", job.id, "not a picture")
+    move_to_failed(settings.inbox, "a.png", job.id, "not a picture")
     store.fail(job.id, "the file was removed from the inbox before it was processed")  # an older recond
     code, output = reconctl(settings, "retry", str(job.id))
     assert code == 0 and "moved back" in output

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
+from web_server import LOCAL
 
 from recond.config import Settings
-from recond.gallery import STATIC_LIMIT, write_gallery
+from recond.outbox.gallery import STATIC_LIMIT, write_gallery
 from recond.store import DONE, FAILED, QUEUED, Store
 from recond.web.app import create_app
-from web_server import LOCAL
 
 ROWS = 10_000
 CARD = re.compile(r'<li class="card[^"]*" data-job="(\d+)"')
@@ -113,7 +113,7 @@ def test_static_gallery_problems_never_fail_the_caller(tmp_path: Path) -> None:
 
 
 def test_a_web_upload_is_shown_by_its_own_name() -> None:
-    from recond.upload_names import shown_name, upload_source
+    from recond.names import shown_name, upload_source
 
     assert shown_name(upload_source("0123456789abcdef", "chair photo.png")) == "chair photo.png"
     assert shown_name("web/not-an-upload.png") == "web/not-an-upload.png"
@@ -121,8 +121,8 @@ def test_a_web_upload_is_shown_by_its_own_name() -> None:
 
 
 def test_a_failed_uploads_error_names_the_picture_without_its_upload_id() -> None:
-    from recond.gallery import Entry, render_page
-    from recond.upload_names import upload_source, without_upload_id
+    from recond.names import upload_source, without_upload_id
+    from recond.outbox.gallery import Entry, render_page
 
     source = upload_source("0123456789abcdef", "notes.png")
     error = "0123456789abcdef-notes.png is not an image format recond can read"

@@ -3,7 +3,7 @@
 Most tests drive it with ``StandInPipeline``: a small real object with the Pipeline.run contract
 (write the result's files, source.<ext> byte for byte and job.json, into the folder it is
 handed; progress per stage), because the real pipeline would make these state-machine tests take
-seconds each. Staging and publishing are the real ``recond.layout`` (tested in test_layout.py);
+seconds each. Staging and publishing are the real ``recond.outbox.publish`` (tested in tests/outbox/);
 the end-to-end tests in test_daemon_*.py run the real Pipeline.
 """
 
@@ -18,15 +18,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import assert_in_one_place, settings_for, wait_for
-from recond import layout
-from recond.pipeline.contract import SourcePicture
-from recond.pipeline.record import write_record
+
 from recond.config import DTypeChoice, JobSettings, ModelSettings, Settings
+from recond.outbox import publish
+from recond.pipeline.contract import SourcePicture
+from recond.pipeline.progress import (
+    DEFAULT_STAGE_SECONDS,
+    STAGES,
+    expected_stage_seconds,
+)
+from recond.pipeline.record import write_record
 from recond.store import DONE, FAILED, QUEUED, Store
-from recond.pipeline.progress import DEFAULT_STAGE_SECONDS, STAGES, expected_stage_seconds
 from recond.worker import Worker
+
 
 @dataclass
 class Result:
@@ -208,7 +213,7 @@ def test_result_published_before_a_crash_is_not_made_twice(settings: Settings) -
     published.mkdir()
     pipeline.run(SourcePicture("a.jpg", (settings.inbox / "a.jpg").read_bytes()), published)
     pipeline.runs.clear()
-    layout.staging_dir(settings.outbox, job.result_name, f"{worker.owner}-{job.id}").mkdir()
+    publish.staging_dir(settings.outbox, job.result_name, f"{worker.owner}-{job.id}").mkdir()
     worker.process(job)
     assert store.get(job_id).state == DONE and pipeline.runs == []
     assert not (settings.inbox / "a.jpg").exists()
@@ -219,7 +224,7 @@ def test_partial_folder_left_by_a_crash_is_cleared_before_the_rerun(settings: Se
     queue_file(settings, store, "a.jpg")
     job = store.claim_next()
     worker = Worker(settings, store, pipeline_factory=lambda s: StandInPipeline())
-    leftover = layout.staging_dir(settings.outbox, job.result_name, f"{worker.owner}-{job.id}")
+    leftover = publish.staging_dir(settings.outbox, job.result_name, f"{worker.owner}-{job.id}")
     leftover.mkdir()
     (leftover / "mesh.obj").write_text("half")
     worker.process(job)

@@ -3,7 +3,8 @@ runs a part and returns its value (STYLE.md habit 13, issue 14).
 
 The interface, for whoever writes an executor (inline.py, local.py; ray.py):
 
-- ``build_executor(settings, pipeline_factory, on_progress)`` picks one from the settings. An
+- The worker's ``build_executor(settings, pipeline_factory, on_progress)`` picks one from the
+  settings (the modules here never import each other's executors). An
   executor is built by the worker thread, then ``start()`` loads the warm model(s) and returns
   :class:`DeviceFacts`; it raises when the model cannot load (the worker shows "model missing",
   keeps jobs queued and builds a new executor after ``model_retry_seconds``).
@@ -33,7 +34,7 @@ The interface, for whoever writes an executor (inline.py, local.py; ray.py):
   idle/busy, which job); the worker stores it in the daemon row whenever it changes.
 
 Nothing run by an executor writes to the job database, the inbox or the outbox: publishing,
-failing and requeueing stay in the worker (recond/worker.py) and recond.layout.
+failing and requeueing stay in the worker (recond/worker.py) and the outbox and inbox wings.
 """
 
 from __future__ import annotations
@@ -141,21 +142,3 @@ class Executor(Protocol):
     def close(self) -> None: ...
 
     def workers(self) -> list[WorkerInfo]: ...
-
-
-def build_executor(settings: Settings, pipeline_factory: PipelineFactory,
-                   on_progress: ProgressSink) -> Executor:
-    """The executor the settings ask for: on a Ray cluster (executor = "ray"), in the worker
-    thread (host_workers = 0) or with a pool of host processes beside a warm model here."""
-    if settings.executor == "ray":
-        from recond.executors.ray import RayExecutor
-
-        return RayExecutor(settings, pipeline_factory, on_progress)
-    workers = settings.resolved_host_workers()
-    if workers == 0:
-        from recond.executors.inline import InlineExecutor
-
-        return InlineExecutor(settings, pipeline_factory, on_progress)
-    from recond.executors.local import LocalExecutor
-
-    return LocalExecutor(settings, pipeline_factory, on_progress, workers)

@@ -13,7 +13,7 @@ actor killed mid-task fails that task with ActorUnavailableError, a RayActorErro
 again and so reloads its model (``max_restarts=-1``). The task itself is never run again
 (``max_task_retries=0``), nor is a killed host task (``max_retries=0``; WorkerCrashedError).
 Every such loss becomes WorkerLost: the worker requeues the job with one attempt counted, and
-whether a result exists is the worker's bookkeeping (the store and layout.find_published), never
+whether a result exists is the worker's bookkeeping (the store and outbox.publish.find_published), never
 the actor's word.
 """
 
@@ -33,12 +33,28 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from ray.exceptions import (ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError,
-                            RayError, RayTaskError, TaskCancelledError)
+from ray.exceptions import (
+    ActorDiedError,
+    ActorUnavailableError,
+    GetTimeoutError,
+    RayActorError,
+    RayError,
+    RayTaskError,
+    TaskCancelledError,
+)
 
 from recond.config import JobSettings, ModelSettings, Settings, part_of
-from recond.executors import (DeviceFacts, DeviceTask, HostTask, JobCancelled, PartProgress,
-                              PipelineFactory, ProgressSink, WorkerInfo, WorkerLost)
+from recond.executors import (
+    DeviceFacts,
+    DeviceTask,
+    HostTask,
+    JobCancelled,
+    PartProgress,
+    PipelineFactory,
+    ProgressSink,
+    WorkerInfo,
+    WorkerLost,
+)
 from recond.logging import get_logger
 from recond.pipeline.contract import JobResult, SourcePicture
 from recond.pipeline.handoff import DeviceOutput
@@ -128,7 +144,7 @@ class DeviceWorker:
     """One warm pipeline on one node (and GPU). A restart after a crash builds it again here."""
 
     def __init__(self, settings: ModelSettings, board_name: str) -> None:
-        from recond.worker import build_pipeline
+        from recond.pipeline.warm import build_pipeline
 
         self.board_name = board_name
         self.load_error: Exception | None = None

@@ -33,7 +33,7 @@ GRABCUT_WARNING = (
 
 GRABCUT_FALLBACK = "GrabCut will be used instead"
 # One availability check before rembg's download: offline, the answer comes within 2 s, as the
-# TripoSR weights' does (recond/hub.py, HUB_TIMEOUT_SECONDS).
+# TripoSR weights' does (recond/triposr/hub.py, HUB_TIMEOUT_SECONDS).
 REMBG_PROBE_TIMEOUT_SECONDS = 1.5
 
 

@@ -72,5 +72,5 @@ class WarmPipeline(Protocol):
     def run(self, source: SourcePicture, result_dir: Path, job: JobSettings,
             progress: ProgressCallback | None = None) -> JobResult:
         """Write the result of the picture ``source`` into ``result_dir`` (an empty staging folder the
-        caller publishes through recond.layout) with ``job``'s settings."""
+        caller publishes through recond.outbox.publish) with ``job``'s settings."""
         ...

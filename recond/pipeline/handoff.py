@@ -67,7 +67,7 @@ class DeviceOutput:
     """Everything the host part needs of one job, and what job.json says about the device part."""
 
     source_name: str  # the picture's file name
-    source_folder: str  # the name of the inbox folder it lay in (the viewer's title: upload_names)
+    source_folder: str  # the name of the inbox folder it lay in (the viewer's title: names.shown_file_name)
     source_bytes: bytes  # kept byte for byte in the result as source.<ext>
     sha256: str
     prepared: np.ndarray  # uint8 [H, W, 3]: the cut-out, framed picture the model saw (input.png)

@@ -17,13 +17,23 @@ from PIL import Image
 
 from recond import __version__
 from recond.config import JobSettings, part_of
-from recond.layout import display_name
+from recond.names import display_name, shown_file_name
 from recond.pipeline.contract import JobResult
 from recond.pipeline.export import export_meshes, orient_y_up
 from recond.pipeline.handoff import DecoderWeights, DeviceOutput
 from recond.pipeline.mesh import build_mesh
-from recond.pipeline.names import (FRAME_PREFIX, GLB_NAME, INPUT_NAME, MTL_NAME, OBJ_NAME, RECORD_NAME,
-                                   STL_NAME, TEXTURE_NAME, VIDEO_NAME, source_copy_name)
+from recond.pipeline.names import (
+    FRAME_PREFIX,
+    GLB_NAME,
+    INPUT_NAME,
+    MTL_NAME,
+    OBJ_NAME,
+    RECORD_NAME,
+    STL_NAME,
+    TEXTURE_NAME,
+    VIDEO_NAME,
+    source_copy_name,
+)
 from recond.pipeline.progress import ProgressTracker, StageReport
 from recond.pipeline.reconstruct import color_query
 from recond.pipeline.record import write_record
@@ -32,7 +42,6 @@ from recond.pipeline.turntable import render_turntable, write_turntable
 from recond.pipeline.viewer import write_viewer
 from recond.triposr.decoder import NeRFDecoder
 from recond.triposr.renderer import TriplaneField
-from recond.upload_names import shown_file_name
 
 HOST_DEVICE = "cpu"  # the host part's own torch work (colour queries, turntable) stays on the CPU
 

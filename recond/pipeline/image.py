@@ -18,10 +18,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from recond.dropped import NotARegularFile, TooLarge, read_named
 from recond.errors import InputError
-from recond.pipeline.contract import SourcePicture
-
 
 # The only formats decoded: photo and bitmap formats Pillow reads itself. Not EPS/PS, which
 # Pillow hands to Ghostscript (an outside interpreter running a dropped file), nor the rarer
@@ -51,20 +48,6 @@ def check_size(name: str, size: int, max_bytes: int) -> None:
             "(setting max_file_bytes)"
         )
 
-
-def read_source(path: Path, max_bytes: int) -> SourcePicture:
-    """A picture named on a command line (``reconctl process``), read once: a FIFO is refused
-    without blocking, and a file over ``max_bytes`` from its size, before any read (issue 11)."""
-    try:
-        read = read_named(path, max_bytes)
-    except TooLarge as error:
-        raise InputError(str(error)) from None
-    except NotARegularFile as error:
-        raise InputError(f"cannot read {path.name}: {error}") from None
-    except OSError as error:
-        raise InputError(f"cannot read {path.name}: {error.strerror}") from None
-    check_size(path.name, read.size, max_bytes)
-    return SourcePicture(path.name, read.data, read.mode)
 
 
 def open_image(stream: BinaryIO, name: str, max_pixels: int, n_bytes: int,

@@ -8,7 +8,7 @@ that hand-off, so an executor (recond/executors/) may run it in another process 
 host while the device part serves the next picture. ``run`` does both here, one after the other.
 
 The pipeline writes into the folder it is handed; where that folder lives and how it is
-published is ``recond.layout``'s business (a private staging folder, renamed into the outbox when
+published is ``recond.outbox.publish``'s business (a private staging folder, renamed into the outbox when
 complete). The source file is copied byte for byte and never touched.
 """
 
@@ -66,7 +66,7 @@ class Pipeline:
             expected: Mapping[str, float] | None = None) -> JobResult:
         """Turn the picture ``source`` (its bytes, read and checked by the caller) into the files
         of a result inside ``result_dir`` (an empty folder the caller made and publishes:
-        recond.layout), both parts here, one after the other; ``expected``: stage seconds for
+        recond.outbox.publish), both parts here, one after the other; ``expected``: stage seconds for
         the ETA and the stages' time limits. Raises InputError for a bad picture."""
         job = part_of(job, JobSettings)
         report = EtaEstimate(progress, expected)

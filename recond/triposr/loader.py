@@ -5,7 +5,7 @@ never imports the model, so the two do not import each other.
 
 Upstream's folder layout: ``config.yaml`` + ``model.ckpt`` (a plain state dict), plus our
 optional ``vit_config.json``; without it the ViT is DINO ViT-B/16, whose config upstream would
-download. Hub ids are found or fetched by ``recond/hub.py``.
+download. Hub ids are found or fetched by ``recond/triposr/hub.py``.
 """
 
 from __future__ import annotations
@@ -19,8 +19,16 @@ from pathlib import Path
 import torch
 
 from recond.errors import ModelLoadError
-from recond.hub import (CONFIG_NAME, VIT_CONFIG_NAME, WEIGHTS_NAME, DownloadProgress, ModelFiles,
-                        cached_files, download_files, is_hub_id)
+from recond.triposr.hub import (
+    CONFIG_NAME,
+    VIT_CONFIG_NAME,
+    WEIGHTS_NAME,
+    DownloadProgress,
+    ModelFiles,
+    cached_files,
+    download_files,
+    is_hub_id,
+)
 
 _LIBC = ctypes.CDLL(None, use_errno=True)  # the C library already loaded, for madvise
 

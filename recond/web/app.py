@@ -29,18 +29,24 @@ from starlette.requests import ClientDisconnect
 
 from recond import __version__
 from recond.config import Settings
-from recond.gallery import entries, render_page
 from recond.logging import get_logger
-from recond.pipeline.names import VIEWER_NAME
+from recond.names import UPLOAD_ID, shown_name, upload_prefix, without_upload_id
+from recond.outbox.gallery import entries, render_page
 from recond.pipeline.progress import STAGE_WORDS
 from recond.status import job_facts, status_report
 from recond.store import DONE, DUPLICATE, QUEUED, STATES, Job, Store
-from recond.upload_names import UPLOAD_ID, shown_name, upload_prefix, without_upload_id
 from recond.web import pages
 from recond.web.events import EventStreams
 from recond.web.feed import JobFeed, StoreReader
-from recond.web.guards import (BearerToken, HeadAsGet, Refusal, SameOriginWrites, StreamCounter,
-                               allowed_hosts, declares_body)
+from recond.web.guards import (
+    BearerToken,
+    HeadAsGet,
+    Refusal,
+    SameOriginWrites,
+    StreamCounter,
+    allowed_hosts,
+    declares_body,
+)
 from recond.web.metrics import Metrics
 from recond.web.uploads import Upload, UploadRefused, receive_uploads
 

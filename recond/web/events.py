@@ -19,8 +19,8 @@ from sse_starlette import EventSourceResponse
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
+from recond.names import upload_prefix
 from recond.store import ACTIVE, QUEUED, Job, Store
-from recond.upload_names import upload_prefix
 from recond.web.feed import JobFeed, StoreReader
 from recond.web.guards import StreamCounter
 

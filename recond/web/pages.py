@@ -12,9 +12,9 @@ import html
 from pathlib import Path
 from urllib.parse import quote
 
+from recond.names import shown_name
 from recond.pipeline.names import VIEWER_NAME
 from recond.pipeline.record import read_record
-from recond.upload_names import shown_name
 
 HERE = Path(__file__).parent
 NAV = '<a href="/">Upload</a><a href="/gallery">Gallery</a><a href="/docs">API</a>'

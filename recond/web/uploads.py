@@ -25,9 +25,9 @@ from starlette.requests import Request
 
 from recond.config import Settings
 from recond.errors import InputError
-from recond.intake import is_ignored
+from recond.inbox.intake import is_ignored
+from recond.names import UPLOAD_FOLDER, upload_source
 from recond.pipeline.image import check_size, is_picture_name, open_image
-from recond.upload_names import UPLOAD_FOLDER, upload_source
 from recond.web.guards import declares_body
 
 if TYPE_CHECKING:  # python-multipart declares its callback table for type checkers only

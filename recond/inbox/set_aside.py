@@ -1,6 +1,6 @@
 """Setting a file aside in inbox/failed/ and recording why, so that the move and its record
 agree after any kill: the record of a file moved just before a kill is found again by
-``layout.find_in_failed`` (issue 18). Used by the worker (a failed job) and intake (a file
+``find_in_failed`` (issue 18). Used by the worker (a failed job) and intake (a file
 refused before it is read, e.g. over max_file_bytes).
 """
 
@@ -8,20 +8,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from recond import dropped, layout
+from recond.inbox import dropped
+from recond.inbox.failed import find_in_failed, move_to_failed
 from recond.logging import get_logger
+from recond.names import display_name
 from recond.store import Job, Store
 
-log = get_logger("recond.set_aside")
+log = get_logger("recond.inbox.set_aside")
 
 
 def set_aside(store: Store, inbox: Path, job: Job, reason: str) -> None:
     """Record the job failed with ``reason`` and move its file to inbox/failed/ with a note."""
-    reason = layout.display_name(reason)  # a message may quote a name that is not UTF-8
+    reason = display_name(reason)  # a message may quote a name that is not UTF-8
     try:
-        kept = layout.move_to_failed(inbox, job.source_name, job.id, reason)
+        kept = move_to_failed(inbox, job.source_name, job.id, reason)
         if kept is None:  # gone: perhaps moved there by a run killed before recording it
-            kept = layout.find_in_failed(inbox, job.source_name, job.id, job.sha256, job.size)
+            kept = find_in_failed(inbox, job.source_name, job.id, job.sha256, job.size)
     except OSError as error:  # e.g. a read-only inbox, a folder on the way now a link
         log.warning("original not moved to failed/", job=job.id, file=job.source, error=str(error))
         kept = inbox / job.source_name if dropped.kind(inbox, job.source_name) else None

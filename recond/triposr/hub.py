@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from recond.config import looks_like_path
 from recond.errors import ModelLoadError
 
 # Upstream's folder: config.yaml + model.ckpt (a plain state dict), plus our optional ViT config.
@@ -36,12 +37,6 @@ class ModelFiles:
 def is_hub_id(source: str) -> bool:
     """``owner/name`` rather than a folder path (which recond never downloads into)."""
     return not Path(source).expanduser().exists() and not looks_like_path(source)
-
-
-def looks_like_path(source: str) -> bool:
-    """A folder path whether or not it exists: ``/...``, ``./...``, ``../...``, ``~/...``, or two
-    or more slashes; a hub id is ``owner/name`` (one slash) or a bare ``name``."""
-    return source.startswith(("/", ".", "~")) or source.count("/") > 1 or "\\" in source
 
 
 def cached_files(repo_id: str) -> ModelFiles | None:

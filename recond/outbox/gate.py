@@ -10,8 +10,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from recond import layout
-from recond.folder_identity import FolderIdentity, FolderReplaced
+from recond.outbox import publish
+from recond.shares.identity import FolderIdentity, FolderReplaced
 
 MIN_FREE_BYTES = 16 * 1024 * 1024  # an outbox with less free space than this pauses the queue
 REGAINED_BYTES = 1 << 20  # after ENOSPC, resume only once this much more is free than before
@@ -55,7 +55,7 @@ class OutboxGate:
         if replaced:
             return self._fault(replaced, False)
         try:
-            probe = layout.staging_dir(self.outbox, "probe", f"{self.owner}-probe")
+            probe = publish.staging_dir(self.outbox, "probe", f"{self.owner}-probe")
             probe.mkdir()
             probe.rmdir()
         except OSError as error:

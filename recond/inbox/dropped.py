@@ -3,7 +3,7 @@
 Anyone with write access to the share decides what a name in the inbox is: a FIFO that would
 block ``open()`` forever, a link to ``/dev/zero`` or ``/etc/shadow``, a subfolder swapped for a
 symlink. So a dropped file is named by its path below the inbox and opened through
-``recond.beneath`` (no link followed in any component), without blocking, checked to be a regular
+``recond.shares.beneath`` (no link followed in any component), without blocking, checked to be a regular
 file on the open descriptor itself, refused by its size before a byte is read, and read in
 bounded blocks (issues 11, 18). What is checked, hashed and handed on comes from that one
 descriptor: nothing reopens the file by its path.
@@ -18,7 +18,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from recond import beneath
+from recond.errors import InputError
+from recond.pipeline.contract import SourcePicture
+from recond.pipeline.image import check_size
+from recond.shares import beneath
 
 BLOCK_BYTES = 1 << 20
 READ_SECONDS = 120.0  # a file read slower than this is set aside: it would hold up all the others
@@ -160,3 +163,18 @@ def remove_if_holds(inbox: Path, relative: str, sha256: str, size: int,
             beneath.parent_of(root, relative) as (folder, name):
         os.unlink(name, dir_fd=folder)
     return True
+
+
+def read_source(path: Path, max_bytes: int) -> SourcePicture:
+    """A picture named on a command line (``reconctl process``), read once: a FIFO is refused
+    without blocking, and a file over ``max_bytes`` from its size, before any read (issue 11)."""
+    try:
+        read = read_named(path, max_bytes)
+    except TooLarge as error:
+        raise InputError(str(error)) from None
+    except NotARegularFile as error:
+        raise InputError(f"cannot read {path.name}: {error}") from None
+    except OSError as error:
+        raise InputError(f"cannot read {path.name}: {error.strerror}") from None
+    check_size(path.name, read.size, max_bytes)
+    return SourcePicture(path.name, read.data, read.mode)

@@ -25,12 +25,12 @@ import secrets
 import stat
 from pathlib import Path
 
-from recond import beneath
 from recond.logging import get_logger
+from recond.shares import beneath
 
 MARKER_NAME = ".recond-folder"
 
-log = get_logger("recond.folders")
+log = get_logger("recond.shares.folders")
 
 
 def is_mount_point(folder: Path) -> bool:

@@ -17,17 +17,17 @@ from pathlib import Path
 from urllib.parse import quote
 
 from recond.logging import get_logger
+from recond.names import shown_name, without_upload_id
 from recond.pipeline.names import VIEWER_NAME, frame_name
 from recond.pipeline.record import read_record
 from recond.store import DONE, Job, Store
-from recond.upload_names import shown_name, without_upload_id
 
 GALLERY_NAME = "index.html"  # outbox/index.html
 THUMBNAIL_NAME = frame_name(0)  # the turntable's first frame
 STATIC_LIMIT = 1000  # the file:// gallery lists this many newest results; /gallery pages through all
 PAGE_CSS = Path(__file__).parent / "web" / "assets" / "page.css"
 
-log = get_logger("recond.gallery")
+log = get_logger("recond.outbox.gallery")
 
 
 @dataclass(frozen=True)

@@ -1,15 +1,21 @@
-"""First-start downloads, finished before any job starts: the TripoSR weights of a hub id (with
-a percentage for `reconctl status`) and rembg's model. A job never waits on a download.
+"""Building the warm pipeline: the libraries that must load on the main thread, the first start's
+downloads (the TripoSR weights of a hub id, with a percentage for `reconctl status`, and rembg's
+model, finished before any job starts: a job never waits on a download), then the model itself.
+
+Every front end that runs jobs builds its pipeline here: the daemon's worker, ``reconctl
+process``, the Ray device actors and the benchmarks.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 
 from recond.config import ModelSettings
 from recond.logging import get_logger
+from recond.pipeline.contract import WarmPipeline
 
-log = get_logger("recond.downloads")
+log = get_logger("recond.pipeline.warm")
 
 
 def fetch_missing_models(settings: ModelSettings, report: Callable[[str], None]) -> None:
@@ -19,7 +25,7 @@ def fetch_missing_models(settings: ModelSettings, report: Callable[[str], None])
     model that cannot be fetched is only logged (GrabCut stands in).
     """
     from recond.pipeline.background import download_rembg_model
-    from recond.hub import cached_files, download_files, is_hub_id
+    from recond.triposr.hub import cached_files, download_files, is_hub_id
 
     def percent_reporter(what: str, first_line: str) -> Callable[[str, float], None]:
         shown: list[tuple[str, int]] = []  # the last step reported
@@ -42,3 +48,19 @@ def fetch_missing_models(settings: ModelSettings, report: Callable[[str], None])
         settings, lambda fraction: rembg_progress(f"{settings.rembg_model}.onnx", fraction))
     if problem:
         log.warning(problem)
+
+def load_main_thread_libraries() -> None:
+    """Import here, on the main thread, the pipeline's libraries whose first import must not be on
+    the worker thread, which ends before the process does: pymeshlab (recond.pipeline.topology
+    says why). The rest of the pipeline still loads on the worker thread, when it is built."""
+    importlib.import_module("pymeshlab")
+
+
+def build_pipeline(settings: ModelSettings,
+                   report: Callable[[str], None] = lambda line: None) -> WarmPipeline:
+    """The real, warm pipeline (imported here: torch loads in the worker thread, not at start-up),
+    after the first start's downloads (``report`` gets their progress lines)."""
+    from recond.pipeline.runner import Pipeline
+
+    fetch_missing_models(settings, report)
+    return Pipeline(settings)

@@ -3,7 +3,7 @@ has stopped changing, and records it in the store as a job.
 
 It only queues; the worker processes. Watchers on network shares die silently (the polling
 emitter stops for good when the share vanishes, watchdog issue #1065), so ``supervise`` checks
-the watcher and re-arms it. Only regular files are taken, read through ``recond.dropped``: a
+the watcher and re-arms it. Only regular files are taken, read through ``recond.inbox.dropped``: a
 FIFO, device or link never blocks or leaks through intake, an empty file is never settled, and
 a copy of a picture is removed only once a published result holds its bytes.
 """
@@ -23,21 +23,23 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
-from recond import dropped
 from recond.config import Settings
-from recond.folder_identity import FolderIdentity
-from recond.layout import display_name, is_in_failed, remove_emptied_folders, result_holds, result_name_for
+from recond.inbox import dropped
+from recond.inbox.failed import is_in_failed, remove_emptied_folders
+from recond.inbox.set_aside import set_aside
+from recond.inbox.watching import ReportingInotifyObserver
 from recond.logging import Repeats, get_logger
+from recond.names import display_name, result_name_for
+from recond.outbox.publish import result_holds
 from recond.pipeline.image import is_picture_name
-from recond.set_aside import set_aside
+from recond.shares.identity import FolderIdentity
 from recond.store import ACTIVE, DONE, DUPLICATE, FAILED, Job, Store
-from recond.watching import ReportingInotifyObserver
 
 IGNORED_NAMES = (".*", "~$*", "*.part", "*.crdownload", "*.tmp", "thumbs.db", "._*")
 JUNK_FOLDERS = {"@eadir", ".stfolder", "__macosx", ".trashes", ".spotlight-v100"}
 MAX_WARNINGS = 10
 
-log = get_logger("recond.intake")
+log = get_logger("recond.inbox.intake")
 
 
 def is_ignored(relative: PurePosixPath) -> bool:
