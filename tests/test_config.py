@@ -9,7 +9,7 @@ import pytest
 
 from recond.config import PARTS, Settings, SettingsError, load_settings
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers.paths import REPO
 DOCUMENTED = Path("config") / "recond.toml"
 # Keys whose value in the example file is a server's folder, not the built-in default.
 SITE_SPECIFIC = {"inbox", "outbox", "state_dir"}

@@ -16,11 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import settings_for
+from helpers.settings import settings_for
 from recond.store import Store
 
-HEAVY_MODULES = ("torch", "trimesh", "rembg", "onnxruntime", "cv2", "xatlas", "mcubes", "pymeshlab")
-
+from helpers.light_imports import HEAVY_MODULES
 # Runs reconctl as its console script does, then reports the heavy modules it imported.
 RUN_RECONCTL = f"""
 import json, sys

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from recond.inbox import dropped
-from recond.inbox.failed import find_in_failed, move_to_failed
+from recond.inbox import failed
 from recond.logging import get_logger
 from recond.names import display_name
 from recond.store import Job, Store
@@ -21,9 +21,9 @@ def set_aside(store: Store, inbox: Path, job: Job, reason: str) -> None:
     """Record the job failed with ``reason`` and move its file to inbox/failed/ with a note."""
     reason = display_name(reason)  # a message may quote a name that is not UTF-8
     try:
-        kept = move_to_failed(inbox, job.source_name, job.id, reason)
+        kept = failed.move_to_failed(inbox, job.source_name, job.id, reason)
         if kept is None:  # gone: perhaps moved there by a run killed before recording it
-            kept = find_in_failed(inbox, job.source_name, job.id, job.sha256, job.size)
+            kept = failed.find_in_failed(inbox, job.source_name, job.id, job.sha256, job.size)
     except OSError as error:  # e.g. a read-only inbox, a folder on the way now a link
         log.warning("original not moved to failed/", job=job.id, file=job.source, error=str(error))
         kept = inbox / job.source_name if dropped.kind(inbox, job.source_name) else None

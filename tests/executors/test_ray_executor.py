@@ -1,0 +1,216 @@
+"""executor = "ray": the real `recond` process on a real local Ray cluster (one per module,
+started and stopped here), with the tiny checkpoint and real pictures. An actor killed with
+SIGKILL mid-job and a daemon stopped with SIGTERM while jobs are on Ray lose nothing and
+publish nothing twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from helpers.places import assert_in_one_place
+from helpers.paths import REPO
+from helpers.installation import Installation
+
+SIX_PICTURES = ("chair.png", "flamingo.png", "hamburger.png", "horse.png", "police_woman.png", "robot.png")
+CLUSTER_START_SECONDS = 60
+# The tiny checkpoint's density grid at 64^3 takes a second or two on this CPU (its random field
+# is dense everywhere): long enough for a test to catch a job on its actor and kill it there.
+SLOW_DEVICE_PART = {"mc_resolution": 64}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class RayCluster:
+    address: str  # host:port, as a daemon on a cluster node joins
+    client_address: str  # ray://host:port, Ray Client, as a daemon off the cluster joins
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[RayCluster]:
+    """A one-node Ray cluster of 2 CPUs, as `ray start --head` makes it, with its Ray Client port.
+
+    `--block` keeps `ray start` in the foreground: SIGTERM to it stops every Ray process it
+    started. The temporary folder is short because Ray's socket paths must fit in 107 bytes.
+    Token authentication is off for this loopback test cluster (Ray 2.60's `ray start --head`
+    turns it on, and a daemon then needs RAY_AUTH_MODE=token; README). Workers get the checkout
+    on their path, so they run the code under test.
+    """
+    pytest.importorskip("ray", reason="the ray extra is not installed (pip install -e '.[ray]')")
+    port, client_port = free_port(), free_port()
+    temp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(REPO),
+           # The head starts a Ray Client server process per client and gives it 30 s to answer;
+           # a first start on a busy 2-core machine can take longer (the daemon would retry).
+           "RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S": "120"}
+    head = subprocess.Popen(
+        [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
+         "--node-ip-address=127.0.0.1", f"--port={port}", f"--ray-client-server-port={client_port}",
+         "--num-cpus=2", "--include-dashboard=false",
+         f"--object-store-memory={100 * 1024 * 1024}", "--disable-usage-stats", f"--temp-dir={temp}"],
+        env=env, stdout=subprocess.DEVNULL, stderr=(temp / "head.log").open("wb"), start_new_session=True)
+    try:
+        deadline = time.monotonic() + CLUSTER_START_SECONDS
+        while not any(temp.glob("session_*/logs/raylet.out")):
+            assert head.poll() is None and time.monotonic() < deadline, (temp / "head.log").read_text()
+            time.sleep(0.2)
+        yield RayCluster(f"127.0.0.1:{port}", f"ray://127.0.0.1:{client_port}")
+    finally:
+        head.terminate()
+        try:
+            head.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture
+def on_ray(tmp_path: Path, tiny_model_dir: Path, shared_dir: Path, ray_cluster: RayCluster
+           ) -> Iterator[Callable[..., Installation]]:
+    """``on_ray(**settings)``: an installation whose daemon runs its jobs on the test cluster."""
+    made: list[Installation] = []
+
+    def make(**settings: Any) -> Installation:
+        made.append(Installation(tmp_path, tiny_model_dir, shared_dir / "examples", **{
+            "executor": "ray", "ray_address": ray_cluster.address, "model_retry_seconds": 1, **settings}))
+        return made[-1]
+
+    yield make
+    for setup in made:
+        setup.stop()
+
+
+def daemon_workers(setup: Installation) -> list[dict[str, Any]]:
+    """The workers the daemon recorded (read straight from the job database: milliseconds)."""
+    try:
+        with sqlite3.connect(setup.state / "recond.db") as db:
+            row = db.execute("select workers from daemon").fetchone()
+    except sqlite3.Error:
+        return []
+    return json.loads(row[0] or "[]") if row else []
+
+
+def job_rows(setup: Installation) -> list[dict[str, Any]]:
+    with sqlite3.connect(setup.state / "recond.db") as db:
+        db.row_factory = sqlite3.Row
+        return [dict(row) for row in db.execute("select * from jobs order by id")]
+
+
+def drop(setup: Installation, pictures: tuple[str, ...]) -> dict[str, bytes]:
+    """Copy the pictures into the inbox (each renamed into place whole); returns their bytes."""
+    dropped = {}
+    for picture in pictures:
+        data = (setup.examples / picture).read_bytes()
+        partial = setup.inbox / f".{picture}.part"
+        partial.write_bytes(data)
+        partial.rename(setup.inbox / picture)
+        dropped[picture] = data
+    return dropped
+
+
+def all_done(count: int):
+    return lambda status: status["counts"]["done"] == count and status["counts"]["running"] == 0
+
+
+def assert_each_published_once(setup: Installation, dropped: dict[str, bytes]) -> None:
+    for data in dropped.values():
+        assert assert_in_one_place(data, setup.inbox, setup.outbox).startswith("result ")
+    assert len(setup.result_folders()) == len(dropped)
+
+
+def test_without_ray_installed_the_daemon_stops_with_one_line_naming_the_extra(tmp_path):
+    config = tmp_path / "recond.toml"
+    config.write_text(f'executor = "ray"\ninbox = "{tmp_path / "inbox"}"\n'
+                      f'outbox = "{tmp_path / "outbox"}"\nstate_dir = "{tmp_path / "state"}"\n')
+    # sys.modules["ray"] = None makes `import ray` fail as on a machine without the extra.
+    run = subprocess.run([sys.executable, "-c", "import sys; sys.modules['ray'] = None; "
+                          "from recond.daemon import main; main()", "--config", str(config)],
+                         cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2 and run.stdout == ""
+    assert run.stderr.count("\n") == 1 and "pip install -e '.[ray]'" in run.stderr
+    assert not (tmp_path / "state").exists()  # stopped before it touched anything
+
+
+def test_actor_killed_mid_job_restarts_and_the_job_is_retried_without_a_second_result(on_ray):
+    setup = on_ray(**SLOW_DEVICE_PART)
+    setup.start()
+    dropped = drop(setup, ("chair.png", "robot.png"))
+    deadline = time.monotonic() + 90
+    victim: dict[str, Any] | None = None
+    while victim is None:  # the actor as soon as it holds a job
+        assert time.monotonic() < deadline, setup.stderr()
+        busy = [worker for worker in daemon_workers(setup) if worker["kind"] == "device" and worker["busy"]]
+        victim = busy[0] if busy else None
+        time.sleep(0.01)
+    os.kill(victim["pid"], signal.SIGKILL)
+
+    setup.wait(all_done(2), timeout=120)
+    assert_each_published_once(setup, dropped)
+    attempts = {row["id"]: row["attempts"] for row in job_rows(setup)}
+    assert attempts[victim["job_id"]] == 2  # the lost run counted, the retry published
+    assert "ray device actor lost" in (setup.root / "daemon.stderr").read_text()
+    restarted = setup.wait(lambda status: any(
+        worker["kind"] == "device" and worker["pid"] not in (None, victim["pid"])
+        and "restarting" not in worker["device"] for worker in status["daemon"]["workers"]))
+    assert restarted["counts"]["failed"] == 0
+
+
+def test_sigterm_puts_jobs_on_ray_back_in_the_queue_and_a_restart_finishes_them(on_ray):
+    setup = on_ray()
+    setup.start()
+    dropped = drop(setup, ("chair.png", "flamingo.png", "horse.png"))
+    deadline = time.monotonic() + 90
+    while not any(worker["busy"] for worker in daemon_workers(setup)):
+        assert time.monotonic() < deadline, setup.stderr()
+        time.sleep(0.01)
+    assert setup.stop() == 0
+
+    rows = job_rows(setup)
+    assert not [row for row in rows if row["state"] == "running"]
+    assert all(row["attempts"] == 0 for row in rows if row["state"] == "queued")  # not a crash
+    assert any(row["state"] == "queued" for row in rows)
+    for data in dropped.values():
+        assert_in_one_place(data, setup.inbox, setup.outbox)
+
+    setup.start()  # finds the same cluster again and carries on
+    setup.wait(all_done(3), timeout=120)
+    assert_each_published_once(setup, dropped)
+
+
+def test_six_pictures_through_ray_client_give_six_results_once_each_and_status_names_the_actor(
+        on_ray, ray_cluster):
+    setup = on_ray(ray_address=ray_cluster.client_address)  # ray://: no shared sockets, as off the cluster
+    setup.start()
+    dropped = drop(setup, SIX_PICTURES)
+    status = setup.wait(all_done(6), timeout=150)
+    assert_each_published_once(setup, dropped)
+    assert status["counts"]["failed"] == 0
+    devices = [worker for worker in status["daemon"]["workers"] if worker["kind"] == "device"]
+    assert len(devices) == 1  # ray_device_workers = 0 on a cluster without GPUs: one CPU actor
+    assert devices[0]["device"] == "cpu" and devices[0]["node"].endswith(f"({socket.gethostname()})")
+    assert devices[0]["pid"] != setup.process.pid  # the model lives in the actor, not the daemon
+    record = json.loads((setup.result_folders()[0] / "job.json").read_text())
+    assert record["handoff"]["bytes"]["total"] > 0  # what went from the actor to the host task
+    text = setup.reconctl("status").stdout
+    assert "ray: 1 × cpu" in text and "ray-device-0 (cpu on " in text
