@@ -202,8 +202,9 @@ class JobSettings(_Part):
     foreground_ratio: float = Field(0.85, gt=0.1, le=1.0, description=(
         "How much of the frame the cut-out object fills before reconstruction."))
     chunk_size: int = Field(8192, ge=1024, description=(
-        "Points the decoder evaluates per call. 8192 keeps its work in the CPU cache; on a "
-        "GPU a larger value (65536) is faster; lower it if the GPU runs out of memory."))
+        "Points the decoder evaluates per call. 8192 keeps its work in the CPU cache "
+        "(benchmarks/bench_density_grid.py); on a GPU a larger value (65536) should be faster "
+        "(not measured yet); lower it if the GPU runs out of memory."))
     mc_resolution: int = Field(256, ge=16, le=1024, description=(
         "Marching-cubes grid size: mesh detail against time and memory (the cost grows with "
         "the cube)."))

@@ -70,11 +70,13 @@ def settings_tables() -> str:
     for part in PARTS:
         title = part.__name__.removesuffix("Settings")
         summary = " ".join((part.__doc__ or "").split())
-        rows = ["| Key | Variable | Default | Allowed | Meaning |", "|---|---|---|---|---|"]
+        rows = ["| Key and variable | Default and bounds | Meaning |", "|---|---|---|"]
         for name, field in part.model_fields.items():
             default = field.default if field.default_factory is None else field.default_factory()
-            rows.append(f"| `{name}` | `{ENV_PREFIX}{name.upper()}` | {toml_value(default)} | "
-                        f"{markdown_text(bounds(field))} | {markdown_text(field.description or '')} |")
+            allowed = markdown_text(bounds(field))
+            rows.append(f"| `{name}`<br>`{ENV_PREFIX}{name.upper()}` | {toml_value(default)}"
+                        f"{'<br>' + allowed if allowed else ''} | "
+                        f"{markdown_text(field.description or '')} |")
         sections.append(f"### {title}\n\n{markdown_text(summary)}\n\n" + "\n".join(rows))
     return "\n\n".join(sections)
 
