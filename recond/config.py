@@ -41,7 +41,7 @@ FOLDER_SETTINGS = ("inbox", "outbox", "state_dir", "rembg_home")
 # A folder or a Hugging Face id: taken from the file's folder only when it is a folder (_TomlFile).
 MODEL_SETTING = "model"
 
-# Host workers each hold torch, a job's hand-off and its meshes (README: memory of a host
+# Host workers each hold torch, a job's hand-off and its meshes (docs/scaling.md: memory of a host
 # worker); the default stops at 8 so a many-core server does not fill its memory unasked.
 DEFAULT_HOST_WORKERS_CAP = 8
 MAX_HOST_WORKERS = 64
@@ -94,12 +94,25 @@ class _Part(BaseModel):
 class IntakeSettings(_Part):
     """How the inbox is watched: a change restarts the watcher (on SIGHUP), nothing else."""
 
-    inbox: Path = Field(Path("inbox"), description="Folder people drop photos into.")
-    polling: bool = Field(False, description="Poll the inbox instead of OS events (SMB/NFS).")
-    poll_interval: float = Field(2.0, gt=0, description="Seconds between polls in polling mode.")
-    settle_seconds: float = Field(3.0, ge=0, description="Size/mtime must be stable this long.")
-    rescan_seconds: float = Field(300.0, gt=0, description="Full inbox rescan period.")
-    follow_inbox_links: bool = Field(False, description="Take symlinks to files inside the inbox.")
+    inbox: Path = Field(Path("inbox"), description=(
+        "Folder people drop photos into (a network share is fine: see polling). Subfolders "
+        "are watched too and their names become part of the result name; files that fail land "
+        "in <inbox>/failed/."))
+    polling: bool = Field(False, description=(
+        "Poll the inbox instead of using OS change events: needed on SMB/NFS/CIFS mounts, "
+        "where changes made by other machines raise no events on this one."))
+    poll_interval: float = Field(2.0, gt=0, description=(
+        "Seconds between polls when polling is on (and for folders past the inotify watch "
+        "limit)."))
+    settle_seconds: float = Field(3.0, ge=0, description=(
+        "A file is taken only once its size and modification time have not changed for this "
+        "many seconds and it can be opened; raise it for slow uploads over the network."))
+    rescan_seconds: float = Field(300.0, gt=0, description=(
+        "Seconds between full rescans of the inbox, which catch anything the watcher missed."))
+    follow_inbox_links: bool = Field(False, description=(
+        "Take symlinks whose target is a regular file inside the inbox (links leading out are "
+        "still ignored). Off: every link is ignored with a warning, since a link could "
+        "publish a private file from elsewhere."))
 
 
 class ModelSettings(_Part):
@@ -108,13 +121,30 @@ class ModelSettings(_Part):
     Only a change here reloads the model on SIGHUP, because only these are baked into it.
     """
 
-    model: str = Field("stabilityai/TripoSR", description="Model folder or Hugging Face id.")
-    device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
-    dtype: DType = Field("auto", description="auto (float16 on CUDA; bfloat16 on a CPU with native "
-                         "bfloat16, else float32) or explicit.")
-    background: Background = Field("auto", description="auto, rembg, alpha or none.")
-    rembg_model: str = Field("u2net", description="rembg model name.")
-    rembg_home: Path | None = Field(None, description="Folder with rembg .onnx files (U2NET_HOME).")
+    model: str = Field("stabilityai/TripoSR", description=(
+        "A folder holding TripoSR's config.yaml + model.ckpt, or a Hugging Face id "
+        "(downloaded once, on the first start, 1.7 GB into the Hugging Face cache). In a TOML "
+        "file a relative value is a folder when it starts with . (./ or ../), has two or more "
+        "/, or exists beside the file; anything else is a hub id."))
+    device: str = Field("auto", description=(
+        "auto (CUDA when torch sees a GPU, else CPU), cpu, cuda or cuda:N."))
+    dtype: DType = Field("auto", description=(
+        "What the image encoder, the transformer and the upsampler compute in (and store "
+        "their weights in); the decoder, density grid and colours stay float32. auto: float16 "
+        "on CUDA; bfloat16 on a CPU with native bfloat16 (avx512_bf16 or AMX), float32 on "
+        "other CPUs, where bfloat16 is slower."))
+    background: Background = Field("auto", description=(
+        "How the object is cut out of the photo: alpha (the picture's own transparency), "
+        "rembg (needs its model file; recond refuses to load without it), none, or auto: the "
+        "picture's transparency when it has some, else rembg when its model file is present, "
+        "else OpenCV GrabCut (less precise; the job gets a warning)."))
+    rembg_model: str = Field("u2net", description=(
+        "rembg model name; its file is <rembg_home>/<name>.onnx (u2net.onnx for u2net)."))
+    rembg_home: Path | None = Field(None, description=(
+        "Folder with rembg's .onnx files (rembg's U2NET_HOME). Unset: rembg's own folder "
+        "($U2NET_HOME, else ~/.rembg/models), where recond downloads the model once, on the "
+        "first start. Set: recond only reads it and never downloads into it (offline "
+        "servers)."))
 
     @field_validator("device")
     @classmethod
@@ -162,47 +192,85 @@ class DTypeChoice(NamedTuple):
 class JobSettings(_Part):
     """How each picture is processed: handed to every run, recorded in job.json, no reload."""
 
-    max_image_pixels: int = Field(60_000_000, ge=1, description="Refuse larger images.")
-    max_file_bytes: int = Field(200 * 1024 * 1024, ge=1, description="Refuse larger files.")
-    max_aspect_ratio: float = Field(20.0, ge=1.0, description="Refuse longer/shorter side beyond this.")
-    foreground_ratio: float = Field(0.85, gt=0.1, le=1.0, description="Object size in the frame.")
-    chunk_size: int = Field(8192, ge=1024, description="Points per decoder call (speed and memory).")
-    mc_resolution: int = Field(256, ge=16, le=1024, description="Marching-cubes grid size.")
-    mc_threshold: float = Field(25.0, gt=0, description="Density level of the surface.")
-    floater_fraction: float = Field(0.02, ge=0, lt=1, description="Drop pieces smaller than this "
-                                    "fraction of the largest piece's area (0 keeps all).")
-    target_faces: int = Field(20000, ge=0, description="Simplify the mesh to this many faces "
-                              "(0 keeps every face).")
-    bake_texture: bool = Field(True, description="Bake a UV texture (else vertex colours).")
-    texture_resolution: int = Field(1024, ge=64, le=8192, description="Texture size in pixels.")
-    render_views: int = Field(30, ge=1, le=720, description="Turntable frames.")
-    render_size: int = Field(256, ge=32, le=4096, description="Turntable frame size in pixels.")
-    video_fps: int = Field(30, ge=1, le=120, description="Turntable video frame rate.")
-    stage_limit_factor: float = Field(10.0, ge=1.0, description="A stage's child process (ffmpeg) "
-                                      "is stopped after this many times the stage's usual seconds ...")
-    stage_limit_floor_s: float = Field(120.0, gt=0, description="... but never before this many "
-                                       "seconds; the job is then retried, and failed after max_attempts.")
+    max_image_pixels: int = Field(60_000_000, ge=1, description=(
+        "Pictures with more pixels than this are refused (protects memory)."))
+    max_file_bytes: int = Field(200 * 1024 * 1024, ge=1, description=(
+        "Files larger than this many bytes are refused, from their size alone."))
+    max_aspect_ratio: float = Field(20.0, ge=1.0, description=(
+        "Pictures whose long side is more than this many times their short side are refused "
+        "before decoding (a 1x50000 strip would be padded to a 50000x50000 square)."))
+    foreground_ratio: float = Field(0.85, gt=0.1, le=1.0, description=(
+        "How much of the frame the cut-out object fills before reconstruction."))
+    chunk_size: int = Field(8192, ge=1024, description=(
+        "Points the decoder evaluates per call. 8192 keeps its work in the CPU cache "
+        "(benchmarks/bench_density_grid.py); on a GPU a larger value (65536) should be faster "
+        "(not measured yet); lower it if the GPU runs out of memory."))
+    mc_resolution: int = Field(256, ge=16, le=1024, description=(
+        "Marching-cubes grid size: mesh detail against time and memory (the cost grows with "
+        "the cube)."))
+    mc_threshold: float = Field(25.0, gt=0, description=(
+        "Density level taken as the object's surface."))
+    floater_fraction: float = Field(0.02, ge=0, lt=1, description=(
+        "Disconnected pieces whose area is below this fraction of the largest piece's are "
+        "dropped as floaters; the largest piece is always kept, 0 keeps every piece."))
+    target_faces: int = Field(20000, ge=0, description=(
+        "Simplify the mesh (quadric decimation that keeps its topology, so a closed surface "
+        "stays a printable solid) to about this many faces before texturing and export; "
+        "bounds every later stage's time and the result's size. 0 keeps every face."))
+    bake_texture: bool = Field(True, description=(
+        "UV-unwrap the mesh and bake a texture PNG; false: vertex colours only."))
+    texture_resolution: int = Field(1024, ge=64, le=8192, description=(
+        "Texture size in pixels (square)."))
+    render_views: int = Field(30, ge=1, le=720, description=(
+        "Turntable frames (render_000.png ...), and so the length of render.mp4."))
+    render_size: int = Field(256, ge=32, le=4096, description=(
+        "Turntable frame size in pixels (square)."))
+    video_fps: int = Field(30, ge=1, le=120, description=(
+        "Frame rate of render.mp4."))
+    stage_limit_factor: float = Field(10.0, ge=1.0, description=(
+        "A stage's limit is this many times the seconds it usually takes on this machine "
+        "(learnt from earlier jobs, <state_dir>/stage_seconds.json) ..."))
+    stage_limit_floor_s: float = Field(120.0, gt=0, description=(
+        "... and never less than this many seconds. A child process (ffmpeg) still running "
+        "past its stage's limit is killed and the job retried (failed with the reason after "
+        "max_attempts)."))
 
 
 class DaemonSettings(_Part):
     """The daemon's own knobs: where results and state go, retries, logging."""
 
-    outbox: Path = Field(Path("outbox"), description="Folder result folders are published to.")
-    state_dir: Path = Field(Path("state"), description="SQLite job database and JSON log.")
-    max_attempts: int = Field(3, ge=1, description="Crashes a job survives before it fails.")
+    outbox: Path = Field(Path("outbox"), description=(
+        "Folder where finished result folders appear, one per photo: "
+        "<time>_<subfolders>_<name>/. Must not lie inside the inbox."))
+    state_dir: Path = Field(Path("state"), description=(
+        "The job database (recond.db) and the JSON log (recond.log). Must not lie inside the "
+        "inbox; a change needs a restart."))
+    max_attempts: int = Field(3, ge=1, description=(
+        "A job whose processing crashed recond this many times fails instead of being retried "
+        "again."))
     host_workers: int | None = Field(None, ge=0, le=MAX_HOST_WORKERS, description=(
-        "Processes running jobs' CPU part (mesh to viewer) while the model serves the next job; "
-        "0 runs each job whole, one at a time; unset: one fewer than the CPUs (at least 1, at most 8)."))
-    model_retry_seconds: float = Field(180.0, gt=0, description="Retry loading missing weights.")
-    log_level: Literal["debug", "info", "warning", "error"] = Field("info")
-    log_max_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="Rotate the JSON log here.")
-    log_backups: int = Field(5, ge=0, description="Rotated JSON logs kept.")
+        "Processes that run each job's CPU part (marching cubes, texture, files, turntable, "
+        "viewer) while the warm model already works on the next picture; at most host_workers "
+        "+ 1 jobs run at once. 0: each job runs whole, one after the other, in the daemon. "
+        "Unset: one fewer than the CPUs recond may use (at least 1, at most 8)."))
+    model_retry_seconds: float = Field(180.0, gt=0, description=(
+        "While the weights (or the Ray cluster) cannot be reached, jobs wait queued and "
+        "recond retries this often (seconds)."))
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description=(
+        "debug, info, warning or error (stderr/journald and the JSON log alike)."))
+    log_max_bytes: int = Field(10 * 1024 * 1024, ge=1024, description=(
+        "The JSON log <state_dir>/recond.log is rotated when it reaches this many bytes ..."))
+    log_backups: int = Field(5, ge=0, description=(
+        "... keeping this many old files (recond.log.1 ...)."))
     executor: Executor = Field("local", description=(
         "Where jobs run: local (this machine) or ray (a Ray cluster; the ray extra)."))
     ray_address: str = Field("auto", min_length=1, description=(
-        "Ray cluster to join: auto, host:port, ray://head:10001, or local (a private one)."))
+        "The cluster to join when executor is ray: auto (the one `ray start --head` began on "
+        "this machine), host:6379, a Ray Client address ray://head:10001, or local (a private "
+        "Ray inside the daemon, for trying it on one machine)."))
     ray_device_workers: int = Field(0, ge=0, description=(
-        "Warm-model actors on Ray; 0: one per GPU in the cluster, one when it has none."))
+        "Warm-model actors (one model each) on the cluster; 0: one per GPU in the cluster, "
+        "each taking one GPU, and one CPU actor on a cluster without GPUs."))
 
     def resolved_host_workers(self) -> int:
         """host_workers, or from the CPUs this process may use: one is left to the device part."""
@@ -232,26 +300,39 @@ class DaemonSettings(_Part):
 class WebSettings(_Part):
     """The web front end's knobs: read only by `recond-web` (recond/web/); the daemon ignores them."""
 
-    web_host: str = Field("127.0.0.1", description="Address recond-web listens on.")
-    web_port: int = Field(8765, ge=1, le=65535, description="Port recond-web listens on.")
+    web_host: str = Field("127.0.0.1", description=(
+        "Address recond-web listens on. Any address other than loopback (127.0.0.1, ::1, "
+        "localhost) requires web_token."))
+    web_port: int = Field(8765, ge=1, le=65535, description=(
+        "Port recond-web listens on."))
     web_token: str | None = Field(None, min_length=16, description=(
-        "Bearer token every request but /healthz must carry; required off loopback."))
+        "When set, every request except /healthz must carry the header 'Authorization: Bearer "
+        "<web_token>'; required off loopback. Better set as RECOND_WEB_TOKEN than in the "
+        "file."))
     web_cors_origins: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="Origins allowed to call the API from a browser (CORS).")
-    web_max_files: int = Field(20, ge=1, description="Files accepted in one upload request.")
-    web_max_uploads: int = Field(8, ge=1, description="Upload requests received at the same time.")
+        default_factory=list, description=(
+        "Browser origins allowed to call the API from their own pages (CORS); empty: CORS "
+        "off. As a variable: comma-separated."))
+    web_max_files: int = Field(20, ge=1, description=(
+        "Files accepted in one upload request (each limited by max_file_bytes)."))
+    web_max_uploads: int = Field(8, ge=1, description=(
+        "Upload requests received at the same time (more get 429, retry shortly)."))
     web_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list, description=(
-        "Host names clients may use besides web_host (and loopback names on a loopback bind), "
-        "e.g. a reverse proxy's name; '*.example.com' allowed. Other Host headers get 400."))
+        "Host names clients may reach recond-web by besides web_host (and localhost, "
+        "127.0.0.1 and [::1] on a loopback bind), e.g. the name a reverse proxy passes on; "
+        "'*.example.com' matches its subdomains. Any other Host header (a DNS-rebinding page) "
+        "gets 400. As a variable: comma-separated."))
     web_header_seconds: float = Field(10.0, gt=0, description=(
         "Seconds a client has to send a request's headers; slower connections are closed."))
     web_upload_seconds: float = Field(60.0, gt=0, description=(
-        "Longest an upload request may take to arrive (then 408): how long a slow client can "
-        "hold one of the web_max_uploads slots."))
+        "Longest an upload request may take to arrive (then 408): how long a trickling client "
+        "can hold one of the web_max_uploads slots. Raise it for large files over slow links "
+        "(a 200 MB file in 60 s needs 3.3 MB/s)."))
     web_upload_min_rate: int = Field(10_000, ge=0, description=(
-        "Bytes per second an upload must average after its first seconds (else 408); 0: no check."))
+        "Bytes per second an upload must average after its first 5 seconds (else 408); 0: no "
+        "rate check."))
     web_max_event_streams: int = Field(200, ge=1, description=(
-        "Event streams open at the same time, in all (more get 429)."))
+        "Server-sent event streams open at the same time, in all (more get 429)."))
     web_max_event_streams_per_client: int = Field(20, ge=1, description=(
         "Event streams open at the same time from one client address (more get 429)."))
 

@@ -1,5 +1,5 @@
 """executor = "ray": the parts of jobs run on a Ray cluster, so more machines (and GPUs) share
-one queue (issue 14; README "More than one machine").
+one queue (issue 14; docs/scaling.md, "More than one machine").
 
 Each device worker is a Ray actor holding one warm pipeline (one GPU each on a cluster with
 GPUs, else a CPU actor); host parts run as Ray tasks on any node with a free CPU. The picture
@@ -7,8 +7,8 @@ goes out as bytes and the result comes back as its files' bytes, which this proc
 the worker's staging folder: nodes share no filesystem with the daemon, and nothing on them
 touches the inbox, the job database or the outbox (STYLE.md habit 13).
 
-What Ray does when something dies (measured with Ray 2.60 on this machine, see the README): an
-actor killed mid-task fails that task with ActorUnavailableError, a RayActorError whose text says
+What Ray does when something dies (measured with Ray 2.60 on a 2-core CPU VM, docs/scaling.md):
+an actor killed mid-task fails that task with ActorUnavailableError, a RayActorError whose text says
 "the task may or may not have been executed", and Ray restarts the actor, which runs __init__
 again and so reloads its model (``max_restarts=-1``). The task itself is never run again
 (``max_task_retries=0``), nor is a killed host task (``max_retries=0``; WorkerCrashedError).
@@ -91,7 +91,7 @@ def connect(address: str) -> None:
     except (ConnectionError, RuntimeError) as error:
         raise RayUnavailable(
             f"no Ray cluster at ray_address = {address!r} ({' '.join(str(error).split())}); start "
-            "one (ray start --head, README \"More than one machine\") or fix ray_address") from None
+            "one (ray start --head, docs/scaling.md) or fix ray_address") from None
 
 
 # What runs on the cluster.

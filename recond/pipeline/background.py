@@ -27,7 +27,7 @@ GRABCUT_BORDER = 0.04  # share of each side taken as sure background
 GRABCUT_ITERATIONS = 5
 GRABCUT_WARNING = (
     "rembg model not available offline; background removed with GrabCut, which is less "
-    "precise (copy the rembg model file into the rembg home, see README)"
+    "precise (copy the rembg model file into the rembg home, see docs/offline.md)"
 )
 
 
@@ -84,7 +84,7 @@ def download_rembg_model(settings: ModelSettings,
     except Exception as error:  # offline, DNS, HTTP, checksum: GrabCut stands in
         reason = str(error) if isinstance(error, RembgUnreachable) else type(error).__name__
         return (f"rembg model {settings.rembg_model} could not be downloaded ({reason}); "
-                f"{GRABCUT_FALLBACK} (to place it by hand see the README, 'Weights on an offline server')")
+                f"{GRABCUT_FALLBACK} (to place it by hand see docs/offline.md)")
     return None
 
 

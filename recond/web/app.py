@@ -108,7 +108,7 @@ def refusals(**reasons: str) -> dict[int | str, dict[str, Any]]:
             for code, reason in reasons.items()}
 
 
-EVENT_STREAM = {200: {"description": "Server-sent events (text/event-stream), see the README.",
+EVENT_STREAM = {200: {"description": "Server-sent events (text/event-stream), see docs/web.md.",
                       "content": {"text/event-stream": {"schema": {"type": "string"}}}},
                 **refusals(_429="Too many event streams open (web_max_event_streams, "
                                 "web_max_event_streams_per_client); Retry-After says when to retry.")}

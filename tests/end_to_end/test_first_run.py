@@ -334,14 +334,14 @@ def test_offline_first_start_with_no_rembg_model_is_ready_within_seconds(
     assert not (tmp_path / "u2net").exists() or not any((tmp_path / "u2net").rglob("*.onnx"))
 
 
-# The README's Python API.
+# The manual's Python API page.
+PYTHON_API_PAGE = REPO / "docs" / "python-api.md"
 
 
-def readme_python_blocks(section: str) -> list[str]:
-    """The ```python blocks of one README section, as a reader would copy them."""
-    text = (REPO / "README.md").read_text(encoding="utf-8")
-    body = text.split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
-    return [block.split("```", 1)[0] for block in body.split("```python\n")[1:]]
+def docs_python_blocks(page: Path) -> list[str]:
+    """The ```python blocks of one docs page, as a reader would copy them."""
+    text = page.read_text(encoding="utf-8")
+    return [block.split("```", 1)[0] for block in text.split("```python\n")[1:]]
 
 
 def cached_as_hub_model(tiny_model_dir: Path, hf_home: Path, repo_id: str) -> None:
@@ -356,10 +356,11 @@ def cached_as_hub_model(tiny_model_dir: Path, hf_home: Path, repo_id: str) -> No
     (repository / "refs" / "main").write_text(commit)
 
 
-def test_readme_python_snippets_run_as_written(tmp_path: Path, tiny_model_dir: Path) -> None:
-    """Each block in a fresh interpreter in a folder holding chair.png, with the tiny checkpoint
-    in the Hugging Face cache as stabilityai/TripoSR and RECOND_* variables for small outputs."""
-    pipeline_block, model_block = readme_python_blocks("From Python")
+def test_docs_python_snippets_run_as_written(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """Each block of docs/python-api.md in a fresh interpreter in a folder holding chair.png, with
+    the tiny checkpoint in the Hugging Face cache as stabilityai/TripoSR and RECOND_* variables
+    for small outputs."""
+    pipeline_block, model_block = docs_python_blocks(PYTHON_API_PAGE)
     cached_as_hub_model(tiny_model_dir, tmp_path / "hf", HUB_MODEL)
     work = tmp_path / "work"
     work.mkdir()
