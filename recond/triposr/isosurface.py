@@ -9,7 +9,7 @@ first, then evaluates exactly the blocks of cells the surface can pass through, 
 region until no surface crosses its border. Its marching-cubes surface therefore has exactly the
 full grid's vertices in every evaluated cell; what it can miss is a piece of surface lying
 wholly between coarse samples that are all far from the level (a speck smaller than a block,
-which the mesh stage would drop as a floater anyway). tests/test_density_grid.py checks both.
+which the mesh stage would drop as a floater anyway). tests/triposr/test_density_grid.py checks both.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ mount namespace, because the interpreter lives under root's 0700 home), and a me
 (RLIMIT_AS) for the oversized-picture case. Every test ends by checking that each picture's
 bytes lie in exactly one place: a result's source.*, inbox/failed/, or still in the inbox.
 
-The worker runs ``StandInPipeline`` (test_worker.py; the real pipeline would cost seconds per
+The worker runs ``StandInPipeline`` (helpers/stand_in.py; the real pipeline would cost seconds per
 job); the memory case runs the real Pipeline on the tiny checkpoint.
 """
 

@@ -2,7 +2,7 @@
 
 Real bind mounts unmounted mid-queue and mounted again, real symlink swaps (one of them from a
 thread racing the reads), a real 1 TB sparse file, a real kill -9 of a child process, real
-umasks. The worker runs ``StandInPipeline`` (test_worker.py). Every test ends by checking that
+umasks. The worker runs ``StandInPipeline`` (helpers/stand_in.py). Every test ends by checking that
 each picture's bytes lie in exactly one place: a result's source.*, inbox/failed/, or the inbox.
 """
 

@@ -275,7 +275,7 @@ def test_progress_reports_stages_in_order_up_to_complete(pipeline: Pipeline, tmp
     assert reports[-1].eta_s == pytest.approx(0.0, abs=1e-6)
 
 
-# --- (g) a refused picture leaves nothing (staging and publishing: test_layout.py) -------
+# --- (g) a refused picture leaves nothing (staging and publishing: outbox/test_publish.py) -------
 
 def test_picture_where_the_model_finds_nothing_is_refused_in_one_line(pipeline: Pipeline,
                                                                        tmp_path: Path) -> None:
