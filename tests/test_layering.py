@@ -114,3 +114,17 @@ def test_the_checker_sees_an_upward_import(tmp_path: Path) -> None:
     module.write_text("def later():\n    from recond.worker import Worker\n")
     assert imported("recond.store", module, {"recond.store", "recond.worker"}) == {"recond.worker"}
     assert layer_of("recond.worker") > layer_of("recond.store")
+
+
+@pytest.mark.parametrize("name", ["recond.outbox.gallery", "recond.web.app", "recond.web.pages",
+                                  "recond.pipeline.viewer", "recond.triposr.config"])
+def test_every_file_a_module_names_beside_itself_is_there(name: str) -> None:
+    """A module that reads a file by its own path (``Path(__file__)...``) still finds it after a
+    move: the moves of issue 24 first left the gallery looking for its style sheet in the wrong
+    folder."""
+    import importlib
+
+    module = importlib.import_module(name)
+    paths = [value for value in vars(module).values()
+             if isinstance(value, Path) and value.is_relative_to(PACKAGE)]
+    assert [path for path in paths if not path.exists()] == []
