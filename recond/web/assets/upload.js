@@ -228,6 +228,8 @@ function pump() {
 
 function send(file, row, finished) {
   const form = new FormData();
+  const preset = document.getElementById("upload-preset");
+  if (preset && preset.value) form.append("preset", preset.value);
   form.append("image", file, file.name);
   const request = new XMLHttpRequest();
   request.open("POST", "/api/jobs");
