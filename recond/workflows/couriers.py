@@ -70,6 +70,10 @@ class Courier:
                 self._repeats.log(log.warning, "owed deliveries not read or recorded",
                                   channel=self.channel, error=str(error))
                 self._stopping.wait(ERROR_PAUSE_SECONDS)
+            except Exception as error:  # one delivery's error never ends the courier
+                self._repeats.log(log.exception, "courier step failed; carrying on",
+                                  channel=self.channel, error=str(error))
+                self._stopping.wait(ERROR_PAUSE_SECONDS)
 
     def _idle_seconds(self) -> float:
         next_at = self.store.next_delivery_at(self.channel)
@@ -118,7 +122,7 @@ class Courier:
             return
         sent = webhooks.post(url, delivery.payload.encode("utf-8"), delivery.event,
                              delivery.event_id, self.settings.webhook_secret)
-        facts = {"event": delivery.event, "event_id": delivery.event_id, "job": delivery.job_id,
+        facts = {"kind": delivery.event, "event_id": delivery.event_id, "job": delivery.job_id,
                  "attempt": delivery.attempts + 1, "detail": sent.detail}
         if sent.delivered:
             log.info("webhook delivered", **facts)
