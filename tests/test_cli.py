@@ -204,3 +204,26 @@ def test_process_prints_a_folder_per_picture_and_fails_on_a_bad_one(
     assert len(folders) == 1 and (folders[0] / "index.html").is_file()
     assert f"chair.png: {folders[0]}" in result.output
     assert "broken.png: failed:" in result.output
+
+
+def test_process_with_a_preset_makes_it_with_the_presets_settings(
+        config: Path, tmp_path: Path, tiny_model_dir: Path, shared_dir: Path) -> None:
+    import json
+
+    config.write_text(config.read_text() + "\n[presets.quick]\nrender_views = 2\n")
+    out = tmp_path / "results"
+    env = {"RECOND_MC_RESOLUTION": "32", "RECOND_TEXTURE_RESOLUTION": "128",
+           "RECOND_RENDER_VIEWS": "4", "RECOND_RENDER_SIZE": "64",
+           "RECOND_REMBG_HOME": str(tmp_path / "no-rembg-models")}
+    picture = str(shared_dir / "examples" / "chair.png")
+    unknown = CliRunner().invoke(cli, ["--config", str(config), "process", picture,
+                                       "--preset", "slow", "--out", str(out)], env=env)
+    assert unknown.exit_code == 1 and "no preset 'slow'" in unknown.output
+    result = CliRunner().invoke(cli, ["--config", str(config), "process", picture, "--preset",
+                                      "quick", "--out", str(out), "--model", str(tiny_model_dir)], env=env)
+    assert result.exit_code == 0, result.output
+    (folder,) = out.iterdir()
+    record = json.loads((folder / "job.json").read_text())
+    assert record["preset"] == "quick" and record["settings"]["render_views"] == 2
+    assert len(list(folder.glob("render_*.png"))) == 2
+    assert "job.json" in record["files"]

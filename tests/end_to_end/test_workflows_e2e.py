@@ -131,6 +131,32 @@ def test_preset_with_an_unknown_key_is_refused_at_start(tmp_path, tiny_model_dir
     assert "preset 'quick': unknown key 'render_viewz'" in setup.stderr()
 
 
+def test_a_sighup_that_changes_a_preset_applies_to_jobs_not_yet_started(
+        tmp_path, tiny_model_dir, shared_dir):
+    """A picture waits in inbox/quick/ (no model yet); a SIGHUP brings the model and a new
+    preset value: the job, not yet started, is made with the new value; a new preset's folder
+    appears."""
+    setup = installation_with(tmp_path, tiny_model_dir, shared_dir, QUICK,
+                              model=str(tmp_path / "no-weights-yet"))
+    try:
+        process = setup.start()
+        setup.wait(lambda status: status["daemon"]["model"] == "missing", timeout=60)
+        setup.drop_like_a_share("chair.png", "quick")
+        setup.wait(lambda status: status["counts"]["queued"] == 1, timeout=60)
+        values = {**_values(setup), "model": str(tiny_model_dir)}
+        setup.write_config(values)
+        setup.config.write_text(setup.config.read_text()
+                                + "\n[presets.quick]\nrender_views = 3\n\n[presets.print]\ntarget_faces = 0\n")
+        process.send_signal(signal.SIGHUP)
+        setup.wait(done(1), timeout=180)
+        (folder,) = setup.result_folders()
+        assert renders(folder) == 3
+        assert json.loads((folder / "job.json").read_text())["preset"] == "quick"
+        assert (setup.inbox / "print").is_dir()
+    finally:
+        setup.stop()
+
+
 def test_failing_and_hanging_hooks_leave_the_queue_moving(tmp_path, tiny_model_dir, shared_dir):
     """One hook call fails, the next hangs: every picture is still published meanwhile, and the
     log gives each hook's exit status, or says it ran too long and was stopped."""
@@ -138,10 +164,19 @@ def test_failing_and_hanging_hooks_leave_the_queue_moving(tmp_path, tiny_model_d
     script.write_text("import sys, time\n"
                       "if 'chair' in sys.argv[-1]:\n    print('no asset library here'); sys.exit(3)\n"
                       "time.sleep(600)\n")
-    setup = installation_with(tmp_path, tiny_model_dir, shared_dir,
+    on_failed, failures = recording_hook(tmp_path)
+    setup = installation_with(tmp_path, tiny_model_dir, shared_dir, on_failed=on_failed,
                               on_published=[sys.executable, str(script)], hook_seconds=6)
     try:
         setup.start()
+        (setup.inbox / "notes.png").write_text("a shopping list, not a photo\n")
+        setup.wait(lambda status: status["counts"]["failed"] == 1, timeout=120)
+        wait_until(lambda: len(hook_calls(failures)) == 1, 30, setup)
+        (failure,) = hook_calls(failures)
+        assert failure["args"][-1] == str(setup.inbox / "failed" / "notes.png")
+        assert Path(failure["args"][-1]).is_file()
+        told = json.loads(failure["stdin"])
+        assert told["event"] == "failed" and told["job"]["source"] == "notes.png" and told["error"]
         setup.drop_like_a_share("chair.png")
         setup.wait(done(1), timeout=180)
         setup.drop_like_a_share("robot.png")
