@@ -1,7 +1,8 @@
 """The job store: one SQLite file (WAL) holding every job's state, plus the daemon's heartbeat.
 
-Only the daemon writes; ``reconctl`` reads the same file, so status works without talking to
-the daemon. Every state change is one ``BEGIN IMMEDIATE`` transaction, so a crash leaves each job
+The daemon writes; ``reconctl`` reads the same file, so status works without talking to
+the daemon. A redo (``reconctl redo``, recond-web's redo) is the one row written beside it: a
+queued job, inserted in one transaction like the daemon's own writes (issue 25). Every state change is one ``BEGIN IMMEDIATE`` transaction, so a crash leaves each job
 in one state and another process holding the file makes a write wait (bounded), not fail.
 """
 

@@ -638,9 +638,15 @@ class Worker:
                             error=str(error))
 
     def _published(self, job: Job) -> Path | None:
+        """This job's result, when a run published it before its record (a kill in between).
+        A folder whose job.json names another job is not it: two redos of one picture in the
+        same second have the same bytes and names that differ only by their -N."""
         if not job.result_name:
             return None
-        return publish.find_published(self.outbox, job.result_name, job.sha256)
+        found = publish.find_published(self.outbox, job.result_name, job.sha256)
+        if found is not None and read_record(found).get("job", job.id) != job.id:
+            return None
+        return found
 
     def fail_job(self, job: Job, reason: str) -> None:
         """Record the failure and move the original to inbox/failed/ with a note beside it (a

@@ -1,7 +1,8 @@
 """The recond-web application: upload page, REST API, event streams, result pages, gallery, metrics.
 
-It reads the daemon's store and outbox and writes only into the inbox (through uploads.py);
-the daemon stays the only thing that creates and runs jobs. Nothing here imports torch. The
+It reads the daemon's store and outbox and writes only into the inbox (through uploads.py) and,
+for a redo, one queued row into the store (recond.workflows.redo, issue 25); the daemon stays
+the only thing that runs jobs. Nothing here imports torch. The
 seed app's routes (POST /, /progress, /result, /output) are aliases of the API's own.
 """
 
