@@ -233,6 +233,9 @@ def retry(ctx: click.Context, job_id: int) -> None:
     job = _job(settings, job_id)
     if job.state != FAILED:
         raise click.ClickException(f"job {job_id} is {job.state}; only failed jobs can be retried")
+    if job.redo_of:  # its picture never left the old result: nothing to move back
+        raise click.ClickException(_shown(f"job {job_id} is a redo of {job.redo_of}; queue it again "
+                                          f"with: reconctl redo {job.redo_of}"))
     inbox = settings.inbox.resolve()
     kept = Path(job.output) if job.output else None
     if kept is None or not kept.is_file():  # a kill between the move and its record: look

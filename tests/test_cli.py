@@ -163,6 +163,32 @@ def test_retry_refuses_a_job_that_did_not_fail(config: Path) -> None:
     assert code == 1 and "only failed jobs" in output
 
 
+def test_retry_of_a_failed_redo_leaves_the_old_results_picture_where_it_is(config: Path) -> None:
+    settings = settings_of(config)
+    store = Store(settings.db_path)
+    old = settings.outbox / "t_chair"
+    old.mkdir(parents=True)
+    (old / "source.png").write_bytes(b"picture")
+    job = store.enqueue_redo("chair.png", "cc", 7, "t_redo", "t_chair", None, {})
+    store.fail(job.id, "boom", kept_at=old / "source.png")
+    code, output = reconctl(config, "retry", str(job.id))
+    assert code == 1 and "reconctl redo t_chair" in output
+    assert (old / "source.png").read_bytes() == b"picture"
+
+
+def test_redo_refuses_a_folder_that_is_no_result_and_an_unknown_preset(config: Path) -> None:
+    settings = settings_of(config)
+    (settings.outbox / "not_a_result").mkdir(parents=True)
+    code, output = reconctl(config, "redo", "not_a_result")
+    assert code == 1 and "is not a published result" in output
+    code, output = reconctl(config, "redo", "not_a_result", "--preset", "quick")
+    assert code == 1
+    code, output = reconctl(config, "redo", "../etc")
+    assert code == 1 and "not a result folder" in output
+    code, output = reconctl(config, "redo", "not_a_result", "--set", "render_views")
+    assert code == 1 and "KEY=VALUE" in output
+
+
 def test_doctor_reports_missing_weights_with_the_fix_and_fails(config: Path) -> None:
     code, output = reconctl(config, "doctor", "--json")
     checks = {check["name"]: check for check in json.loads(output)}

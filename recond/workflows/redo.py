@@ -63,9 +63,11 @@ def plan_redo(settings: Settings, result: str, preset: str | None,
     of a redo changes only what it names. Raises RedoRefused naming what is wrong.
     """
     outbox = settings.outbox.resolve()
-    name = Path(result).name
+    given = Path(result)
+    name = given.name
     folder = outbox / name
-    if name.startswith(".") or not name or Path(result).is_absolute() and Path(result).resolve().parent != outbox:
+    elsewhere = len(given.parts) > 1 and given.expanduser().resolve().parent != outbox
+    if not name or name.startswith(".") or elsewhere:  # a name in the outbox, or a path to one
         raise RedoRefused(f"{result} is not a result folder in the outbox {outbox}")
     record = read_record(folder)
     copy, source = record.get("source_copy"), record.get("source")
