@@ -19,14 +19,18 @@ from typing import Any
 
 import click
 
-from recond.config import JobSettings, Settings, SettingsError, load_settings, part_of
+from recond.config import Settings, SettingsError, load_settings
 from recond.doctor import doctor_checks
 from recond.errors import process_loading_fix
 from recond.inbox.failed import FAILED_FOLDERS, find_in_failed, move_back_from_failed
 from recond.names import result_name_for
 from recond.outbox import leftovers, publish
+from recond.pipeline.contract import JobResult
+from recond.pipeline.record import write_record
 from recond.status import job_facts, open_store, status_report
 from recond.store import FAILED, STATES, Job, Store, StoreError, database_error
+from recond.workflows.presets import job_settings as preset_settings
+from recond.workflows.redo import RedoRefused, parse_assignments, plan_redo, queue_redo
 
 
 def _settings(ctx: click.Context, **overrides: object) -> Settings:
@@ -104,7 +108,7 @@ def _format_status(report: dict[str, Any]) -> str:
     lines.append("jobs:   " + ", ".join(f"{number} {state}" for state, number in counts.items()))
     for job in report["running"]:
         eta = f", ETA {_duration(job['eta_s'])}" if job["eta_s"] is not None else ""
-        lines.append(f"now:    #{job['id']} {job['source']}: {job['stage'] or 'starting'} "
+        lines.append(f"now:    #{job['id']} {job['source']}{_preset(job)}: {job['stage'] or 'starting'} "
                      f"{round((job['progress'] or 0) * 100)}%{eta}")
         if job["stage_overdue"]:
             lines.append(f"warning: the {job['stage']} stage has run {_duration(job['stage_seconds'])}; "
@@ -122,13 +126,21 @@ def _format_status(report: dict[str, Any]) -> str:
             outcome = job["error"] if job["state"] == FAILED else job["output"] or ""
             if job["duplicate_of"]:
                 outcome = f"same bytes as #{job['duplicate_of']}: {outcome}"
-            lines.append(f"  #{job['id']:<5} {job['state']:<9} {job['source']}  {outcome}".rstrip())
+            lines.append(f"  #{job['id']:<5} {job['state']:<9} {job['source']}{_preset(job)}  {outcome}".rstrip())
+    owed = report["owed"]
+    if any(owed.values()):
+        lines.append(f"owed:   {owed['webhook']} webhook deliveries, {owed['hook']} hook runs")
     if report["database_busy"]:
         lines.append("warning: the job database is held by another process: recond waits to record "
                      "its progress, so what is shown here may be behind")
     for warning in [*daemon["watcher_warnings"], *filter(None, [daemon["worker_warning"]])]:
         lines.append(f"warning: {warning}")
     return "\n".join(_shown(line) for line in lines)
+
+
+def _preset(job: dict[str, Any]) -> str:
+    """' [preset quick]' for a job made with a preset, else nothing."""
+    return f" [preset {job['preset']}]" if job.get("preset") else ""
 
 
 def _elsewhere(node: str) -> str:
@@ -221,6 +233,9 @@ def retry(ctx: click.Context, job_id: int) -> None:
     job = _job(settings, job_id)
     if job.state != FAILED:
         raise click.ClickException(f"job {job_id} is {job.state}; only failed jobs can be retried")
+    if job.redo_of:  # its picture never left the old result: nothing to move back
+        raise click.ClickException(_shown(f"job {job_id} is a redo of {job.redo_of}; queue it again "
+                                          f"with: reconctl redo {job.redo_of}"))
     inbox = settings.inbox.resolve()
     kept = Path(job.output) if job.output else None
     if kept is None or not kept.is_file():  # a kill between the move and its record: look
@@ -273,8 +288,10 @@ def doctor(ctx: click.Context, as_json: bool) -> None:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Folder for the result folders (default: the outbox setting).")
 @click.option("--model", help="Model folder or Hugging Face id (default: the model setting).")
+@click.option("--preset", help="Make them with this preset's settings ([presets.NAME]).")
 @click.pass_context
-def process(ctx: click.Context, images: tuple[Path, ...], out: Path | None, model: str | None) -> None:
+def process(ctx: click.Context, images: tuple[Path, ...], out: Path | None, model: str | None,
+            preset: str | None) -> None:
     """Turn IMAGES into result folders now, with one warm pipeline, without the daemon."""
     from tqdm import tqdm
 
@@ -285,6 +302,10 @@ def process(ctx: click.Context, images: tuple[Path, ...], out: Path | None, mode
     from recond.pipeline.warm import build_pipeline
 
     settings = _settings(ctx, model=model)
+    if preset is not None and preset not in settings.presets:
+        raise click.ClickException(f"no preset '{preset}' in the settings (presets: "
+                                   f"{', '.join(sorted(settings.presets)) or 'none are set'})")
+    job_settings, _ = preset_settings(settings, preset)
     configure_logging(settings.model_copy(update={"log_level": "warning"}), to_file=False)
     try:
         pipeline = build_pipeline(settings)
@@ -307,8 +328,8 @@ def process(ctx: click.Context, images: tuple[Path, ...], out: Path | None, mode
                 picture = read_source(image, settings.max_file_bytes)
                 result, folder = publish.build_result(  # staged, then published as the worker does
                     out, name, f"{owner}-{number}",
-                    lambda staging: pipeline.run(picture, staging,
-                                                 part_of(settings, JobSettings), progress=report),
+                    lambda staging: _with_preset(pipeline.run(picture, staging, job_settings,
+                                                              progress=report), preset),
                     source_mode=picture.mode)
             except Exception as error:  # recorded per image; the others still run
                 failures += 1
@@ -318,6 +339,50 @@ def process(ctx: click.Context, images: tuple[Path, ...], out: Path | None, mode
         for warning in result.warnings:
             _echo(f"{image}: warning: {warning}")
     sys.exit(1 if failures else 0)
+
+
+def _with_preset(result: JobResult, preset: str | None) -> JobResult:
+    """The staged result's job.json with the preset it was made with, as the daemon records it."""
+    result.record = {**result.record, "preset": preset, "overrides": {}, "redone_from": None}
+    write_record(result.result_dir, result.record)
+    return result
+
+
+# redo
+
+
+@cli.command()
+@config_option
+@click.argument("result_folder")
+@click.option("--preset", help="Redo with this preset (default: the result's own, if still set).")
+@click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE",
+              help="A job setting for the redo, e.g. --set render_views=3; repeatable.")
+@click.option("--json", "as_json", is_flag=True, help="Print the queued job as JSON.")
+@click.pass_context
+def redo(ctx: click.Context, result_folder: str, preset: str | None, assignments: tuple[str, ...],
+         as_json: bool) -> None:
+    """Queue RESULT_FOLDER's picture again as a new job with other settings; the running daemon
+    publishes it as a new folder, and RESULT_FOLDER stays as it is."""
+    settings = _settings(ctx)
+    try:
+        planned = plan_redo(settings, result_folder, preset, parse_assignments(list(assignments)))
+    except RedoRefused as error:
+        raise click.ClickException(_shown(str(error))) from None
+    try:
+        store = Store(settings.db_path)
+    except StoreError as error:
+        raise click.ClickException(str(error)) from None
+    try:
+        job = queue_redo(store, planned)
+    finally:
+        store.close()
+    if as_json:
+        click.echo(json.dumps(job.as_dict(), indent=2))
+        return
+    _echo(f"queued job #{job.id}: {planned.result_name} again{_preset(job.as_dict())}"
+          + (f" with {', '.join(f'{k}={v}' for k, v in planned.overrides.items())}"
+             if planned.overrides else "")
+          + f"; it will be published as {job.result_name}")
 
 
 def main() -> None:

@@ -32,6 +32,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from recond.names import RESERVED_FOLDERS
+
 ENV_PREFIX = "RECOND_"
 HOST_NAME = re.compile(r"(\*\.)?[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:.]+\]")
 CONFIG_ENV_VAR = "RECOND_CONFIG"
@@ -297,6 +299,61 @@ class DaemonSettings(_Part):
         return self.state_dir / "recond.lock"
 
 
+# A preset is a folder in the inbox (issue 25): a plain name, so it reads the same on every share.
+PRESET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+
+
+def check_job_values(values: dict[str, Any], what: str) -> dict[str, Any]:
+    """``values`` (some of JobSettings' keys) validated as the top-level keys are, and returned
+    as JobSettings holds them (``"3"`` becomes 3); ValueError names ``what`` and the key."""
+    unknown = sorted(set(values) - set(JobSettings.model_fields))
+    if unknown:
+        raise ValueError(f"{what}: unknown key '{unknown[0]}' (a job setting such as "
+                         "render_views, mc_resolution or target_faces)")
+    try:
+        checked = JobSettings.model_validate(values)
+    except ValidationError as error:
+        first = error.errors()[0]
+        key = ".".join(str(part) for part in first["loc"])
+        raise ValueError(f"{what}: key '{key}': {first['msg']}") from None
+    return {name: getattr(checked, name) for name in values}
+
+
+class WorkflowSettings(_Part):
+    """What happens around each job (issue 25): presets by inbox subfolder, a hook and a
+    webhook on every result. A change applies from the next job (presets) or event on."""
+
+    presets: dict[str, dict[str, Any]] = Field(default_factory=dict, description=(
+        "Named job settings, as [presets.NAME] tables: a picture in inbox/NAME/ (or "
+        "reconctl process --preset NAME, or a web upload's preset) is made with them."))
+    on_published: list[str] | None = Field(None, min_length=1, description=(
+        "Command run after each publish, as a list: the result folder's path is its last "
+        "argument, job.json its standard input, RECOND_RESULT_DIR is set."))
+    on_failed: list[str] | None = Field(None, min_length=1, description=(
+        "Command run after a picture is moved to inbox/failed/: its path is the last argument, "
+        "the failure as JSON its standard input."))
+    hook_seconds: float = Field(60.0, gt=0, description=(
+        "A hook still running after this many seconds is stopped (and logged)."))
+    webhook_url: str | None = Field(None, pattern=r"^https?://", description=(
+        "URL that gets one JSON POST per event (published, failed), retried until it answers."))
+    webhook_secret: str | None = Field(None, min_length=8, description=(
+        "Signs each webhook body: header X-Recond-Signature: sha256=<HMAC-SHA256 hex>."))
+    webhook_retry_hours: float = Field(24.0, gt=0, description=(
+        "How long an undelivered webhook is retried (from 5 s apart, at most 5 min apart)."))
+
+    @field_validator("presets")
+    @classmethod
+    def _presets_are_job_settings(cls, presets: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        checked = {}
+        for name, values in presets.items():
+            if not PRESET_NAME.fullmatch(name) or name in RESERVED_FOLDERS:
+                raise ValueError(f"preset '{name}': a preset's name is a folder name in the inbox: "
+                                 "letters, digits, _ and -, and not one of "
+                                 + ", ".join(RESERVED_FOLDERS))
+            checked[name] = check_job_values(values, f"preset '{name}'")
+        return checked
+
+
 class WebSettings(_Part):
     """The web front end's knobs: read only by `recond-web` (recond/web/); the daemon ignores them."""
 
@@ -357,7 +414,7 @@ class WebSettings(_Part):
 
 
 PARTS: tuple[type[_Part], ...] = (IntakeSettings, ModelSettings, JobSettings, DaemonSettings,
-                                  WebSettings)
+                                  WorkflowSettings, WebSettings)
 PartT = TypeVar("PartT", bound=_Part)
 
 
@@ -370,8 +427,8 @@ def part_of(settings: _Part, part: type[PartT]) -> PartT:
     return cast(PartT, part.model_construct(**values))  # the pydantic plugin types it as _Part
 
 
-class Settings(IntakeSettings, ModelSettings, JobSettings, DaemonSettings, WebSettings,
-               BaseSettings):
+class Settings(IntakeSettings, ModelSettings, JobSettings, DaemonSettings, WorkflowSettings,
+               WebSettings, BaseSettings):
     """All knobs of the daemon, the pipeline and the CLI, flat (each maps to one variable).
 
     Every field is declared in one of the parts above, which says what a change to it affects.
@@ -482,6 +539,8 @@ def _one_line(exc: ValidationError, path: Path | None) -> str:
     if not field:  # a check across several settings: its message names them
         return f"settings: {error['msg'].removeprefix('Value error, ')}"
     where = f" (env {ENV_PREFIX}{field.upper()} or key '{field}' in {path or 'the config file'})"
+    if field == "presets":  # the message names the preset and its key
+        return f"settings: {error['msg'].removeprefix('Value error, ')}{where}"
     if error["type"] == "extra_forbidden":
         return f"unknown setting '{field}'{where}"
     return f"setting {field}: {error['msg']}{where}"

@@ -42,6 +42,8 @@ from recond.shares.folders import (
 )
 from recond.store import HEARTBEAT_SECONDS, Store, StoreError, database_error
 from recond.worker import Worker
+from recond.workflows.couriers import Courier, start_couriers
+from recond.workflows.presets import create_preset_folders
 
 log = get_logger("recond.daemon")
 
@@ -64,6 +66,7 @@ class Daemon:
         self.config_path = config_path
         self.systemd = sdnotify.SystemdNotifier()
         self.intake: Intake | None = None
+        self.couriers: list[Courier] = []
         self._stop = threading.Event()
         self._reload = threading.Event()
         self._repeats = Repeats()
@@ -89,8 +92,11 @@ class Daemon:
             worker = Worker(settings, store, pipeline_factory=partial(
                 build_pipeline, report=lambda line: store.daemon_update(model_detail=line)),
                 on_file_changed=self._file_changed,
-                how_to_reload=reload_command(started_by_systemd(), os.getpid()))
+                how_to_reload=reload_command(started_by_systemd(), os.getpid()),
+                on_owed=self._wake_couriers)
             worker.recover()
+            self._create_preset_folders(settings)
+            self.couriers = start_couriers(store, settings)
             self.intake = Intake(settings, store, on_enqueued=lambda job: worker.wake())
             self.intake.start()
             log.info("recond started", pid=os.getpid(), inbox=str(settings.inbox.resolve()),
@@ -107,6 +113,8 @@ class Daemon:
                 self.intake.stop()
             if worker is not None and worker.is_alive():
                 worker.stop()
+            for courier in self.couriers:
+                courier.stop()
             self.heartbeat.stop()
             try:
                 store.daemon_update(stopped_at=time.time(), heartbeat_at=time.time())
@@ -168,6 +176,20 @@ class Daemon:
                 if finished is not None:
                     return finished
         return 0
+
+    def _wake_couriers(self) -> None:
+        for courier in self.couriers:
+            courier.wake()
+
+    def _create_preset_folders(self, settings: Settings) -> None:
+        """An inbox folder per preset, made at start and when a SIGHUP adds one (issue 25)."""
+        try:
+            made = create_preset_folders(settings.inbox.resolve(), settings.presets)
+        except OSError as error:  # a read-only share: the presets work once someone makes them
+            log.warning("preset folders not created in the inbox", error=str(error))
+            return
+        for folder in made:
+            log.info("preset folder created", folder=str(folder))
 
     def _file_changed(self, path: Path) -> None:
         """The worker found new bytes under a queued name: intake queues them once settled."""
@@ -234,6 +256,9 @@ class Daemon:
         configure_logging(new)
         log.info("SIGHUP: settings reloaded; retrying the model if it is missing")
         worker.reload(new)
+        for courier in self.couriers:
+            courier.reload(new)
+        self._create_preset_folders(new)
         if part_of(old, IntakeSettings) != part_of(new, IntakeSettings):
             missing_share_folder("inbox", new.inbox)  # else the watcher waits for it and says so
             if self.intake is not None:

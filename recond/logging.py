@@ -46,6 +46,8 @@ def configure_logging(settings: Settings, to_file: bool = True) -> None:
     for handler in handlers:
         root.addHandler(handler)
     root.setLevel(settings.log_level.upper())
+    # httpx logs each request at info; recond's own "webhook delivered" line says it with the event.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))
 
     structlog.configure(
         processors=[*_SHARED_PROCESSORS, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],

@@ -21,9 +21,15 @@ NAME_MAX_BYTES = 255  # one path component on Linux filesystems (ext4, xfs, btrf
 # Room left in a result name for the staging prefix "." and ".<owner>.partial" around it.
 RESULT_NAME_MAX_BYTES = 200
 
+# inbox/failed/ holds what could not be processed. When something that is not a folder holds
+# that name (a user's file called "failed", a symlink), the second name is used instead.
+FAILED_FOLDERS = ("failed", "failed-recond")
 UPLOAD_FOLDER = "web"  # inbox/web/: result names then read <time>_web_<upload id>-<name>
 UPLOAD_ID = re.compile(r"[0-9a-f]{16}")
-_UPLOADED = re.compile(rf"{UPLOAD_FOLDER}/[0-9a-f]{{16}}-(?P<name>.+)")
+# An upload with a preset lies under the preset's folder: <preset>/web/<upload id>-<name> (issue 25).
+_UPLOADED = re.compile(rf"(?:[^/]+/)?{UPLOAD_FOLDER}/(?P<id>[0-9a-f]{{16}})-(?P<name>.+)")
+# Inbox folders that are never a preset's: the uploads' and failed/ (config.WorkflowSettings).
+RESERVED_FOLDERS = (UPLOAD_FOLDER, *FAILED_FOLDERS)
 
 
 def fs_bytes(name: str) -> bytes:
@@ -86,12 +92,19 @@ def free_name(name: str, taken: Callable[[str], bool]) -> str:
 # Web uploads.
 
 def upload_prefix(upload_id: str) -> str:
-    """The start of the inbox path (the job's ``source``) of every file of this upload."""
+    """The start of the inbox path (the job's ``source``) of every file of this upload made
+    without a preset; with one, the path starts with ``<preset>/`` and then this."""
     return f"{UPLOAD_FOLDER}/{upload_id}-"
 
 
-def upload_source(upload_id: str, name: str) -> str:
-    return f"{upload_prefix(upload_id)}{name}"
+def upload_source(upload_id: str, name: str, preset: str | None = None) -> str:
+    return f"{preset}/{upload_prefix(upload_id)}{name}" if preset else f"{upload_prefix(upload_id)}{name}"
+
+
+def is_upload_of(source: str, upload_id: str) -> bool:
+    """Whether the job's ``source`` is a file of this web upload (with or without a preset)."""
+    uploaded = _UPLOADED.fullmatch(source)
+    return uploaded is not None and uploaded["id"] == upload_id
 
 
 def shown_name(source: str) -> str:

@@ -76,6 +76,9 @@ def status_report(settings: Settings, recent: int = 10) -> dict[str, Any]:
         "running": [],
         "recent": [],
         "last_background": None,
+        # Hook runs and webhook POSTs not yet made (recond/workflows/couriers.py, issue 25).
+        "owed": store.owed_counts() if store else {"hook": 0, "webhook": 0},
+        "presets": sorted(settings.presets),
     }
     if store:
         report["running"] = [_running(job, now) for job in store.running()]
@@ -91,15 +94,16 @@ def status_report(settings: Settings, recent: int = 10) -> dict[str, Any]:
 
 def _running(job: Job, now: float) -> dict[str, Any]:
     """One running job: its stage, progress and ETA, and whether its stage is overdue."""
-    return {"id": job.id, "source": job.source, "stage": job.stage, "progress": job.progress,
-            "eta_s": job.eta_s, "started_at": job.started_at,
+    return {"id": job.id, "source": job.source, "preset": job.preset, "stage": job.stage,
+            "progress": job.progress, "eta_s": job.eta_s, "started_at": job.started_at,
             "stage_seconds": round(now - job.stage_started_at, 1) if job.stage_started_at else None,
             "stage_expected_s": job.stage_expected_s,
             "stage_overdue": stage_overdue(job.stage_expected_s, job.stage_started_at, now)}
 
 
 def _summary(job: Job) -> dict[str, Any]:
-    return {"id": job.id, "source": job.source, "state": job.state, "output": job.output,
+    return {"id": job.id, "source": job.source, "preset": job.preset, "state": job.state,
+            "output": job.output,
             "error": job.error, "duplicate_of": job.duplicate_of, "finished_at": job.finished_at}
 
 

@@ -1,7 +1,8 @@
 """The job store: one SQLite file (WAL) holding every job's state, plus the daemon's heartbeat.
 
-Only the daemon writes; ``reconctl`` reads the same file, so status works without talking to
-the daemon. Every state change is one ``BEGIN IMMEDIATE`` transaction, so a crash leaves each job
+The daemon writes; ``reconctl`` reads the same file, so status works without talking to
+the daemon. A redo (``reconctl redo``, recond-web's redo) is the one row written beside it: a
+queued job, inserted in one transaction like the daemon's own writes (issue 25). Every state change is one ``BEGIN IMMEDIATE`` transaction, so a crash leaves each job
 in one state and another process holding the file makes a write wait (bounded), not fail.
 """
 
@@ -13,6 +14,7 @@ import os
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -70,6 +72,25 @@ JOB_COLUMNS: dict[str, type] = {
     "started_at": float,
     "finished_at": float,
     "updated_at": float,
+    "preset": str,  # the preset it was made with (issue 25): named by a redo, else its inbox folder's
+    "overrides": str,  # JSON object: job settings a redo set (--set KEY=VALUE), over the preset's
+    "redo_of": str,  # a redo's result folder in the outbox: its source.* is the job's picture
+}
+
+DELIVERY_COLUMNS: dict[str, type] = {
+    "id": int,
+    "event_id": str,  # unique per event and channel: a webhook's X-Recond-Event-Id
+    "event": str,  # published or failed
+    "channel": str,  # hook or webhook
+    "job_id": int,
+    "path": str,  # the result folder, or the picture's place in inbox/failed/
+    "payload": str,  # a hook's standard input, or the webhook's JSON body
+    "attempts": int,
+    "created_at": float,
+    "next_at": float,  # when it is tried (again)
+    "last_error": str,
+    "finished_at": float,  # set once it is done with: delivered, run, or given up
+    "outcome": str,  # delivered, ran, failed (a hook's exit status), gave up
 }
 
 
@@ -98,6 +119,9 @@ class Job:
     finished_at: float | None = None
     updated_at: float | None = None
     source_hex: str | None = None
+    preset: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    redo_of: str | None = None
 
     @property
     def source_name(self) -> str:
@@ -108,10 +132,41 @@ class Job:
     def from_row(cls, row: dict[str, Any]) -> Job:
         values = dict(row)
         values["warnings"] = json.loads(values.get("warnings") or "[]")
+        values["overrides"] = json.loads(values.get("overrides") or "{}")
         return cls(**values)
 
     def as_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in JOB_COLUMNS}
+
+
+@dataclass
+class Delivery:
+    """One owed hook run or webhook POST (issue 25): kept until it is done with, so a restart
+    runs what a stop left owed."""
+
+    id: int
+    event_id: str
+    event: str
+    channel: str
+    job_id: int
+    path: str
+    payload: str
+    attempts: int = 0
+    created_at: float = 0.0
+    next_at: float = 0.0
+    last_error: str | None = None
+    finished_at: float | None = None
+    outcome: str | None = None
+
+
+@dataclass(frozen=True)
+class Owed:
+    """A delivery to record: (event, channel, path, payload); the store gives it its id."""
+
+    event: str
+    channel: str
+    path: str
+    payload: str
 
 
 class StoreError(RuntimeError):
@@ -157,7 +212,14 @@ class Store:
             daemon = self.db.table("daemon")
             if not daemon.exists():
                 daemon.create(DAEMON_COLUMNS, pk="id")
-            for table, columns in ((jobs, JOB_COLUMNS), (daemon, DAEMON_COLUMNS)):
+            deliveries = self.db.table("deliveries")
+            if not deliveries.exists():
+                deliveries.create(DELIVERY_COLUMNS, pk="id", defaults={"attempts": 0})
+                # One of each per job: a job recorded done twice (a crash after its publish) owes once.
+                deliveries.create_index(["job_id", "event", "channel"], unique=True)
+                deliveries.create_index(["channel", "finished_at", "next_at"])
+            for table, columns in ((jobs, JOB_COLUMNS), (daemon, DAEMON_COLUMNS),
+                                   (deliveries, DELIVERY_COLUMNS)):
                 for name, kind in columns.items():  # a database made by an older recond
                     if name not in table.columns_dict:
                         table.add_column(name, kind)
@@ -247,13 +309,13 @@ class Store:
 
     def active_sources(self) -> set[str]:
         """Inbox paths that already have a queued or running job (so a rescan skips them)."""
-        active = self._jobs_where("state in (?, ?)", list(ACTIVE),
+        active = self._jobs_where("state in (?, ?) and redo_of is null", list(ACTIVE),
                                   select="id, source, sha256, state, result_name, source_hex")
         return {job.source_name for job in active}
 
     def latest(self, source: str) -> Job | None:
         """The newest job of this inbox path, whatever its state."""
-        return self._first("source = ? and source_hex is ?", _source_key(source))
+        return self._first("source = ? and source_hex is ? and redo_of is null", _source_key(source))
 
     def duplicates_of(self, job_id: int) -> list[Job]:
         return self._jobs_where("duplicate_of = ? and state = ?", [job_id, DUPLICATE])
@@ -269,8 +331,10 @@ class Store:
         return int(self._query("select count(*) from jobs where state in (?, ?)", [DONE, FAILED])[0][0])
 
     def by_source_prefix(self, prefix: str) -> Job | None:
-        """The newest job whose inbox path starts with ``prefix`` (a web upload's id)."""
-        return self._first("substr(source, 1, ?) = ?", [len(prefix), prefix])
+        """The newest job whose inbox path starts with ``prefix``, or with a preset's folder
+        and then ``prefix`` (a web upload's id: names.upload_prefix)."""
+        return self._first("redo_of is null and (substr(source, 1, ?) = ? or instr(source, ?) = "
+                           "instr(source, '/') + 1)", [len(prefix), prefix, prefix])
 
     def by_result_name(self, result_name: str) -> Job | None:
         """The done job that published this outbox folder."""
@@ -306,7 +370,7 @@ class Store:
         now = time.time()
         text, raw = _source_key(source)
         with self._writing():
-            active = self._first("source = ? and source_hex is ? and state in (?, ?)",
+            active = self._first("source = ? and source_hex is ? and state in (?, ?) and redo_of is null",
                                  [text, raw, *ACTIVE])
             if active and active.state == QUEUED and active.sha256 != sha256:
                 self._set(active.id, sha256=sha256, size=size)
@@ -314,7 +378,7 @@ class Store:
                 return self._stored(active.id), False
             if active:
                 return active, False
-            waiting = self._first("source = ? and source_hex is ?", [text, raw])
+            waiting = self._first("source = ? and source_hex is ? and redo_of is null", [text, raw])
             if waiting and waiting.state == DUPLICATE and waiting.sha256 == sha256:
                 if self._still_duplicate(waiting, result_holds):
                     return waiting, False
@@ -366,6 +430,28 @@ class Store:
                 learnt += 1
         return learnt
 
+    def enqueue_redo(self, source: str, sha256: str, size: int, result_name: str, redo_of: str,
+                     preset: str | None, overrides: dict[str, Any]) -> Job:
+        """A redo (issue 25): a queued job whose picture is the ``source.*`` of the result
+        folder ``redo_of``, made with ``preset`` and ``overrides``. It is never anybody's
+        duplicate (its bytes are a done job's on purpose) and has no file in the inbox.
+
+        ``reconctl redo`` and recond-web call this beside the running daemon: one short write
+        transaction, as safe beside the daemon's writes as theirs are beside each other."""
+        now = time.time()
+        text, raw = _source_key(source)
+        with self._writing():
+            row = {"source": text, "source_hex": raw, "sha256": sha256, "size": size,
+                   "state": QUEUED, "result_name": self._unique_name(result_name),
+                   "redo_of": redo_of, "preset": preset, "overrides": json.dumps(overrides),
+                   "queued_at": now, "updated_at": now}
+            return self._stored(self.db.table("jobs").insert(row).last_pk)
+
+    def record_preset(self, job_id: int, preset: str | None) -> None:
+        """The preset a starting job is made with (its inbox folder's, as the settings say now)."""
+        with self._writing():
+            self._set(job_id, preset=preset)
+
     def claim_next(self) -> Job | None:
         """Oldest queued job, now running (its attempt counted)."""
         now = time.time()
@@ -383,10 +469,14 @@ class Store:
             self._set(job_id, stage=stage, progress=progress, eta_s=eta_s,
                       stage_started_at=stage_started_at, stage_expected_s=stage_expected_s)
 
-    def finish(self, job_id: int, output: Path, warnings: list[str], sha256: str | None = None) -> None:
-        """Done; ``sha256`` when the published bytes differ from the queued ones."""
+    def finish(self, job_id: int, output: Path, warnings: list[str], sha256: str | None = None,
+               owed: Iterable[Owed] = ()) -> None:
+        """Done; ``sha256`` when the published bytes differ from the queued ones. ``owed``: the
+        hook and webhook deliveries of its publish, recorded in the same transaction, so that
+        a kill never leaves a job done whose hook nobody owes."""
         changes = {"sha256": sha256} if sha256 else {}
         with self._writing():
+            self._owe(job_id, owed)
             self._set(job_id, state=DONE, output=str(output), warnings=json.dumps(warnings),
                       progress=1.0, eta_s=0.0, finished_at=time.time(), error=None, **changes)
             # Duplicates recorded while this job ran now point at its result.
@@ -444,6 +534,62 @@ class Store:
                               attempts=max(0, attempts))
                     requeued.append(self._stored(job.id))
         return requeued, exhausted
+
+    # Owed deliveries: hooks and webhooks (recond/workflows/, issue 25).
+
+    def owe(self, job_id: int, owed: Iterable[Owed]) -> None:
+        """Record deliveries of one job's event (a failure: recorded after the job's move)."""
+        with self._writing():
+            self._owe(job_id, owed)
+
+    def _owe(self, job_id: int, owed: Iterable[Owed]) -> None:
+        now = time.time()
+        for delivery in owed:
+            self.db.execute(
+                "insert or ignore into deliveries (event_id, event, channel, job_id, path, payload, "
+                "attempts, created_at, next_at) values (?, ?, ?, ?, ?, ?, 0, ?, ?)",
+                [uuid.uuid4().hex, delivery.event, delivery.channel, job_id, delivery.path,
+                 delivery.payload, now, now])
+
+    def due_deliveries(self, channel: str, now: float, limit: int = 10) -> list[Delivery]:
+        """Owed deliveries of ``channel`` whose time has come, oldest first."""
+        with self._lock:
+            rows = list(self.db.table("deliveries").rows_where(
+                "channel = ? and finished_at is null and next_at <= ?", [channel, now],
+                order_by="next_at, id", limit=limit))
+        return [Delivery(**row) for row in rows]
+
+    def next_delivery_at(self, channel: str) -> float | None:
+        """When the next owed delivery of ``channel`` is due (None: nothing owed)."""
+        found = self._query("select min(next_at) from deliveries where channel = ? and "
+                            "finished_at is null", [channel])
+        return found[0][0] if found else None
+
+    def delivery_tried(self, delivery_id: int, error: str, next_at: float | None) -> None:
+        """A try that did not deliver: tried again at ``next_at``; None: given up."""
+        with self._writing():
+            self.db.execute(
+                "update deliveries set attempts = attempts + 1, last_error = ?, next_at = ?, "
+                "finished_at = ?, outcome = ? where id = ?",
+                [error, next_at if next_at is not None else time.time(),
+                 None if next_at is not None else time.time(),
+                 None if next_at is not None else "gave up", delivery_id])
+
+    def delivery_done(self, delivery_id: int, outcome: str, error: str | None = None) -> None:
+        with self._writing():
+            self.db.execute("update deliveries set attempts = attempts + 1, finished_at = ?, "
+                            "outcome = ?, last_error = ? where id = ?",
+                            [time.time(), outcome, error, delivery_id])
+
+    def owed_counts(self) -> dict[str, int]:
+        """Deliveries not yet done with, per channel ({"hook": n, "webhook": n})."""
+        counts = {"hook": 0, "webhook": 0}
+        if not self.db.table("deliveries").exists():  # a database from before issue 25, read only
+            return counts
+        for channel, number in self._query("select channel, count(*) from deliveries where "
+                                           "finished_at is null group by channel"):
+            counts[channel] = number
+        return counts
 
     # Daemon state (one row), read by `reconctl status`.
 

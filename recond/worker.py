@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from recond.config import JobSettings, ModelSettings, Settings, part_of
+from recond.config import JobSettings, ModelSettings, Settings
 from recond.errors import (
     RELOAD_EITHER_WAY,
     StageTimedOut,
@@ -61,9 +61,13 @@ from recond.pipeline.progress import (
     expected_stage_seconds,
     remember_stage_seconds,
 )
+from recond.pipeline.record import read_record, write_record
 from recond.pipeline.warm import build_pipeline, load_main_thread_libraries
 from recond.shares.identity import FolderIdentity
 from recond.store import QUEUED, RUNNING, Job, Store
+from recond.workflows import events
+from recond.workflows.presets import job_settings, preset_of
+from recond.workflows.redo import redone_from
 
 log = get_logger("recond.worker")
 
@@ -87,6 +91,7 @@ class InFlight:
     job: Job
     source: SourcePicture  # the checked bytes; their mode bounds the result's permissions
     settings: JobSettings
+    facts: dict[str, Any]  # what job.json adds about the workflow: preset, overrides, redone from
     started: float
     eta: EtaEstimate
     expected_s: dict[str, float]  # stage seconds this job's ETA and stage limits come from
@@ -130,12 +135,14 @@ class Worker:
     def __init__(self, settings: Settings, store: Store,
                  pipeline_factory: Callable[[ModelSettings], WarmPipeline] = build_pipeline,
                  on_file_changed: Callable[[Path], None] = lambda path: None,
-                 how_to_reload: str = RELOAD_EITHER_WAY) -> None:
+                 how_to_reload: str = RELOAD_EITHER_WAY,
+                 on_owed: Callable[[], None] = lambda: None) -> None:
         self.settings = settings
         self.how_to_reload = how_to_reload
         self.store = store
         self.pipeline_factory = pipeline_factory
         self.on_file_changed = on_file_changed
+        self.on_owed = on_owed  # a hook or webhook delivery was recorded (recond/workflows/)
         self.executor: Executor | None = None
         self.in_flight: dict[int, InFlight] = {}
         self.paused: str | None = None  # why the queue waits (outbox full or unwritable)
@@ -369,12 +376,29 @@ class Worker:
         if executor is None:  # the model did not load: the job waits for it
             self.store.requeue(job.id)
             return
-        log.info("job started", job=job.id, file=job.source, attempt=job.attempts)
+        settings, facts = self._settings_of(job)
+        log.info("job started", job=job.id, file=job.source, attempt=job.attempts, preset=facts["preset"])
         expected = expected_stage_seconds(self.settings.state_dir)
-        flight = InFlight(job, picture, part_of(self.settings, JobSettings), started,
+        flight = InFlight(job, picture, settings, facts, started,
                           EtaEstimate(self._progress_reporter(job), expected), expected)
         self.in_flight[job.id] = flight
         self._running(flight, lambda: executor.submit_device(DeviceTask(job.id, picture, flight.settings)))
+
+    def _settings_of(self, job: Job) -> tuple[JobSettings, dict[str, Any]]:
+        """The job's settings as the settings say now (a SIGHUP applies to jobs not yet started):
+        a redo's preset and --set values, else its inbox folder's preset; and what job.json
+        records of them (issue 25)."""
+        preset = job.preset if job.redo_of else preset_of(job.source_name, self.settings.presets)
+        settings, warning = job_settings(self.settings, preset, job.overrides)
+        if warning:
+            log.warning(warning, job=job.id, file=job.source)
+            preset = None
+        if preset != job.preset:
+            self.store.record_preset(job.id, preset)
+            job.preset = preset
+        facts = {"job": job.id, "preset": preset, "overrides": job.overrides,
+                 "redone_from": redone_from(job, self.outbox)}
+        return settings, facts
 
     def _running(self, flight: InFlight, submit: Callable[[], Future[Any]]) -> None:
         """Submit a part of ``flight``; its end wakes the loop. An error submitting puts the job back."""
@@ -434,6 +458,7 @@ class Worker:
         job = flight.job
         assert flight.folder is not None, "a host part ran in a staging folder"
         try:
+            write_record(flight.folder, {**result.record, **flight.facts})
             folder = publish.publish_result(flight.folder, self.outbox, job.result_name, flight.source.mode,
                                            self.gate.identity.raise_if_replaced)
         except Exception as error:
@@ -473,6 +498,8 @@ class Worker:
         (recond.inbox.dropped), and checked to be exactly the job's bytes; the pipeline gets these
         bytes and never opens the file. Raises JobEnded when the job ended here (removed,
         unreadable, too large, changed) and JobWaits when the inbox is away."""
+        if job.redo_of:
+            return self._redo_source(job)
         self._check_inbox_present(job)
         source = job.source_name
         kind = dropped.kind(self.inbox, source)
@@ -505,6 +532,23 @@ class Worker:
             raise JobEnded()
         where = PurePosixPath(readable)
         return SourcePicture(where.name, read.data, read.mode, folder=where.parent.name)
+
+    def _redo_source(self, job: Job) -> SourcePicture:
+        """A redo's picture: its old result's source.*, checked against the bytes queued."""
+        assert job.redo_of is not None, "only a redo reads its picture from the outbox"
+        copy = read_record(self.outbox / job.redo_of).get("source_copy")
+        try:
+            read = dropped.read(self.outbox, f"{job.redo_of}/{copy}", self.settings.max_file_bytes,
+                                keep=True)
+        except (OSError, TypeError) as error:
+            self.store.fail(job.id, f"the result folder {job.redo_of} no longer holds its picture "
+                            f"({getattr(error, 'strerror', None) or error}); nothing to redo")
+            raise JobEnded() from None
+        if read.sha256 != job.sha256:
+            self.store.fail(job.id, f"the picture in {job.redo_of} changed after the redo was "
+                            "queued; queue the redo again")
+            raise JobEnded()
+        return SourcePicture(PurePosixPath(job.source_name).name, read.data, read.mode)
 
     def _fail_removed(self, job: Job) -> None:
         """The file is gone from its inbox path: removed, or moved to failed/ by a run that was
@@ -549,9 +593,12 @@ class Worker:
         notes = list(warnings)
         if published_sha256 != job.sha256:
             notes.append("the file changed just before processing; the result holds its newer contents")
-        notes += self._remove_original(job, published_sha256)
+        if not job.redo_of:  # a redo's picture is its old result's, which stays
+            notes += self._remove_original(job, published_sha256)
         self.store.finish(job.id, folder, notes,
-                          sha256=published_sha256 if published_sha256 != job.sha256 else None)
+                          sha256=published_sha256 if published_sha256 != job.sha256 else None,
+                          owed=events.published(self.settings, job, folder, published_sha256))
+        self.on_owed()
         self._release_duplicates(job, folder)
         if self.gate.identity.check() is None:  # never into a bare mount point
             write_gallery(self.outbox, self.store)
@@ -591,13 +638,31 @@ class Worker:
                             error=str(error))
 
     def _published(self, job: Job) -> Path | None:
+        """This job's result, when a run published it before its record (a kill in between).
+        A folder whose job.json names another job is not it: two redos of one picture in the
+        same second have the same bytes and names that differ only by their -N."""
         if not job.result_name:
             return None
-        return publish.find_published(self.outbox, job.result_name, job.sha256)
+        found = publish.find_published(self.outbox, job.result_name, job.sha256)
+        if found is not None and read_record(found).get("job", job.id) != job.id:
+            return None
+        return found
 
     def fail_job(self, job: Job, reason: str) -> None:
-        """Record the failure and move the original to inbox/failed/ with a note beside it."""
-        set_aside(self.store, self.inbox, job, reason)
+        """Record the failure and move the original to inbox/failed/ with a note beside it (a
+        redo's picture stays in its old result); then owe the failure's hook and webhook."""
+        if job.redo_of:
+            kept: Path | None = self.outbox / job.redo_of / str(read_record(self.outbox / job.redo_of)
+                                                                .get("source_copy", ""))
+            self.store.fail(job.id, reason, kept_at=kept)
+        else:
+            set_aside(self.store, self.inbox, job, reason)
+            failed = self.store.get(job.id)
+            kept = Path(failed.output) if failed and failed.output else None
+        owed = events.failed(self.settings, job, reason, str(kept) if kept else None)
+        if owed:
+            self.store.owe(job.id, owed)
+            self.on_owed()
 
     # The outbox as a resource: full or unwritable pauses the queue.
 

@@ -163,6 +163,32 @@ def test_retry_refuses_a_job_that_did_not_fail(config: Path) -> None:
     assert code == 1 and "only failed jobs" in output
 
 
+def test_retry_of_a_failed_redo_leaves_the_old_results_picture_where_it_is(config: Path) -> None:
+    settings = settings_of(config)
+    store = Store(settings.db_path)
+    old = settings.outbox / "t_chair"
+    old.mkdir(parents=True)
+    (old / "source.png").write_bytes(b"picture")
+    job = store.enqueue_redo("chair.png", "cc", 7, "t_redo", "t_chair", None, {})
+    store.fail(job.id, "boom", kept_at=old / "source.png")
+    code, output = reconctl(config, "retry", str(job.id))
+    assert code == 1 and "reconctl redo t_chair" in output
+    assert (old / "source.png").read_bytes() == b"picture"
+
+
+def test_redo_refuses_a_folder_that_is_no_result_and_an_unknown_preset(config: Path) -> None:
+    settings = settings_of(config)
+    (settings.outbox / "not_a_result").mkdir(parents=True)
+    code, output = reconctl(config, "redo", "not_a_result")
+    assert code == 1 and "is not a published result" in output
+    code, output = reconctl(config, "redo", "not_a_result", "--preset", "quick")
+    assert code == 1
+    code, output = reconctl(config, "redo", "../etc")
+    assert code == 1 and "not a result folder" in output
+    code, output = reconctl(config, "redo", "not_a_result", "--set", "render_views")
+    assert code == 1 and "KEY=VALUE" in output
+
+
 def test_doctor_reports_missing_weights_with_the_fix_and_fails(config: Path) -> None:
     code, output = reconctl(config, "doctor", "--json")
     checks = {check["name"]: check for check in json.loads(output)}
@@ -204,3 +230,26 @@ def test_process_prints_a_folder_per_picture_and_fails_on_a_bad_one(
     assert len(folders) == 1 and (folders[0] / "index.html").is_file()
     assert f"chair.png: {folders[0]}" in result.output
     assert "broken.png: failed:" in result.output
+
+
+def test_process_with_a_preset_makes_it_with_the_presets_settings(
+        config: Path, tmp_path: Path, tiny_model_dir: Path, shared_dir: Path) -> None:
+    import json
+
+    config.write_text(config.read_text() + "\n[presets.quick]\nrender_views = 2\n")
+    out = tmp_path / "results"
+    env = {"RECOND_MC_RESOLUTION": "32", "RECOND_TEXTURE_RESOLUTION": "128",
+           "RECOND_RENDER_VIEWS": "4", "RECOND_RENDER_SIZE": "64",
+           "RECOND_REMBG_HOME": str(tmp_path / "no-rembg-models")}
+    picture = str(shared_dir / "examples" / "chair.png")
+    unknown = CliRunner().invoke(cli, ["--config", str(config), "process", picture,
+                                       "--preset", "slow", "--out", str(out)], env=env)
+    assert unknown.exit_code == 1 and "no preset 'slow'" in unknown.output
+    result = CliRunner().invoke(cli, ["--config", str(config), "process", picture, "--preset",
+                                      "quick", "--out", str(out), "--model", str(tiny_model_dir)], env=env)
+    assert result.exit_code == 0, result.output
+    (folder,) = out.iterdir()
+    record = json.loads((folder / "job.json").read_text())
+    assert record["preset"] == "quick" and record["settings"]["render_views"] == 2
+    assert len(list(folder.glob("render_*.png"))) == 2
+    assert "job.json" in record["files"]

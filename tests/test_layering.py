@@ -22,6 +22,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("the job store", ("recond.store",)),
     ("the outbox wing", ("recond.outbox",)),
     ("the inbox wing", ("recond.inbox",)),
+    ("workflows around each job", ("recond.workflows",)),
     ("executors", ("recond.executors",)),
     ("the worker", ("recond.worker",)),
     ("facts for the front ends", ("recond.heartbeat", "recond.status", "recond.doctor")),

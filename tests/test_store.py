@@ -136,3 +136,39 @@ def test_a_reader_answers_at_once_while_another_process_holds_the_database(tmp_p
     finally:
         holder.execute("ROLLBACK")
     assert not reader.held_by_another()
+
+
+# Owed deliveries and redo jobs (issue 25).
+
+def test_a_job_recorded_done_twice_owes_its_hook_and_webhook_once(tmp_path: Path) -> None:
+    from recond.store import Owed
+
+    store = Store(tmp_path / "recond.db")
+    job, _ = store.enqueue("a.jpg", "aa", 1, "r-a")
+    owed = [Owed("published", "hook", "/out/r-a", "{}"), Owed("published", "webhook", "/out/r-a", "{}")]
+    store.finish(job.id, Path("/out/r-a"), [], owed=owed)
+    store.finish(job.id, Path("/out/r-a"), [], owed=owed)  # a restart found it published again
+    assert store.owed_counts() == {"hook": 1, "webhook": 1}
+    (webhook,) = store.due_deliveries("webhook", time.time())
+    store.delivery_tried(webhook.id, "refused", next_at=time.time() + 60)
+    assert store.due_deliveries("webhook", time.time()) == []
+    assert store.next_delivery_at("webhook") > time.time()
+    store.delivery_tried(webhook.id, "refused", next_at=None)  # given up
+    (hook,) = store.due_deliveries("hook", time.time())
+    store.delivery_done(hook.id, "ran")
+    assert store.owed_counts() == {"hook": 0, "webhook": 0}
+    reopened = Store(tmp_path / "recond.db", reader=True)
+    assert reopened.owed_counts() == {"hook": 0, "webhook": 0}
+
+
+def test_a_redo_is_nobodys_duplicate_and_no_inbox_path(tmp_path: Path) -> None:
+    store = Store(tmp_path / "recond.db")
+    original, _ = store.enqueue("chair.png", "cc", 5, "r-chair")
+    store.claim_next()
+    store.finish(original.id, tmp_path / "r-chair", [])
+    redo = store.enqueue_redo("chair.png", "cc", 5, "r-redo", "r-chair", "quick", {"render_views": 3})
+    assert redo.state == QUEUED and redo.duplicate_of is None
+    assert (redo.redo_of, redo.preset, redo.overrides) == ("r-chair", "quick", {"render_views": 3})
+    assert store.active_sources() == set()  # a rescan never skips an inbox chair.png for it
+    dropped, created = store.enqueue("chair.png", "dd", 6, "r-new")
+    assert created and dropped.id != redo.id  # a new drop of the same name is its own job

@@ -14,12 +14,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 
 from recond.inbox import dropped
-from recond.names import NAME_MAX_BYTES, display_name, free_name, shorten
+from recond.names import FAILED_FOLDERS, NAME_MAX_BYTES, display_name, free_name, shorten
 from recond.shares import beneath
 
-# inbox/failed/ holds what could not be processed. When something that is not a folder holds
-# that name (a user's file called "failed", a symlink), the second name is used instead.
-FAILED_FOLDERS = ("failed", "failed-recond")
 ERROR_NOTE_SUFFIX = ".error.txt"
 # Room left in a failed/ name for "-job<id>" and ".error.txt".
 FAILED_NAME_MAX_BYTES = NAME_MAX_BYTES - len(ERROR_NOTE_SUFFIX) - 16

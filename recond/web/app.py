@@ -1,7 +1,8 @@
 """The recond-web application: upload page, REST API, event streams, result pages, gallery, metrics.
 
-It reads the daemon's store and outbox and writes only into the inbox (through uploads.py);
-the daemon stays the only thing that creates and runs jobs. Nothing here imports torch. The
+It reads the daemon's store and outbox and writes only into the inbox (through uploads.py) and,
+for a redo, one queued row into the store (recond.workflows.redo, issue 25); the daemon stays
+the only thing that runs jobs. Nothing here imports torch. The
 seed app's routes (POST /, /progress, /result, /output) are aliases of the API's own.
 """
 
@@ -49,6 +50,7 @@ from recond.web.guards import (
 )
 from recond.web.metrics import Metrics
 from recond.web.uploads import Upload, UploadRefused, receive_uploads
+from recond.workflows.redo import RedoRefused, plan_redo, queue_redo
 
 ASSETS = Path(__file__).with_name("assets")  # served as they are under /assets/
 FAVICON = ASSETS / "favicon.svg"
@@ -154,7 +156,8 @@ def create_app(settings: Settings) -> FastAPI:
 
     # Pages.
 
-    upload_page_html = pages.upload_page()
+    presets = sorted(settings.presets)
+    upload_page_html = pages.upload_page(presets)
 
     @app.get("/", include_in_schema=False)
     async def upload_page() -> HTMLResponse:
@@ -187,7 +190,7 @@ def create_app(settings: Settings) -> FastAPI:
         folder = _result_dir(outbox, name)
         job = await read(lambda store: store.by_result_name(name))
         return HTMLResponse(await asyncio.to_thread(pages.result_page, folder,
-                                                    job.source if job else None))
+                                                    job.source if job else None, presets))
 
     @app.get("/results/{name}/{file}", include_in_schema=False)
     @app.get("/output/{name}/{file}", include_in_schema=False)  # the seed's address of a file
@@ -234,6 +237,26 @@ def create_app(settings: Settings) -> FastAPI:
         app.add_api_route(path, upload, methods=["POST"], status_code=202, tags=["jobs"],
                           summary=summary, openapi_extra=UPLOAD_SCHEMA, responses=upload_answers,
                           response_model=None)
+
+    @app.post("/api/results/{name}/redo", tags=["jobs"], status_code=202, response_model=None,
+              responses=refusals(_400="Not a result folder, or an unknown preset.",
+                                 _404="No such result folder."))
+    async def redo(request: Request, name: str) -> Any:
+        """Queue a result's picture again as a new job (form or JSON field ``preset``; empty: the
+        defaults). A form from the result page is sent on to the gallery (303); a script gets
+        the queued job (202)."""
+        _result_dir(outbox, name)
+        form = await request.form() if "form" in request.headers.get("content-type", "") else {}
+        chosen = form.get("preset", "")
+        preset = chosen if isinstance(chosen, str) else ""
+        try:
+            job = await asyncio.to_thread(_queue_redo, settings, name, preset)
+        except RedoRefused as error:
+            raise HTTPException(400, str(error)) from None
+        log.info("redo queued", result=name, job=job.id, preset=job.preset)
+        if form:
+            return RedirectResponse("/gallery", status_code=303)
+        return await describe(job)
 
     @app.get("/api/uploads/{upload_id}", tags=["jobs"],
              responses=refusals(_400="Not an upload id.", _404="No such upload."))
@@ -344,6 +367,16 @@ def _add_guards(app: FastAPI, settings: Settings) -> None:
 UPLOAD_SCHEMA = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "properties": {"image": {"type": "array", "items": {
         "type": "string", "format": "binary"}}}}}}}}
+
+
+def _queue_redo(settings: Settings, name: str, preset: str) -> Job:
+    """A redo queued in the job database beside the daemon (recond.workflows.redo)."""
+    planned = plan_redo(settings, name, preset, {})
+    store = Store(settings.db_path)
+    try:
+        return queue_redo(store, planned)
+    finally:
+        store.close()
 
 
 def result_url(job: Job, outbox: Path) -> str | None:

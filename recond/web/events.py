@@ -19,7 +19,7 @@ from sse_starlette import EventSourceResponse
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
-from recond.names import upload_prefix
+from recond.names import is_upload_of, upload_prefix
 from recond.store import ACTIVE, QUEUED, Job, Store
 from recond.web.feed import JobFeed, StoreReader
 from recond.web.guards import StreamCounter
@@ -41,7 +41,7 @@ class EventStreams:
     def upload(self, request: Request, upload_id: str) -> EventSourceResponse:
         prefix = upload_prefix(upload_id)
         return self._open(request, self._follow(
-            lambda job: job.source.startswith(prefix), lambda store: store.by_source_prefix(prefix),
+            lambda job: is_upload_of(job.source, upload_id), lambda store: store.by_source_prefix(prefix),
             known=lambda: self.upload_known(prefix), unknown=f"no upload {upload_id}"))
 
     def job(self, request: Request, job_id: int) -> EventSourceResponse:
@@ -60,7 +60,8 @@ class EventStreams:
         the file leaves the inbox, so asking job, file, job again cannot miss one in between."""
         def has_job() -> bool:
             return self.reader.read(lambda store: store.by_source_prefix(prefix), None) is not None
-        return has_job() or any(self.inbox.glob(f"{prefix}*")) or has_job()
+        return (has_job() or any(self.inbox.glob(f"{prefix}*"))
+                or any(self.inbox.glob(f"*/{prefix}*")) or has_job())  # under a preset's folder
 
     def _open(self, request: Request, events: AsyncIterator[Event]) -> EventSourceResponse:
         give_back = self.counter.take(request.client.host if request.client else "")

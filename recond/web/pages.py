@@ -25,13 +25,26 @@ MODEL_INPUT = "input.png"
 DOWNLOADS = (("mesh.glb", "GLB"), ("mesh.obj", "OBJ"), ("mesh.stl", "STL"), ("render.mp4", "video"))
 
 
-def upload_page() -> str:
-    return (HERE / "upload.html").read_text(encoding="utf-8").replace("{{NAV}}", NAV)
+def upload_page(presets: list[str]) -> str:
+    """The upload page; with presets, a menu of them (its value goes with each upload)."""
+    menu = (f'<p><label>Preset {preset_menu(presets, "upload-preset")}</label></p>'
+            if presets else "")
+    return (HERE / "upload.html").read_text(encoding="utf-8").replace("{{NAV}}", NAV).replace(
+        "{{PRESETS}}", menu)
 
 
-def result_page(folder: Path, source: str | None) -> str:
+def preset_menu(presets: list[str], element_id: str, chosen: str | None = None) -> str:
+    """A <select name="preset">: the defaults (value "") and each preset."""
+    options = "".join(f'<option value="{html.escape(name)}"{" selected" if name == chosen else ""}>'
+                      f"{html.escape(name)}</option>" for name in presets)
+    return (f'<select id="{element_id}" name="preset"><option value="">defaults</option>'
+            f"{options}</select>")
+
+
+def result_page(folder: Path, source: str | None, presets: list[str]) -> str:
     """The page of one published result folder (its name is a checked outbox entry), made from
-    the inbox path ``source`` (None when its job is no longer in the store)."""
+    the inbox path ``source`` (None when its job is no longer in the store), with its preset and
+    a form to redo it with one of ``presets`` (issue 25)."""
     record = read_record(folder)
     name = shown_name(source or str(record.get("source") or folder.name))
     base = f"/results/{quote(folder.name)}/"
@@ -43,6 +56,9 @@ def result_page(folder: Path, source: str | None) -> str:
     values = {
         "NAME": html.escape(name), "NAV": NAV, "FACTS": html.escape("".join(facts)),
         "PHOTO": f"{base}{quote(photo)}", "VIEWER": f"{base}{VIEWER_NAME}", "DOWNLOADS": downloads,
+        "PRESET": html.escape(f"preset: {record.get('preset') or 'none (the defaults)'}"),
+        "REDO": f"/api/results/{quote(folder.name)}/redo",
+        "REDO_MENU": preset_menu(presets, "redo-preset", record.get("preset")),
     }
     page = (HERE / "result.html").read_text(encoding="utf-8")
     for key, value in values.items():

@@ -34,6 +34,8 @@ if TYPE_CHECKING:  # python-multipart declares its callback table for type check
     from python_multipart.multipart import MultipartCallbacks
 
 MAX_NAME_CHARS = 120
+PRESET_FIELD = "preset"  # the form field naming the preset the pictures are made with (issue 25)
+MAX_PRESET_BYTES = 64
 MULTIPART_OVERHEAD = 64 * 1024  # headers and boundaries around each file, at most
 RATE_GRACE_SECONDS = 5.0  # an upload's first seconds need no rate: connecting, a slow start
 WINDOWS_FORBIDDEN = set('<>:"|?*')  # the inbox is often an SMB share that Windows clients browse
@@ -95,6 +97,8 @@ class _Receiver:
         self._disposition = b""
         self._current: tuple[str, str, Path, BinaryIO] | None = None  # upload id, name, path, file
         self._size = 0
+        self._field: bytearray | None = None  # the preset field's value while it arrives
+        self.preset = ""
 
     def callbacks(self) -> MultipartCallbacks:
         return {"on_part_begin": self._part_begin, "on_header_field": self._header_field_data,
@@ -118,8 +122,9 @@ class _Receiver:
 
     def _headers_finished(self) -> None:
         _, options = parse_options_header(self._disposition)
-        if b"filename" not in options:
-            return  # a plain form field: ignored (its bytes are not stored)
+        if b"filename" not in options:  # a plain form field: only the preset's value is kept
+            self._field = bytearray() if options.get(b"name") == PRESET_FIELD.encode() else None
+            return
         if len(self.accepted) + 1 > self.settings.web_max_files:
             raise UploadRefused(413, f"more than {self.settings.web_max_files} files in one "
                                      "request (setting web_max_files)")
@@ -129,6 +134,10 @@ class _Receiver:
         self._current, self._size = (upload_id, name, path, _create(path)), 0
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._field is not None:
+            self._field += data[start:end]
+            if len(self._field) > MAX_PRESET_BYTES:
+                raise UploadRefused(400, "the preset field is longer than any preset's name")
         if self._current is None:
             return
         _, name, _, stream = self._current
@@ -138,6 +147,8 @@ class _Receiver:
         stream.write(data[start:end])
 
     def _part_end(self) -> None:
+        if self._field is not None:
+            self.preset, self._field = self._field.decode("utf-8", "replace").strip(), None
         if self._current is None:
             return
         upload_id, name, path, stream = self._current
@@ -148,7 +159,7 @@ class _Receiver:
         except UploadRefused:
             path.unlink(missing_ok=True)
             raise
-        source = upload_source(upload_id, name)
+        source = upload_source(upload_id, name)  # under the preset's folder once publish knows it
         self.accepted.append((Upload(upload_id, name, source, self._size), path))
 
     def _check_picture(self, name: str, path: Path) -> None:
@@ -168,9 +179,17 @@ class _Receiver:
         if not self.accepted:
             raise UploadRefused(400, "the request holds no file (send multipart/form-data with "
                                      "one or more file fields, e.g. curl -F image=@photo.jpg)")
-        for upload, path in self.accepted:
+        preset = self.preset or None
+        if preset is not None and preset not in self.settings.presets:
+            known = ", ".join(sorted(self.settings.presets)) or "none are set"
+            raise UploadRefused(400, f"no preset {preset!r} (presets: {known}); nothing was saved")
+        if preset is not None:  # the preset's folder, as for a picture dropped into it
+            (inbox / upload_source("0" * 16, "x", preset)).parent.mkdir(parents=True, exist_ok=True)
+        uploads = [Upload(upload.upload_id, upload.name,
+                          upload_source(upload.upload_id, upload.name, preset), upload.size)
+                   for upload, _ in self.accepted]
+        for upload, (_, path) in zip(uploads, self.accepted, strict=True):
             os.rename(path, inbox / upload.source)
-        uploads = [upload for upload, _ in self.accepted]
         self.accepted = []
         return uploads
 

@@ -9,7 +9,7 @@ const KEPT_UPLOADS = 30;
 const STATUS_POLL_MS = 4000;
 const ETA_SMOOTHING = 0.3;    // weight of the newest estimate of the finishing time
 const ALMOST_DONE_S = 10;     // below this, no number: "a few seconds left", never "0 s"
-const UPLOADED = /^web\/([0-9a-f]{16})-/;
+const UPLOADED = /^(?:[^/]+\/)?web\/([0-9a-f]{16})-/;  // under a preset's folder too (names.py)
 
 const rows = new Map();       // upload id -> its row (an <li>)
 let events = null;            // the one EventSource, open while some row is unfinished
@@ -228,6 +228,8 @@ function pump() {
 
 function send(file, row, finished) {
   const form = new FormData();
+  const preset = document.getElementById("upload-preset");
+  if (preset && preset.value) form.append("preset", preset.value);
   form.append("image", file, file.name);
   const request = new XMLHttpRequest();
   request.open("POST", "/api/jobs");
