@@ -18,12 +18,8 @@ from typing import Any
 
 import pytest
 
+from helpers.installation import Installation
 from helpers.webhook_receiver import Receiver
-
-try:  # the tests' helpers, where issue 24's reorganisation of tests/ puts them
-    from helpers.installation import Installation
-except ImportError:
-    from test_daemon_e2e import Installation
 
 QUICK = "\n[presets.quick]\nrender_views = 2\n"
 SECRET = "a-shared-secret-for-tests"

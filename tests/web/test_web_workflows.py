@@ -12,12 +12,8 @@ from pathlib import Path
 
 import pytest
 
-try:  # the tests' helpers, where issue 24's reorganisation of tests/ puts them
-    from helpers.installation import Installation
-    from helpers.web_server import WebServer, free_port
-except ImportError:
-    from test_daemon_e2e import Installation
-    from web_server import WebServer, free_port
+from helpers.installation import Installation
+from helpers.web_server import WebServer, free_port
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 PRESETS = "\n[presets.quick]\nrender_views = 2\n\n[presets.print]\ntarget_faces = 0\n"
