@@ -25,6 +25,8 @@ from recond.errors import process_loading_fix
 from recond.inbox.failed import FAILED_FOLDERS, find_in_failed, move_back_from_failed
 from recond.names import result_name_for
 from recond.outbox import leftovers, publish
+from recond.shares.folders import SHARE_FOLDERS
+from recond.shares.identity import FolderIdentity, FolderReplaced
 from recond.status import job_facts, open_store, status_report
 from recond.store import FAILED, STATES, Job, Store, StoreError, database_error
 
@@ -245,6 +247,21 @@ def _job(settings: Settings, job_id: int) -> Job:
 
 
 # doctor
+
+
+@cli.command()
+@config_option
+@click.argument("folder", type=click.Choice(SHARE_FOLDERS))
+@click.pass_context
+def adopt(ctx: click.Context, folder: str) -> None:
+    """Take the inbox or outbox as it is now, after recond paused because it is not the folder
+    it started with (another marker, or a share's bare mount point); the daemon resumes."""
+    settings = _settings(ctx)
+    path = getattr(settings, folder).expanduser().resolve()
+    try:
+        _echo(FolderIdentity(folder, path, settings.state_dir).adopt())
+    except OSError as error:
+        raise click.ClickException(str(error.strerror if isinstance(error, FolderReplaced) else error)) from None
 
 
 @cli.command()

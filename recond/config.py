@@ -189,6 +189,10 @@ class DaemonSettings(_Part):
 
     outbox: Path = Field(Path("outbox"), description="Folder result folders are published to.")
     state_dir: Path = Field(Path("state"), description="SQLite job database and JSON log.")
+    adopt_changed_folders: bool = Field(False, description=(
+        "Take an inbox or outbox that is not the folder recond started with (another marker, "
+        "or a share's bare mount point) with a warning, instead of pausing until "
+        "`reconctl adopt` (docs/share-ownership.md)."))
     max_attempts: int = Field(3, ge=1, description="Crashes a job survives before it fails.")
     host_workers: int | None = Field(None, ge=0, le=MAX_HOST_WORKERS, description=(
         "Processes running jobs' CPU part (mesh to viewer) while the model serves the next job; "

@@ -140,8 +140,10 @@ class Worker:
         self.in_flight: dict[int, InFlight] = {}
         self.paused: str | None = None  # why the queue waits (outbox full or unwritable)
         self.owner = publish.owner_tag(str(settings.state_dir.resolve()))
-        self.gate = OutboxGate(settings.outbox.resolve(), self.owner, settings.state_dir)
-        self.inbox_identity = FolderIdentity("inbox", self.inbox, settings.state_dir)
+        self.gate = OutboxGate(settings.outbox.resolve(), self.owner, settings.state_dir,
+                               settings.adopt_changed_folders)
+        self.inbox_identity = FolderIdentity("inbox", self.inbox, settings.state_dir,
+                                             settings.adopt_changed_folders)
         self._stopping = threading.Event()
         self._wake = threading.Event()
         self._new_settings: Settings | None = None
@@ -285,10 +287,11 @@ class Worker:
         if settings is None:
             return
         executor_changed = executor_shape(settings) != executor_shape(self.settings)
-        if settings.inbox != self.settings.inbox:
-            self.inbox_identity = FolderIdentity("inbox", settings.inbox.resolve(), settings.state_dir)
-        if settings.outbox != self.settings.outbox:
-            self.gate = OutboxGate(settings.outbox.resolve(), self.owner, settings.state_dir)
+        adopt_any = settings.adopt_changed_folders
+        if settings.inbox != self.settings.inbox or adopt_any != self.settings.adopt_changed_folders:
+            self.inbox_identity = FolderIdentity("inbox", settings.inbox.resolve(), settings.state_dir, adopt_any)
+        if settings.outbox != self.settings.outbox or adopt_any != self.settings.adopt_changed_folders:
+            self.gate = OutboxGate(settings.outbox.resolve(), self.owner, settings.state_dir, adopt_any)
         self.settings = settings
         if self.executor is None:
             self._next_load = 0.0
@@ -418,7 +421,8 @@ class Worker:
     def _start_host_part(self, flight: InFlight, handoff: DeviceOutput) -> None:
         executor, job = self.executor, flight.job
         assert executor is not None, "the executor stays while jobs are in flight"
-        try:
+        try:  # nothing is built in a folder that is not the outbox recond started with
+            self.gate.identity.raise_if_replaced()
             flight.folder = flight.staging.enter_context(
                 publish.staging(self.outbox, job.result_name, f"{self.owner}-{job.id}"))
         except Exception as error:  # e.g. the outbox is full or gone

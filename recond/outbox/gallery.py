@@ -25,7 +25,7 @@ from recond.store import DONE, Job, Store
 GALLERY_NAME = "index.html"  # outbox/index.html
 THUMBNAIL_NAME = frame_name(0)  # the turntable's first frame
 STATIC_LIMIT = 1000  # the file:// gallery lists this many newest results; /gallery pages through all
-PAGE_CSS = Path(__file__).parent / "web" / "assets" / "page.css"
+PAGE_CSS = Path(__file__).parents[1] / "web" / "assets" / "page.css"  # recond/web/assets
 
 log = get_logger("recond.outbox.gallery")
 

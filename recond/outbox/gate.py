@@ -28,9 +28,9 @@ class OutboxFault:
 class OutboxGate:
     """Tells a job error caused by the outbox from one caused by the picture, and probes it."""
 
-    def __init__(self, outbox: Path, owner: str, state_dir: Path) -> None:
+    def __init__(self, outbox: Path, owner: str, state_dir: Path, adopt_any: bool = False) -> None:
         self.outbox, self.owner = outbox, owner
-        self.identity = FolderIdentity("outbox", outbox, state_dir)
+        self.identity = FolderIdentity("outbox", outbox, state_dir, adopt_any)
         self.fault: OutboxFault | None = None
 
     def fault_in(self, error: BaseException) -> OutboxFault | None:
