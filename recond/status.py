@@ -12,9 +12,9 @@ from typing import Any
 
 from recond.config import Settings
 from recond.heartbeat import liveness_age
-from recond.outbox.leftovers import pid_alive
 from recond.pipeline.progress import stage_overdue
 from recond.pipeline.record import read_record
+from recond.shares.lease import pid_alive
 from recond.store import (
     DONE,
     HEARTBEAT_SECONDS,

@@ -63,6 +63,7 @@ from recond.pipeline.progress import (
 )
 from recond.pipeline.warm import build_pipeline, load_main_thread_libraries
 from recond.shares.identity import FolderIdentity
+from recond.shares.lease import InboxLease, LeaseLost
 from recond.store import QUEUED, RUNNING, Job, Store
 
 log = get_logger("recond.worker")
@@ -130,8 +131,10 @@ class Worker:
     def __init__(self, settings: Settings, store: Store,
                  pipeline_factory: Callable[[ModelSettings], WarmPipeline] = build_pipeline,
                  on_file_changed: Callable[[Path], None] = lambda path: None,
-                 how_to_reload: str = RELOAD_EITHER_WAY) -> None:
+                 how_to_reload: str = RELOAD_EITHER_WAY,
+                 inbox_lease: InboxLease | None = None) -> None:
         self.settings = settings
+        self.inbox_lease = inbox_lease  # the daemon's claim on the inbox: publish only while ours
         self.how_to_reload = how_to_reload
         self.store = store
         self.pipeline_factory = pipeline_factory
@@ -439,7 +442,12 @@ class Worker:
         assert flight.folder is not None, "a host part ran in a staging folder"
         try:
             folder = publish.publish_result(flight.folder, self.outbox, job.result_name, flight.source.mode,
-                                           self.gate.identity.raise_if_replaced)
+                                           self._may_publish)
+        except LeaseLost as lost:  # another daemon has the inbox now: it processes the picture
+            self._drop(flight, requeue=True)
+            log.warning("job not published: the inbox lease was lost", job=job.id, file=job.source,
+                        error=str(lost))
+            return
         except Exception as error:
             self._drop(flight)
             self._job_error(job, error, flight.started)
@@ -450,6 +458,12 @@ class Worker:
             self._repeats.log(log.warning, not_kept)
         self._finish(job, folder, result.warnings, result.record.get("sha256", job.sha256), flight.started)
         del self.in_flight[job.id]
+
+    def _may_publish(self) -> None:
+        """Raise unless the outbox is the one recond started with and the inbox is still ours."""
+        self.gate.identity.raise_if_replaced()
+        if self.inbox_lease is not None:
+            self.inbox_lease.raise_if_lost()
 
     def _drop(self, flight: InFlight, requeue: bool = False) -> None:
         """Forget a job in flight, removing its staging folder; ``requeue`` puts it back in the
