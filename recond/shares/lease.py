@@ -66,16 +66,26 @@ class InboxLease:
                            secrets.token_hex(16), 0.0)
         self.still_seconds = still_seconds
         self.lost: str | None = None  # why the lease is no longer ours, once it is not
+        self.unwritable = False  # a read-only inbox: no lease is held, none is checked
         self._stopping = threading.Event()
         self._repeats = Repeats()
         self._thread = threading.Thread(target=self._refresh_loop, name="recond-lease", daemon=True)
 
     def acquire(self) -> None:
         """Take the lease, or raise InboxTaken naming the daemon that holds it; then keep it
-        refreshed from a thread of its own."""
+        refreshed from a thread of its own. An inbox nobody may write to (read-only) holds no
+        lease: recond then runs without one, and says so."""
         for _ in range(ACQUIRE_TRIES):
-            if self._try_acquire():
-                break
+            try:
+                if self._try_acquire():
+                    break
+            except OSError as error:
+                if error.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+                    raise
+                self.unwritable = True
+                log.warning("the inbox takes no lease (read-only): a second recond on it would "
+                            "not be refused", inbox=str(self.inbox), error=str(error))
+                return
         else:
             raise InboxTaken(f"the inbox lease {self.path} kept changing while recond tried to "
                              "take it: another recond is starting on this inbox")
@@ -84,6 +94,8 @@ class InboxLease:
 
     def raise_if_lost(self) -> None:
         """Raise LeaseLost unless the lease file still names this daemon (read afresh)."""
+        if self.unwritable:
+            return
         if self.lost is None:
             holder = self._read()
             if holder is None or holder.token != self.mine.token:
@@ -96,6 +108,8 @@ class InboxLease:
         self._stopping.set()
         if self._thread.is_alive():
             self._thread.join(timeout=REFRESH_SECONDS)
+        if self.unwritable:
+            return
         holder = self._read()
         if holder is not None and holder.token == self.mine.token:
             try:

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from test_nothing_lost import mounted
 
 from recond.shares.lease import LEASE_NAME, LEASE_SECONDS, InboxLease, InboxTaken, LeaseLost
 
@@ -99,3 +100,14 @@ def test_a_garbled_lease_is_no_holder_forever(tmp_path: Path) -> None:
     lease.acquire()
     lease.raise_if_lost()
     lease.release()
+
+
+def test_a_read_only_inbox_runs_without_a_lease(tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    with mounted("--bind", "-o", "ro", str(inbox), target=inbox):  # a read-only share
+        lease = InboxLease(inbox, tmp_path / "state")
+        lease.acquire()
+        assert lease.unwritable and not (inbox / LEASE_NAME).exists()
+        lease.raise_if_lost()
+        lease.release()
