@@ -110,8 +110,7 @@ def _format_status(report: dict[str, Any]) -> str:
                      f"{round((job['progress'] or 0) * 100)}%{eta}")
         if job["stage_overdue"]:
             lines.append(f"warning: the {job['stage']} stage has run {_duration(job['stage_seconds'])}; "
-                         f"it usually takes {job['stage_expected_s']:.1f} s (a stuck child process "
-                         "is stopped at the stage's limit, stage_limit_factor / stage_limit_floor_s)")
+                         f"it usually takes {job['stage_expected_s']:.1f} s ({_overdue_note(job)})")
     workers = daemon["workers"]
     if len(workers) > 1 or any(worker.get("pid") not in (None, daemon["pid"]) for worker in workers):
         busy = [worker for worker in workers if worker["busy"]]
@@ -131,6 +130,16 @@ def _format_status(report: dict[str, Any]) -> str:
     for warning in [*daemon["watcher_warnings"], *filter(None, [daemon["worker_warning"]])]:
         lines.append(f"warning: {warning}")
     return "\n".join(_shown(line) for line in lines)
+
+
+def _overdue_note(job: dict[str, Any]) -> str:
+    """What happens to an overdue stage, true of that stage: only a stage with a child process
+    (ffmpeg) is stopped at its limit."""
+    if job.get("stage_child"):
+        return (f"its {job['stage_child']} child process is stopped at the stage's limit, "
+                "stage_limit_factor / stage_limit_floor_s")
+    return ("recond does not stop this stage itself; if it never ends, restart recond and the "
+            "job goes back to the queue")
 
 
 def _elsewhere(node: str) -> str:

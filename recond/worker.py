@@ -40,6 +40,7 @@ from recond.executors import (
     ProgressSink,
     WorkerLost,
     executor_shape,
+    runs_in_daemon,
 )
 from recond.inbox import dropped
 from recond.inbox.failed import error_note, find_in_failed, remove_emptied_folders
@@ -56,6 +57,7 @@ from recond.pipeline.contract import (
 )
 from recond.pipeline.handoff import DeviceOutput
 from recond.pipeline.progress import (
+    WAITING_FOR_HOST,
     EtaEstimate,
     Progress,
     expected_stage_seconds,
@@ -380,6 +382,8 @@ class Worker:
         flight = InFlight(job, picture, part_of(self.settings, JobSettings), started,
                           EtaEstimate(self._progress_reporter(job), expected), expected)
         self.in_flight[job.id] = flight
+        if not runs_in_daemon(self.settings, "device"):
+            self._part_started(job, in_daemon=False)
         self._running(flight, lambda: executor.submit_device(DeviceTask(job.id, picture, flight.settings)))
 
     def _running(self, flight: InFlight, submit: Callable[[], Future[Any]]) -> None:
@@ -390,6 +394,7 @@ class Worker:
             self._drop(flight, requeue=True)
             raise
         flight.future.add_done_callback(lambda future: self._wake.set())
+        self._show_workers()  # busy from the part's start, not from the next turn of the loop
 
     def _advance_finished(self) -> None:
         """Act on every part that ended: start the host part, publish, fail or requeue."""
@@ -433,9 +438,20 @@ class Worker:
             self._job_error(job, error, flight.started)
             return
         flight.phase = "host"
+        in_daemon = runs_in_daemon(self.settings, "host")
+        # Shown until the host part reports its first stage: no host process may be free yet.
+        self._part_started(job, in_daemon, stage=None if in_daemon else WAITING_FOR_HOST)
         folder = flight.folder
         self._running(flight, lambda: executor.submit_host(
             HostTask(job.id, handoff, flight.settings, folder, flight.expected_s)))
+
+    def _part_started(self, job: Job, in_daemon: bool, stage: str | None = None) -> None:
+        """Where the job's part runs now, for status and crash recovery: best effort, like its
+        progress (a busy or full database never costs the job its run)."""
+        try:
+            self.store.part_started(job.id, in_daemon, stage)
+        except sqlite3.Error as error:
+            log.warning("where the job's part runs was not recorded", job=job.id, error=str(error))
 
     def _publish(self, flight: InFlight, result: JobResult) -> None:
         job = flight.job
@@ -637,8 +653,15 @@ class Worker:
     def _record_progress(self, message: PartProgress) -> None:
         """A part's (stage, fraction), from any thread: to the job's ETA, the store and the log."""
         flight = self.in_flight.get(message.job_id)
-        if flight is not None:
-            flight.eta(message.stage, message.fraction)
+        if flight is None:
+            return
+        new_stage = message.stage != flight.eta.stage
+        flight.eta(message.stage, message.fraction)
+        if new_stage:  # which worker is busy changes with the parts: status shows it now
+            if threading.current_thread() is self._thread:
+                self._show_workers()  # a part running in this thread (host_workers = 0)
+            else:
+                self._wake.set()  # the loop refreshes it (never from an executor's own thread)
 
     def _progress_reporter(self, job: Job) -> ProgressCallback:
         last: dict[str, Any] = {"stage": None, "written": 0.0, "decile": -1}

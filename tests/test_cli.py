@@ -204,3 +204,18 @@ def test_process_prints_a_folder_per_picture_and_fails_on_a_bad_one(
     assert len(folders) == 1 and (folders[0] / "index.html").is_file()
     assert f"chair.png: {folders[0]}" in result.output
     assert "broken.png: failed:" in result.output
+
+
+def test_an_overdue_warning_says_what_is_true_of_its_stage(config: Path) -> None:
+    store = Store(settings_of(config).db_path)
+    store.daemon_started(os.getpid())
+    long_ago = time.time() - 60
+    for name, stage in (("slow-mesh.jpg", "mesh"), ("frozen-video.jpg", "render")):
+        job, _ = store.enqueue(name, name, 1, f"t_{stage}")
+        store.claim_next()
+        store.report_progress(job.id, stage, 0.5, 1.0, stage_started_at=long_ago, stage_expected_s=0.8)
+    code, text = reconctl(config, "status")
+    mesh, render = (line for line in text.splitlines() if line.startswith("warning: the "))
+    assert mesh.startswith("warning: the mesh stage has run 1m") and "child process" not in mesh
+    assert "recond does not stop this stage itself" in mesh
+    assert "its ffmpeg child process is stopped at the stage's limit" in render
