@@ -459,9 +459,9 @@ class Worker:
         try:
             folder = publish.publish_result(flight.folder, self.outbox, job.result_name, flight.source.mode,
                                            self._may_publish)
-        except LeaseLost as lost:  # another daemon has the inbox now: it processes the picture
+        except LeaseLost as lost:  # another daemon has the inbox now (or it cannot be told)
             self._drop(flight, requeue=True)
-            log.warning("job not published: the inbox lease was lost", job=job.id, file=job.source,
+            log.warning("job not published: the inbox lease is not known to be ours", job=job.id, file=job.source,
                         error=str(lost))
             return
         except Exception as error:
@@ -644,6 +644,9 @@ class Worker:
 
     def _outbox_cleared(self) -> bool:
         if not self.gate.cleared():
+            fault = self.gate.fault
+            if fault is not None and fault.reason != self.paused:  # status names what holds it now
+                self._pause(fault)
             return False
         log.info("queue resumed: the outbox takes results again", outbox=str(self.outbox))
         self.paused = None

@@ -70,6 +70,10 @@ class OutboxGate:
         """Has the recorded fault gone (writable again, and for space: more room than before)?"""
         if self.fault is None:
             return True
+        replaced = self.identity.check()
+        if replaced:  # e.g. gone a moment ago, another folder now: the fault names what holds it
+            self.fault = OutboxFault(replaced, self.fault.needs_space, self.fault.free_bytes)
+            return False
         if self.probe() is not None:
             return False
         if self.fault.needs_space and _free_bytes(self.outbox) < self.fault.free_bytes + REGAINED_BYTES:

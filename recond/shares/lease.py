@@ -28,8 +28,9 @@ from recond.logging import Repeats, get_logger
 
 LEASE_NAME = ".recond-lease"
 REFRESH_SECONDS = 5.0  # the daemon's heartbeat period (store.HEARTBEAT_SECONDS)
-# Longer than a main loop may stall before the systemd watchdog (WatchdogSec=60) restarts recond,
-# so a slow holder is never taken for a dead one.
+# A lease is refreshed by a thread of its own, so a daemon whose main loop waits (on the database,
+# on a slow share) keeps it; it goes stale only when its holder is gone or frozen, or has not
+# reached the inbox for this long (twelve refreshes).
 LEASE_SECONDS = 60.0
 ACQUIRE_TRIES = 5  # a lease changing under each try means another daemon is starting too
 STILL_SECONDS = REFRESH_SECONDS + 1.0  # a stale-looking lease is watched this long before it is taken
@@ -42,7 +43,7 @@ class InboxTaken(RuntimeError):
 
 
 class LeaseLost(OSError):
-    """This daemon's lease was taken over: it must publish nothing more from this inbox."""
+    """This daemon's lease was taken over (or cannot be read now): it publishes nothing."""
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,11 @@ class InboxLease:
         if self.unwritable:
             return
         if self.lost is None:
-            holder = self._read()
+            try:
+                holder = self._read()
+            except OSError as error:  # a share in trouble: the job waits, the lease may hold
+                raise LeaseLost(error.errno, f"the inbox lease {self.path} cannot be read now "
+                                             f"({error.strerror}); the job waits") from None
             if holder is None or holder.token != self.mine.token:
                 self._lose(holder)
         if self.lost is not None:

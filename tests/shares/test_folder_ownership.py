@@ -108,8 +108,7 @@ def test_another_daemons_marker_in_the_outbox_pauses_until_adopted(tmp_path: Pat
         FolderIdentity("outbox", theirs.outbox, theirs.state_dir).check()  # writes their marker
         theirs.outbox.rename(settings.outbox)
         (settings.inbox / "b.png").write_bytes(b"after the swap")
-        wait_for(lambda: worker.paused)
-        assert "holds another folder's marker" in worker.paused
+        wait_for(lambda: worker.paused and "holds another folder's marker" in worker.paused)
         time.sleep(1.0)
         assert states(store)["b.png"] == QUEUED and visible(settings.outbox) == []
         code, output = reconctl(settings, "status")
