@@ -90,7 +90,7 @@ class FolderIdentity:
         changed = self._changed(current)
         if changed is None:
             return None
-        if self._adopted_by_hand(current):
+        if self._remembered_now(current):
             return None
         if self.adopt_any:
             log.warning(f"the {self.name} changed; taking it (adopt_changed_folders)",
@@ -130,13 +130,16 @@ class FolderIdentity:
                 f"{(self.expected or '')[:8]}...): another recond's folder, or an old folder a "
                 "share was mounted over")
 
-    def _adopted_by_hand(self, current: str | None) -> bool:
-        """Has ``reconctl adopt`` remembered the folder as it is now? Then it is the one."""
+    def _remembered_now(self, current: str | None) -> bool:
+        """Does the state dir remember the folder as it is now? Only this daemon writes there
+        (another part of it took the folder made again: intake and worker each check the inbox)
+        and ``reconctl adopt``: then it is the one."""
         remembered = self._remembered_id()
-        if current is None or remembered.get("id") != current or not remembered.get("adopted"):
+        if current is None or remembered.get("id") != current:
             return False
-        log.warning(f"the {self.name} was adopted as it is now (reconctl adopt); taking it",
-                    folder=str(self.folder))
+        if remembered.get("adopted"):
+            log.warning(f"the {self.name} was adopted as it is now (reconctl adopt); taking it",
+                        folder=str(self.folder))
         self.expected, self.mount_point = current, bool(remembered.get("mount_point", False))
         return True
 

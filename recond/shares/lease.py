@@ -99,11 +99,11 @@ class InboxLease:
             return
         if self.lost is None:
             try:
-                holder = self._read()
+                holder = self._held()
             except OSError as error:  # a share in trouble: the job waits, the lease may hold
                 raise LeaseLost(error.errno, f"the inbox lease {self.path} cannot be read now "
                                              f"({error.strerror}); the job waits") from None
-            if holder is None or holder.token != self.mine.token:
+            if holder.token != self.mine.token:
                 self._lose(holder)
         if self.lost is not None:
             raise LeaseLost(errno.ESTALE, self.lost)
@@ -193,15 +193,26 @@ class InboxLease:
                                   error=str(error))
 
     def _refresh(self) -> None:
-        holder = self._read()
-        if holder is None or holder.token != self.mine.token:
+        holder = self._held()
+        if holder.token != self.mine.token:
             self._lose(holder)
             return
         os.replace(self._staged(), self.path)
 
-    def _lose(self, holder: Holder | None) -> None:
-        who = holder.described() if holder else "nobody: the file was removed"
-        self.lost = (f"this daemon's lease on the inbox {self.inbox} was taken over ({who}); "
+    def _held(self) -> Holder:
+        """Who holds the lease now. A lease file gone with nobody else's in its place (the inbox
+        deleted and made again, a share remounted empty) is written again: still ours."""
+        holder = self._read()
+        if holder is None:
+            if self._create():
+                return self.mine
+            holder = self._read()  # another daemon wrote its lease first
+        if holder is None:
+            raise FileNotFoundError(errno.ENOENT, "the lease file keeps vanishing", str(self.path))
+        return holder
+
+    def _lose(self, holder: Holder) -> None:
+        self.lost = (f"this daemon's lease on the inbox {self.inbox} was taken over ({holder.described()}); "
                      "it stops so that no picture is processed twice")
         log.error(self.lost)
 
