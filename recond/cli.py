@@ -27,6 +27,8 @@ from recond.names import result_name_for
 from recond.outbox import leftovers, publish
 from recond.pipeline.contract import JobResult
 from recond.pipeline.record import write_record
+from recond.shares.folders import SHARE_FOLDERS
+from recond.shares.identity import FolderIdentity, FolderReplaced
 from recond.status import job_facts, open_store, status_report
 from recond.store import FAILED, STATES, Job, Store, StoreError, database_error
 from recond.workflows.presets import job_settings as preset_settings
@@ -112,8 +114,7 @@ def _format_status(report: dict[str, Any]) -> str:
                      f"{round((job['progress'] or 0) * 100)}%{eta}")
         if job["stage_overdue"]:
             lines.append(f"warning: the {job['stage']} stage has run {_duration(job['stage_seconds'])}; "
-                         f"it usually takes {job['stage_expected_s']:.1f} s (a stuck child process "
-                         "is stopped at the stage's limit, stage_limit_factor / stage_limit_floor_s)")
+                         f"it usually takes {job['stage_expected_s']:.1f} s ({_overdue_note(job)})")
     workers = daemon["workers"]
     if len(workers) > 1 or any(worker.get("pid") not in (None, daemon["pid"]) for worker in workers):
         busy = [worker for worker in workers if worker["busy"]]
@@ -141,6 +142,16 @@ def _format_status(report: dict[str, Any]) -> str:
 def _preset(job: dict[str, Any]) -> str:
     """' [preset quick]' for a job made with a preset, else nothing."""
     return f" [preset {job['preset']}]" if job.get("preset") else ""
+
+
+def _overdue_note(job: dict[str, Any]) -> str:
+    """What happens to an overdue stage, true of that stage: only a stage with a child process
+    (ffmpeg) is stopped at its limit."""
+    if job.get("stage_child"):
+        return (f"its {job['stage_child']} child process is stopped at the stage's limit, "
+                "stage_limit_factor / stage_limit_floor_s")
+    return ("recond does not stop this stage itself; if it never ends, restart recond and the "
+            "job goes back to the queue")
 
 
 def _elsewhere(node: str) -> str:
@@ -260,6 +271,21 @@ def _job(settings: Settings, job_id: int) -> Job:
 
 
 # doctor
+
+
+@cli.command()
+@config_option
+@click.argument("folder", type=click.Choice(SHARE_FOLDERS))
+@click.pass_context
+def adopt(ctx: click.Context, folder: str) -> None:
+    """Take the inbox or outbox as it is now, after recond paused because it is not the folder
+    it started with (another marker, or a share's bare mount point); the daemon resumes."""
+    settings = _settings(ctx)
+    path = getattr(settings, folder).expanduser().resolve()
+    try:
+        _echo(FolderIdentity(folder, path, settings.state_dir).adopt())
+    except OSError as error:
+        raise click.ClickException(str(error.strerror if isinstance(error, FolderReplaced) else error)) from None
 
 
 @cli.command()

@@ -247,6 +247,10 @@ class DaemonSettings(_Part):
     state_dir: Path = Field(Path("state"), description=(
         "The job database (recond.db) and the JSON log (recond.log). Must not lie inside the "
         "inbox; a change needs a restart."))
+    adopt_changed_folders: bool = Field(False, description=(
+        "Take an inbox or outbox that is not the folder recond started with (another marker, "
+        "or a share's bare mount point) with a warning, instead of pausing until "
+        "`reconctl adopt` (docs/share-ownership.md)."))
     max_attempts: int = Field(3, ge=1, description=(
         "A job whose processing crashed recond this many times fails instead of being retried "
         "again."))

@@ -40,6 +40,7 @@ from recond.shares.folders import (
     missing_share_folder,
     missing_share_folders,
 )
+from recond.shares.lease import InboxLease, InboxTaken
 from recond.store import HEARTBEAT_SECONDS, Store, StoreError, database_error
 from recond.worker import Worker
 from recond.workflows.couriers import Courier, start_couriers
@@ -67,6 +68,7 @@ class Daemon:
         self.systemd = sdnotify.SystemdNotifier()
         self.intake: Intake | None = None
         self.couriers: list[Courier] = []
+        self.lease: InboxLease | None = None  # this daemon's claim on the inbox (shares/lease.py)
         self._stop = threading.Event()
         self._reload = threading.Event()
         self._repeats = Repeats()
@@ -85,6 +87,7 @@ class Daemon:
         try:
             if not self._wait_for_share_folders(store):
                 return 0
+            self.lease = self._take_inbox(self.settings)
             learnt = store.learn_published(published_results(settings.outbox.resolve()))
             if learnt:
                 log.info("job database learnt results already in the outbox", results=learnt)
@@ -93,7 +96,8 @@ class Daemon:
                 build_pipeline, report=lambda line: store.daemon_update(model_detail=line)),
                 on_file_changed=self._file_changed,
                 how_to_reload=reload_command(started_by_systemd(), os.getpid()),
-                on_owed=self._wake_couriers)
+                on_owed=self._wake_couriers,
+                inbox_lease=self.lease)
             worker.recover()
             self._create_preset_folders(settings)
             self.couriers = start_couriers(store, settings)
@@ -116,6 +120,8 @@ class Daemon:
             for courier in self.couriers:
                 courier.stop()
             self.heartbeat.stop()
+            if self.lease is not None:
+                self.lease.release()
             try:
                 store.daemon_update(stopped_at=time.time(), heartbeat_at=time.time())
             except sqlite3.Error as error:
@@ -157,6 +163,8 @@ class Daemon:
             if replaced:
                 log.error(replaced)
                 return 1
+            if self.lease is not None and self.lease.lost:
+                return 1  # another daemon took the inbox (logged by the lease)
             if self._reload.is_set():
                 self._reload.clear()
                 self._reload_settings(store, worker)
@@ -190,6 +198,13 @@ class Daemon:
             return
         for folder in made:
             log.info("preset folder created", folder=str(folder))
+
+
+    def _take_inbox(self, settings: Settings) -> InboxLease:
+        """This daemon's lease on the inbox; InboxTaken (naming the other) when another holds it."""
+        lease = InboxLease(settings.inbox.resolve(), settings.state_dir)
+        lease.acquire()
+        return lease
 
     def _file_changed(self, path: Path) -> None:
         """The worker found new bytes under a queued name: intake queues them once settled."""
@@ -252,7 +267,19 @@ class Daemon:
         new = self._fresh_settings()
         if new is None:
             return
-        old, self.settings = self.settings, new
+        old = self.settings
+        if new.inbox.resolve() != old.inbox.resolve():
+            try:
+                lease = self._take_inbox(new)
+            except (InboxTaken, OSError) as error:
+                log.error("SIGHUP: the new inbox is not taken; keeping the old one", error=str(error))
+                new = new.model_copy(update={"inbox": old.inbox})
+            else:
+                if self.lease is not None:
+                    self.lease.release()
+                self.lease = lease
+                worker.inbox_lease = lease
+        self.settings = new
         configure_logging(new)
         log.info("SIGHUP: settings reloaded; retrying the model if it is missing")
         worker.reload(new)
@@ -319,7 +346,7 @@ def main(config_path: Path | None, once: bool) -> None:
         settings = load_settings(config_path)
         _check_executor_installed(settings)
         code = Daemon(settings, config_path).run(once=once)
-    except (SettingsError, FolderError, AlreadyRunning, StoreError, OSError) as error:
+    except (SettingsError, FolderError, AlreadyRunning, InboxTaken, StoreError, OSError) as error:
         click.echo(f"recond: {error}", err=True)
         sys.exit(2 if isinstance(error, SettingsError) else 1)
     except sqlite3.Error as error:

@@ -12,9 +12,9 @@ from typing import Any
 
 from recond.config import Settings
 from recond.heartbeat import liveness_age
-from recond.outbox.leftovers import pid_alive
-from recond.pipeline.progress import stage_overdue
+from recond.pipeline.progress import STAGE_CHILDREN, stage_overdue
 from recond.pipeline.record import read_record
+from recond.shares.lease import pid_alive
 from recond.store import (
     DONE,
     HEARTBEAT_SECONDS,
@@ -98,7 +98,8 @@ def _running(job: Job, now: float) -> dict[str, Any]:
             "progress": job.progress, "eta_s": job.eta_s, "started_at": job.started_at,
             "stage_seconds": round(now - job.stage_started_at, 1) if job.stage_started_at else None,
             "stage_expected_s": job.stage_expected_s,
-            "stage_overdue": stage_overdue(job.stage_expected_s, job.stage_started_at, now)}
+            "stage_overdue": stage_overdue(job.stage_expected_s, job.stage_started_at, now),
+            "stage_child": STAGE_CHILDREN.get(job.stage or "")}  # what the stage's limit stops
 
 
 def _summary(job: Job) -> dict[str, Any]:

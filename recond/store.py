@@ -68,6 +68,9 @@ JOB_COLUMNS: dict[str, type] = {
     "eta_s": float,
     "stage_started_at": float,  # when the running stage began (wall clock) ...
     "stage_expected_s": float,  # ... and how long it usually takes: status flags one past it
+    # 1 while the running part runs inside the daemon process (0: in a host process or on Ray),
+    # so a daemon crash charges an attempt only to the job it could have caused (issue 27).
+    "part_in_daemon": int,
     "queued_at": float,
     "started_at": float,
     "finished_at": float,
@@ -114,6 +117,7 @@ class Job:
     eta_s: float | None = None
     stage_started_at: float | None = None
     stage_expected_s: float | None = None
+    part_in_daemon: int | None = None
     queued_at: float | None = None
     started_at: float | None = None
     finished_at: float | None = None
@@ -460,7 +464,7 @@ class Store:
             if job is None:
                 return None
             self._set(job.id, state=RUNNING, attempts=job.attempts + 1, started_at=now,
-                      stage=None, progress=0.0, eta_s=None, error=None)
+                      stage=None, progress=0.0, eta_s=None, error=None, part_in_daemon=1)
             return self._stored(job.id)
 
     def report_progress(self, job_id: int, stage: str, progress: float, eta_s: float | None,
@@ -468,6 +472,15 @@ class Store:
         with self._writing():
             self._set(job_id, stage=stage, progress=progress, eta_s=eta_s,
                       stage_started_at=stage_started_at, stage_expected_s=stage_expected_s)
+
+    def part_started(self, job_id: int, in_daemon: bool, stage: str | None = None) -> None:
+        """A running job's next part was handed on: inside the daemon process or not, and the
+        stage status shows until the part reports its own (e.g. waiting for a host process)."""
+        changes: dict[str, Any] = {"part_in_daemon": int(in_daemon)}
+        if stage is not None:
+            changes |= {"stage": stage, "stage_started_at": None, "stage_expected_s": None}
+        with self._writing():
+            self._set(job_id, **changes)
 
     def finish(self, job_id: int, output: Path, warnings: list[str], sha256: str | None = None,
                owed: Iterable[Owed] = ()) -> None:
@@ -515,23 +528,25 @@ class Store:
                             ) -> tuple[list[Job], list[Job]]:
         """Jobs a crash left running go back to the queue, or fail once out of attempts.
 
-        A job whose result ``published`` says is complete goes back without counting the crash
-        (the worker then records it done). Returns (requeued, exhausted); the caller moves the
-        exhausted jobs' files aside (``Worker.fail_job`` with ``job.error``).
+        The crash counts against a job only when its part ran inside the daemon process: a job
+        whose part ran in a host process (or on Ray) did not cause it, and a job whose result
+        ``published`` says is complete goes back too without counting it (the worker then
+        records it done). Returns (requeued, exhausted); the caller moves the exhausted jobs'
+        files aside (``Worker.fail_job`` with ``job.error``).
         """
         requeued, exhausted = [], []
         with self._writing():
             for job in self._jobs_where("state = ?", [RUNNING]):
-                finished_work = published(job)
-                if job.attempts >= max_attempts and not finished_work:
+                not_its_crash = published(job) or job.part_in_daemon == 0
+                if job.attempts >= max_attempts and not not_its_crash:
                     self._set(job.id, state=FAILED, finished_at=time.time(), error=(
                         f"recond stopped unexpectedly {job.attempts} times while processing "
                         f"this file (max_attempts = {max_attempts}); it may crash the pipeline"))
                     exhausted.append(self._stored(job.id))
                 else:
-                    attempts = job.attempts - 1 if finished_work else job.attempts
+                    attempts = job.attempts - 1 if not_its_crash else job.attempts
                     self._set(job.id, state=QUEUED, stage=None, progress=None, eta_s=None,
-                              attempts=max(0, attempts))
+                              attempts=max(0, attempts), part_in_daemon=None)
                     requeued.append(self._stored(job.id))
         return requeued, exhausted
 

@@ -40,6 +40,7 @@ from recond.executors import (
     ProgressSink,
     WorkerLost,
     executor_shape,
+    runs_in_daemon,
 )
 from recond.inbox import dropped
 from recond.inbox.failed import error_note, find_in_failed, remove_emptied_folders
@@ -56,6 +57,7 @@ from recond.pipeline.contract import (
 )
 from recond.pipeline.handoff import DeviceOutput
 from recond.pipeline.progress import (
+    WAITING_FOR_HOST,
     EtaEstimate,
     Progress,
     expected_stage_seconds,
@@ -64,6 +66,7 @@ from recond.pipeline.progress import (
 from recond.pipeline.record import read_record, write_record
 from recond.pipeline.warm import build_pipeline, load_main_thread_libraries
 from recond.shares.identity import FolderIdentity
+from recond.shares.lease import InboxLease, LeaseLost
 from recond.store import QUEUED, RUNNING, Job, Store
 from recond.workflows import events
 from recond.workflows.presets import job_settings, preset_of
@@ -136,8 +139,10 @@ class Worker:
                  pipeline_factory: Callable[[ModelSettings], WarmPipeline] = build_pipeline,
                  on_file_changed: Callable[[Path], None] = lambda path: None,
                  how_to_reload: str = RELOAD_EITHER_WAY,
-                 on_owed: Callable[[], None] = lambda: None) -> None:
+                 on_owed: Callable[[], None] = lambda: None,
+                 inbox_lease: InboxLease | None = None) -> None:
         self.settings = settings
+        self.inbox_lease = inbox_lease  # the daemon's claim on the inbox: publish only while ours
         self.how_to_reload = how_to_reload
         self.store = store
         self.pipeline_factory = pipeline_factory
@@ -147,8 +152,10 @@ class Worker:
         self.in_flight: dict[int, InFlight] = {}
         self.paused: str | None = None  # why the queue waits (outbox full or unwritable)
         self.owner = publish.owner_tag(str(settings.state_dir.resolve()))
-        self.gate = OutboxGate(settings.outbox.resolve(), self.owner, settings.state_dir)
-        self.inbox_identity = FolderIdentity("inbox", self.inbox, settings.state_dir)
+        self.gate = OutboxGate(settings.outbox.resolve(), self.owner, settings.state_dir,
+                               settings.adopt_changed_folders)
+        self.inbox_identity = FolderIdentity("inbox", self.inbox, settings.state_dir,
+                                             settings.adopt_changed_folders)
         self._stopping = threading.Event()
         self._wake = threading.Event()
         self._new_settings: Settings | None = None
@@ -292,10 +299,11 @@ class Worker:
         if settings is None:
             return
         executor_changed = executor_shape(settings) != executor_shape(self.settings)
-        if settings.inbox != self.settings.inbox:
-            self.inbox_identity = FolderIdentity("inbox", settings.inbox.resolve(), settings.state_dir)
-        if settings.outbox != self.settings.outbox:
-            self.gate = OutboxGate(settings.outbox.resolve(), self.owner, settings.state_dir)
+        adopt_any = settings.adopt_changed_folders
+        if settings.inbox != self.settings.inbox or adopt_any != self.settings.adopt_changed_folders:
+            self.inbox_identity = FolderIdentity("inbox", settings.inbox.resolve(), settings.state_dir, adopt_any)
+        if settings.outbox != self.settings.outbox or adopt_any != self.settings.adopt_changed_folders:
+            self.gate = OutboxGate(settings.outbox.resolve(), self.owner, settings.state_dir, adopt_any)
         self.settings = settings
         if self.executor is None:
             self._next_load = 0.0
@@ -382,6 +390,8 @@ class Worker:
         flight = InFlight(job, picture, settings, facts, started,
                           EtaEstimate(self._progress_reporter(job), expected), expected)
         self.in_flight[job.id] = flight
+        if not runs_in_daemon(self.settings, "device"):
+            self._part_started(job, in_daemon=False)
         self._running(flight, lambda: executor.submit_device(DeviceTask(job.id, picture, flight.settings)))
 
     def _settings_of(self, job: Job) -> tuple[JobSettings, dict[str, Any]]:
@@ -408,6 +418,7 @@ class Worker:
             self._drop(flight, requeue=True)
             raise
         flight.future.add_done_callback(lambda future: self._wake.set())
+        self._show_workers()  # busy from the part's start, not from the next turn of the loop
 
     def _advance_finished(self) -> None:
         """Act on every part that ended: start the host part, publish, fail or requeue."""
@@ -442,7 +453,8 @@ class Worker:
     def _start_host_part(self, flight: InFlight, handoff: DeviceOutput) -> None:
         executor, job = self.executor, flight.job
         assert executor is not None, "the executor stays while jobs are in flight"
-        try:
+        try:  # nothing is built in a folder that is not the outbox recond started with
+            self.gate.identity.raise_if_replaced()
             flight.folder = flight.staging.enter_context(
                 publish.staging(self.outbox, job.result_name, f"{self.owner}-{job.id}"))
         except Exception as error:  # e.g. the outbox is full or gone
@@ -450,9 +462,20 @@ class Worker:
             self._job_error(job, error, flight.started)
             return
         flight.phase = "host"
+        in_daemon = runs_in_daemon(self.settings, "host")
+        # Shown until the host part reports its first stage: no host process may be free yet.
+        self._part_started(job, in_daemon, stage=None if in_daemon else WAITING_FOR_HOST)
         folder = flight.folder
         self._running(flight, lambda: executor.submit_host(
             HostTask(job.id, handoff, flight.settings, folder, flight.expected_s)))
+
+    def _part_started(self, job: Job, in_daemon: bool, stage: str | None = None) -> None:
+        """Where the job's part runs now, for status and crash recovery: best effort, like its
+        progress (a busy or full database never costs the job its run)."""
+        try:
+            self.store.part_started(job.id, in_daemon, stage)
+        except sqlite3.Error as error:
+            log.warning("where the job's part runs was not recorded", job=job.id, error=str(error))
 
     def _publish(self, flight: InFlight, result: JobResult) -> None:
         job = flight.job
@@ -460,7 +483,12 @@ class Worker:
         try:
             write_record(flight.folder, {**result.record, **flight.facts})
             folder = publish.publish_result(flight.folder, self.outbox, job.result_name, flight.source.mode,
-                                           self.gate.identity.raise_if_replaced)
+                                           self._may_publish)
+        except LeaseLost as lost:  # another daemon has the inbox now (or it cannot be told)
+            self._drop(flight, requeue=True)
+            log.warning("job not published: the inbox lease is not known to be ours", job=job.id, file=job.source,
+                        error=str(lost))
+            return
         except Exception as error:
             self._drop(flight)
             self._job_error(job, error, flight.started)
@@ -471,6 +499,12 @@ class Worker:
             self._repeats.log(log.warning, not_kept)
         self._finish(job, folder, result.warnings, result.record.get("sha256", job.sha256), flight.started)
         del self.in_flight[job.id]
+
+    def _may_publish(self) -> None:
+        """Raise unless the outbox is the one recond started with and the inbox is still ours."""
+        self.gate.identity.raise_if_replaced()
+        if self.inbox_lease is not None:
+            self.inbox_lease.raise_if_lost()
 
     def _drop(self, flight: InFlight, requeue: bool = False) -> None:
         """Forget a job in flight, removing its staging folder; ``requeue`` puts it back in the
@@ -675,6 +709,9 @@ class Worker:
 
     def _outbox_cleared(self) -> bool:
         if not self.gate.cleared():
+            fault = self.gate.fault
+            if fault is not None and fault.reason != self.paused:  # status names what holds it now
+                self._pause(fault)
             return False
         log.info("queue resumed: the outbox takes results again", outbox=str(self.outbox))
         self.paused = None
@@ -684,8 +721,15 @@ class Worker:
     def _record_progress(self, message: PartProgress) -> None:
         """A part's (stage, fraction), from any thread: to the job's ETA, the store and the log."""
         flight = self.in_flight.get(message.job_id)
-        if flight is not None:
-            flight.eta(message.stage, message.fraction)
+        if flight is None:
+            return
+        new_stage = message.stage != flight.eta.stage
+        flight.eta(message.stage, message.fraction)
+        if new_stage:  # which worker is busy changes with the parts: status shows it now
+            if threading.current_thread() is self._thread:
+                self._show_workers()  # a part running in this thread (host_workers = 0)
+            else:
+                self._wake.set()  # the loop refreshes it (never from an executor's own thread)
 
     def _progress_reporter(self, job: Job) -> ProgressCallback:
         last: dict[str, Any] = {"stage": None, "written": 0.0, "decile": -1}

@@ -253,3 +253,18 @@ def test_process_with_a_preset_makes_it_with_the_presets_settings(
     assert record["preset"] == "quick" and record["settings"]["render_views"] == 2
     assert len(list(folder.glob("render_*.png"))) == 2
     assert "job.json" in record["files"]
+
+
+def test_an_overdue_warning_says_what_is_true_of_its_stage(config: Path) -> None:
+    store = Store(settings_of(config).db_path)
+    store.daemon_started(os.getpid())
+    long_ago = time.time() - 60
+    for name, stage in (("slow-mesh.jpg", "mesh"), ("frozen-video.jpg", "render")):
+        job, _ = store.enqueue(name, name, 1, f"t_{stage}")
+        store.claim_next()
+        store.report_progress(job.id, stage, 0.5, 1.0, stage_started_at=long_ago, stage_expected_s=0.8)
+    code, text = reconctl(config, "status")
+    mesh, render = (line for line in text.splitlines() if line.startswith("warning: the "))
+    assert mesh.startswith("warning: the mesh stage has run 1m") and "child process" not in mesh
+    assert "recond does not stop this stage itself" in mesh
+    assert "its ffmpeg child process is stopped at the stage's limit" in render

@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from helpers.places import assert_in_one_place
-from helpers.settings import settings_for
+from helpers.queueing import queue_file
+from helpers.stand_in import StandInHandoff, StandInPipeline, sha256
 from helpers.waiting import wait_for
 
 from recond.config import ModelSettings, Settings
@@ -29,19 +31,6 @@ from recond.pipeline.progress import (
 )
 from recond.store import DONE, FAILED, QUEUED, Store
 from recond.worker import Worker
-
-
-from helpers.stand_in import StandInHandoff, StandInPipeline, sha256
-def queue_file(settings: Settings, store: Store, name: str, data: bytes = b"picture") -> int:
-    (settings.inbox / name).parent.mkdir(parents=True, exist_ok=True)
-    (settings.inbox / name).write_bytes(data)
-    job, _ = store.enqueue(name, sha256(data), len(data), f"20260101-000000_{Path(name).stem}")
-    return job.id
-
-
-@pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return settings_for(tmp_path)
 
 
 def run_worker(settings: Settings, store: Store, pipeline: Any) -> Worker:

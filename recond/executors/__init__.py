@@ -32,6 +32,8 @@ The interface, for whoever writes an executor (inline.py, local.py; ray.py):
   and no new part starts. ``close()`` then releases processes, threads and connections.
 - ``workers() -> list[WorkerInfo]``: for `reconctl status` and /api/status (node, device,
   idle/busy, which job); the worker stores it in the daemon row whenever it changes.
+- Where each part runs is a fact of the settings (:func:`runs_in_daemon`): the job database
+  records it, so that a daemon crash charges an attempt only to a job whose part ran inside it.
 
 Nothing run by an executor writes to the job database, the inbox or the outbox: publishing,
 failing and requeueing stay in the worker (recond/worker.py) and the outbox and inbox wings.
@@ -118,6 +120,15 @@ def executor_shape(settings: Settings) -> tuple[object, ...]:
     new one once no job is in flight."""
     return (part_of(settings, ModelSettings), settings.executor, settings.resolved_host_workers(),
             settings.ray_address, settings.ray_device_workers)
+
+
+def runs_in_daemon(settings: Settings, part: str) -> bool:
+    """Does this part ("device" or "host") run inside the daemon process? Both do with
+    host_workers = 0 (inline.py), the device part does beside host processes (local.py), and
+    neither does on Ray (ray.py: actors and tasks in the cluster's processes)."""
+    if settings.executor == "ray":
+        return False
+    return part == "device" or settings.resolved_host_workers() == 0
 
 
 ProgressSink = Callable[[PartProgress], None]

@@ -322,6 +322,7 @@ class LocalExecutor:
         self._device_thread = ThreadPoolExecutor(1, thread_name_prefix="recond-device")
         self._device_job: int | None = None
         self._hosts: HostPool | None = None
+        self._torch_threads: int | None = None  # the daemon's count before start(), put back by close()
 
     def start(self) -> DeviceFacts:
         pipeline = self.pipeline = self.pipeline_factory(self.model_settings)
@@ -330,6 +331,7 @@ class LocalExecutor:
 
             # The host processes take a core each: a device part whose OpenMP threads wait on
             # cores they share ran 2-3x slower than alone (bench_throughput.py on 2 CPUs).
+            self._torch_threads = torch.get_num_threads()
             torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) - self.host_workers))
         self._hosts = HostPool(self.host_workers, pipeline.host_part, self.on_progress)
         return DeviceFacts(pipeline.model_id, pipeline.device, pipeline.background_method,
@@ -353,6 +355,11 @@ class LocalExecutor:
             self._hosts.close()
         self._device_thread.shutdown(wait=True, cancel_futures=True)
         self.pipeline = None
+        if self._torch_threads is not None:  # the next executor (a SIGHUP to host_workers = 0)
+            import torch                     # gets the daemon's threads back (issue 27)
+
+            torch.set_num_threads(self._torch_threads)
+            self._torch_threads = None
 
     def workers(self) -> list[WorkerInfo]:
         device = self.pipeline.device if self.pipeline else self.model_settings.device

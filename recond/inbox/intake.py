@@ -92,7 +92,8 @@ class Intake:
         self.on_enqueued = on_enqueued
         self.warnings: list[str] = []
         self.not_pictures: set[str] = set()  # inbox paths left alone, logged once
-        self.identity = FolderIdentity("inbox", self.inbox, settings.state_dir)
+        self.identity = FolderIdentity("inbox", self.inbox, settings.state_dir,
+                                       settings.adopt_changed_folders)
         self.paused: str | None = None  # why intake takes nothing now (the inbox is not the one)
         self._pending: dict[Path, _Observation] = {}
         self._reported: set[Path] = set()  # told once (log, status): unreadable, link, not a file

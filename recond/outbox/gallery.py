@@ -4,12 +4,17 @@ viewer link; failed jobs with their reason), as HTML.
 Two pages are made from it: the daemon keeps ``outbox/index.html`` (opened from the share with no
 server) and ``recond-web`` serves ``/gallery`` page by page. Light on purpose (no torch, no
 numpy): the worker calls it after every publish.
+
+The shared page hides what a result hides (issue 27): its mode follows the outbox's (who may
+list the outbox may read it), and it lists no result (nor failed picture) that someone who
+may read the page may not read, e.g. the 0700 result of a 0600 picture.
 """
 
 from __future__ import annotations
 
 import html
 import os
+import stat
 import tempfile
 import time
 from dataclasses import dataclass
@@ -47,6 +52,31 @@ class Entry:
 def entries(store: Store, outbox: Path, limit: int, offset: int = 0) -> list[Entry]:
     """The newest finished jobs as cards (each card reads at most its result's job.json)."""
     return [_entry(job, outbox) for job in store.finished(limit, offset)]
+
+
+def gallery_mode(outbox: Path) -> int:
+    """The shared page's mode: the outbox's read and write bits (never execute), and always
+    readable and writable by recond itself."""
+    return (stat.S_IMODE(os.stat(outbox).st_mode) & 0o666) | 0o600
+
+
+def readable_by_page_readers(job: Job, outbox: Path, page_mode: int) -> bool:
+    """May everyone who may read a page of ``page_mode`` read this job's result folder (or,
+    failed, the picture kept in failed/)? One that is gone hides nothing any more."""
+    if job.state == DONE and job.result_name:
+        where, needed = outbox / job.result_name, 0o5  # a folder is read with r and x
+    elif job.output:
+        where, needed = Path(job.output), 0o4
+    else:
+        return True
+    try:
+        mode = stat.S_IMODE(os.stat(where).st_mode)
+    except OSError:
+        return True
+    for shift in (3, 0):  # the group's bits, then everyone else's
+        if (page_mode >> shift) & 0o4 and (mode >> shift) & needed != needed:
+            return False
+    return True
 
 
 def _entry(job: Job, outbox: Path) -> Entry:
@@ -112,16 +142,20 @@ def write_gallery(outbox: Path, store: Store) -> Path | None:
     """
     target = outbox / GALLERY_NAME
     try:
+        mode = gallery_mode(outbox)
         total = store.count_finished()
-        cards = entries(store, outbox, STATIC_LIMIT)
+        finished = store.finished(STATIC_LIMIT)
+        cards = [_entry(job, outbox) for job in finished if readable_by_page_readers(job, outbox, mode)]
         more = f"; the newest {STATIC_LIMIT} are shown" if total > STATIC_LIMIT else ""
+        private = len(finished) - len(cards)
+        hidden = f" ({private:,} private ones not listed)" if private else ""
         page = render_page(cards, "", VIEWER_NAME, "Results",
-                           summary=f"{total:,} finished jobs, newest first{more}.")
+                           summary=f"{total:,} finished jobs, newest first{more}{hidden}.")
         descriptor, temporary = tempfile.mkstemp(dir=outbox, prefix=".index.", suffix=".tmp")
         try:
             with os.fdopen(descriptor, "w", encoding="utf-8") as stream:
                 stream.write(page)
-            os.chmod(temporary, 0o664)
+            os.chmod(temporary, mode)
             os.replace(temporary, target)
         except BaseException:
             Path(temporary).unlink(missing_ok=True)

@@ -28,9 +28,9 @@ class OutboxFault:
 class OutboxGate:
     """Tells a job error caused by the outbox from one caused by the picture, and probes it."""
 
-    def __init__(self, outbox: Path, owner: str, state_dir: Path) -> None:
+    def __init__(self, outbox: Path, owner: str, state_dir: Path, adopt_any: bool = False) -> None:
         self.outbox, self.owner = outbox, owner
-        self.identity = FolderIdentity("outbox", outbox, state_dir)
+        self.identity = FolderIdentity("outbox", outbox, state_dir, adopt_any)
         self.fault: OutboxFault | None = None
 
     def fault_in(self, error: BaseException) -> OutboxFault | None:
@@ -70,6 +70,10 @@ class OutboxGate:
         """Has the recorded fault gone (writable again, and for space: more room than before)?"""
         if self.fault is None:
             return True
+        replaced = self.identity.check()
+        if replaced:  # e.g. gone a moment ago, another folder now: the fault names what holds it
+            self.fault = OutboxFault(replaced, self.fault.needs_space, self.fault.free_bytes)
+            return False
         if self.probe() is not None:
             return False
         if self.fault.needs_space and _free_bytes(self.outbox) < self.fault.free_bytes + REGAINED_BYTES:

@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 from recond.outbox.publish import STAGING_SUFFIX, owner_tag
+from recond.shares.lease import pid_alive
 
 
 def process_owner(pid: int) -> str:
@@ -45,14 +46,4 @@ def clean_staging(outbox: Path, owner: str) -> list[Path]:
     return removed
 
 
-def pid_alive(pid: int | None) -> bool:
-    """True when a process with this id exists (a stale heartbeat, a killed process run)."""
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     return True

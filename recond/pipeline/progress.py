@@ -51,8 +51,15 @@ STAGE_HISTORY_NAME = "stage_seconds.json"
 # the settings change), yet one odd job does not throw the ETA off.
 NEWEST_JOB_WEIGHT = 0.5
 # Status flags a stage that has run this many times its expected seconds (issue 18: a frozen
-# ffmpeg showed "render 98 %, ETA 0 s" for minutes with nothing amiss in status).
+# ffmpeg showed "render 98 %, ETA 0 s" for minutes with nothing amiss in status), and never
+# before OVERDUE_FLOOR_SECONDS: a 0.8 s stage that took 2 s on a busy machine is no news
+# (issue 26: "status cries wolf" on every normal job).
 OVERDUE_FACTOR = 2.0
+OVERDUE_FLOOR_SECONDS = 10.0
+# What a stage's time limit stops: only these stages run a child process (recond.pipeline.child).
+STAGE_CHILDREN = {"render": "ffmpeg"}
+# A job between its parts: its device part is done and no host process is free yet (issue 27).
+WAITING_FOR_HOST = "waiting for a host process"
 
 
 @dataclass(frozen=True)
@@ -66,8 +73,10 @@ class Progress:
 
 
 def stage_overdue(expected_s: float | None, started_at: float | None, now: float) -> bool:
-    """Has a stage run well past the seconds it usually takes?"""
-    return expected_s is not None and started_at is not None and now - started_at > OVERDUE_FACTOR * expected_s
+    """Has a stage run well past the seconds it usually takes (and past the floor)?"""
+    if expected_s is None or started_at is None:
+        return False
+    return now - started_at > max(OVERDUE_FACTOR * expected_s, OVERDUE_FLOOR_SECONDS)
 
 
 def expected_stage_seconds(state_dir: Path) -> dict[str, float]:
@@ -174,6 +183,11 @@ class EtaEstimate:
     _stage: str | None = field(default=None, init=False)
     _stage_started: float = field(default=0.0, init=False)
     _stage_started_at: float = field(default=0.0, init=False)
+
+    @property
+    def stage(self) -> str | None:
+        """The stage of the last report (None before the first)."""
+        return self._stage
 
     def __call__(self, name: str, fraction: float) -> None:
         if name != self._stage:

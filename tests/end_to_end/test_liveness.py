@@ -130,7 +130,7 @@ def frozen_children(parent: int) -> list[int]:
 
 def test_frozen_ffmpeg_is_flagged_killed_at_the_stage_limit_and_the_job_retried(
         tmp_path: Path, tiny_model_dir: Path, shared_dir: Path) -> None:
-    # render usually takes 2 s (the default history): flagged past 4 s, killed at 15 s.
+    # render usually takes 2 s (the default history): flagged past 10 s (the floor), killed at 15 s.
     installation = Installation(tmp_path, tiny_model_dir, shared_dir / "examples",
                                 stage_limit_factor=1.0, stage_limit_floor_s=15.0)
     try:

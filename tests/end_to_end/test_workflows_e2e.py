@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
 
 from helpers.installation import Installation
 from helpers.webhook_receiver import Receiver

@@ -56,3 +56,14 @@ def test_a_stage_slower_than_its_history_is_extrapolated_from_its_pace() -> None
         report(0.5)
     # 0.2 s for half the stage: about 0.2 s more, not the 0.0005 s the history says.
     assert reports[1].eta_s > 0.15
+
+
+def test_a_stage_is_overdue_only_past_twice_its_usual_time_and_the_floor() -> None:
+    from recond.pipeline.progress import OVERDUE_FLOOR_SECONDS, stage_overdue
+
+    started = 1000.0
+    assert not stage_overdue(0.8, started, started + 2.0)  # issue 26: mesh 2 s against 0.8 s
+    assert not stage_overdue(0.8, started, started + OVERDUE_FLOOR_SECONDS - 0.1)
+    assert stage_overdue(0.8, started, started + OVERDUE_FLOOR_SECONDS + 0.1)
+    assert not stage_overdue(25.0, started, started + 49.0) and stage_overdue(25.0, started, started + 51.0)
+    assert not stage_overdue(None, started, started + 1e6) and not stage_overdue(1.0, None, 1e6)

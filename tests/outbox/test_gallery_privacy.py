@@ -1,0 +1,67 @@
+"""Issue 27, item 3: the shared gallery (outbox/index.html) hides what a result hides.
+
+Real pictures with real modes go through the worker (``StandInPipeline``: no model needed to
+publish a result folder with the picture's permissions) and the page is read back from disk.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from helpers.settings import settings_for
+
+from helpers.waiting import wait_for
+from helpers.running import running, states
+from helpers.stand_in import StandInPipeline
+
+from recond.outbox.gallery import GALLERY_NAME
+from recond.store import DONE
+
+
+def mode_of(path: Path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_a_0600_picture_is_not_named_in_the_shared_gallery(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path)
+    settings.outbox.chmod(0o755)
+    with running(settings, StandInPipeline()) as (store, _, _):
+        for name, mode in (("holiday-public.png", 0o644), ("passport-private.png", 0o600)):
+            path = settings.inbox / name
+            path.write_bytes(f"picture {name}".encode())
+            path.chmod(mode)
+        wait_for(lambda: states(store) == {"holiday-public.png": DONE, "passport-private.png": DONE})
+        private = next(job for job in store.jobs(DONE) if job.source == "passport-private.png")
+        public = next(job for job in store.jobs(DONE) if job.source == "holiday-public.png")
+        wait_for(lambda: public.result_name in (settings.outbox / GALLERY_NAME).read_text())
+    page = (settings.outbox / GALLERY_NAME).read_text()
+    assert mode_of(settings.outbox / private.result_name) == 0o700  # the result hides itself ...
+    assert "passport" not in page and private.result_name not in page  # ... and the page hides it
+    assert "holiday-public" in page and "1 private ones not listed" in page
+    assert mode_of(settings.outbox / GALLERY_NAME) == 0o644  # the outbox's bits, not 0664
+
+
+def test_the_gallery_of_a_private_outbox_is_private_too(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path)
+    settings.outbox.chmod(0o700)
+    with running(settings, StandInPipeline()) as (store, _, _):
+        (settings.inbox / "mine.png").write_bytes(b"picture mine")
+        (settings.inbox / "mine.png").chmod(0o600)
+        wait_for(lambda: states(store) == {"mine.png": DONE})
+        wait_for(lambda: "mine" in (settings.outbox / GALLERY_NAME).read_text())  # only its owner reads it
+    assert mode_of(settings.outbox / GALLERY_NAME) == 0o600
+
+
+def test_a_group_share_lists_what_the_group_may_read(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path)
+    settings.outbox.chmod(0o770)
+    with running(settings, StandInPipeline()) as (store, _, _):
+        for name, mode in (("team.png", 0o640), ("own.png", 0o600)):
+            (settings.inbox / name).write_bytes(f"picture {name}".encode())
+            (settings.inbox / name).chmod(mode)
+        wait_for(lambda: set(states(store).values()) == {DONE} and len(states(store)) == 2)
+        wait_for(lambda: "team" in (settings.outbox / GALLERY_NAME).read_text())
+    page = (settings.outbox / GALLERY_NAME).read_text()
+    assert "own.png" not in page and mode_of(settings.outbox / GALLERY_NAME) == 0o660
