@@ -173,6 +173,9 @@ class JobSettings(_Part):
                                     "fraction of the largest piece's area (0 keeps all).")
     target_faces: int = Field(20000, ge=0, description="Simplify the mesh to this many faces "
                               "(0 keeps every face).")
+    max_surface_faces: int = Field(1_000_000, ge=10_000, description=(
+        "A density grid whose surface would have more faces than this is meshed on a coarser grid "
+        "(a noisy field: bounds the mesh stage's time and memory)."))
     bake_texture: bool = Field(True, description="Bake a UV texture (else vertex colours).")
     texture_resolution: int = Field(1024, ge=64, le=8192, description="Texture size in pixels.")
     render_views: int = Field(30, ge=1, le=720, description="Turntable frames.")
@@ -193,6 +196,10 @@ class DaemonSettings(_Part):
     host_workers: int | None = Field(None, ge=0, le=MAX_HOST_WORKERS, description=(
         "Processes running jobs' CPU part (mesh to viewer) while the model serves the next job; "
         "0 runs each job whole, one at a time; unset: one fewer than the CPUs (at least 1, at most 8)."))
+    isolate_host_part: bool = Field(True, description=(
+        "With host_workers = 0, run each job's CPU part in one child process, which is killed and "
+        "replaced when a stage runs past its limit; false runs it in the daemon's worker thread, "
+        "where nothing can stop a stuck stage (for debugging and profiling)."))
     model_retry_seconds: float = Field(180.0, gt=0, description="Retry loading missing weights.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info")
     log_max_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="Rotate the JSON log here.")

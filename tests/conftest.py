@@ -22,7 +22,7 @@ T = TypeVar("T")
 TEST_TIMINGS = {"settle_seconds": 0.4, "poll_interval": 0.2, "model_retry_seconds": 0.2}
 # Jobs run whole in the worker thread unless a test asks for host processes (test_executors.py):
 # a host process imports torch, seconds that most tests of the worker's bookkeeping do not need.
-ONE_AT_A_TIME = {"host_workers": 0}
+ONE_AT_A_TIME = {"host_workers": 0, "isolate_host_part": False}
 
 
 def wait_for(condition: Callable[[], T], timeout: float = 10.0,
