@@ -180,7 +180,7 @@ def _without_fragments(mesh: trimesh.Trimesh, min_fraction: float, budgeting: Bu
     """Drop the small pieces a free collapse breaks a noisy surface into, as the stage's floaters."""
     kept, _, dropped = drop_floaters(mesh, min_fraction)
     if dropped:
-        budgeting.steps.append(f"{dropped:,} small fragments were dropped")
+        budgeting.steps.append(f"{_count(dropped, 'small fragment', 'small fragments')} dropped")
     return kept
 
 
@@ -195,7 +195,8 @@ def hard_cap(mesh: trimesh.Trimesh, max_faces: int, budgeting: Budgeting) -> tri
     fitting = order[np.cumsum(sizes[order]) <= max_faces]
     if len(fitting):
         keep = np.isin(labels, fitting)
-        budgeting.steps.append(f"{len(areas) - len(fitting):,} bodies beyond {max_faces:,} faces were dropped")
+        budgeting.steps.append(f"{_count(len(areas) - len(fitting), 'body', 'bodies')} beyond {max_faces:,} "
+                               "faces dropped")
     else:
         keep = np.zeros(len(mesh.faces), dtype=bool)
         keep[np.flatnonzero(labels == order[0])[:max_faces]] = True

@@ -63,18 +63,21 @@ def call_within(function: Callable[[], T], seconds: float, clock: StageClock) ->
                 return None
     finally:
         os.close(read_end)
-        _end(pid)
+        status = _end(pid)
     if not chunks:
-        raise ForkedCallFailed("the forked process died before it answered")
+        how = (f"killed by {signal.Signals(os.WTERMSIG(status)).name}" if os.WIFSIGNALED(status)
+               else f"exit status {os.WEXITSTATUS(status)}")
+        raise ForkedCallFailed(f"its process died ({how}) before it answered")
     kind, value = pickle.loads(b"".join(chunks))
     if kind == "error":
         raise ForkedCallFailed(value)
     return value
 
 
-def _end(pid: int) -> None:
-    try:
-        os.kill(pid, signal.SIGKILL)  # a no-op race with its own exit: reaped just below
-    except ProcessLookupError:
-        pass
-    os.waitpid(pid, 0)
+def _end(pid: int) -> int:
+    """Kill the forked process if it still runs, reap it, and return its wait status."""
+    finished, status = os.waitpid(pid, os.WNOHANG)
+    if finished:
+        return status
+    os.kill(pid, signal.SIGKILL)
+    return os.waitpid(pid, 0)[1]

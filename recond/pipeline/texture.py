@@ -17,7 +17,7 @@ import xatlas
 from PIL import Image
 from scipy import ndimage
 
-from recond.pipeline.forked import call_within
+from recond.pipeline.forked import ForkedCallFailed, call_within
 from recond.pipeline.progress import StageClock
 from recond.pipeline.raster import interpolate, rasterize
 
@@ -80,7 +80,10 @@ def bake_within_limits(mesh: trimesh.Trimesh, color_at: Callable[[np.ndarray], n
                             f"{resolution} texture holds ({capacity:,}), so it keeps vertex colours"]
     share = UNWRAP_SHARE * clock.seconds_left()
     clock(0.0)
-    unwrapped = call_within(lambda: _unwrap(mesh, resolution), share, clock)
+    try:
+        unwrapped = call_within(lambda: _unwrap(mesh, resolution), share, clock)
+    except ForkedCallFailed as error:  # xatlas crashed (seen: SIGSEGV on an 82k-face icosphere)
+        return mesh, None, [f"the UV unwrap failed ({error}), so the mesh keeps vertex colours"]
     if unwrapped is None:
         return mesh, None, [f"the UV unwrap ran past its {share:.0f} s share of the texture stage's "
                             "limit and was stopped, so the mesh keeps vertex colours"]
