@@ -45,6 +45,7 @@ MIN_GRID = 16  # the coarsest grid a surface is meshed on (JobSettings.mc_resolu
 NOISY_FACES_PER_TARGET = 8
 BUDGET_SLACK = 1.05  # the stage hands on at most target_faces times this (issue 22)
 NOISY = "the surface is noisy"
+COARSER = "its surface would have had about"
 
 
 @dataclass(frozen=True)
@@ -98,20 +99,23 @@ def crossing_cells(density_grid: np.ndarray, level: float) -> int:
 def grid_within_faces(density_grid: torch.Tensor, level: float, max_faces: int,
                       budgeting: Budgeting) -> torch.Tensor:
     """The grid, or a coarser one spanning the same box, whose surface has at most about
-    ``max_faces`` faces. Faces grow with the square of the resolution (a surface), so each try
-    shrinks it by the square root of the excess."""
+    ``max_faces`` faces (the last coarsening is the one ``budgeting`` notes). Faces grow between
+    the square (a smooth surface) and the cube (noise finer than the grid) of the resolution, so
+    each try shrinks it by the cube root of the excess and counts again: a few counts (one pass
+    over the grid each) rather than an overshoot to a needlessly coarse grid."""
     grid, first_estimate = density_grid, estimate_faces(density_grid, level)
     estimate = first_estimate
     while estimate > max_faces and grid.shape[0] > MIN_GRID:
-        resolution = max(MIN_GRID, int(grid.shape[0] * (max_faces / estimate) ** 0.5))
+        resolution = max(MIN_GRID, min(grid.shape[0] - 1, int(grid.shape[0] * (max_faces / estimate) ** (1 / 3))))
         # align_corners: the end planes stay on the box's faces, as marching cubes expects them.
         grid = F.interpolate(density_grid[None, None].float(), size=(resolution,) * 3, mode="trilinear",
                              align_corners=True)[0, 0]
         estimate = estimate_faces(grid, level)
     if grid.shape[0] != density_grid.shape[0]:
         budgeting.grid_resolution = int(grid.shape[0])
-        budgeting.steps.append(f"its surface would have had about {first_estimate:,} faces, so it was "
-                               f"meshed on a {grid.shape[0]}^3 grid instead of {density_grid.shape[0]}^3")
+        budgeting.steps = [step for step in budgeting.steps if not step.startswith(COARSER)]
+        budgeting.steps.insert(0, f"{COARSER} {first_estimate:,} faces, so it was meshed on a "
+                                  f"{grid.shape[0]}^3 grid instead of {density_grid.shape[0]}^3")
     return grid
 
 
