@@ -38,7 +38,7 @@ def handed_over(handoff: Any, job: Any, result_dir: Path, report: Any = None, ex
     """A host part that only proves it received the hand-off: the transfer is what is timed."""
     from recond.pipeline.contract import JobResult
 
-    return JobResult(result_dir, [], {}, {"bytes": handoff.density.nbytes})
+    return JobResult(result_dir, [], {}, {"source": handoff.source_name})
 
 
 def peak_memory_mib(pid: int) -> float:
