@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import pickle
+import platform
 import statistics
 import sys
 import tempfile

@@ -39,7 +39,14 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from recond.errors import HostStopped
-from recond.executors import HostTask, JobCancelled, PartProgress, ProgressSink, WorkerInfo, WorkerLost
+from recond.executors import (
+    HostTask,
+    JobCancelled,
+    PartProgress,
+    ProgressSink,
+    WorkerInfo,
+    WorkerLost,
+)
 from recond.logging import get_logger
 from recond.pipeline.contract import HostPart, JobResult
 from recond.pipeline.progress import DEFAULT_STAGE_SECONDS, stage_limit_s

@@ -139,7 +139,7 @@ def coarser_for_noise(rough: Roughness, faces: int, target_faces: int) -> int | 
 
 def roughness(mesh: trimesh.Trimesh, bodies: int) -> Roughness:
     """Bodies (counted by the caller, who split the surface already) and handles of a surface."""
-    return Roughness(bodies, max(0, int(round(bodies - mesh.euler_number / 2))))
+    return Roughness(bodies, max(0, round(bodies - mesh.euler_number / 2)))
 
 
 def to_budget(mesh: trimesh.Trimesh, target_faces: int, bodies: int, floater_fraction: float,

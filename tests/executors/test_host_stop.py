@@ -11,6 +11,7 @@ is stuck ends the daemon at once, and every picture lies in exactly one place.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -20,7 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import assert_each_in_one_place, assert_in_one_place, settings_for, wait_for
+from conftest import (
+    assert_each_in_one_place,
+    assert_in_one_place,
+    settings_for,
+    wait_for,
+)
 from test_daemon_e2e import SLOWER_JOB, Installation, counts
 from test_executors import busy_host_workers, daemon_row, pid_exists
 
@@ -66,7 +72,7 @@ def test_a_stuck_stage_with_host_workers_0_is_stopped_at_its_limit_then_fails(tm
     store = Store(settings.db_path)
     store.daemon_started(os.getpid())
     (settings.inbox / "fog.png").write_bytes(b"a picture of fog")
-    job, _ = store.enqueue("fog.png", __import__("hashlib").sha256(b"a picture of fog").hexdigest(), 16,
+    job, _ = store.enqueue("fog.png", hashlib.sha256(b"a picture of fog").hexdigest(), 16,
                            "20260101-000000_fog")
     worker = Worker(settings, store, pipeline_factory=lambda s: StuckPipeline())
     worker.start()

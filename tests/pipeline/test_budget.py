@@ -4,8 +4,6 @@ is degraded by measuring it, with a warning in words, and a hard cap holds whate
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -25,9 +23,16 @@ from recond.pipeline.mesh import build_mesh, drop_floaters, surface
 from recond.pipeline.topology import solid_facts
 from recond.triposr.model import TripoSR
 from recond.triposr.preprocess import prepare_image
-from recond.triposr.tiny import SURFACE_THRESHOLD, build_noisy_checkpoint, reference_picture
+from recond.triposr.tiny import (
+    SURFACE_THRESHOLD,
+    build_noisy_checkpoint,
+    reference_picture,
+)
 
-GREY = lambda points: np.full((len(points), 3), 0.5, dtype=np.float32)  # noqa: E731 (a colour field)
+
+def GREY(points: np.ndarray) -> np.ndarray:
+    """A colour field: grey everywhere."""
+    return np.full((len(points), 3), 0.5, dtype=np.float32)
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +53,7 @@ def test_a_noisy_field_reaches_the_budget_with_a_warning(noisy_grid: tuple[torch
     assert facts.grid_resolution < 64
     assert facts.faces_after_floaters <= NOISY_FACES_PER_TARGET * 2000
     warning = facts.warnings()[0]
-    assert warning.startswith(f"{NOISY} (") and f"instead of 64^3" in warning
+    assert warning.startswith(f"{NOISY} (") and "instead of 64^3" in warning
     record = facts.as_record()
     assert record["degraded"] and record["grid_resolution"] == facts.grid_resolution
 
@@ -100,6 +105,6 @@ def test_the_face_estimate_before_marching_cubes_errs_high_but_not_far(
 def test_a_grid_past_max_surface_faces_is_meshed_coarser(noisy_grid: tuple[torch.Tensor, float]) -> None:
     grid, radius = noisy_grid
     settings = JobSettings(target_faces=0, max_surface_faces=50_000)  # 0: no simplification at all
-    mesh, facts = build_mesh(grid, GREY, radius, settings, lambda fraction: None)
+    _, facts = build_mesh(grid, GREY, radius, settings, lambda fraction: None)
     assert facts.marching_cubes_faces <= 50_000 < estimate_faces(grid, SURFACE_THRESHOLD)
     assert "so it was meshed on a" in facts.degraded[0]

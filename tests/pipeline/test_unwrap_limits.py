@@ -17,7 +17,10 @@ from recond.pipeline.forked import ForkedCallFailed, call_within
 from recond.pipeline.progress import StageClock
 from recond.pipeline.texture import bake_within_limits, chart_capacity
 
-GREY = lambda points: np.full((len(points), 3), 0.5, dtype=np.float32)  # noqa: E731 (a colour field)
+
+def GREY(points: np.ndarray) -> np.ndarray:
+    """A colour field: grey everywhere."""
+    return np.full((len(points), 3), 0.5, dtype=np.float32)
 
 
 def clock(limit_s: float, reports: list[float] | None = None) -> StageClock:
@@ -31,8 +34,8 @@ def test_a_mesh_of_many_bodies_is_not_unwrapped_and_keeps_vertex_colours() -> No
     assert chart_capacity(256) == 256
     kept, atlas, warnings = bake_within_limits(mesh, GREY, 256, clock(60))
     assert kept is mesh and atlas is None
-    assert warnings == ["the mesh has 300 separate bodies, more charts than a 256 texture holds (256), "
-                        "so it keeps vertex colours"]
+    assert warnings == [("the mesh has 300 separate bodies, more charts than a 256 texture holds (256), "
+                         "so it keeps vertex colours")]
 
 
 def test_an_unwrap_past_its_share_of_the_stage_limit_is_stopped() -> None:
