@@ -30,7 +30,7 @@ from recond.pipeline.record import write_record
 from recond.shares.folders import SHARE_FOLDERS
 from recond.shares.identity import FolderIdentity, FolderReplaced
 from recond.status import job_facts, open_store, status_report
-from recond.store import FAILED, STATES, Job, Store, StoreError, database_error
+from recond.store import FAILED, QUEUED, STATES, Job, Store, StoreError, database_error
 from recond.workflows.presets import job_settings as preset_settings
 from recond.workflows.redo import RedoRefused, parse_assignments, plan_redo, queue_redo
 
@@ -121,10 +121,17 @@ def _format_status(report: dict[str, Any]) -> str:
         lines.append(f"workers: {len(busy)} of {len(workers)} busy: " + ", ".join(
             f"{worker['name']} ({worker['device']}{_elsewhere(worker['node'])}"
             f"{', job #' + str(worker['job_id']) if worker['busy'] else ''})" for worker in workers))
+    for stop in daemon.get("host_stops", []):
+        lines.append(f"stopped: #{stop['job_id']} {stop['source']}: the {stop['stage']} stage ran "
+                     f"{_duration(stop['seconds'])} (limit {_duration(stop['limit_s'])}) at "
+                     f"{time.strftime('%H:%M:%S', time.localtime(stop['at']))}; host process {stop['pid']} "
+                     f"was killed and a fresh one ({stop['fresh_pid']}) took its place")
     if report["recent"]:
         lines.append("recent:")
         for job in report["recent"]:
             outcome = job["error"] if job["state"] == FAILED else job["output"] or ""
+            if job["state"] == QUEUED and job["error"]:  # retried after a stage ran past its limit
+                outcome = f"to be retried: {job['error']}"
             if job["duplicate_of"]:
                 outcome = f"same bytes as #{job['duplicate_of']}: {outcome}"
             lines.append(f"  #{job['id']:<5} {job['state']:<9} {job['source']}{_preset(job)}  {outcome}".rstrip())
@@ -322,10 +329,12 @@ def process(ctx: click.Context, images: tuple[Path, ...], out: Path | None, mode
     from tqdm import tqdm
 
     from recond.errors import describe_failure
+    from recond.executors import DeviceTask, HostTask, PartProgress
+    from recond.executors.inline import InlineExecutor
     from recond.inbox.dropped import read_source
     from recond.logging import configure_logging
-    from recond.pipeline.progress import Progress
-    from recond.pipeline.warm import build_pipeline
+    from recond.pipeline.progress import EtaEstimate, Progress
+    from recond.pipeline.warm import build_pipeline, load_main_thread_libraries
 
     settings = _settings(ctx, model=model)
     if preset is not None and preset not in settings.presets:
@@ -333,37 +342,56 @@ def process(ctx: click.Context, images: tuple[Path, ...], out: Path | None, mode
                                    f"{', '.join(sorted(settings.presets)) or 'none are set'})")
     job_settings, _ = preset_settings(settings, preset)
     configure_logging(settings.model_copy(update={"log_level": "warning"}), to_file=False)
+    load_main_thread_libraries()
+    estimates: dict[int, EtaEstimate] = {}
+
+    def on_progress(part: PartProgress) -> None:
+        if part.job_id in estimates:
+            estimates[part.job_id](part.stage, part.fraction)
+
+    # As the daemon runs host_workers = 0: the host part in a child process that is stopped at a
+    # stage's limit (isolate_host_part), so one stuck picture fails alone.
+    executor = InlineExecutor(settings, build_pipeline, on_progress)
     try:
-        pipeline = build_pipeline(settings)
+        executor.start()
     except Exception as error:  # the one-line reason and the fix, not a traceback
+        executor.close()
         raise click.ClickException(
             f"pipeline not loaded: {error} -- to fix: {process_loading_fix(error)}") from None
     out = (out or settings.outbox).resolve()
     out.mkdir(parents=True, exist_ok=True)
     leftovers.clean_staging(out, leftovers.process_owner(os.getpid()))  # those of killed runs
     failures, owner = 0, leftovers.process_owner(os.getpid())
-    for number, image in enumerate(images):
-        name = result_name_for(image.name, time.time())
-        # Percent and times only: tqdm's rate would flip between %/s and s/% as stages speed up.
-        with tqdm(total=100, desc=image.name, file=sys.stderr, leave=False,
-                  bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}") as bar:
-            def report(progress: Progress, bar: tqdm = bar) -> None:
-                bar.set_postfix_str(progress.stage, refresh=False)
-                bar.update(round(progress.overall * 100) - bar.n)
-            try:
-                picture = read_source(image, settings.max_file_bytes)
-                result, folder = publish.build_result(  # staged, then published as the worker does
-                    out, name, f"{owner}-{number}",
-                    lambda staging: _with_preset(pipeline.run(picture, staging, job_settings,
-                                                              progress=report), preset),
-                    source_mode=picture.mode)
-            except Exception as error:  # recorded per image; the others still run
-                failures += 1
-                _echo(f"{image}: failed: {describe_failure(error)[0]}")
-                continue
-        _echo(f"{image}: {folder}")
-        for warning in result.warnings:
-            _echo(f"{image}: warning: {warning}")
+    try:
+        for number, image in enumerate(images):
+            name = result_name_for(image.name, time.time())
+            # Percent and times only: tqdm's rate would flip between %/s and s/% as stages speed up.
+            with tqdm(total=100, desc=image.name, file=sys.stderr, leave=False,
+                      bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}") as bar:
+                def report(progress: Progress, bar: tqdm = bar) -> None:
+                    bar.set_postfix_str(progress.stage, refresh=False)
+                    bar.update(round(progress.overall * 100) - bar.n)
+
+                estimates[number] = EtaEstimate(report)
+                try:
+                    picture = read_source(image, settings.max_file_bytes)
+                    handoff = executor.submit_device(DeviceTask(number, picture, job_settings)).result()
+                    result, folder = publish.build_result(  # staged, then published as the worker does
+                        out, name, f"{owner}-{number}",
+                        lambda staging: _with_preset(executor.submit_host(
+                            HostTask(number, handoff, job_settings, staging)).result(), preset),
+                        source_mode=picture.mode)
+                except Exception as error:  # recorded per image; the others still run
+                    failures += 1
+                    _echo(f"{image}: failed: {describe_failure(error)[0]}")
+                    continue
+                finally:
+                    estimates.pop(number, None)
+            _echo(f"{image}: {folder}")
+            for warning in result.warnings:
+                _echo(f"{image}: warning: {warning}")
+    finally:
+        executor.close()
     sys.exit(1 if failures else 0)
 
 

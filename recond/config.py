@@ -218,7 +218,12 @@ class JobSettings(_Part):
     target_faces: int = Field(20000, ge=0, description=(
         "Simplify the mesh (quadric decimation that keeps its topology, so a closed surface "
         "stays a printable solid) to about this many faces before texturing and export; "
-        "bounds every later stage's time and the result's size. 0 keeps every face."))
+        "bounds every later stage's time and the result's size. 0 keeps every face. A noisy "
+        "surface whose topology cannot be kept is simplified without it, with a warning "
+        "(docs/bounded-cost.md)."))
+    max_surface_faces: int = Field(1_000_000, ge=10_000, description=(
+        "A density grid whose surface would have more faces than this is meshed on a coarser grid "
+        "(a noisy field: bounds the mesh stage's time and memory)."))
     bake_texture: bool = Field(True, description=(
         "UV-unwrap the mesh and bake a texture PNG; false: vertex colours only."))
     texture_resolution: int = Field(1024, ge=64, le=8192, description=(
@@ -233,9 +238,9 @@ class JobSettings(_Part):
         "A stage's limit is this many times the seconds it usually takes on this machine "
         "(learnt from earlier jobs, <state_dir>/stage_seconds.json) ..."))
     stage_limit_floor_s: float = Field(120.0, gt=0, description=(
-        "... and never less than this many seconds. A child process (ffmpeg) still running "
-        "past its stage's limit is killed and the job retried (failed with the reason after "
-        "max_attempts)."))
+        "... and never less than this many seconds. A host process (with its children, such as "
+        "ffmpeg) still in a stage past the stage's limit is killed and replaced, and the job "
+        "retried (failed with the reason after max_attempts)."))
 
 
 class DaemonSettings(_Part):
@@ -257,8 +262,13 @@ class DaemonSettings(_Part):
     host_workers: int | None = Field(None, ge=0, le=MAX_HOST_WORKERS, description=(
         "Processes that run each job's CPU part (marching cubes, texture, files, turntable, "
         "viewer) while the warm model already works on the next picture; at most host_workers "
-        "+ 1 jobs run at once. 0: each job runs whole, one after the other, in the daemon. "
+        "+ 1 jobs run at once. 0: each job runs whole, one after the other (its CPU part in one "
+        "child process, see isolate_host_part). "
         "Unset: one fewer than the CPUs recond may use (at least 1, at most 8)."))
+    isolate_host_part: bool = Field(True, description=(
+        "With host_workers = 0, run each job's CPU part in one child process, which is killed and "
+        "replaced when a stage runs past its limit; false runs it in the daemon's worker thread, "
+        "where nothing can stop a stuck stage (for debugging and profiling)."))
     model_retry_seconds: float = Field(180.0, gt=0, description=(
         "While the weights (or the Ray cluster) cannot be reached, jobs wait queued and "
         "recond retries this often (seconds)."))

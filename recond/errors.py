@@ -40,6 +40,28 @@ class StageTimedOut(RuntimeError):
         return (StageTimedOut, self._facts)
 
 
+class HostStopped(StageTimedOut):
+    """A host process ran a stage past the stage's limit and was killed with its process group,
+    and a fresh host process took its place (issue 22).
+
+    What it ran may be a C call that never returns (simplification, unwrap) or nothing at all (a
+    process frozen by SIGSTOP): only killing the process stops either. Retried as StageTimedOut.
+    """
+
+    def __init__(self, stage: str, spent_s: float, limit_s: float, expected_s: float, pid: int,
+                 fresh_pid: int | None) -> None:
+        fresh = f"a fresh host process (pid {fresh_pid})" if fresh_pid else "a fresh host process"
+        RuntimeError.__init__(self, (
+            f"the {stage} stage ran {spent_s:.0f} s in host process {pid}, past the stage's limit of "
+            f"{limit_s:.0f} s (it usually takes {expected_s:.1f} s): the process was killed and {fresh} "
+            "took its place"))
+        self.stage, self.spent_s, self.limit_s, self.expected_s = stage, spent_s, limit_s, expected_s
+        self.pid, self.fresh_pid = pid, fresh_pid
+
+    def __reduce__(self) -> tuple[type[HostStopped], tuple[str, float, float, float, int, int | None]]:  # type: ignore[override]
+        return (HostStopped, (self.stage, self.spent_s, self.limit_s, self.expected_s, self.pid, self.fresh_pid))
+
+
 class ModelLoadError(RuntimeError):
     """The model folder, its config or its weights are missing or do not fit together.
 

@@ -71,6 +71,8 @@ def status_report(settings: Settings, recent: int = 10) -> dict[str, Any]:
             "worker_warning": daemon.get("worker_warning") if running else None,
             # Where jobs' parts run: the warm model(s) and the host processes (recond.executors).
             "workers": daemon.get("workers", []) if running else [],
+            # Host processes killed past a stage's limit and replaced (recond.executors.host_pool).
+            "host_stops": daemon.get("host_stops", []) if running else [],
         },
         "counts": store.counts() if store else dict.fromkeys(STATES, 0),
         "running": [],

@@ -47,8 +47,9 @@ DAEMON_COLUMNS: dict[str, type] = {
     "watcher_warnings": str,
     "worker_warning": str,  # e.g. the outbox is full: the queue is paused
     "workers": str,  # JSON list: where parts run (recond.executors.WorkerInfo), busy with which job
+    "host_stops": str,  # JSON list: host processes killed past a stage's limit (recond.worker)
 }
-JSON_DAEMON_COLUMNS = ("watcher_warnings", "workers")
+JSON_DAEMON_COLUMNS = ("watcher_warnings", "workers", "host_stops")
 
 JOB_COLUMNS: dict[str, type] = {
     "id": int,
@@ -615,7 +616,7 @@ class Store:
                                       "stopped_at": None, "model_status": "loading",
                                       "model_detail": None, "device": None, "dtype": None,
                                       "watcher_warnings": "[]", "worker_warning": None,
-                                      "workers": "[]"}, pk="id")
+                                      "workers": "[]", "host_stops": "[]"}, pk="id")
 
     def daemon_update(self, **values: Any) -> None:
         for name in JSON_DAEMON_COLUMNS:

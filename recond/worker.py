@@ -26,6 +26,7 @@ from typing import Any
 from recond.config import JobSettings, ModelSettings, Settings
 from recond.errors import (
     RELOAD_EITHER_WAY,
+    HostStopped,
     StageTimedOut,
     describe_failure,
     loading_fix,
@@ -77,6 +78,7 @@ log = get_logger("recond.worker")
 PROGRESS_WRITE_SECONDS = 0.5  # how often a running job's progress reaches the database
 ERROR_PAUSE_SECONDS = 2.0  # after an unexpected error in the loop, before the next step
 WAIT_SECONDS = 5.0  # between checks while the outbox is paused or the inbox share is gone
+HOST_STOPS_SHOWN = 5  # the latest host processes stopped past a stage's limit, in the daemon row
 
 
 class JobWaits(Exception):
@@ -164,6 +166,7 @@ class Worker:
         self._repeats = Repeats()
         self._stranded: set[int] = set()  # interrupted jobs the store could not put back yet
         self._workers_shown: list[dict[str, Any]] | None = None
+        self._host_stops: list[dict[str, Any]] = []
         self._thread = threading.Thread(target=self._loop, name="recond-worker", daemon=True)
 
     @property
@@ -610,6 +613,8 @@ class Worker:
             self.store.requeue(job.id)
             self._pause(fault)
             return
+        if isinstance(error, HostStopped):
+            self._record_host_stop(job, error)
         if isinstance(error, StageTimedOut) and job.attempts < self.settings.max_attempts:
             self.store.retry_later(job.id, str(error))
             log.warning("job requeued: a stage ran past its time limit", job=job.id, file=job.source,
@@ -619,6 +624,18 @@ class Worker:
         log.error("job failed", job=job.id, file=job.source, error=reason,
                   seconds=round(time.monotonic() - started, 2), exc_info=not user_caused)
         self.fail_job(job, reason)
+
+    def _record_host_stop(self, job: Job, stopped: HostStopped) -> None:
+        """For `reconctl status`: which job's host process was stopped, in which stage, after how
+        long, and which fresh process took its place (the latest HOST_STOPS_SHOWN)."""
+        self._host_stops = [*self._host_stops, {
+            "job_id": job.id, "source": job.source, "stage": stopped.stage, "seconds": round(stopped.spent_s, 1),
+            "limit_s": round(stopped.limit_s, 1), "pid": stopped.pid, "fresh_pid": stopped.fresh_pid,
+            "at": time.time()}][-HOST_STOPS_SHOWN:]
+        try:
+            self.store.daemon_update(host_stops=self._host_stops)
+        except sqlite3.Error as error:  # the log has it (recond.executors.host_pool); status misses one
+            log.warning("host process stop not recorded", job=job.id, error=str(error))
 
     def _finish(self, job: Job, folder: Path, warnings: list[str], published_sha256: str,
                 started: float | None) -> None:

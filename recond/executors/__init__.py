@@ -119,7 +119,7 @@ def executor_shape(settings: Settings) -> tuple[object, ...]:
     """The settings an executor is built from: when a SIGHUP changes them, the worker builds a
     new one once no job is in flight."""
     return (part_of(settings, ModelSettings), settings.executor, settings.resolved_host_workers(),
-            settings.ray_address, settings.ray_device_workers)
+            settings.isolate_host_part, settings.ray_address, settings.ray_device_workers)
 
 
 def runs_in_daemon(settings: Settings, part: str) -> bool:

@@ -37,7 +37,7 @@ from recond.pipeline.names import (
 from recond.pipeline.progress import ProgressTracker, StageReport
 from recond.pipeline.reconstruct import color_query
 from recond.pipeline.record import write_record
-from recond.pipeline.texture import bake_texture
+from recond.pipeline.texture import bake_within_limits
 from recond.pipeline.turntable import render_turntable, write_turntable
 from recond.pipeline.viewer import write_viewer
 from recond.triposr.decoder import NeRFDecoder
@@ -83,9 +83,10 @@ def run_host_part(handoff: DeviceOutput, job: JobSettings, result_dir: Path,
         warnings += mesh_facts.warnings()
 
     atlas = None
-    with tracker.stage("texture") as progress:
+    with tracker.stage("texture") as clock:
         if settings.bake_texture:
-            mesh, atlas = bake_texture(mesh, color_at, settings.texture_resolution, progress=progress)
+            mesh, atlas, notes = bake_within_limits(mesh, color_at, settings.texture_resolution, clock)
+            warnings += notes
 
     with tracker.stage("export"):
         oriented = orient_y_up(mesh)
@@ -116,7 +117,7 @@ def run_host_part(handoff: DeviceOutput, job: JobSettings, result_dir: Path,
         "vertices": int(len(oriented.vertices)),
         "faces": int(len(oriented.faces)),
         "mesh": mesh_facts.as_record(),
-        "textured": bool(settings.bake_texture),
+        "textured": atlas is not None,
         "texture": atlas.as_record() if atlas else None,
         # What went from the device part (the warm model) to this host part, and its size.
         "handoff": handoff.as_record(),

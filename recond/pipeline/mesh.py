@@ -7,15 +7,18 @@ A marching-cubes surface at 256^3 has ~150k-1.7M faces and often small floating 
 later stage (unwrap, bake, files, turntable, viewer) costs in proportion to the faces, and the
 blobs shrink the turntable's framing. So the stage drops pieces that are small next to the
 main object, then simplifies to ``target_faces`` keeping the surface's topology (a closed
-marching-cubes surface stays a printable solid, issue 15: recond.pipeline.topology), and only
-then colours the vertices, since the texture carries the detail. It records what it published:
-solid or not, bodies, and the simplification's error.
+marching-cubes surface stays a printable solid, issue 15: recond.pipeline.topology) where the
+surface's handles and bodies leave room for that, and degrades where they do not (a noisy
+field: recond.pipeline.budget, issue 22), and only then colours the vertices, since the texture
+carries the detail. It records what it published: solid or not, bodies, the simplification's
+error, and what it did to a noisy surface.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,7 +26,8 @@ import trimesh
 
 from recond.config import JobSettings
 from recond.errors import InputError
-from recond.pipeline.topology import hausdorff_to_diagonal, simplify, solid_facts
+from recond.pipeline.budget import Budgeting, coarser_for_noise, drop_floaters, grid_within_faces, to_budget
+from recond.pipeline.topology import hausdorff_to_diagonal, solid_facts
 from recond.triposr.isosurface import marching_cubes, unit_to_box
 
 NOT_A_SOLID = ("the surface is not a closed solid (it has holes or edges shared by more than two "
@@ -42,13 +46,25 @@ class MeshFacts:
     is_volume: bool
     bodies: int  # one per kept piece, when the surface is closed
     hausdorff: float  # the simplification's shape error, a fraction of the bounding-box diagonal
+    # How it reached the face budget (recond.pipeline.budget, issue 22): the grid meshed, the
+    # handles counted before simplifying, whether topology was kept, and what was done instead
+    # when the surface was noisy.
+    grid_resolution: int = 0
+    handles: int = 0
+    topology_kept: bool = True
+    degraded: tuple[str, ...] = ()
+    noisy_warning: str | None = None
 
-    def as_record(self) -> dict[str, int | float | bool]:
-        return asdict(self)
+    def as_record(self) -> dict[str, Any]:
+        record = asdict(self)
+        del record["noisy_warning"]  # in the job's warnings
+        record["degraded"] = list(self.degraded)
+        return record
 
     def warnings(self) -> list[str]:
-        """What the job's warnings should say about the surface: nothing when it is a solid."""
-        return [] if self.is_volume else [NOT_A_SOLID]
+        """What the job's warnings should say about the surface: nothing when it is a solid
+        reached the budget as it was."""
+        return [*([self.noisy_warning] if self.noisy_warning else []), *([] if self.is_volume else [NOT_A_SOLID])]
 
 
 @dataclass(frozen=True)
@@ -65,22 +81,38 @@ def build_mesh(density_grid: torch.Tensor, color_at: Callable[[np.ndarray], np.n
                settings: JobSettings, report: Callable[[float], None]) -> tuple[trimesh.Trimesh, MeshFacts]:
     """The object's coloured surface (z up, model space) from the density grid the device part
     made; an empty surface is the picture's fault. ``color_at`` is the model's colour field."""
-    kept = kept_surface(density_grid, radius, settings)
+    budgeting = Budgeting(int(density_grid.shape[0]))
+    kept = kept_surface(density_grid, radius, settings, budgeting)
+    coarser = coarser_for_noise(budgeting.measure(kept.mesh, kept.pieces - kept.pieces_dropped),
+                                len(kept.mesh.faces), settings.target_faces)
+    if coarser is not None:
+        kept = kept_surface(density_grid, radius, settings, budgeting, max_faces=coarser)
+        budgeting.measure(kept.mesh, kept.pieces - kept.pieces_dropped)
     report(0.6)
-    simple = simplify(kept.mesh, settings.target_faces)
+    simple = to_budget(kept.mesh, settings.target_faces, kept.pieces - kept.pieces_dropped,
+                       settings.floater_fraction, budgeting)
     report(0.8)
     hausdorff = 0.0 if simple is kept.mesh else hausdorff_to_diagonal(kept.mesh, simple)
     report(0.9)
     colored = with_vertex_colors(simple, color_at)
     solid = solid_facts(simple)
+    handles = budgeting.roughness.handles if budgeting.roughness else 0
     facts = MeshFacts(kept.marching_cubes_faces, kept.pieces, kept.pieces_dropped, len(kept.mesh.faces),
-                      len(colored.faces), solid.watertight, solid.is_volume, solid.bodies, round(hausdorff, 6))
+                      len(colored.faces), solid.watertight, solid.is_volume, solid.bodies, round(hausdorff, 6),
+                      budgeting.grid_resolution, handles, budgeting.topology_kept,
+                      tuple(budgeting.steps), budgeting.warning())
     return colored, facts
 
 
-def kept_surface(density_grid: torch.Tensor, radius: float, settings: JobSettings) -> KeptSurface:
-    """Marching cubes on the density grid and floaters dropped (z up, model space, uncoloured)."""
-    raw = surface(density_grid, settings.mc_threshold, radius)
+def kept_surface(density_grid: torch.Tensor, radius: float, settings: JobSettings,
+                 budgeting: Budgeting | None = None, max_faces: int | None = None) -> KeptSurface:
+    """Marching cubes on the density grid, or on a coarser one when its surface would exceed
+    ``max_faces`` (None: ``max_surface_faces``; noted in ``budgeting``), and floaters dropped
+    (z up, model space, uncoloured)."""
+    budgeting = budgeting or Budgeting(int(density_grid.shape[0]))
+    grid = grid_within_faces(density_grid.detach().cpu().float(), settings.mc_threshold,
+                             min(max_faces or settings.max_surface_faces, settings.max_surface_faces), budgeting)
+    raw = surface(grid, settings.mc_threshold, radius)
     if len(raw.faces) == 0:
         raise InputError(
             "the model found no object in this picture (its density never reaches the surface "
@@ -106,21 +138,3 @@ def with_vertex_colors(mesh: trimesh.Trimesh, color_at: Callable[[np.ndarray], n
     """The mesh with each vertex coloured by the colour field there (as upstream's extract_mesh)."""
     colors = color_at(np.asarray(mesh.vertices, dtype=np.float32))
     return trimesh.Trimesh(vertices=mesh.vertices, faces=mesh.faces, vertex_colors=colors, process=False)
-
-
-def drop_floaters(mesh: trimesh.Trimesh, min_fraction: float) -> tuple[trimesh.Trimesh, int, int]:
-    """Drop pieces whose area is below ``min_fraction`` of the largest piece's.
-
-    Returns the kept mesh, the number of pieces and the number dropped. The largest piece is
-    always kept, so the object itself never goes. Pieces are edge-connected faces.
-    """
-    labels = trimesh.graph.connected_component_labels(mesh.face_adjacency, node_count=len(mesh.faces))
-    areas = np.bincount(labels, weights=mesh.area_faces)
-    keep = areas >= min_fraction * areas.max()
-    dropped = int((~keep).sum())
-    if dropped == 0:
-        return mesh, len(areas), 0
-    kept = mesh.copy()
-    kept.update_faces(keep[labels])
-    kept.remove_unreferenced_vertices()
-    return kept, len(areas), dropped

@@ -79,6 +79,12 @@ def stage_overdue(expected_s: float | None, started_at: float | None, now: float
     return now - started_at > max(OVERDUE_FACTOR * expected_s, OVERDUE_FLOOR_SECONDS)
 
 
+def stage_limit_s(expected_s: float, limit_factor: float, limit_floor_s: float) -> float:
+    """A stage's time limit: ``limit_factor`` times its expected seconds, never below the floor
+    (JobSettings' stage_limit_factor and stage_limit_floor_s)."""
+    return max(limit_floor_s, limit_factor * expected_s)
+
+
 def expected_stage_seconds(state_dir: Path) -> dict[str, float]:
     """Stage seconds learnt from earlier jobs on this machine, defaults for stages never seen."""
     try:
@@ -165,7 +171,7 @@ class ProgressTracker:
             if self.report_to is not None:
                 self.report_to(name, min(max(fraction, 0.0), 1.0))
 
-        clock = StageClock(report, max(self.limit_floor_s, self.limit_factor * expected), expected)
+        clock = StageClock(report, stage_limit_s(expected, self.limit_factor, self.limit_floor_s), expected)
         clock(0.0)
         yield clock
         self.stage_seconds[name] = round(clock.spent(), 3)

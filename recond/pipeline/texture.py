@@ -17,6 +17,8 @@ import xatlas
 from PIL import Image
 from scipy import ndimage
 
+from recond.pipeline.forked import ForkedCallFailed, call_within
+from recond.pipeline.progress import StageClock
 from recond.pipeline.raster import interpolate, rasterize
 
 # Empty texels xatlas keeps between charts; the dilation below fills them with the nearest
@@ -40,6 +42,13 @@ QUERY_CHUNK = 1 << 18
 # density still samples the field ~5x finer than it can vary, for a quarter of the decoder
 # queries and of the UV raster (together most of the bake at 1024).
 BAKE_STEP = 2
+# A chart needs room for itself and its padding: at fewer than this many texels a side each,
+# the atlas holds nothing but padding. A chart never spans two bodies, so a mesh with more
+# bodies than that is not unwrapped at all (issue 22: a noisy surface, hundreds of bodies).
+MIN_CHART_TEXELS = 16
+# Of the texture stage's time left, the unwrap may take this share; the bake needs the rest.
+UNWRAP_SHARE = 0.5
+Unwrapped = tuple[np.ndarray, np.ndarray, np.ndarray, int]  # vertex map, faces, uv, charts
 
 
 @dataclass(frozen=True)
@@ -53,21 +62,55 @@ class AtlasFacts:
         return asdict(self)
 
 
+def chart_capacity(resolution: int) -> int:
+    """The most charts a square texture of ``resolution`` texels can usefully hold."""
+    return (resolution // MIN_CHART_TEXELS) ** 2
+
+
+def bake_within_limits(mesh: trimesh.Trimesh, color_at: Callable[[np.ndarray], np.ndarray], resolution: int,
+                       clock: StageClock) -> tuple[trimesh.Trimesh, AtlasFacts | None, list[str]]:
+    """bake_texture, unless the atlas cannot hold the mesh's charts or the unwrap runs past
+    UNWRAP_SHARE of the stage's time left: then the mesh keeps its vertex colours, and the
+    warnings say why (issue 22). Never waits on xatlas beyond that share."""
+    capacity = chart_capacity(resolution)
+    labels = trimesh.graph.connected_component_labels(mesh.face_adjacency, node_count=len(mesh.faces))
+    bodies = int(labels.max()) + 1 if len(labels) else 0
+    if bodies > capacity:
+        return mesh, None, [f"the mesh has {bodies:,} separate bodies, more charts than a "
+                            f"{resolution} texture holds ({capacity:,}), so it keeps vertex colours"]
+    share = UNWRAP_SHARE * clock.seconds_left()
+    clock(0.0)
+    try:
+        unwrapped = call_within(lambda: _unwrap(mesh, resolution), share, clock)
+    except ForkedCallFailed as error:  # xatlas crashed (seen: SIGSEGV on an 82k-face icosphere)
+        return mesh, None, [f"the UV unwrap failed ({error}), so the mesh keeps vertex colours"]
+    if unwrapped is None:
+        return mesh, None, [f"the UV unwrap ran past its {share:.0f} s share of the texture stage's "
+                            "limit and was stopped, so the mesh keeps vertex colours"]
+    if unwrapped[3] > capacity:
+        return mesh, None, [f"the UV unwrap made {unwrapped[3]:,} charts, more than a {resolution} "
+                            f"texture holds ({capacity:,}), so the mesh keeps vertex colours"]
+    baked, atlas = bake_texture(mesh, color_at, resolution, clock, unwrapped)
+    return baked, atlas, []
+
+
 def bake_texture(
     mesh: trimesh.Trimesh,
     color_at: Callable[[np.ndarray], np.ndarray],
     resolution: int,
     progress: Callable[[float], None] | None = None,
+    unwrapped: Unwrapped | None = None,
 ) -> tuple[trimesh.Trimesh, AtlasFacts]:
     """Return a new mesh (vertices split at UV seams) whose texture holds color_at on its surface.
 
-    color_at maps points [N, 3] float32 in the mesh's coordinates to colours [N, 3] in [0, 1].
+    color_at maps points [N, 3] float32 in the mesh's coordinates to colours [N, 3] in [0, 1];
+    ``unwrapped``: the mesh's unwrap when the caller made it already (bake_within_limits).
     """
     if len(mesh.faces) == 0:
         raise ValueError("bake_texture needs a mesh with at least one face")
     report = progress or (lambda fraction: None)
     report(0.0)
-    vertex_map, faces, uv, charts = _unwrap(mesh, resolution)
+    vertex_map, faces, uv, charts = unwrapped or _unwrap(mesh, resolution)
     report(0.5)
 
     vertices = np.asarray(mesh.vertices)[vertex_map]
@@ -94,7 +137,7 @@ def bake_texture(
     return baked, AtlasFacts(charts, round(float(texel_mask.mean()), 4))
 
 
-def _unwrap(mesh: trimesh.Trimesh, resolution: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+def _unwrap(mesh: trimesh.Trimesh, resolution: int) -> Unwrapped:
     """xatlas charts + packing for a square atlas of `resolution` texels; also the chart count."""
     atlas = xatlas.Atlas()
     atlas.add_mesh(np.asarray(mesh.vertices, dtype=np.float32), np.asarray(mesh.faces, dtype=np.uint32))

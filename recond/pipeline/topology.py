@@ -60,6 +60,18 @@ def simplify(mesh: trimesh.Trimesh, target_faces: int) -> trimesh.Trimesh:
     return trimesh.Trimesh(simple.vertex_matrix(), simple.face_matrix(), process=False)
 
 
+def simplify_freely(mesh: trimesh.Trimesh, target_faces: int) -> trimesh.Trimesh:
+    """The same quadric decimation without the topology constraint: it reaches the target on any
+    surface, pinching handles and splitting bodies as it must (a noisy one: recond.pipeline.budget)."""
+    if target_faces == 0 or len(mesh.faces) <= target_faces:
+        return mesh
+    meshes = _meshset(mesh)
+    meshes.meshing_decimation_quadric_edge_collapse(targetfacenum=target_faces,
+                                                    **{**DECIMATION, "preservetopology": False})
+    simple = meshes.current_mesh()
+    return trimesh.Trimesh(simple.vertex_matrix(), simple.face_matrix(), process=False)
+
+
 @dataclass(frozen=True)
 class SolidFacts:
     """Whether a surface is a printable solid, judged as an STL reader sees it (vertices welded)."""

@@ -171,7 +171,8 @@ KILL_AFTER_PUBLISH = textwrap.dedent("""
     publish.publish = publish_then_die
     root = sys.argv[1]
     settings = load_settings(inbox=root + "/inbox", outbox=root + "/outbox",
-                             state_dir=root + "/state", max_attempts=1, host_workers=0)
+                             state_dir=root + "/state", max_attempts=1, host_workers=0,
+                             isolate_host_part=False)
     store = Store(settings.db_path)
     worker = Worker(settings, store, pipeline_factory=lambda s: StandInPipeline())
     worker.process(store.claim_next())

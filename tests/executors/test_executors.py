@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import signal
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from recond.pipeline.names import RECORD_NAME
 from recond.store import DONE, FAILED, Store
 from recond.worker import Worker
 
+from helpers.daemon_rows import busy_host_workers, daemon_row, pid_exists
 SMALL = {"mc_resolution": 32, "texture_resolution": 128, "render_views": 4, "render_size": 64, "video_fps": 4}
 PICTURES = ("chair.png", "robot.png", "flamingo.png")
 # job.json facts that differ between two runs of the same picture: when and how long.
@@ -85,33 +85,9 @@ def test_two_host_workers_make_the_same_files_as_one_job_at_a_time(tmp_path: Pat
         assert files[RECORD_NAME]["handoff"]["bytes"]["total"] > 0
 
 
-def daemon_row(installation: Installation) -> dict[str, Any]:
-    """The daemon's row straight from the database (milliseconds, unlike a reconctl run)."""
-    try:
-        with sqlite3.connect(installation.state / "recond.db") as db:
-            db.row_factory = sqlite3.Row
-            row = db.execute("select * from daemon").fetchone()
-    except sqlite3.Error:
-        return {}
-    return dict(row) if row else {}
-
-
-def busy_host_workers(installation: Installation) -> list[dict[str, Any]]:
-    workers = json.loads(daemon_row(installation).get("workers") or "[]")
-    return [worker for worker in workers if worker["kind"] == "host" and worker["busy"]]
-
-
 def host_worker_pids(installation: Installation) -> list[int]:
     workers = json.loads(daemon_row(installation).get("workers") or "[]")
     return [worker["pid"] for worker in workers if worker["kind"] == "host"]
-
-
-def pid_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 @pytest.fixture

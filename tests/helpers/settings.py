@@ -8,9 +8,10 @@ from recond.config import Settings, load_settings
 
 # Timings that keep tests quick: files settle, polls and model retries happen within a second.
 TEST_TIMINGS = {"settle_seconds": 0.4, "poll_interval": 0.2, "model_retry_seconds": 0.2}
-# Jobs run whole in the worker thread unless a test asks for host processes (executors/test_executors.py):
-# a host process imports torch, seconds that most tests of the worker's bookkeeping do not need.
-ONE_AT_A_TIME = {"host_workers": 0}
+# Jobs run whole in the worker thread unless a test asks for host processes (executors/test_executors.py)
+# or for the host child process (isolate_host_part): a host process imports torch, seconds that
+# most tests of the worker's bookkeeping do not need.
+ONE_AT_A_TIME = {"host_workers": 0, "isolate_host_part": False}
 
 
 def settings_for(tmp_path: Path, **overrides: object) -> Settings:

@@ -163,3 +163,7 @@ def test_record_says_the_result_is_a_solid_of_one_body_per_kept_piece(chair_resu
     assert mesh["bodies"] == mesh["pieces"] - mesh["pieces_dropped"] == 1
     assert mesh["faces"] == record["faces"] <= JobSettings().target_faces
     assert NOT_A_SOLID not in record["warnings"]
+    # A clean object keeps the topology-keeping path (issue 22): genus 27 leaves room for the
+    # budget, so nothing was degraded and no "the surface is noisy" warning was given.
+    assert (mesh["topology_kept"], mesh["degraded"], mesh["grid_resolution"]) == (True, [], 256)
+    assert 0 < mesh["handles"] < 100
