@@ -203,6 +203,12 @@ class DaemonSettings(_Part):
         "Ray cluster to join: auto, host:port, ray://head:10001, or local (a private one)."))
     ray_device_workers: int = Field(0, ge=0, description=(
         "Warm-model actors on Ray; 0: one per GPU in the cluster, one when it has none."))
+    ray_connect_seconds: float = Field(60.0, gt=0, le=3600, description=(
+        "How long joining the Ray cluster may take before the daemon gives up and retries "
+        "after model_retry_seconds (Ray itself has no limit)."))
+    ray_allow_open_cluster: bool = Field(False, description=(
+        "Join a Ray cluster without token authentication on a non-loopback address (anyone who "
+        "reaches it can run code there); false: refuse it, status and doctor say why."))
 
     def resolved_host_workers(self) -> int:
         """host_workers, or from the CPUs this process may use: one is left to the device part."""

@@ -7,6 +7,7 @@ re-reads the settings and retries a missing model. ``--once`` processes what is 
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import signal
 import sqlite3
@@ -41,7 +42,7 @@ from recond.shares.folders import (
     missing_share_folders,
 )
 from recond.store import HEARTBEAT_SECONDS, Store, StoreError, database_error
-from recond.worker import Worker
+from recond.worker import STOP_SECONDS, Worker
 
 log = get_logger("recond.daemon")
 
@@ -102,11 +103,15 @@ class Daemon:
             return self._loop(store, worker, once)
         finally:
             self.systemd.notify("STOPPING=1")
-            log.info("stopping: no new jobs; the jobs in flight go back to the queue")
+            in_flight = len(worker.in_flight) if worker is not None else 0
+            log.info("stopping: no new jobs" + ("; the jobs in flight go back to the queue" if in_flight else ""),
+                     in_flight=in_flight)
             if self.intake is not None:
                 self.intake.stop()
             if worker is not None and worker.is_alive():
                 worker.stop()
+                if worker.is_alive():  # its jobs are recovered at the next start, as after a crash
+                    log.error("the worker did not stop in time; exiting without it", seconds=STOP_SECONDS)
             self.heartbeat.stop()
             try:
                 store.daemon_update(stopped_at=time.time(), heartbeat_at=time.time())
@@ -156,7 +161,10 @@ class Daemon:
             assert intake is not None, "run() starts the intake before the loop"
             intake.supervise()
             if not worker.is_alive():
-                log.error("worker thread died; exiting so systemd restarts recond")
+                if worker.exit_reason:
+                    log.error("the run ends: its workers are gone", reason=worker.exit_reason)
+                else:
+                    log.error("worker thread died; exiting so systemd restarts recond")
                 return 1
             warnings = [*filter(None, [intake.paused]), *intake.warnings, *intake.not_pictures_note()]
             if (time.monotonic() - last_beat >= HEARTBEAT_SECONDS
@@ -300,7 +308,19 @@ def main(config_path: Path | None, once: bool) -> None:
     except sqlite3.Error as error:
         click.echo(f"recond: {database_error(settings.db_path, error)}", err=True)
         sys.exit(1)
-    sys.exit(code)
+    _exit(code, settings)
+
+
+def _exit(code: int, settings: Settings) -> None:
+    """Exit with ``code``. With Ray, without the interpreter's exit handlers: Ray's own
+    (ray.shutdown) waited without end on a cluster that was gone, and aborted in its C++ code on
+    one that came back (issue 27); recond left the cluster already where it could."""
+    if settings.executor != "ray":
+        sys.exit(code)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -70,6 +70,9 @@ log = get_logger("recond.worker")
 PROGRESS_WRITE_SECONDS = 0.5  # how often a running job's progress reaches the database
 ERROR_PAUSE_SECONDS = 2.0  # after an unexpected error in the loop, before the next step
 WAIT_SECONDS = 5.0  # between checks while the outbox is paused or the inbox share is gone
+# Worker.stop waits this long for the thread: cancelling is at once, a device part on a CPU ends
+# at its next progress report (seconds), closing a Ray executor is bounded (ray.CLOSE_SECONDS).
+STOP_SECONDS = 30.0
 
 
 class JobWaits(Exception):
@@ -97,13 +100,14 @@ class InFlight:
 
 
 def build_executor(settings: Settings, pipeline_factory: PipelineFactory,
-                   on_progress: ProgressSink) -> Executor:
+                   on_progress: ProgressSink, on_status: Callable[[str], None] = lambda line: None) -> Executor:
     """The executor the settings ask for: on a Ray cluster (executor = "ray"), in the worker
-    thread (host_workers = 0) or with a pool of host processes beside a warm model here."""
+    thread (host_workers = 0) or with a pool of host processes beside a warm model here.
+    ``on_status`` gets the Ray executor's lines while it connects, for status."""
     if settings.executor == "ray":
         from recond.executors.ray import RayExecutor
 
-        return RayExecutor(settings, pipeline_factory, on_progress)
+        return RayExecutor(settings, pipeline_factory, on_progress, on_status)
     workers = settings.resolved_host_workers()
     if workers == 0:
         from recond.executors.inline import InlineExecutor
@@ -149,6 +153,8 @@ class Worker:
         self._next_load = 0.0
         self._repeats = Repeats()
         self._stranded: set[int] = set()  # interrupted jobs the store could not put back yet
+        self.exit_reason: str | None = None  # why the worker ended the run itself (its executor lost)
+        self.executor_starting: Executor | None = None  # the one being started, until it runs or fails
         self._workers_shown: list[dict[str, Any]] | None = None
         self._thread = threading.Thread(target=self._loop, name="recond-worker", daemon=True)
 
@@ -186,11 +192,13 @@ class Worker:
         load_main_thread_libraries()
         self._thread.start()
 
-    def stop(self, timeout: float | None = None) -> None:
+    def stop(self, timeout: float = STOP_SECONDS) -> None:
         """Stop taking jobs; every job in flight is cancelled and requeued without counting an
-        attempt (a device part at its next progress report, a host process at once)."""
+        attempt (a device part at its next progress report, a host process at once). Waits at
+        most ``timeout`` for the thread: past it the caller goes on (is_alive() says so), and
+        a job still marked running is recovered at the next start, as after a crash."""
         self._stopping.set()
-        executor = self.executor
+        executor = self.executor or self.executor_starting
         if executor is not None:
             executor.cancel()
         self._wake.set()
@@ -231,6 +239,9 @@ class Worker:
             return
         self._advance_finished()
         self._show_workers()
+        if self.executor.lost is not None:
+            self._executor_lost(self.executor.lost)
+            return
         if self._rebuild:
             if not self.in_flight:
                 self._close_executor()
@@ -298,11 +309,16 @@ class Worker:
     def _load_model(self) -> None:
         self.store.daemon_update(model_status="loading", model_detail=self.settings.model)
         started = time.monotonic()
-        executor = build_executor(self.settings, self.pipeline_factory, self._record_progress)
+        executor = build_executor(self.settings, self.pipeline_factory, self._record_progress,
+                                  lambda line: self.store.daemon_update(model_detail=line))
+        self.executor_starting = executor  # stop() cancels it: a connect or load ends within a second
         try:
             facts = executor.start()
         except Exception as error:  # any failure here means "no model"; jobs wait, nothing fails
+            self.executor_starting = None
             executor.close()
+            if self._stopping.is_set():
+                return
             fix = loading_fix(error, self.how_to_reload)
             detail = f"{' '.join(str(error).split())} -- to fix: {fix}"
             self._next_load = time.monotonic() + self.settings.model_retry_seconds
@@ -310,12 +326,28 @@ class Worker:
             log.error("model not loaded; jobs stay queued", model=self.settings.model,
                       error=str(error), fix=fix, retry_in_s=self.settings.model_retry_seconds)
             return
-        self.executor = executor
+        self.executor, self.executor_starting = executor, None
         self.store.daemon_update(
             model_status="ready", device=facts.device, dtype=facts.dtype,
-            model_detail=f"{facts.model_id} (pictures without transparency: {facts.background_method})")
+            model_detail=f"{facts.model_id} (pictures without transparency: {facts.background_method})"
+                         + (f" -- WARNING: {facts.warning}" if facts.warning else ""))
         log.info("model loaded", model=self.settings.model, device=facts.device, dtype=facts.dtype,
                  jobs_at_once=executor.capacity, seconds=round(time.monotonic() - started, 2))
+
+    def _executor_lost(self, reason: str) -> None:
+        """The executor's workers are gone (a Ray cluster that stopped answering): its parts
+        ended as cancelled, so their jobs are back in the queue without an attempt counted. The
+        run ends here, and the daemon exits so that systemd starts it again; the new run waits
+        for the cluster like a missing model (asking Ray to reconnect inside this process
+        aborted it in Ray's C++ code, issue 27)."""
+        self._advance_finished()
+        for flight in list(self.in_flight.values()):  # a part Ray never settled
+            self._drop(flight, requeue=True)
+        self.exit_reason = f"{reason}; recond exits so that systemd starts it again, and waits for the cluster"
+        self.store.daemon_update(model_status="missing", model_detail=self.exit_reason, workers=[])
+        log.error("executor lost; the jobs in flight are back in the queue", reason=reason,
+                  queued=self.store.counts()["queued"])
+        self._stopping.set()
 
     def _close_executor(self) -> None:
         executor, self.executor = self.executor, None

@@ -56,6 +56,8 @@ def device_part(pipeline: WarmPipeline, task: DeviceTask, reports: CancellableRe
 class InlineExecutor:
     """The warm pipeline in this thread; one job in flight."""
 
+    lost: str | None = None  # its workers live in this process: never lost apart from it
+
     capacity = device_slots = 1
 
     def __init__(self, settings: Settings, pipeline_factory: PipelineFactory,

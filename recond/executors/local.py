@@ -164,9 +164,9 @@ class HostPool:
             host.process.join(STOP_WAIT_SECONDS)
             if host.process.is_alive():
                 _kill_group(host.process)
-                host.process.join()
+                host.process.join(STOP_WAIT_SECONDS)  # SIGKILLed: only a process stuck in the kernel stays
         self._wake_writer.send(None)
-        self._watcher.join()
+        self._watcher.join(STOP_WAIT_SECONDS)
 
     # In the watcher thread.
 
@@ -308,6 +308,8 @@ def _exit_reason(exitcode: int | None) -> str:
 
 class LocalExecutor:
     """A warm pipeline on one device thread and ``host_workers`` host processes."""
+
+    lost: str | None = None  # its workers live in this process: never lost apart from it
 
     def __init__(self, settings: Settings, pipeline_factory: PipelineFactory, on_progress: ProgressSink,
                  host_workers: int) -> None:
