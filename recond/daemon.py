@@ -51,6 +51,7 @@ log = get_logger("recond.daemon")
 # written without end kept --once from ever exiting).
 ONCE_SETTLE_PERIODS = 5
 ONCE_MIN_SETTLE_WAIT_SECONDS = 5.0
+START_AFRESH = 75  # Daemon.run's answer when the process must start again (main() execs itself)
 
 
 class AlreadyRunning(RuntimeError):
@@ -162,9 +163,9 @@ class Daemon:
             intake.supervise()
             if not worker.is_alive():
                 if worker.exit_reason:
-                    log.error("the run ends: its workers are gone", reason=worker.exit_reason)
-                else:
-                    log.error("worker thread died; exiting so systemd restarts recond")
+                    log.warning("starting afresh", reason=worker.exit_reason)
+                    return START_AFRESH
+                log.error("worker thread died; exiting so systemd restarts recond")
                 return 1
             warnings = [*filter(None, [intake.paused]), *intake.warnings, *intake.not_pictures_note()]
             if (time.monotonic() - last_beat >= HEARTBEAT_SECONDS
@@ -312,14 +313,18 @@ def main(config_path: Path | None, once: bool) -> None:
 
 
 def _exit(code: int, settings: Settings) -> None:
-    """Exit with ``code``. With Ray, without the interpreter's exit handlers: Ray's own
-    (ray.shutdown) waited without end on a cluster that was gone, and aborted in its C++ code on
-    one that came back (issue 27); recond left the cluster already where it could."""
+    """Exit with ``code``, or start afresh in a new process image (START_AFRESH: the Ray
+    cluster came back after it was lost; same pid, so systemd keeps its watch). With Ray,
+    without the interpreter's exit handlers: Ray's own (ray.shutdown) waited without end on a
+    cluster that was gone, and aborted in its C++ code on one that came back (issue 27); recond
+    left the cluster already where it could."""
     if settings.executor != "ray":
         sys.exit(code)
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
+    if code == START_AFRESH:
+        os.execv(sys.executable, [sys.executable, "-m", "recond.daemon", *sys.argv[1:]])
     os._exit(code)
 
 

@@ -73,6 +73,7 @@ WAIT_SECONDS = 5.0  # between checks while the outbox is paused or the inbox sha
 # Worker.stop waits this long for the thread: cancelling is at once, a device part on a CPU ends
 # at its next progress report (seconds), closing a Ray executor is bounded (ray.CLOSE_SECONDS).
 STOP_SECONDS = 30.0
+LOST_CHECK_SECONDS = 5.0  # between questions to a lost Ray cluster
 
 
 class JobWaits(Exception):
@@ -153,7 +154,8 @@ class Worker:
         self._next_load = 0.0
         self._repeats = Repeats()
         self._stranded: set[int] = set()  # interrupted jobs the store could not put back yet
-        self.exit_reason: str | None = None  # why the worker ended the run itself (its executor lost)
+        self.exit_reason: str | None = None  # why the worker ended the run itself (its cluster is back)
+        self.lost_reason: str | None = None  # why the executor's workers are gone, once they are
         self.executor_starting: Executor | None = None  # the one being started, until it runs or fails
         self._workers_shown: list[dict[str, Any]] | None = None
         self._thread = threading.Thread(target=self._loop, name="recond-worker", daemon=True)
@@ -231,6 +233,9 @@ class Worker:
         self._apply_new_settings()
         for job_id in sorted(self._stranded):
             self._put_back(job_id)
+        if self.lost_reason is not None:
+            self._wait_for_return(self.lost_reason)
+            return
         if self.executor is None:
             if time.monotonic() >= self._next_load:
                 self._load_model()
@@ -336,17 +341,41 @@ class Worker:
 
     def _executor_lost(self, reason: str) -> None:
         """The executor's workers are gone (a Ray cluster that stopped answering): its parts
-        ended as cancelled, so their jobs are back in the queue without an attempt counted. The
-        run ends here, and the daemon exits so that systemd starts it again; the new run waits
-        for the cluster like a missing model (asking Ray to reconnect inside this process
-        aborted it in Ray's C++ code, issue 27)."""
+        ended as cancelled, so their jobs are back in the queue without an attempt counted.
+        The worker then waits for the cluster (``_wait_for_return``) and ends the run once it
+        answers, for the daemon to start afresh: asking Ray to join again inside this process
+        aborted it in Ray's C++ code (issue 27)."""
         self._advance_finished()
         for flight in list(self.in_flight.values()):  # a part Ray never settled
             self._drop(flight, requeue=True)
-        self.exit_reason = f"{reason}; recond exits so that systemd starts it again, and waits for the cluster"
-        self.store.daemon_update(model_status="missing", model_detail=self.exit_reason, workers=[])
+        executor, self.executor = self.executor, None
+        if executor is not None:
+            executor.close()  # without a word to Ray: it is lost
+        self.lost_reason = reason
+        self._next_load = time.monotonic() + LOST_CHECK_SECONDS
+        self.store.daemon_update(model_status="missing", workers=[], model_detail=(
+            f"{reason}; the jobs wait queued, and recond starts afresh once the cluster answers "
+            "again (docs/ray.md)"))
+        self._workers_shown = []
         log.error("executor lost; the jobs in flight are back in the queue", reason=reason,
                   queued=self.store.counts()["queued"])
+
+    def _wait_for_return(self, reason: str) -> None:
+        """Ask the lost cluster every LOST_CHECK_SECONDS, from a child process; once it answers,
+        end the run (``exit_reason``): the daemon starts afresh in a new process image."""
+        from recond.executors.ray_probe import ProbeFailed, ask
+
+        if time.monotonic() < self._next_load:
+            self._wake.wait(max(0.0, self._next_load - time.monotonic()))
+            return
+        try:
+            ask(self.settings.ray_address, self.settings.ray_connect_seconds, self._stopping)
+        except ProbeFailed as error:
+            self._next_load = time.monotonic() + LOST_CHECK_SECONDS
+            log.debug("the lost cluster does not answer yet", error=str(error))
+            return
+        self.exit_reason = f"the Ray cluster at {self.settings.ray_address} answers again after: {reason}"
+        self.store.daemon_update(model_status="loading", model_detail="the Ray cluster is back; recond starts afresh")
         self._stopping.set()
 
     def _close_executor(self) -> None:

@@ -454,9 +454,16 @@ class RayExecutor:
         if error is None:
             _settle(part.future, value=done.result())
             return
-        if lost is not None:
-            self._restarting(slot, error)
-        _settle(part.future, error=lost or _cause(error))
+        if lost is None:
+            _settle(part.future, error=_cause(error))
+            return
+        self._restarting(slot, error)
+        # An actor also dies with its raylet: told only a moment later whether the whole cluster
+        # went, the job is then requeued as cancelled rather than charged an attempt.
+        judge = threading.Timer(CLUSTER_LOST_SECONDS + BOARD_ASK_SECONDS + 2 * PROGRESS_POLL_SECONDS, lambda: _settle(
+            part.future, error=JobCancelled() if self.lost or self._cancelled else lost))
+        judge.daemon = True
+        judge.start()
 
     def _host_done(self, task: HostTask, part: RemotePart, done: Future[Any]) -> None:
         with self._lock:
