@@ -178,6 +178,9 @@ class JobSettings(_Part):
     render_views: int = Field(30, ge=1, le=720, description="Turntable frames.")
     render_size: int = Field(256, ge=32, le=4096, description="Turntable frame size in pixels.")
     video_fps: int = Field(30, ge=1, le=120, description="Turntable video frame rate.")
+    video_seconds: float = Field(4.0, gt=0, le=60, description=(
+        "One turn of render.mp4 lasts this long; ffmpeg blends the render_views frames into "
+        "the frames between (0.1-0.3 s more than a 1 s video, not more renders)."))
     stage_limit_factor: float = Field(10.0, ge=1.0, description="A stage's child process (ffmpeg) "
                                       "is stopped after this many times the stage's usual seconds ...")
     stage_limit_floor_s: float = Field(120.0, gt=0, description="... but never before this many "

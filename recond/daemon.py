@@ -293,7 +293,11 @@ def _check_executor_installed(settings: Settings) -> None:
         raise SettingsError(RAY_MISSING) from None
 
 
-@click.command()
+@click.command(epilog=(
+    "Log: readable lines on stderr (journald under systemd), JSON lines in <state_dir>/recond.log; "
+    "`reconctl logs -f` follows it, `reconctl status` shows the queue. Settings: "
+    "config/recond.toml in the checkout, each key described (RECOND_<KEY> variables override "
+    "them). Manual: README.md and docs/."))
 @click.option("--config", "config_path", type=click.Path(path_type=Path, dir_okay=False),
               help="TOML settings file (default: $RECOND_CONFIG, then built-in defaults).")
 @click.option("--once", is_flag=True, help="Process what is waiting in the inbox, then exit.")

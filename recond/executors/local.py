@@ -38,6 +38,7 @@ from recond.executors.inline import CancellableReports, device_part
 from recond.logging import get_logger
 from recond.pipeline.contract import HostPart, JobResult, WarmPipeline
 from recond.pipeline.handoff import DeviceOutput
+from recond.pipeline.warm import cpu_threads, tune_torch
 
 log = get_logger("recond.executors")
 
@@ -65,9 +66,7 @@ def serve_host_parts(tasks: Connection, results: Connection, parent_pid: int) ->
     os.setpgid(0, 0)  # its stages' child processes join this group: killed together (_kill_group)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    import torch
-
-    torch.set_num_threads(HOST_TORCH_THREADS)
+    tune_torch(HOST_TORCH_THREADS)
     importlib.import_module(HOST_MODULE)
     while True:
         try:
@@ -328,11 +327,7 @@ class LocalExecutor:
     def start(self) -> DeviceFacts:
         pipeline = self.pipeline = self.pipeline_factory(self.model_settings)
         if pipeline.device == "cpu":
-            import torch
-
-            # The host processes take a core each: a device part whose OpenMP threads wait on
-            # cores they share ran 2-3x slower than alone (bench_throughput.py on 2 CPUs).
-            torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) - self.host_workers))
+            tune_torch(cpu_threads(beside=self.host_workers))  # the host processes take a core each
         self._hosts = HostPool(self.host_workers, pipeline.host_part, self.on_progress)
         return DeviceFacts(pipeline.model_id, pipeline.device, pipeline.background_method,
                            str(pipeline.dtype))
