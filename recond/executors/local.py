@@ -38,7 +38,7 @@ from recond.executors.inline import CancellableReports, device_part
 from recond.logging import get_logger
 from recond.pipeline.contract import HostPart, JobResult, WarmPipeline
 from recond.pipeline.handoff import DeviceOutput
-from recond.pipeline.warm import cpu_threads, tune_torch
+from recond.pipeline.tuning import cpu_threads, tune_torch
 
 log = get_logger("recond.executors")
 

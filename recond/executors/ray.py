@@ -226,7 +226,7 @@ def host_part_on_node(job_id: int, handoff: DeviceOutput, job: JobSettings, boar
     """The host part in a temporary folder on whichever node runs it; returns its result and
     the folder's files as {relative path: bytes}."""
     from recond.pipeline.host import run_host_part
-    from recond.pipeline.warm import tune_torch
+    from recond.pipeline.tuning import tune_torch
 
     tune_torch()  # Ray gives the task one CPU's threads (OMP_NUM_THREADS); the flag as everywhere
     with tempfile.TemporaryDirectory(prefix=RESULT_FILE_PREFIX) as name:

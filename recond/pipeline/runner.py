@@ -31,6 +31,7 @@ from recond.pipeline.image import check_size, decode_image
 from recond.pipeline.progress import EtaEstimate, Progress, ProgressTracker, StageReport
 from recond.pipeline.reconstruct import reconstruct
 from recond.pipeline.record import sha256_of_bytes
+from recond.pipeline.tuning import tune_torch
 from recond.triposr.model import TripoSR
 from recond.triposr.preprocess import prepare_image
 
@@ -48,6 +49,7 @@ class Pipeline:
 
     def __init__(self, settings: ModelSettings, model: TripoSR | None = None) -> None:
         settings = part_of(settings, ModelSettings)
+        tune_torch()  # before the weights load: torch's threads inherit the denormal flag
         self.settings = settings
         self.device = settings.resolved_device()
         self.dtype = settings.resolved_dtype()

@@ -3,13 +3,13 @@ downloads (the TripoSR weights of a hub id, with a percentage for `reconctl stat
 model, finished before any job starts: a job never waits on a download), then the model itself.
 
 Every front end that runs jobs builds its pipeline here: the daemon's worker, ``reconctl
-process``, the Ray device actors and the benchmarks.
+process``, the Ray device actors and the benchmarks. torch's CPU set-up for every process that
+runs parts of jobs is recond.pipeline.tuning's (the Pipeline applies it when it is made).
 """
 
 from __future__ import annotations
 
 import importlib
-import os
 from collections.abc import Callable
 
 from recond.config import ModelSettings
@@ -57,39 +57,12 @@ def load_main_thread_libraries() -> None:
     importlib.import_module("pymeshlab")
 
 
-def tune_torch(threads: int | None = None) -> None:
-    """Set torch's CPU knobs the same way in every process and thread that runs parts of jobs
-    (issue 26: `reconctl process` and a Python Pipeline ran 3-4x slower than the daemon on one
-    picture). Call it before torch's first parallel work in the thread: its thread pool inherits
-    the flag.
-
-    - Denormal floats are flushed to zero: the decoder's and the renderer's tiny activations fall
-      into that range, where each operation costs up to ~100x on x86 (an FPU flag per thread;
-      torch.set_flush_denormal); flushing them brought the issue's run from 61 s to 23 s.
-    - ``threads``: torch's intra-op threads (None leaves them): see ``cpu_threads``.
-    """
-    import torch
-
-    torch.set_flush_denormal(True)
-    if threads is not None:
-        torch.set_num_threads(threads)
-
-
-def cpu_threads(beside: int = 0) -> int:
-    """Intra-op threads for a device part on the CPU: the CPUs this process may use
-    (sched_getaffinity, not torch's count of the machine's cores) less the processes that run
-    beside it; OpenMP threads that wait on cores they share ran 2-3x slower than alone
-    (bench_throughput.py on 2 CPUs)."""
-    return max(1, len(os.sched_getaffinity(0)) - beside)
-
-
 def build_pipeline(settings: ModelSettings,
                    report: Callable[[str], None] = lambda line: None) -> WarmPipeline:
     """The real, warm pipeline (imported here: torch loads in the worker thread, not at start-up),
-    after the first start's downloads (``report`` gets their progress lines), with torch tuned
-    (``tune_torch``; an executor with host processes beside it sets fewer threads)."""
+    after the first start's downloads (``report`` gets their progress lines). The Pipeline tunes
+    torch itself (recond.pipeline.tuning), so that a Pipeline made in Python runs as fast as this one."""
     from recond.pipeline.runner import Pipeline
 
     fetch_missing_models(settings, report)
-    tune_torch(cpu_threads() if settings.resolved_device() == "cpu" else None)
     return Pipeline(settings)
