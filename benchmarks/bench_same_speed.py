@@ -11,6 +11,9 @@ difference, and compare within one run.
         [--picture ../shared/examples/chair.png] [--quick] [--repeats 1]
 
 --quick uses mc_resolution 128, 8 views and 512 px textures (minutes on a loaded 2-core VM).
+--ways picks some of the three; --omp-threads N sets OMP_NUM_THREADS for the runs; with
+BENCH_IMPORT_FIRST=module set, the Pipeline way imports that module before torch (the daemon
+imports pymeshlab first; it made no difference here).
 """
 
 from __future__ import annotations
@@ -30,7 +33,9 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 QUICK = {"mc_resolution": 128, "render_views": 8, "texture_resolution": 512}
 
 PIPELINE_SNIPPET = """
-import sys
+import os, sys
+if os.environ.get("BENCH_IMPORT_FIRST"):
+    __import__(os.environ["BENCH_IMPORT_FIRST"])
 from pathlib import Path
 from recond.config import load_settings
 from recond.inbox.dropped import read_source
@@ -85,8 +90,14 @@ def main() -> None:
     parser.add_argument("--picture", type=Path, default=SHARED / "examples" / "chair.png")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--ways", default="reconctl process,Pipeline,daemon --once",
+                        help="Which ways to run, comma-separated.")
+    parser.add_argument("--omp-threads", type=int, help="OMP_NUM_THREADS for the runs (torch's "
+                        "default thread count), to see what the thread count alone does.")
     args = parser.parse_args()
     settings = QUICK if args.quick else {}
+    if args.omp_threads:
+        os.environ["OMP_NUM_THREADS"] = str(args.omp_threads)
     print(f"machine: {platform.machine()}, {len(os.sched_getaffinity(0))} cpus usable, "
           f"python {platform.python_version()}; model {args.model}; picture {args.picture.name}; "
           f"settings {settings or 'defaults'}")
@@ -95,7 +106,7 @@ def main() -> None:
     files: dict[str, list[str]] = {}
     header_shown = False
     for repeat in range(args.repeats):
-        for way in ("reconctl process", "Pipeline", "daemon --once"):
+        for way in args.ways.split(","):
             with tempfile.TemporaryDirectory(prefix="bench_same_speed_") as scratch:
                 folder = Path(scratch)
                 wall, result = run_way(way, folder, args.picture, write_config(folder, args.model, settings))

@@ -70,9 +70,11 @@ log = get_logger("recond.worker")
 PROGRESS_WRITE_SECONDS = 0.5  # how often a running job's progress reaches the database
 ERROR_PAUSE_SECONDS = 2.0  # after an unexpected error in the loop, before the next step
 WAIT_SECONDS = 5.0  # between checks while the outbox is paused or the inbox share is gone
-# Worker.stop waits this long for the thread: cancelling is at once, a device part on a CPU ends
-# at its next progress report (seconds), closing a Ray executor is bounded (ray.CLOSE_SECONDS).
-STOP_SECONDS = 30.0
+# Worker.stop waits this long for the thread: cancelling a connect is at once, a device part on
+# a CPU ends at its next progress report (seconds, longer on a loaded machine), closing a Ray
+# executor is bounded (ray.CLOSE_SECONDS). Below the unit's TimeoutStopSec=180, so that recond
+# still records its stop itself; a job left running is recovered at the next start.
+STOP_SECONDS = 150.0
 LOST_CHECK_SECONDS = 5.0  # between questions to a lost Ray cluster
 
 

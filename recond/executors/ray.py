@@ -37,7 +37,6 @@ import ray
 from ray.exceptions import (
     ActorDiedError,
     ActorUnavailableError,
-    GetTimeoutError,
     RayActorError,
     RayError,
     RayTaskError,

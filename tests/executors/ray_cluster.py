@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from test_daemon_e2e import REPO, Installation
 
 DOCS = REPO / "docs" / "ray.md"

@@ -9,20 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
-
-import pytest
 
 from conftest import assert_in_one_place
 from ray_cluster import RayCluster, on_ray, ray_cluster  # noqa: F401 - fixtures

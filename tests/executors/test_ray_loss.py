@@ -11,10 +11,16 @@ import os
 import signal
 import time
 
-from ray_cluster import on_ray, ray_cluster, start_documented_cluster, stop_cluster  # noqa: F401
-from test_ray_executor import SLOW_DEVICE_PART, all_done, assert_each_published_once, daemon_workers, drop, job_rows
-
 from conftest import assert_in_one_place
+from ray_cluster import on_ray, ray_cluster, start_documented_cluster, stop_cluster  # noqa: F401
+from test_ray_executor import (
+    SLOW_DEVICE_PART,
+    all_done,
+    assert_each_published_once,
+    daemon_workers,
+    drop,
+    job_rows,
+)
 
 SECONDS_TO_SEE = 20.0  # the daemon needs 5 s without an answer; polling reconctl adds its own
 SECONDS_TO_EXIT = 30.0

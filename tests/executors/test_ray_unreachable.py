@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from test_daemon_e2e import Installation
 
 # Generous for a 2-core machine shared with other jobs: the daemon starts, then the probe child
@@ -62,6 +61,7 @@ def stops_within_seconds(setup: Installation) -> float:
     setup.process.send_signal(signal.SIGTERM)
     setup.process.wait(SECONDS_TO_STOP + 20)  # a failure shows the time it took, not a hang
     took = time.monotonic() - started
+    print(f"SIGTERM to exit: {took:.2f} s")
     assert took < SECONDS_TO_STOP, f"SIGTERM took {took:.1f} s\n{setup.stderr()}"
     return took
 
