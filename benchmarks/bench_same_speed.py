@@ -44,7 +44,14 @@ settings = load_settings(Path(sys.argv[1]))
 pipeline = Pipeline(settings)
 result_dir = Path(sys.argv[3])
 result_dir.mkdir()
-pipeline.run(read_source(Path(sys.argv[2]), settings.max_file_bytes), result_dir, settings)
+run = lambda: pipeline.run(read_source(Path(sys.argv[2]), settings.max_file_bytes), result_dir, settings)
+if os.environ.get("BENCH_IN_THREAD"):
+    import threading
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+else:
+    run()
 """
 
 
@@ -104,19 +111,23 @@ def main() -> None:
     print(f"command: {' '.join(sys.argv)}")
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     files: dict[str, list[str]] = {}
+    facts: dict[str, tuple[str, int, str]] = {}
     header_shown = False
     for repeat in range(args.repeats):
         for way in args.ways.split(","):
             with tempfile.TemporaryDirectory(prefix="bench_same_speed_") as scratch:
                 folder = Path(scratch)
                 wall, result = run_way(way, folder, args.picture, write_config(folder, args.model, settings))
-                stages = json.loads((result / "job.json").read_text())["stage_seconds"]
+                record = json.loads((result / "job.json").read_text())
+                stages = record["stage_seconds"]
+                facts[way] = (record["background"], record["faces"], record["dtype"])
                 files[way] = files_of(result)
             if not header_shown:
                 print(f"{'way':<18}{'wall s':>8}" + "".join(f"{stage:>12}" for stage in stages))
                 header_shown = True
             print(f"{way:<18}{wall:>8.1f}" + "".join(f"{seconds:>12.2f}" for seconds in stages.values())
                   + (f"   (run {repeat + 1})" if args.repeats > 1 else ""))
+    print("background, faces, dtype: " + "; ".join(f"{way}: {fact}" for way, fact in facts.items()))
     same = len({tuple(names) for names in files.values()}) == 1
     print(f"same files in the three results: {same}" + ("" if same else f" {files}"))
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")

@@ -38,15 +38,12 @@ from recond.executors.inline import CancellableReports, device_part
 from recond.logging import get_logger
 from recond.pipeline.contract import HostPart, JobResult, WarmPipeline
 from recond.pipeline.handoff import DeviceOutput
-from recond.pipeline.tuning import cpu_threads, tune_torch
+from recond.pipeline.tuning import HOST_THREADS, cpu_threads, tune_torch
 
 log = get_logger("recond.executors")
 
 CONTEXT = get_context("spawn")
 HOST_MODULE = "recond.pipeline.host"  # imported at a process's start, so its first job is warm
-# Torch threads per host process: the processes already share the cores between them (and the
-# device thread), and most of a host part (mcubes, xatlas, simplification) is single-threaded.
-HOST_TORCH_THREADS = 1
 # linux/prctl.h. The signal comes when the thread that started the process ends: the worker
 # thread or the pool's watcher thread, both of which outlive the pool.
 PR_SET_PDEATHSIG = 1
@@ -66,7 +63,7 @@ def serve_host_parts(tasks: Connection, results: Connection, parent_pid: int) ->
     os.setpgid(0, 0)  # its stages' child processes join this group: killed together (_kill_group)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    tune_torch(HOST_TORCH_THREADS)
+    tune_torch(HOST_THREADS)  # they share the cores with each other and the device thread
     importlib.import_module(HOST_MODULE)
     while True:
         try:
