@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from recond.config import Settings, SettingsError, load_settings
+from recond.config import JobSettings, Settings, SettingsError, load_settings
 from recond.doctor import doctor_checks
 from recond.errors import process_loading_fix
 from recond.inbox.failed import FAILED_FOLDERS, find_in_failed, move_back_from_failed
@@ -62,7 +62,13 @@ config_option = click.option(
          "before or after the command.")
 
 
-@click.group()
+HELP_EPILOG = (
+    "The daemon's log: `reconctl logs [-f]` (the JSON log <state_dir>/recond.log; under systemd "
+    "also `journalctl -u recond`). Every setting, its RECOND_* variable and its default: "
+    "config/recond.toml in the checkout, each key described. Manual: README.md and docs/.")
+
+
+@click.group(epilog=HELP_EPILOG)
 @config_option
 @click.pass_context
 def cli(ctx: click.Context) -> None:
@@ -311,6 +317,33 @@ def doctor(ctx: click.Context, as_json: bool) -> None:
         sys.exit(1)
 
 
+# logs
+
+
+@cli.command()
+@config_option
+@click.option("-n", "--lines", "count", default=50, show_default=True, help="How many of the last lines.")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines until Ctrl-C.")
+@click.option("--json", "as_json", is_flag=True, help="The JSON lines as written.")
+@click.pass_context
+def logs(ctx: click.Context, count: int, follow: bool, as_json: bool) -> None:
+    """Print the daemon's log (<state_dir>/recond.log), readable; -f follows it."""
+    from recond.logging import follow as follow_log
+    from recond.logging import last_lines, readable
+
+    path = _settings(ctx).log_path
+    if not path.is_file():
+        raise click.ClickException(f"no log at {path} yet: recond has not run with these settings")
+    shown = (lambda line: line) if as_json else readable
+    for line in last_lines(path, count):
+        click.echo(shown(line))
+    if follow:
+        try:
+            follow_log(path, lambda line: click.echo(shown(line)), lambda: False)
+        except KeyboardInterrupt:
+            pass
+
+
 # process
 
 
@@ -322,9 +355,13 @@ def doctor(ctx: click.Context, as_json: bool) -> None:
               help="Folder for the result folders (default: the outbox setting).")
 @click.option("--model", help="Model folder or Hugging Face id (default: the model setting).")
 @click.option("--preset", help="Make them with this preset's settings ([presets.NAME]).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="A job setting for this run only, e.g. --set mc_resolution=320 --set "
+                   "bake_texture=false (values as in recond.toml; checked like the settings; "
+                   "over the preset's).")
 @click.pass_context
 def process(ctx: click.Context, images: tuple[Path, ...], out: Path | None, model: str | None,
-            preset: str | None) -> None:
+            preset: str | None, overrides: tuple[str, ...]) -> None:
     """Turn IMAGES into result folders now, with one warm pipeline, without the daemon."""
     from tqdm import tqdm
 
@@ -340,7 +377,7 @@ def process(ctx: click.Context, images: tuple[Path, ...], out: Path | None, mode
     if preset is not None and preset not in settings.presets:
         raise click.ClickException(f"no preset '{preset}' in the settings (presets: "
                                    f"{', '.join(sorted(settings.presets)) or 'none are set'})")
-    job_settings, _ = preset_settings(settings, preset)
+    job_settings = _job_settings(preset_settings(settings, preset)[0], overrides)
     configure_logging(settings.model_copy(update={"log_level": "warning"}), to_file=False)
     load_main_thread_libraries()
     estimates: dict[int, EtaEstimate] = {}
@@ -393,6 +430,33 @@ def process(ctx: click.Context, images: tuple[Path, ...], out: Path | None, mode
     finally:
         executor.close()
     sys.exit(1 if failures else 0)
+
+
+def _job_settings(base: JobSettings, overrides: tuple[str, ...]) -> JobSettings:
+    """``base`` (the job settings, with a preset's) with ``--set KEY=VALUE`` applied, each value
+    read as a TOML value (a bare word as a string) and the whole checked by the settings' own
+    rules."""
+    import tomllib
+
+    from pydantic import ValidationError
+
+    values = base.model_dump()
+    for override in overrides:
+        key, equals, text = override.partition("=")
+        key = key.strip()
+        if not equals or key not in JobSettings.model_fields:
+            raise click.BadParameter(
+                f"{override!r}: expected KEY=VALUE with KEY one of the job settings: "
+                f"{', '.join(sorted(JobSettings.model_fields))}", param_hint="--set")
+        try:
+            values[key] = tomllib.loads(f"value = {text.strip()}")["value"]
+        except tomllib.TOMLDecodeError:
+            values[key] = text.strip()
+    try:
+        return JobSettings.model_validate(values)
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, item['loc']))}: {item['msg']}" for item in error.errors())
+        raise click.BadParameter(problems, param_hint="--set") from None
 
 
 def _with_preset(result: JobResult, preset: str | None) -> JobResult:

@@ -234,6 +234,9 @@ class JobSettings(_Part):
         "Turntable frame size in pixels (square)."))
     video_fps: int = Field(30, ge=1, le=120, description=(
         "Frame rate of render.mp4."))
+    video_seconds: float = Field(4.0, gt=0, le=60, description=(
+        "One turn of render.mp4 lasts this long; ffmpeg blends the render_views frames into "
+        "the frames between (0.1-0.3 s more than a 1 s video, not more renders)."))
     stage_limit_factor: float = Field(10.0, ge=1.0, description=(
         "A stage's limit is this many times the seconds it usually takes on this machine "
         "(learnt from earlier jobs, <state_dir>/stage_seconds.json) ..."))
@@ -287,6 +290,12 @@ class DaemonSettings(_Part):
     ray_device_workers: int = Field(0, ge=0, description=(
         "Warm-model actors (one model each) on the cluster; 0: one per GPU in the cluster, "
         "each taking one GPU, and one CPU actor on a cluster without GPUs."))
+    ray_connect_seconds: float = Field(60.0, gt=0, le=3600, description=(
+        "How long joining the Ray cluster may take before the daemon gives up and retries "
+        "after model_retry_seconds (Ray itself has no limit)."))
+    ray_allow_open_cluster: bool = Field(False, description=(
+        "Join a Ray cluster without token authentication on a non-loopback address (anyone who "
+        "reaches it can run code there); false: refuse it, status and doctor say why."))
 
     def resolved_host_workers(self) -> int:
         """host_workers, or from the CPUs this process may use: one is left to the device part."""

@@ -7,6 +7,7 @@ re-reads the settings and retries a missing model. ``--once`` processes what is 
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import signal
 import sqlite3
@@ -42,7 +43,7 @@ from recond.shares.folders import (
 )
 from recond.shares.lease import InboxLease, InboxTaken
 from recond.store import HEARTBEAT_SECONDS, Store, StoreError, database_error
-from recond.worker import Worker
+from recond.worker import STOP_SECONDS, Worker
 from recond.workflows.couriers import Courier, start_couriers
 from recond.workflows.presets import create_preset_folders
 
@@ -53,6 +54,7 @@ log = get_logger("recond.daemon")
 # written without end kept --once from ever exiting).
 ONCE_SETTLE_PERIODS = 5
 ONCE_MIN_SETTLE_WAIT_SECONDS = 5.0
+START_AFRESH = 75  # Daemon.run's answer when the process must start again (main() execs itself)
 
 
 class AlreadyRunning(RuntimeError):
@@ -112,11 +114,15 @@ class Daemon:
             return self._loop(store, worker, once)
         finally:
             self.systemd.notify("STOPPING=1")
-            log.info("stopping: no new jobs; the jobs in flight go back to the queue")
+            in_flight = len(worker.in_flight) if worker is not None else 0
+            log.info("stopping: no new jobs" + ("; the jobs in flight go back to the queue" if in_flight else ""),
+                     in_flight=in_flight)
             if self.intake is not None:
                 self.intake.stop()
             if worker is not None and worker.is_alive():
                 worker.stop()
+                if worker.is_alive():  # its jobs are recovered at the next start, as after a crash
+                    log.error("the worker did not stop in time; exiting without it", seconds=STOP_SECONDS)
             for courier in self.couriers:
                 courier.stop()
             self.heartbeat.stop()
@@ -172,6 +178,9 @@ class Daemon:
             assert intake is not None, "run() starts the intake before the loop"
             intake.supervise()
             if not worker.is_alive():
+                if worker.exit_reason:
+                    log.warning("starting afresh", reason=worker.exit_reason)
+                    return START_AFRESH
                 log.error("worker thread died; exiting so systemd restarts recond")
                 return 1
             warnings = [*filter(None, [intake.paused]), *intake.warnings, *intake.not_pictures_note()]
@@ -336,7 +345,11 @@ def _check_executor_installed(settings: Settings) -> None:
         raise SettingsError(RAY_MISSING) from None
 
 
-@click.command()
+@click.command(epilog=(
+    "Log: readable lines on stderr (journald under systemd), JSON lines in <state_dir>/recond.log; "
+    "`reconctl logs -f` follows it, `reconctl status` shows the queue. Settings: "
+    "config/recond.toml in the checkout, each key described (RECOND_<KEY> variables override "
+    "them). Manual: README.md and docs/."))
 @click.option("--config", "config_path", type=click.Path(path_type=Path, dir_okay=False),
               help="TOML settings file (default: $RECOND_CONFIG, then built-in defaults).")
 @click.option("--once", is_flag=True, help="Process what is waiting in the inbox, then exit.")
@@ -352,7 +365,23 @@ def main(config_path: Path | None, once: bool) -> None:
     except sqlite3.Error as error:
         click.echo(f"recond: {database_error(settings.db_path, error)}", err=True)
         sys.exit(1)
-    sys.exit(code)
+    _exit(code, settings)
+
+
+def _exit(code: int, settings: Settings) -> None:
+    """Exit with ``code``, or start afresh in a new process image (START_AFRESH: the Ray
+    cluster came back after it was lost; same pid, so systemd keeps its watch). With Ray,
+    without the interpreter's exit handlers: Ray's own (ray.shutdown) waited without end on a
+    cluster that was gone, and aborted in its C++ code on one that came back (issue 27); recond
+    left the cluster already where it could."""
+    if settings.executor != "ray":
+        sys.exit(code)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if code == START_AFRESH:
+        os.execv(sys.executable, [sys.executable, "-m", "recond.daemon", *sys.argv[1:]])
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +30,26 @@ class Check:
 def doctor_checks(settings: Settings) -> list[Check]:
     """Each thing recond needs, checked for real (the weights are loaded, ffmpeg is run)."""
     return [*_folder_checks(settings), _gpu_check(settings), _dtype_check(settings), _weights_check(settings),
-            _rembg_check(settings), _ffmpeg_check(), _daemon_check(settings)]
+            _rembg_check(settings), _ffmpeg_check(), *_ray_checks(settings), _daemon_check(settings)]
+
+
+def _ray_checks(settings: Settings) -> list[Check]:
+    """executor = "ray": the cluster answers, and is not open to everyone (docs/ray.md)."""
+    if settings.executor != "ray" or settings.ray_address == "local":
+        return []
+    from recond.executors.ray_probe import ProbeFailed, ask, open_to_others
+
+    try:
+        facts = ask(settings.ray_address, settings.ray_connect_seconds, threading.Event())
+    except ProbeFailed as error:
+        return [Check("ray", "fail", f"no Ray cluster answers at {settings.ray_address} ({error}); "
+                                     "docs/ray.md says how to start one")]
+    warning = open_to_others(facts)
+    if warning:
+        return [Check("ray", "warn" if settings.ray_allow_open_cluster else "fail", warning
+                      + ("" if settings.ray_allow_open_cluster else "; recond refuses to join it"))]
+    auth = "token authentication on" if facts.token_auth else "no token authentication, loopback only"
+    return [Check("ray", "ok", f"{settings.ray_address}: nodes {', '.join(facts.nodes)}; {auth}")]
 
 
 def _folder_checks(settings: Settings) -> list[Check]:

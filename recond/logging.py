@@ -6,12 +6,15 @@ Every event carries its fields (job id, file, seconds, stage, percent) as keys, 
 
 from __future__ import annotations
 
+import json
 import logging
 import logging.handlers
+import os
 import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -120,3 +123,65 @@ def _formatter(renderer: structlog.typing.Processor) -> structlog.stdlib.Process
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:
     return structlog.get_logger(name)
+
+
+# Reading the JSON log back (`reconctl logs`): this module owns its format.
+
+FOLLOW_POLL_SECONDS = 0.5  # `reconctl logs -f`: how often the file is looked at for new lines
+_RECORD_KEYS = ("timestamp", "level", "event", "logger")
+
+
+def readable(line: str) -> str:
+    """One JSON log line as a terminal shows it: time, level, event, then key=value."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return line.rstrip("\n")
+    if not isinstance(record, dict):
+        return line.rstrip("\n")
+    when = str(record.get("timestamp", "")).replace("T", " ")[:19]
+    fields = " ".join(f"{key}={value}" for key, value in record.items() if key not in _RECORD_KEYS)
+    return f"{when} {record.get('level', ''):<7} {record.get('event', '')}  {fields}".rstrip()
+
+
+def last_lines(path: Path, count: int) -> list[str]:
+    """The last ``count`` lines of the log (reading only its end: a log may be many MB)."""
+    with path.open("rb") as log_file:
+        log_file.seek(0, os.SEEK_END)
+        end = log_file.tell()
+        block, data = 64 * 1024, b""
+        while end > 0 and data.count(b"\n") <= count:
+            start = max(0, end - block)
+            log_file.seek(start)
+            data = log_file.read(end - start) + data
+            end = start
+    lines = data.decode(errors="replace").splitlines()
+    return lines[-count:] if count else []
+
+
+def follow(path: Path, on_line: Callable[[str], None], stopped: Callable[[], bool]) -> None:
+    """Hand each line appended to the log to ``on_line`` until ``stopped()``; a rotation (the
+    file replaced or cut shorter) is followed into the new file."""
+    log_file = path.open("rb")
+    log_file.seek(0, os.SEEK_END)
+    pending = b""
+    try:
+        while not stopped():
+            chunk = log_file.read()
+            if chunk:
+                pending += chunk
+                *complete, pending = pending.split(b"\n")
+                for line in complete:
+                    on_line(line.decode(errors="replace"))
+                continue
+            time.sleep(FOLLOW_POLL_SECONDS)
+            try:
+                rotated = os.stat(path).st_ino != os.fstat(log_file.fileno()).st_ino \
+                    or os.stat(path).st_size < log_file.tell()
+            except FileNotFoundError:  # between the rename and the new file
+                continue
+            if rotated:
+                log_file.close()
+                log_file, pending = path.open("rb"), b""
+    finally:
+        log_file.close()

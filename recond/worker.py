@@ -79,6 +79,12 @@ PROGRESS_WRITE_SECONDS = 0.5  # how often a running job's progress reaches the d
 ERROR_PAUSE_SECONDS = 2.0  # after an unexpected error in the loop, before the next step
 WAIT_SECONDS = 5.0  # between checks while the outbox is paused or the inbox share is gone
 HOST_STOPS_SHOWN = 5  # the latest host processes stopped past a stage's limit, in the daemon row
+# Worker.stop waits this long for the thread: cancelling a connect is at once, a device part on
+# a CPU ends at its next progress report (seconds, longer on a loaded machine), closing a Ray
+# executor is bounded (ray.CLOSE_SECONDS). Below the unit's TimeoutStopSec=180, so that recond
+# still records its stop itself; a job left running is recovered at the next start.
+STOP_SECONDS = 150.0
+LOST_CHECK_SECONDS = 5.0  # between questions to a lost Ray cluster
 
 
 class JobWaits(Exception):
@@ -107,13 +113,14 @@ class InFlight:
 
 
 def build_executor(settings: Settings, pipeline_factory: PipelineFactory,
-                   on_progress: ProgressSink) -> Executor:
+                   on_progress: ProgressSink, on_status: Callable[[str], None] = lambda line: None) -> Executor:
     """The executor the settings ask for: on a Ray cluster (executor = "ray"), in the worker
-    thread (host_workers = 0) or with a pool of host processes beside a warm model here."""
+    thread (host_workers = 0) or with a pool of host processes beside a warm model here.
+    ``on_status`` gets the Ray executor's lines while it connects, for status."""
     if settings.executor == "ray":
         from recond.executors.ray import RayExecutor
 
-        return RayExecutor(settings, pipeline_factory, on_progress)
+        return RayExecutor(settings, pipeline_factory, on_progress, on_status)
     workers = settings.resolved_host_workers()
     if workers == 0:
         from recond.executors.inline import InlineExecutor
@@ -165,6 +172,9 @@ class Worker:
         self._next_load = 0.0
         self._repeats = Repeats()
         self._stranded: set[int] = set()  # interrupted jobs the store could not put back yet
+        self.exit_reason: str | None = None  # why the worker ended the run itself (its cluster is back)
+        self.lost_reason: str | None = None  # why the executor's workers are gone, once they are
+        self.executor_starting: Executor | None = None  # the one being started, until it runs or fails
         self._workers_shown: list[dict[str, Any]] | None = None
         self._host_stops: list[dict[str, Any]] = []
         self._thread = threading.Thread(target=self._loop, name="recond-worker", daemon=True)
@@ -203,11 +213,13 @@ class Worker:
         load_main_thread_libraries()
         self._thread.start()
 
-    def stop(self, timeout: float | None = None) -> None:
+    def stop(self, timeout: float = STOP_SECONDS) -> None:
         """Stop taking jobs; every job in flight is cancelled and requeued without counting an
-        attempt (a device part at its next progress report, a host process at once)."""
+        attempt (a device part at its next progress report, a host process at once). Waits at
+        most ``timeout`` for the thread: past it the caller goes on (is_alive() says so), and
+        a job still marked running is recovered at the next start, as after a crash."""
         self._stopping.set()
-        executor = self.executor
+        executor = self.executor or self.executor_starting
         if executor is not None:
             executor.cancel()
         self._wake.set()
@@ -240,6 +252,9 @@ class Worker:
         self._apply_new_settings()
         for job_id in sorted(self._stranded):
             self._put_back(job_id)
+        if self.lost_reason is not None:
+            self._wait_for_return(self.lost_reason)
+            return
         if self.executor is None:
             if time.monotonic() >= self._next_load:
                 self._load_model()
@@ -248,6 +263,9 @@ class Worker:
             return
         self._advance_finished()
         self._show_workers()
+        if self.executor.lost is not None:
+            self._executor_lost(self.executor.lost)
+            return
         if self._rebuild:
             if not self.in_flight:
                 self._close_executor()
@@ -316,11 +334,16 @@ class Worker:
     def _load_model(self) -> None:
         self.store.daemon_update(model_status="loading", model_detail=self.settings.model)
         started = time.monotonic()
-        executor = build_executor(self.settings, self.pipeline_factory, self._record_progress)
+        executor = build_executor(self.settings, self.pipeline_factory, self._record_progress,
+                                  lambda line: self.store.daemon_update(model_detail=line))
+        self.executor_starting = executor  # stop() cancels it: a connect or load ends within a second
         try:
             facts = executor.start()
         except Exception as error:  # any failure here means "no model"; jobs wait, nothing fails
+            self.executor_starting = None
             executor.close()
+            if self._stopping.is_set():
+                return
             fix = loading_fix(error, self.how_to_reload)
             detail = f"{' '.join(str(error).split())} -- to fix: {fix}"
             self._next_load = time.monotonic() + self.settings.model_retry_seconds
@@ -328,12 +351,52 @@ class Worker:
             log.error("model not loaded; jobs stay queued", model=self.settings.model,
                       error=str(error), fix=fix, retry_in_s=self.settings.model_retry_seconds)
             return
-        self.executor = executor
+        self.executor, self.executor_starting = executor, None
         self.store.daemon_update(
             model_status="ready", device=facts.device, dtype=facts.dtype,
-            model_detail=f"{facts.model_id} (pictures without transparency: {facts.background_method})")
+            model_detail=f"{facts.model_id} (pictures without transparency: {facts.background_method})"
+                         + (f" -- WARNING: {facts.warning}" if facts.warning else ""))
         log.info("model loaded", model=self.settings.model, device=facts.device, dtype=facts.dtype,
                  jobs_at_once=executor.capacity, seconds=round(time.monotonic() - started, 2))
+
+    def _executor_lost(self, reason: str) -> None:
+        """The executor's workers are gone (a Ray cluster that stopped answering): its parts
+        ended as cancelled, so their jobs are back in the queue without an attempt counted.
+        The worker then waits for the cluster (``_wait_for_return``) and ends the run once it
+        answers, for the daemon to start afresh: asking Ray to join again inside this process
+        aborted it in Ray's C++ code (issue 27)."""
+        self._advance_finished()
+        for flight in list(self.in_flight.values()):  # a part Ray never settled
+            self._drop(flight, requeue=True)
+        executor, self.executor = self.executor, None
+        if executor is not None:
+            executor.close()  # without a word to Ray: it is lost
+        self.lost_reason = reason
+        self._next_load = time.monotonic() + LOST_CHECK_SECONDS
+        self.store.daemon_update(model_status="missing", workers=[], model_detail=(
+            f"{reason}; the jobs wait queued, and recond starts afresh once the cluster answers "
+            "again (docs/ray.md)"))
+        self._workers_shown = []
+        log.error("executor lost; the jobs in flight are back in the queue", reason=reason,
+                  queued=self.store.counts()["queued"])
+
+    def _wait_for_return(self, reason: str) -> None:
+        """Ask the lost cluster every LOST_CHECK_SECONDS, from a child process; once it answers,
+        end the run (``exit_reason``): the daemon starts afresh in a new process image."""
+        from recond.executors.ray_probe import ProbeFailed, ask
+
+        if time.monotonic() < self._next_load:
+            self._wake.wait(max(0.0, self._next_load - time.monotonic()))
+            return
+        try:
+            ask(self.settings.ray_address, self.settings.ray_connect_seconds, self._stopping)
+        except ProbeFailed as error:
+            self._next_load = time.monotonic() + LOST_CHECK_SECONDS
+            log.debug("the lost cluster does not answer yet", error=str(error))
+            return
+        self.exit_reason = f"the Ray cluster at {self.settings.ray_address} answers again after: {reason}"
+        self.store.daemon_update(model_status="loading", model_detail="the Ray cluster is back; recond starts afresh")
+        self._stopping.set()
 
     def _close_executor(self) -> None:
         executor, self.executor = self.executor, None

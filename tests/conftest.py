@@ -18,6 +18,9 @@ from helpers.settings import settings_for
 from recond.config import Settings
 from recond.triposr.tiny import build_tiny_checkpoint
 
+# The Ray tests' fixtures (a cluster started as docs/ray.md says, a daemon on it) for every folder.
+pytest_plugins = ["helpers.ray_cluster"]
+
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:

@@ -268,3 +268,69 @@ def test_an_overdue_warning_says_what_is_true_of_its_stage(config: Path) -> None
     assert mesh.startswith("warning: the mesh stage has run 1m") and "child process" not in mesh
     assert "recond does not stop this stage itself" in mesh
     assert "its ffmpeg child process is stopped at the stage's limit" in render
+
+
+def test_logs_prints_the_last_lines_readably_and_follows_new_ones(config: Path) -> None:
+    import subprocess
+    import sys
+
+    log = settings_of(config).log_path
+    log.parent.mkdir(parents=True, exist_ok=True)
+    records = [{"job": number, "file": f"p{number}.png", "event": "job done", "level": "info",
+                "timestamp": f"2026-12-07T01:00:{number:02d}.000000Z"} for number in range(60)]
+    log.write_text("".join(json.dumps(record) + "\n" for record in records))
+    code, output = reconctl(config, "logs", "-n", "3")
+    assert code == 0
+    assert output.splitlines() == [f"2026-12-07 01:00:{n} info    job done  job={n} file=p{n}.png" for n in (57, 58, 59)]
+    code, output = reconctl(config, "logs", "-n", "1", "--json")
+    assert json.loads(output) == records[-1]
+
+    follower = subprocess.Popen([sys.executable, "-m", "recond.cli", "--config", str(config), "logs", "-f",
+                                 "-n", "0"], stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(2.0)  # it has opened the log and reached its end
+        with log.open("a") as appended:
+            appended.write(json.dumps({"event": "recond started", "level": "info",
+                                       "timestamp": "2026-12-07T02:00:00.0Z", "pid": 7}) + "\n")
+        assert follower.stdout is not None
+        assert follower.stdout.readline().strip() == "2026-12-07 02:00:00 info    recond started  pid=7"
+    finally:
+        follower.terminate()
+        follower.wait(10)
+
+
+def test_logs_before_any_run_says_there_is_none(config: Path) -> None:
+    code, output = reconctl(config, "logs")
+    assert code == 1 and "no log at" in output
+
+
+@pytest.mark.parametrize(("override", "complaint"), [
+    ("mc_resolution=8", "mc_resolution"), ("bake_texture=maybe", "bake_texture"),
+    ("no_such_key=1", "one of the job settings"), ("mc_resolution", "KEY=VALUE")])
+def test_process_set_is_checked_like_the_settings(config: Path, tmp_path: Path, override: str,
+                                                  complaint: str) -> None:
+    picture = tmp_path / "p.png"
+    picture.write_bytes(b"not read: the option is refused first")
+    code, output = reconctl(config, "process", str(picture), "--set", override)
+    assert code == 2 and complaint in output and "--set" in output, output
+
+
+def test_process_set_changes_this_run_only(config: Path, tmp_path: Path, tiny_model_dir: Path,
+                                           shared_dir: Path) -> None:
+    out = tmp_path / "results"
+    env = {"RECOND_MC_RESOLUTION": "32", "RECOND_TEXTURE_RESOLUTION": "128", "RECOND_RENDER_SIZE": "64",
+           "RECOND_REMBG_HOME": str(tmp_path / "no-rembg-models")}
+    result = CliRunner().invoke(cli, ["--config", str(config), "process", str(shared_dir / "examples" / "chair.png"),
+                                      "--out", str(out), "--model", str(tiny_model_dir),
+                                      "--set", "render_views=3", "--set", "bake_texture=false"], env=env)
+    assert result.exit_code == 0, result.output
+    [folder] = list(out.iterdir())
+    assert sorted(path.name for path in folder.glob("render_*.png")) == [f"render_00{n}.png" for n in range(3)]
+    record = json.loads((folder / "job.json").read_text())
+    assert record["settings"]["render_views"] == 3 and record["settings"]["bake_texture"] is False
+    assert settings_of(config).render_views == 30  # the settings file is untouched
+
+
+def test_help_points_to_the_log_the_settings_and_the_docs() -> None:
+    result = CliRunner().invoke(cli, ["--help"])
+    assert "reconctl logs" in result.output and "config/recond.toml" in result.output and "docs/" in result.output

@@ -30,6 +30,9 @@ The interface, for whoever writes an executor (inline.py, local.py; ray.py):
   A future may resolve with a value even after its worker died: the value counts.
 - ``cancel()``: thread-safe (SIGTERM); every running or queued part ends soon with JobCancelled
   and no new part starts. ``close()`` then releases processes, threads and connections.
+- ``lost``: None, or why the executor's workers are gone for good (a Ray cluster that stopped
+  answering, issue 27): the worker then requeues the jobs in flight (no attempt counted), says
+  so in status and ends the run, so that systemd starts recond again, which waits for them.
 - ``workers() -> list[WorkerInfo]``: for `reconctl status` and /api/status (node, device,
   idle/busy, which job); the worker stores it in the daemon row whenever it changes.
 - Where each part runs is a fact of the settings (:func:`runs_in_daemon`): the job database
@@ -97,6 +100,7 @@ class DeviceFacts:
     device: str
     background_method: str
     dtype: str = ""  # the encoder's dtype and why, e.g. "bfloat16 (CPU has avx512_bf16)"
+    warning: str = ""  # something status must show loudly (a Ray cluster open to others)
 
 
 @dataclass(frozen=True)
@@ -153,3 +157,6 @@ class Executor(Protocol):
     def close(self) -> None: ...
 
     def workers(self) -> list[WorkerInfo]: ...
+
+    @property
+    def lost(self) -> str | None: ...

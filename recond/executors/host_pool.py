@@ -50,6 +50,7 @@ from recond.executors import (
 from recond.logging import get_logger
 from recond.pipeline.contract import HostPart, JobResult
 from recond.pipeline.progress import DEFAULT_STAGE_SECONDS, stage_limit_s
+from recond.pipeline.tuning import tune_torch
 
 log = get_logger("recond.executors")
 
@@ -82,9 +83,7 @@ def serve_host_parts(tasks: Connection, results: Connection, parent_pid: int, to
     os.setpgid(0, 0)  # its stages' child processes join this group: killed together (_kill_group)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    import torch
-
-    torch.set_num_threads(torch_threads)
+    tune_torch(torch_threads)  # as every process that runs parts of jobs (pipeline/tuning.py)
     importlib.import_module(HOST_MODULE)
     results.send(("ready",))  # a part's clock runs from here (or from its hand-off, if later)
     while True:

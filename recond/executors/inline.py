@@ -65,6 +65,8 @@ class InlineExecutor:
     """The warm pipeline in this thread and, unless told otherwise, one host process; one job
     in flight."""
 
+    lost: str | None = None  # its workers live in this process: never lost apart from it
+
     capacity = device_slots = 1
 
     def __init__(self, settings: Settings, pipeline_factory: PipelineFactory,

@@ -14,14 +14,13 @@ from recond.executors.host_pool import HostPool
 from recond.executors.inline import CancellableReports, device_part
 from recond.pipeline.contract import JobResult, WarmPipeline
 from recond.pipeline.handoff import DeviceOutput
-
-# Torch threads per host process: the processes already share the cores between them (and the
-# device thread), and most of a host part (mcubes, xatlas, simplification) is single-threaded.
-HOST_TORCH_THREADS = 1
+from recond.pipeline.tuning import HOST_THREADS, cpu_threads, tune_torch
 
 
 class LocalExecutor:
     """A warm pipeline on one device thread and ``host_workers`` host processes."""
+
+    lost: str | None = None  # its workers live in this process: never lost apart from it
 
     def __init__(self, settings: Settings, pipeline_factory: PipelineFactory, on_progress: ProgressSink,
                  host_workers: int) -> None:
@@ -43,11 +42,9 @@ class LocalExecutor:
         if pipeline.device == "cpu":
             import torch
 
-            # The host processes take a core each: a device part whose OpenMP threads wait on
-            # cores they share ran 2-3x slower than alone (bench_throughput.py on 2 CPUs).
-            self._torch_threads = torch.get_num_threads()
-            torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) - self.host_workers))
-        self._hosts = HostPool(self.host_workers, pipeline.host_part, self.on_progress, HOST_TORCH_THREADS)
+            self._torch_threads = torch.get_num_threads()  # put back by close()
+            tune_torch(cpu_threads(beside=self.host_workers))  # the host processes take a core each
+        self._hosts = HostPool(self.host_workers, pipeline.host_part, self.on_progress, HOST_THREADS)
         return DeviceFacts(pipeline.model_id, pipeline.device, pipeline.background_method,
                            str(pipeline.dtype))
 

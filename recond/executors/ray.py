@@ -27,6 +27,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -36,7 +37,6 @@ import ray
 from ray.exceptions import (
     ActorDiedError,
     ActorUnavailableError,
-    GetTimeoutError,
     RayActorError,
     RayError,
     RayTaskError,
@@ -54,7 +54,9 @@ from recond.executors import (
     ProgressSink,
     WorkerInfo,
     WorkerLost,
+    ray_probe,
 )
+from recond.executors.ray_probe import ClusterFacts, open_to_others
 from recond.logging import get_logger
 from recond.pipeline.contract import JobResult, SourcePicture
 from recond.pipeline.handoff import DeviceOutput
@@ -72,26 +74,76 @@ RESTART_ASK_SECONDS = 1.0  # between questions to an actor Ray is still restarti
 # Placing an actor and loading its model (a first start may download the weights on its node):
 # past this the start fails and the worker tries again after model_retry_seconds.
 ACTOR_START_SECONDS = 900.0
+CLOSE_SECONDS = 10.0  # each step of close(): the writer's last files, leaving the cluster
+# No answer from the cluster for this long (the progress board, asked every PROGRESS_POLL_SECONDS)
+# means it is gone: status says so and the worker ends the run (issue 27: after kill -9 of the
+# raylet the queue sat for 80 s under "model: ready").
+CLUSTER_LOST_SECONDS = 5.0
+BOARD_ASK_SECONDS = 2.0  # one question to the board
 
 
 class RayUnavailable(RuntimeError):
     """No Ray cluster answers at ray_address; jobs stay queued and the worker tries again."""
 
 
-def connect(address: str) -> None:
-    """Join the cluster at ``address`` (or start a private one for ``local``) from the daemon."""
+class QuietRayWarnings(logging.Filter):
+    """Drops Ray's warning that it set no SIGTERM handler: the daemon joins from its worker
+    thread on purpose, so that SIGTERM stays the daemon's (on the main thread Ray's handler would
+    exit the process at once, without requeueing the jobs in flight)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "SIGTERM handler is not set" not in record.getMessage()
+
+
+# A ray.init that never returned leaves this process unable to join again: only a restart helps.
+_wedged: list[str] = []
+
+
+def connect(address: str, timeout_s: float, stop: threading.Event) -> ClusterFacts | None:
+    """Join the cluster at ``address`` (or start a private one for ``local``) from the daemon.
+
+    A cluster is first asked from a child process that can be killed (ray_probe.py says why);
+    the join itself then runs on a thread given ``timeout_s`` as well. Returns what the child
+    learnt of the cluster (None for a private Ray), or raises RayUnavailable with the reason.
+    """
     if ray.is_initialized():
-        return
+        return None
+    if _wedged:
+        raise RayUnavailable(_wedged[0])
+    facts = None
+    if address != LOCAL_ADDRESS:
+        try:
+            facts = ray_probe.ask(address, timeout_s, stop)
+        except ray_probe.ProbeFailed as error:
+            raise RayUnavailable(_unavailable(address, str(error))) from None
     options: dict[str, Any] = {"namespace": NAMESPACE, "log_to_driver": False,
                                "logging_level": logging.WARNING}
     if address == LOCAL_ADDRESS:
         options |= {"include_dashboard": False}
-    try:
-        ray.init(address=address, **options)
-    except (ConnectionError, RuntimeError) as error:
-        raise RayUnavailable(
-            f"no Ray cluster at ray_address = {address!r} ({' '.join(str(error).split())}); start "
-            "one (ray start --head, docs/scaling.md) or fix ray_address") from None
+    logging.getLogger("ray._private.worker").addFilter(QuietRayWarnings())
+    outcome: list[BaseException] = []
+
+    def join() -> None:
+        try:
+            ray.init(address=address, **options)
+        except BaseException as error:  # noqa: BLE001 - handed to the waiting thread
+            outcome.append(error)
+
+    joining = threading.Thread(target=join, name="recond-ray-connect", daemon=True)
+    joining.start()
+    joining.join(timeout_s)
+    if joining.is_alive():  # abandoned: Ray's own code holds the thread
+        _wedged.append(_unavailable(address, f"ray.init did not return within {timeout_s:g} s, after "
+                                    "the cluster answered a probe; restart recond to try again"))
+        raise RayUnavailable(_wedged[0])
+    if outcome:
+        raise RayUnavailable(_unavailable(address, str(outcome[0]))) from None
+    return facts
+
+
+def _unavailable(address: str, reason: str) -> str:
+    return (f"no Ray cluster answers at ray_address = {address!r} ({' '.join(reason.split())}); "
+            "start one (docs/ray.md) or fix ray_address")
 
 
 # What runs on the cluster.
@@ -173,7 +225,9 @@ def host_part_on_node(job_id: int, handoff: DeviceOutput, job: JobSettings, boar
     """The host part in a temporary folder on whichever node runs it; returns its result and
     the folder's files as {relative path: bytes}."""
     from recond.pipeline.host import run_host_part
+    from recond.pipeline.tuning import tune_torch
 
+    tune_torch()  # Ray gives the task one CPU's threads (OMP_NUM_THREADS); the flag as everywhere
     with tempfile.TemporaryDirectory(prefix=RESULT_FILE_PREFIX) as name:
         folder = Path(name)
         result = run_host_part(handoff, job, folder, board_reporter(board_name, job_id), expected_s)
@@ -224,9 +278,14 @@ class RayExecutor:
     """Device actors and host tasks on the cluster at ``settings.ray_address``."""
 
     def __init__(self, settings: Settings, pipeline_factory: PipelineFactory,
-                 on_progress: ProgressSink) -> None:
+                 on_progress: ProgressSink, on_status: Callable[[str], None] = lambda line: None) -> None:
         # pipeline_factory is the daemon's; each actor builds its pipeline on its own node.
+        # on_status gets lines for status while start() connects ("connecting to Ray at ...").
         self.settings = settings
+        self.on_status = on_status
+        self.open_warning: str | None = None  # the cluster is open to others (joined anyway)
+        self.lost: str | None = None  # why the cluster is gone, once it is
+        self._connect_stop = threading.Event()  # set by cancel(): a connect in progress ends now
         self.model_settings = part_of(settings, ModelSettings)
         self.on_progress = on_progress
         self._lock = threading.Lock()
@@ -258,7 +317,17 @@ class RayExecutor:
         return self.device_slots + self._host_slots
 
     def start(self) -> DeviceFacts:
-        connect(self.settings.ray_address)
+        address = self.settings.ray_address
+        self.on_status(f"connecting to Ray at {address} (at most ray_connect_seconds = "
+                       f"{self.settings.ray_connect_seconds:g} s)")
+        cluster = connect(address, self.settings.ray_connect_seconds, self._connect_stop)
+        self.open_warning = open_to_others(cluster)
+        if self.open_warning and not self.settings.ray_allow_open_cluster:
+            raise RayUnavailable(f"not joined: {self.open_warning} (ray_allow_open_cluster = true "
+                                 "joins anyway)")
+        if self.open_warning:
+            log.warning("joined an open Ray cluster", warning=self.open_warning)
+        self.on_status(f"joined Ray at {address}; the device actors load the model")
         gpus = int(ray.cluster_resources().get("GPU", 0))
         count = self.settings.ray_device_workers or gpus or 1
         self._actor_options = {"num_gpus": 1} if gpus else {}
@@ -276,7 +345,7 @@ class RayExecutor:
         log.info("ray actors ready", actors=count, nodes=sorted({slot.facts["node"] for slot in self._slots}),
                  devices=devices, host_parts_at_once=self._host_slots)
         return DeviceFacts(first["model_id"], f"ray: {count} × {'/'.join(devices)}", first["background_method"],
-                           first.get("dtype", ""))
+                           first.get("dtype", ""), self.open_warning or "")
 
     def submit_device(self, task: DeviceTask) -> Future[DeviceOutput]:
         with self._lock:
@@ -302,6 +371,7 @@ class RayExecutor:
 
     def cancel(self) -> None:
         """Every part in flight ends now with JobCancelled; Ray is asked to drop the host tasks."""
+        self._connect_stop.set()
         with self._lock:
             self._cancelled = True
             parts = list(self._parts.values())
@@ -314,20 +384,25 @@ class RayExecutor:
                     log.debug("host task not cancelled", job=part.job_id, error=str(error))
 
     def close(self) -> None:
-        """Stop the actors (their models go with them) and leave the cluster."""
+        """Stop the actors (their models go with them) and leave the cluster, each step within
+        CLOSE_SECONDS: a cluster that is gone may keep Ray's calls waiting. After a loss nothing
+        more is asked of Ray (its C++ code aborted the process when the cluster came back)."""
         self.cancel()
         self._closed.set()
         if self._poller.is_alive():
             self._poller.join(PROGRESS_POLL_SECONDS * 4)
-        self._writer.shutdown(wait=True)
-        if ray.is_initialized():
-            for actor in [slot.actor for slot in self._slots] + ([self._board] if self._board else []):
-                try:
-                    ray.kill(actor, no_restart=True)
-                except Exception as error:  # the cluster is gone: so are the actors
-                    log.debug("ray actor not killed", error=str(error))
-            ray.shutdown()
+        _bounded(lambda: self._writer.shutdown(wait=True), "the result writer")
+        if self.lost is None and ray.is_initialized():
+            _bounded(self._leave, "leaving the Ray cluster")
         self._slots = []
+
+    def _leave(self) -> None:
+        for actor in [slot.actor for slot in self._slots] + ([self._board] if self._board else []):
+            try:
+                ray.kill(actor, no_restart=True)
+            except Exception as error:  # the cluster is gone: so are the actors
+                log.debug("ray actor not killed", error=str(error))
+        ray.shutdown()
 
     def workers(self) -> list[WorkerInfo]:
         with self._lock:
@@ -337,15 +412,21 @@ class RayExecutor:
         return devices + hosts
 
     def _facts_of(self, actor: Any) -> dict[str, Any]:
-        """An actor's facts once its model is loaded; its load error raised as itself."""
+        """An actor's facts once its model is loaded; its load error raised as itself. Waits in
+        slices, so that a stop (cancel) ends the wait within a second."""
+        ref = actor.facts.remote()
+        deadline = time.monotonic() + ACTOR_START_SECONDS
+        while not ray.wait([ref], timeout=1.0)[0]:
+            if self._connect_stop.is_set():
+                raise RayUnavailable("stopped while the Ray device actors loaded their model")
+            if time.monotonic() >= deadline:
+                raise RayUnavailable(
+                    f"the Ray device actors did not load their model within {ACTOR_START_SECONDS:.0f} s "
+                    "(no node with a free GPU or CPU? `ray status` shows the cluster)")
         try:
-            return dict(ray.get(actor.facts.remote(), timeout=ACTOR_START_SECONDS))
+            return dict(ray.get(ref, timeout=10))
         except RayTaskError as error:
             raise _cause(error) from None
-        except GetTimeoutError:
-            raise RayUnavailable(
-                f"the Ray device actors did not load their model within {ACTOR_START_SECONDS:.0f} s "
-                "(no node with a free GPU or CPU? `ray status` shows the cluster)") from None
 
     def _new_actor(self) -> Any:
         """A device actor: one GPU on a cluster with GPUs; else a CPU actor, which Ray places on
@@ -374,9 +455,16 @@ class RayExecutor:
         if error is None:
             _settle(part.future, value=done.result())
             return
-        if lost is not None:
-            self._restarting(slot, error)
-        _settle(part.future, error=lost or _cause(error))
+        if lost is None:
+            _settle(part.future, error=_cause(error))
+            return
+        self._restarting(slot, error)
+        # An actor also dies with its raylet: told only a moment later whether the whole cluster
+        # went, the job is then requeued as cancelled rather than charged an attempt.
+        judge = threading.Timer(CLUSTER_LOST_SECONDS + BOARD_ASK_SECONDS + 2 * PROGRESS_POLL_SECONDS, lambda: _settle(
+            part.future, error=JobCancelled() if self.lost or self._cancelled else lost))
+        judge.daemon = True
+        judge.start()
 
     def _host_done(self, task: HostTask, part: RemotePart, done: Future[Any]) -> None:
         with self._lock:
@@ -426,23 +514,40 @@ class RayExecutor:
     # Progress and cluster size.
 
     def _poll_progress(self) -> None:
+        answered = time.monotonic()
         while not self._closed.wait(PROGRESS_POLL_SECONDS):
             try:
-                reports = ray.get(self._board.take.remote(), timeout=10)
+                reports = ray.get(self._board.take.remote(), timeout=BOARD_ASK_SECONDS)
             except Exception as error:  # the board restarts or the cluster is busy: skip a beat
-                log.debug("progress not collected", error=str(error))
+                silent = time.monotonic() - answered
+                log.debug("progress not collected", error=str(error), silent_s=round(silent, 1))
+                if silent >= CLUSTER_LOST_SECONDS and not self._closed.is_set():
+                    self._cluster_lost(f"the Ray cluster at {self.settings.ray_address} has not "
+                                       f"answered for {silent:.0f} s ({' '.join(str(error).split())[:200]})")
+                    return
                 continue
-            latest_node: dict[int, str] = defaultdict(str)
-            for job_id, stage, fraction, node in reports:
-                latest_node[job_id] = node
-                with self._lock:
-                    running = job_id in self._parts
-                if running:
-                    self.on_progress(PartProgress(job_id, stage, fraction))
+            answered = time.monotonic()
+            self._take(reports)
+
+    def _cluster_lost(self, reason: str) -> None:
+        """The cluster is gone: every part in flight ends as cancelled (requeued, no attempt
+        counted: the picture did nothing wrong) and the worker sees ``lost``."""
+        log.error("ray cluster lost", reason=reason)
+        self.lost = reason
+        self.cancel()
+
+    def _take(self, reports: list[tuple[int, str, float, str]]) -> None:
+        latest_node: dict[int, str] = defaultdict(str)
+        for job_id, stage, fraction, node in reports:
+            latest_node[job_id] = node
             with self._lock:
-                for job_id, node in latest_node.items():
-                    if job_id in self._parts:
-                        self._parts[job_id].node = node
+                running = job_id in self._parts
+            if running:
+                self.on_progress(PartProgress(job_id, stage, fraction))
+        with self._lock:
+            for job_id, node in latest_node.items():
+                if job_id in self._parts:
+                    self._parts[job_id].node = node
 
     def _count_cluster(self, force: bool = False) -> None:
         """Host parts at once: the cluster's CPUs less one per CPU actor (at least one)."""
@@ -455,6 +560,16 @@ class RayExecutor:
             log.debug("cluster size not read", error=str(error))
             return
         self._host_slots = max(1, cpus - self._cpu_actors)
+
+
+def _bounded(step: Callable[[], None], what: str) -> None:
+    """Run ``step`` on a thread given CLOSE_SECONDS; past that it is left behind (logged)."""
+    thread = threading.Thread(target=step, name="recond-ray-close", daemon=True)
+    thread.start()
+    thread.join(CLOSE_SECONDS)
+    if thread.is_alive():
+        log.warning("a step of stopping did not end in time; left behind", step=what,
+                    seconds=CLOSE_SECONDS)
 
 
 def _lost(error: BaseException) -> WorkerLost | None:

@@ -9,6 +9,7 @@ border stands in and the result carries a warning.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,6 +21,11 @@ import numpy as np
 from PIL import Image
 
 from recond.config import ModelSettings
+
+# numba (rembg's alpha matting, through pymatting) tries Intel TBB first and, finding an older
+# TBB, warns once per process before it falls back to OpenMP, which is what it uses anyway:
+# noise on the first job's terminal (issue 26), not a problem.
+warnings.filterwarnings("ignore", message="The TBB threading layer requires TBB")
 
 # GrabCut runs on a copy no larger than this (it is iterative and slow on full-size photos).
 GRABCUT_MAX_SIDE = 512

@@ -31,6 +31,7 @@ from recond.pipeline.image import check_size, decode_image
 from recond.pipeline.progress import EtaEstimate, Progress, ProgressTracker, StageReport
 from recond.pipeline.reconstruct import reconstruct
 from recond.pipeline.record import sha256_of_bytes
+from recond.pipeline.tuning import freeze_heap, host_threads, tune_torch
 from recond.triposr.model import TripoSR
 from recond.triposr.preprocess import prepare_image
 
@@ -48,6 +49,7 @@ class Pipeline:
 
     def __init__(self, settings: ModelSettings, model: TripoSR | None = None) -> None:
         settings = part_of(settings, ModelSettings)
+        tune_torch()  # before the weights load: torch's threads inherit the denormal flag
         self.settings = settings
         self.device = settings.resolved_device()
         self.dtype = settings.resolved_dtype()
@@ -58,6 +60,7 @@ class Pipeline:
         self.background_method = self.background.method
         self.decoder = DecoderWeights(self.model.config.decoder, self.model.config.renderer, {
             name: tensor.detach().float().cpu().numpy() for name, tensor in self.model.decoder.state_dict().items()})
+        freeze_heap()  # the warm parts stay: later collections scan a job's objects only
 
     host_part = staticmethod(run_host_part)
 
@@ -71,7 +74,8 @@ class Pipeline:
         job = part_of(job, JobSettings)
         report = EtaEstimate(progress, expected)
         handoff = self.device_part(source, job, report)
-        return run_host_part(handoff, job, Path(result_dir), report, expected)
+        with host_threads():  # as the daemon's host processes run it (tuning.py)
+            return run_host_part(handoff, job, Path(result_dir), report, expected)
 
     def device_part(self, source: SourcePicture, job: JobSettings,
                     report: StageReport | None = None) -> DeviceOutput:

@@ -79,9 +79,10 @@ def render_turntable(
 
 
 def write_turntable(frames: list[np.ndarray], result_dir: Path, fps: int,
-                    clock: StageClock | None = None) -> list[Path]:
-    """Write render_000.png ... and render.mp4 (H.264, yuv420p: plays in every browser); ffmpeg
-    is held to ``clock``'s time limit (none without one: benchmarks, tests of the frames)."""
+                    clock: StageClock | None = None, seconds: float | None = None) -> list[Path]:
+    """Write render_000.png ... and render.mp4 (H.264, yuv420p: plays in every browser), one turn
+    in ``seconds`` (None: one frame per video frame); ffmpeg is held to ``clock``'s time limit
+    (none without one: benchmarks, tests of the frames)."""
     result_dir = Path(result_dir)
     written = []
     for index, frame in enumerate(frames):
@@ -89,7 +90,8 @@ def write_turntable(frames: list[np.ndarray], result_dir: Path, fps: int,
         Image.fromarray(frame).save(path)
         written.append(path)
     video_path = result_dir / VIDEO_NAME
-    _write_video(frames, video_path, fps, clock or StageClock(lambda fraction: None, math.inf, math.inf))
+    _write_video(frames, video_path, fps, clock or StageClock(lambda fraction: None, math.inf, math.inf),
+                 seconds)
     written.append(video_path)
     return written
 
@@ -187,16 +189,21 @@ def _orbit_camera(scene: _SceneTensors, azimuth: float):
     return eye, right, up, forward
 
 
-def _write_video(frames: list[np.ndarray], path: Path, fps: int, clock: StageClock) -> None:
+def _write_video(frames: list[np.ndarray], path: Path, fps: int, clock: StageClock,
+                 seconds: float | None = None) -> None:
     """H.264 in yuv420p with even dimensions (4:2:0 chroma needs them) and faststart, from
-    ffmpeg run as a child the stage can stop (recond.pipeline.child)."""
+    ffmpeg run as a child the stage can stop (recond.pipeline.child). With ``seconds``, the
+    frames are spread over that long and ffmpeg's framerate filter blends neighbours into the
+    ``fps`` frames between (no more renders); without it, one frame per video frame."""
     height, width = frames[0].shape[:2]
     pad = ((0, height % 2), (0, width % 2), (0, 0))
     raw = b"".join(np.ascontiguousarray(np.pad(frame, pad, mode="edge")).tobytes() for frame in frames)
+    input_rate = f"{len(frames) / seconds:.6g}" if seconds else str(fps)
+    blend = ["-vf", f"framerate=fps={fps}"] if seconds and len(frames) / seconds < fps else ["-r", str(fps)]
     command = [
         imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-v", "error",
         "-f", "rawvideo", "-vcodec", "rawvideo", "-pix_fmt", "rgb24",
-        "-s", f"{width + width % 2}x{height + height % 2}", "-r", str(fps), "-i", "-", "-an",
+        "-s", f"{width + width % 2}x{height + height % 2}", "-r", input_rate, "-i", "-", "-an", *blend,
         "-vcodec", "libx264", "-pix_fmt", "yuv420p", "-crf", str(VIDEO_CRF),
         "-movflags", "+faststart", str(path),
     ]

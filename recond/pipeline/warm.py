@@ -3,7 +3,8 @@ downloads (the TripoSR weights of a hub id, with a percentage for `reconctl stat
 model, finished before any job starts: a job never waits on a download), then the model itself.
 
 Every front end that runs jobs builds its pipeline here: the daemon's worker, ``reconctl
-process``, the Ray device actors and the benchmarks.
+process``, the Ray device actors and the benchmarks. torch's CPU set-up for every process that
+runs parts of jobs is recond.pipeline.tuning's (the Pipeline applies it when it is made).
 """
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ def load_main_thread_libraries() -> None:
 def build_pipeline(settings: ModelSettings,
                    report: Callable[[str], None] = lambda line: None) -> WarmPipeline:
     """The real, warm pipeline (imported here: torch loads in the worker thread, not at start-up),
-    after the first start's downloads (``report`` gets their progress lines)."""
+    after the first start's downloads (``report`` gets their progress lines). The Pipeline tunes
+    torch itself (recond.pipeline.tuning), so that a Pipeline made in Python runs as fast as this one."""
     from recond.pipeline.runner import Pipeline
 
     fetch_missing_models(settings, report)

@@ -1,144 +1,28 @@
 """executor = "ray": the real `recond` process on a real local Ray cluster (one per module,
-started and stopped here), with the tiny checkpoint and real pictures. An actor killed with
-SIGKILL mid-job and a daemon stopped with SIGTERM while jobs are on Ray lose nothing and
-publish nothing twice.
+started as docs/ray.md says: conftest.py), with the tiny checkpoint and real pictures. The
+cluster listens on loopback only and refuses a client without the token; an actor killed with
+SIGKILL mid-job, a daemon stopped with SIGTERM while jobs are on Ray, and the raylet killed
+with SIGKILL mid-queue lose nothing and publish nothing twice.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import pytest
 
-from helpers.places import assert_in_one_place
 from helpers.paths import REPO
-from helpers.installation import Installation
+from helpers.places import assert_in_one_place
+from helpers.ray_cluster import RayCluster
 
+from helpers.ray_jobs import SLOW_DEVICE_PART, all_done, assert_each_published_once, daemon_workers, drop, job_rows
 SIX_PICTURES = ("chair.png", "flamingo.png", "hamburger.png", "horse.png", "police_woman.png", "robot.png")
-CLUSTER_START_SECONDS = 60
-# The tiny checkpoint's density grid at 64^3 takes a second or two on this CPU (its random field
-# is dense everywhere): long enough for a test to catch a job on its actor and kill it there.
-SLOW_DEVICE_PART = {"mc_resolution": 64}
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-@dataclass(frozen=True)
-class RayCluster:
-    address: str  # host:port, as a daemon on a cluster node joins
-    client_address: str  # ray://host:port, Ray Client, as a daemon off the cluster joins
-
-
-@pytest.fixture(scope="module")
-def ray_cluster() -> Iterator[RayCluster]:
-    """A one-node Ray cluster of 2 CPUs, as `ray start --head` makes it, with its Ray Client port.
-
-    `--block` keeps `ray start` in the foreground: SIGTERM to it stops every Ray process it
-    started. The temporary folder is short because Ray's socket paths must fit in 107 bytes.
-    Token authentication is off for this loopback test cluster (Ray 2.60's `ray start --head`
-    turns it on, and a daemon then needs RAY_AUTH_MODE=token; README). Workers get the checkout
-    on their path, so they run the code under test.
-    """
-    pytest.importorskip("ray", reason="the ray extra is not installed (pip install -e '.[ray]')")
-    port, client_port = free_port(), free_port()
-    temp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(REPO),
-           # The head starts a Ray Client server process per client and gives it 30 s to answer;
-           # a first start on a busy 2-core machine can take longer (the daemon would retry).
-           "RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S": "120"}
-    head = subprocess.Popen(
-        [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
-         "--node-ip-address=127.0.0.1", f"--port={port}", f"--ray-client-server-port={client_port}",
-         "--num-cpus=2", "--include-dashboard=false",
-         f"--object-store-memory={100 * 1024 * 1024}", "--disable-usage-stats", f"--temp-dir={temp}"],
-        env=env, stdout=subprocess.DEVNULL, stderr=(temp / "head.log").open("wb"), start_new_session=True)
-    try:
-        deadline = time.monotonic() + CLUSTER_START_SECONDS
-        while not any(temp.glob("session_*/logs/raylet.out")):
-            assert head.poll() is None and time.monotonic() < deadline, (temp / "head.log").read_text()
-            time.sleep(0.2)
-        yield RayCluster(f"127.0.0.1:{port}", f"ray://127.0.0.1:{client_port}")
-    finally:
-        head.terminate()
-        try:
-            head.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-            head.wait()
-        shutil.rmtree(temp, ignore_errors=True)
-
-
-@pytest.fixture
-def on_ray(tmp_path: Path, tiny_model_dir: Path, shared_dir: Path, ray_cluster: RayCluster
-           ) -> Iterator[Callable[..., Installation]]:
-    """``on_ray(**settings)``: an installation whose daemon runs its jobs on the test cluster."""
-    made: list[Installation] = []
-
-    def make(**settings: Any) -> Installation:
-        made.append(Installation(tmp_path, tiny_model_dir, shared_dir / "examples", **{
-            "executor": "ray", "ray_address": ray_cluster.address, "model_retry_seconds": 1, **settings}))
-        return made[-1]
-
-    yield make
-    for setup in made:
-        setup.stop()
-
-
-def daemon_workers(setup: Installation) -> list[dict[str, Any]]:
-    """The workers the daemon recorded (read straight from the job database: milliseconds)."""
-    try:
-        with sqlite3.connect(setup.state / "recond.db") as db:
-            row = db.execute("select workers from daemon").fetchone()
-    except sqlite3.Error:
-        return []
-    return json.loads(row[0] or "[]") if row else []
-
-
-def job_rows(setup: Installation) -> list[dict[str, Any]]:
-    with sqlite3.connect(setup.state / "recond.db") as db:
-        db.row_factory = sqlite3.Row
-        return [dict(row) for row in db.execute("select * from jobs order by id")]
-
-
-def drop(setup: Installation, pictures: tuple[str, ...]) -> dict[str, bytes]:
-    """Copy the pictures into the inbox (each renamed into place whole); returns their bytes."""
-    dropped = {}
-    for picture in pictures:
-        data = (setup.examples / picture).read_bytes()
-        partial = setup.inbox / f".{picture}.part"
-        partial.write_bytes(data)
-        partial.rename(setup.inbox / picture)
-        dropped[picture] = data
-    return dropped
-
-
-def all_done(count: int):
-    return lambda status: status["counts"]["done"] == count and status["counts"]["running"] == 0
-
-
-def assert_each_published_once(setup: Installation, dropped: dict[str, bytes]) -> None:
-    for data in dropped.values():
-        assert assert_in_one_place(data, setup.inbox, setup.outbox).startswith("result ")
-    assert len(setup.result_folders()) == len(dropped)
-
-
 def test_without_ray_installed_the_daemon_stops_with_one_line_naming_the_extra(tmp_path):
     config = tmp_path / "recond.toml"
     config.write_text(f'executor = "ray"\ninbox = "{tmp_path / "inbox"}"\n'
@@ -214,3 +98,35 @@ def test_six_pictures_through_ray_client_give_six_results_once_each_and_status_n
     assert record["handoff"]["bytes"]["total"] > 0  # what went from the actor to the host task
     text = setup.reconctl("status").stdout
     assert "ray: 1 × cpu" in text and "ray-device-0 (cpu on " in text
+
+
+def is_loopback(address: str) -> bool:
+    host = address.rsplit(":", 1)[0].strip("[]").removeprefix("::ffff:")
+    return host.startswith("127.") or host == "::1"
+
+
+def test_the_cluster_as_the_docs_start_it_listens_on_loopback_only(ray_cluster):
+    listening = ray_cluster.listening()
+    port = ray_cluster.address.rsplit(":", 1)[1]
+    assert any(address.endswith(f":{port}") and name == "gcs_server" for address, name in listening), listening
+    assert [entry for entry in listening if not is_loopback(entry[0])] == [], listening
+
+
+def probe(ray_cluster: RayCluster, environment: dict[str, str]) -> subprocess.CompletedProcess:
+    """recond's own probe (recond/executors/ray_probe.py) run with exactly ``environment``."""
+    outer = {key: value for key, value in os.environ.items() if not key.startswith(("RAY_", "RECOND_"))}
+    return subprocess.run([sys.executable, "-m", "recond.executors.ray_probe", ray_cluster.address],
+                          env={**outer, **environment}, cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+def test_the_cluster_refuses_a_client_without_the_token_and_recond_sees_its_auth(ray_cluster, tmp_path):
+    joined = probe(ray_cluster, ray_cluster.environment)
+    assert joined.returncode == 0, joined.stderr[-2000:]
+    facts = json.loads(joined.stdout.splitlines()[-1])
+    assert facts == {"nodes": ["127.0.0.1"], "token_auth": True}
+
+    (tmp_path / "home").mkdir()
+    without_token = {**ray_cluster.environment, "HOME": str(tmp_path / "home")}
+    without_token.pop("RAY_AUTH_MODE")  # a client that does not ask for token auth at all
+    refused = probe(ray_cluster, without_token)
+    assert refused.returncode != 0 and "InvalidAuthToken" in refused.stderr, refused.stderr[-2000:]

@@ -114,3 +114,12 @@ def test_frames_the_kept_object_once_floaters_are_dropped():
     # the speck the framing had to reach it and the sphere shrank to a fraction of that.
     assert framed > 0.5
     assert cluttered < framed / 3
+
+
+def test_a_four_second_turn_blends_the_frames_between_without_more_renders(frames, tmp_path):
+    """30 views, video_seconds = 4 at 30 fps (issue 26: 30 frames at 30 fps felt rushed): the
+    video lasts about 4 s, with blended frames between the rendered ones; the PNGs stay 30."""
+    write_turntable(frames, tmp_path, fps=30, seconds=4.0)
+    assert len(list(tmp_path.glob("render_*.png"))) == 30
+    n_frames, seconds = imageio_ffmpeg.count_frames_and_secs(str(tmp_path / "render.mp4"))
+    assert 3.8 <= seconds <= 4.1 and 110 <= n_frames <= 121, (n_frames, seconds)

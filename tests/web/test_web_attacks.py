@@ -329,23 +329,22 @@ class AttackSite:
 
 
 def attack_from_browser(target: WebServer, site: AttackSite) -> str:
-    """Open the attacking page in headless Chromium; the form's answer as the iframe shows it."""
+    """Open the attacking page in headless Chromium; the form's answer, as the iframe's navigation
+    received it. Waiting for that navigation's response is what makes this deterministic: a poll
+    of the iframe's content() failed now and then while the frame was still navigating."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=BROWSER_FLAGS)
         try:
             page = browser.new_page()
-            page.goto(site.origin)
+            with page.expect_response(lambda response: response.request.is_navigation_request()
+                                      and response.url == f"{site.target}/api/jobs", timeout=20_000) as answer:
+                page.goto(site.origin)
             assert page.evaluate("window.fetched") == "sent"  # the browser did send it
-            sink = page.frame(name="sink")
-            assert sink is not None
-            sink.wait_for_load_state()
-            deadline = time.monotonic() + 10
-            while "detail" not in sink.content() and "uploads" not in sink.content():
-                assert time.monotonic() < deadline, sink.content()
-                time.sleep(0.1)
-            return sink.content()
+            response = answer.value
+            assert response.frame.name == "sink"
+            return response.text()
         finally:
             browser.close()
 
