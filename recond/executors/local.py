@@ -18,6 +18,7 @@ import ctypes
 import importlib
 import os
 import pickle
+import queue
 import signal
 import socket
 import threading
@@ -33,7 +34,8 @@ from typing import Any
 
 from recond.config import ModelSettings, Settings, part_of
 from recond.executors import (DeviceFacts, DeviceTask, HostTask, JobCancelled, PartProgress,
-                              PipelineFactory, ProgressSink, WorkerInfo, WorkerLost)
+                              PipelineFactory, ProgressSink, WorkerInfo, WorkerLost,
+                              build_device_pipelines, device_worker_name)
 from recond.executors.inline import CancellableReports, device_part
 from recond.logging import get_logger
 from recond.pipeline.contract import HostPart, JobResult, WarmPipeline
@@ -307,7 +309,8 @@ def _exit_reason(exitcode: int | None) -> str:
 
 
 class LocalExecutor:
-    """A warm pipeline on one device thread and ``host_workers`` host processes."""
+    """Warm pipelines on device threads (one per device in ``devices``, else one) and
+    ``host_workers`` host processes serving them all."""
 
     def __init__(self, settings: Settings, pipeline_factory: PipelineFactory, on_progress: ProgressSink,
                  host_workers: int) -> None:
@@ -315,25 +318,36 @@ class LocalExecutor:
         self.pipeline_factory = pipeline_factory
         self.on_progress = on_progress
         self.host_workers = host_workers
-        self.capacity = host_workers + 1  # one job on the device while each host process runs one
-        self.device_slots = 1
+        self.device_slots = max(1, len(self.model_settings.devices))
+        self.capacity = host_workers + self.device_slots  # a job on each device while each host process runs one
         self.reports = CancellableReports(on_progress)
-        self.pipeline: WarmPipeline | None = None
-        self._device_thread = ThreadPoolExecutor(1, thread_name_prefix="recond-device")
-        self._device_job: int | None = None
+        self.pipelines: list[WarmPipeline] = []
+        self._free_devices: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self._device_jobs: dict[int, int] = {}  # device slot -> the job in its device part
+        self._device_thread = ThreadPoolExecutor(self.device_slots, thread_name_prefix="recond-device")
         self._hosts: HostPool | None = None
 
+    @property
+    def pipeline(self) -> WarmPipeline | None:
+        """The first warm pipeline (the only one unless ``devices`` names several)."""
+        return self.pipelines[0] if self.pipelines else None
+
     def start(self) -> DeviceFacts:
-        pipeline = self.pipeline = self.pipeline_factory(self.model_settings)
-        if pipeline.device == "cpu":
+        self.pipelines = build_device_pipelines(self.model_settings, self.pipeline_factory)
+        for slot in range(len(self.pipelines)):
+            self._free_devices.put(slot)
+        on_cpu = sum(1 for pipeline in self.pipelines if pipeline.device == "cpu")
+        if on_cpu:
             import torch
 
             # The host processes take a core each: a device part whose OpenMP threads wait on
             # cores they share ran 2-3x slower than alone (bench_throughput.py on 2 CPUs).
-            torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) - self.host_workers))
-        self._hosts = HostPool(self.host_workers, pipeline.host_part, self.on_progress)
-        return DeviceFacts(pipeline.model_id, pipeline.device, pipeline.background_method,
-                           str(pipeline.dtype))
+            # Several models on the CPU share what is left.
+            torch.set_num_threads(max(1, (len(os.sched_getaffinity(0)) - self.host_workers) // on_cpu))
+        first = self.pipelines[0]
+        self._hosts = HostPool(self.host_workers, first.host_part, self.on_progress)
+        return DeviceFacts(first.model_id, ", ".join(pipeline.device for pipeline in self.pipelines),
+                           first.background_method, str(first.dtype))
 
     def submit_device(self, task: DeviceTask) -> Future[DeviceOutput]:
         return self._device_thread.submit(self._device_part, task)
@@ -352,18 +366,23 @@ class LocalExecutor:
         if self._hosts is not None:
             self._hosts.close()
         self._device_thread.shutdown(wait=True, cancel_futures=True)
-        self.pipeline = None
+        self.pipelines = []
 
     def workers(self) -> list[WorkerInfo]:
-        device = self.pipeline.device if self.pipeline else self.model_settings.device
-        job = self._device_job
-        own = WorkerInfo("device", "device", socket.gethostname(), device, job is not None, job, os.getpid())
-        return [own, *(self._hosts.workers() if self._hosts else [])]
+        devices = ([pipeline.device for pipeline in self.pipelines]
+                   or list(self.model_settings.devices) or [self.model_settings.device])
+        jobs = dict(self._device_jobs)
+        own = [WorkerInfo(device_worker_name(slot, len(devices)), "device", socket.gethostname(), device,
+                          slot in jobs, jobs.get(slot), os.getpid()) for slot, device in enumerate(devices)]
+        return [*own, *(self._hosts.workers() if self._hosts else [])]
 
     def _device_part(self, task: DeviceTask) -> DeviceOutput:
-        assert self.pipeline is not None, "parts run only once start() loaded the model"
-        self._device_job = task.job_id
+        assert self.pipelines, "parts run only once start() loaded the model"
+        # The worker keeps at most device_slots parts here, so a device is always free.
+        slot = self._free_devices.get(timeout=STOP_WAIT_SECONDS)
+        self._device_jobs[slot] = task.job_id
         try:
-            return device_part(self.pipeline, task, self.reports)
+            return device_part(self.pipelines[slot], task, self.reports)
         finally:
-            self._device_job = None
+            del self._device_jobs[slot]
+            self._free_devices.put(slot)
