@@ -17,10 +17,9 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 
-import mcubes
 import numpy as np
 import torch
-from scipy import ndimage
+import torch.nn.functional as F
 
 DensityAt = Callable[[torch.Tensor], torch.Tensor]  # points [N, 3] -> density_act [N]
 Report = Callable[[float], None]
@@ -86,7 +85,7 @@ def refined_density_grid(density_at: DensityAt, resolution: int, radius: float, 
     inside = coarse > level
     near = np.abs(np.log(np.maximum(coarse, 1e-30)) - math.log(level)) < REFINE_LOG_MARGIN
     blocks = _corner_any(inside) & ~_corner_all(inside) | _corner_any(near)
-    blocks = ndimage.binary_dilation(blocks, structure=np.ones((3, 3, 3), dtype=bool))
+    blocks = _grown_by_one(blocks)
     _fill_unevaluated(values, known, coarse)
 
     fine_report = lambda f: report(COARSE_SHARE + (1 - COARSE_SHARE) * f)  # noqa: E731
@@ -181,8 +180,18 @@ def _cell_corners(cells: np.ndarray) -> np.ndarray:
     return points
 
 
+def _grown_by_one(blocks: np.ndarray) -> np.ndarray:
+    """Blocks and their 26 neighbours (a 3x3x3 binary dilation), in torch rather than scipy:
+    the density grid is the device part's, and that needs only torch, numpy, pillow and
+    pyyaml (benchmarks/bench_gpu.py runs on a GPU box with nothing else, issue 23)."""
+    grid = torch.from_numpy(blocks.astype(np.float32))[None, None]
+    return F.max_pool3d(grid, kernel_size=3, stride=1, padding=1)[0, 0].numpy() > 0
+
+
 def marching_cubes(density_grid: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
     """Level set density == threshold -> unit-cube vertices [V, 3] float32 and faces [F, 3] int64."""
+    import mcubes  # the host part's (the mesh stage); the model's own work needs no PyMCubes
+
     level = (density_grid - np.float32(threshold)).astype(np.float32)
     vertices, faces = mcubes.marching_cubes(level, 0.0)
     unit = vertices.astype(np.float32) / np.float32(density_grid.shape[0] - 1.0)
