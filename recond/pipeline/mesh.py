@@ -8,8 +8,8 @@ later stage (unwrap, bake, files, turntable, viewer) costs in proportion to the 
 blobs shrink the turntable's framing. So the stage drops pieces that are small next to the
 main object, then simplifies to ``target_faces`` keeping the surface's topology (a closed
 marching-cubes surface stays a printable solid, issue 15: recond.pipeline.topology), and only
-then colours the vertices, since the texture carries the detail. It records what it published:
-solid or not, bodies, and the simplification's error.
+then colours the vertices (when no texture is baked: the texture carries the colour). It records
+what it published: solid or not, and bodies.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import trimesh
 
 from recond.config import JobSettings
 from recond.errors import InputError
-from recond.pipeline.topology import hausdorff_to_diagonal, simplify, solid_facts
+from recond.pipeline.topology import simplify, solid_facts
 from recond.triposr.isosurface import marching_cubes, unit_to_box
 
 NOT_A_SOLID = ("the surface is not a closed solid (it has holes or edges shared by more than two "
@@ -41,7 +41,9 @@ class MeshFacts:
     watertight: bool
     is_volume: bool
     bodies: int  # one per kept piece, when the surface is closed
-    hausdorff: float  # the simplification's shape error, a fraction of the bounding-box diagonal
+    # The simplification's shape error (topology.hausdorff_to_diagonal) is not measured per job:
+    # 0.7 of ~6 CPU-s of the host part to report one number (issue 23). tests/test_result_files.py
+    # holds bench_chair to its bound, benchmarks/bench_simplify.py prints it.
 
     def as_record(self) -> dict[str, int | float | bool]:
         return asdict(self)
@@ -69,12 +71,11 @@ def build_mesh(density_grid: torch.Tensor, color_at: Callable[[np.ndarray], np.n
     report(0.6)
     simple = simplify(kept.mesh, settings.target_faces)
     report(0.8)
-    hausdorff = 0.0 if simple is kept.mesh else hausdorff_to_diagonal(kept.mesh, simple)
+    colored = simple if settings.bake_texture else with_vertex_colors(simple, color_at)  # baked: unused
     report(0.9)
-    colored = with_vertex_colors(simple, color_at)
     solid = solid_facts(simple)
     facts = MeshFacts(kept.marching_cubes_faces, kept.pieces, kept.pieces_dropped, len(kept.mesh.faces),
-                      len(colored.faces), solid.watertight, solid.is_volume, solid.bodies, round(hausdorff, 6))
+                      len(colored.faces), solid.watertight, solid.is_volume, solid.bodies)
     return colored, facts
 
 
