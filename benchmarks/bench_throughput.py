@@ -26,7 +26,7 @@ their own pipelines.
 The machine is shared: the load average is printed before and after; compare ratios of one run.
 
     python benchmarks/bench_throughput.py [--pictures 8] [--host-workers 0,1,2] [--skip-simulated]
-        [--device-seconds 1.0,0.2]
+        [--device-seconds 1.0,0.2] [--skip-real] [--skip-ray]
 
 tests/benchmarks/test_bench_throughput.py runs the simulated path at a tiny size, so it keeps
 working as the worker's contract with a pipeline changes.
@@ -247,6 +247,8 @@ def main() -> None:
     parser.add_argument("--host-workers", default="0,1,2", help="comma-separated host_workers values")
     parser.add_argument("--warmup", type=float, default=10.0, help="seconds for host processes to start")
     parser.add_argument("--skip-simulated", action="store_true")
+    parser.add_argument("--skip-real", action="store_true",
+                        help="only the simulated-GPU tables (the real device part on this CPU is the slow part)")
     parser.add_argument("--skip-ray", action="store_true")
     parser.add_argument("--device-seconds", default=",".join(f"{s:g}" for s in DEVICE_SECONDS),
                         help="comma-separated seconds per device part of the simulated GPUs")
@@ -268,8 +270,9 @@ def main() -> None:
     workers = [int(value) for value in args.host_workers.split(",")]
     runs = [(f"host_workers = {n}", {"host_workers": n}) for n in workers]
     runs += [] if args.skip_ray else ray_runs()
-    print_table("bench_chair (device part on this CPU)",
-                [(label, in_child(pictures, overrides, None, args.warmup)) for label, overrides in runs])
+    if not args.skip_real:
+        print_table("bench_chair (device part on this CPU)",
+                    [(label, in_child(pictures, overrides, None, args.warmup)) for label, overrides in runs])
     for seconds in ([] if args.skip_simulated else [float(v) for v in args.device_seconds.split(",")]):
         print_table(f"simulated GPU: the device part is a stand-in that waits {seconds:.1f} s "
                     "without using the CPU; host parts are real",
