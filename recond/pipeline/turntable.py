@@ -23,7 +23,7 @@ from recond.pipeline.appearance import bounding_sphere, surface_color, vertex_no
 from recond.pipeline.child import run_child
 from recond.pipeline.names import VIDEO_NAME, frame_name
 from recond.pipeline.progress import StageClock
-from recond.pipeline.raster import Fragments, interpolate, rasterize
+from recond.pipeline.raster import rasterize
 
 FOVY_DEG = 40.0  # upstream tsr/system.py renders with fovy 40 as well
 ELEVATION_DEG = 12.0  # a little above the object reads its shape better than the horizon
@@ -163,34 +163,40 @@ def _render_view(scene: _SceneTensors, azimuth: float, size: int) -> torch.Tenso
         dim=-1,
     )
     fragments = rasterize(screen, faces, size, size)
+    # Shaded where the object is only (a quarter of a frame or so), pixel by pixel as before.
     covered = fragments.covered
+    corners = faces[fragments.face_id[covered]]  # [N, 3] vertex ids of each covered pixel's face
 
     # Screen-space barycentrics -> perspective-correct ones (weights divided by depth).
-    corner_distance = distance[faces[fragments.face_id.clamp(min=0)]]
-    weights = fragments.bary / corner_distance
-    fragments.bary = weights / weights.sum(-1, keepdim=True).clamp(min=1e-12)
+    weights = fragments.bary[covered] / distance[corners]
+    bary = weights / weights.sum(-1, keepdim=True).clamp(min=1e-12)
 
-    albedo = _albedo(scene, faces, fragments)
-    normal = F.normalize(interpolate(fragments, faces, scene.normals), dim=-1)
+    def at_pixels(attributes: torch.Tensor) -> torch.Tensor:
+        """Per-vertex attributes [V, C] interpolated at the covered pixels -> [N, C]."""
+        return (bary.unsqueeze(-1) * attributes[corners]).sum(dim=-2)
+
+    albedo = _albedo(scene, at_pixels)
+    normal = F.normalize(at_pixels(scene.normals), dim=-1)
     # Two-sided lighting: inner walls seen through openings are lit, not black.
     view_dir = -forward
     normal = torch.where((normal @ view_dir)[..., None] < 0, -normal, normal)
     light = F.normalize(view_dir + 0.45 * up - 0.3 * right, dim=0)
     shade = AMBIENT + DIFFUSE * (normal @ light).clamp(min=0)
-    color = albedo * shade[..., None]
-    background = torch.tensor(BACKGROUND, device=color.device).expand_as(color)
-    return torch.where(covered[..., None], color, background)
+    image = torch.tensor(BACKGROUND, device=albedo.device).repeat(size, size, 1)
+    image[covered] = albedo * shade[..., None]
+    return image
 
 
-def _albedo(scene: _SceneTensors, faces: torch.Tensor, fragments: Fragments) -> torch.Tensor:
+def _albedo(scene: _SceneTensors, at_pixels: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """The surface colour at the covered pixels [N, 3]: the texture's, else the vertices'."""
     if scene.texture is None or scene.uv is None:
         assert scene.colors is not None, "an untextured scene carries vertex colours"
-        return interpolate(fragments, faces, scene.colors)
-    uv = interpolate(fragments, faces, scene.uv)
+        return at_pixels(scene.colors)
+    uv = at_pixels(scene.uv)
     # grid_sample's y runs down the image while UV v runs up.
-    grid = torch.stack([uv[..., 0] * 2 - 1, 1 - uv[..., 1] * 2], dim=-1)[None]
+    grid = torch.stack([uv[..., 0] * 2 - 1, 1 - uv[..., 1] * 2], dim=-1)[None, None]
     sampled = F.grid_sample(scene.texture, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    return sampled[0].permute(1, 2, 0)
+    return sampled[0, :, 0].T
 
 
 def _orbit_camera(scene: _SceneTensors, azimuth: float):
