@@ -51,6 +51,7 @@ MAX_HOST_WORKERS = 64
 Background = Literal["auto", "rembg", "alpha", "none"]
 DType = Literal["auto", "float32", "float16", "bfloat16"]
 Executor = Literal["local", "ray"]
+DEVICE_NAME = r"auto|cpu|cuda(:\d+)?|mps"
 
 
 # Whether this CPU computes bfloat16 natively, read from the kernel's /proc/cpuinfo flags. The
@@ -130,6 +131,10 @@ class ModelSettings(_Part):
         "/, or exists beside the file; anything else is a hub id."))
     device: str = Field("auto", description=(
         "auto (CUDA when torch sees a GPU, else CPU), cpu, cuda or cuda:N."))
+    devices: Annotated[list[str], NoDecode] = Field(default_factory=list, description=(
+        "Several devices on this machine, one warm model each, e.g. cuda:0, cuda:1 (a list in "
+        "TOML, comma-separated in RECOND_DEVICES); wins over device when set. The local "
+        "executor only (Ray places its own actors: ray_device_workers)."))
     dtype: DType = Field("auto", description=(
         "What the image encoder, the transformer and the upsampler compute in (and store "
         "their weights in); the decoder, density grid and colours stay float32. auto: float16 "
@@ -152,17 +157,43 @@ class ModelSettings(_Part):
     @classmethod
     def _device_is_known(cls, value: str) -> str:
         value = value.strip().lower()
-        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", value):
+        if not re.fullmatch(DEVICE_NAME, value):
             raise ValueError("must be auto, cpu, cuda or cuda:N")
         return value
 
+    @field_validator("devices", mode="before")
+    @classmethod
+    def _devices_are_known(cls, value: object) -> object:
+        """A list in TOML, a comma-separated text in RECOND_DEVICES; each a torch device
+        (not auto: a list says which ones)."""
+        if isinstance(value, str):
+            value = [device for device in value.split(",") if device.strip()]
+        if isinstance(value, list):
+            value = [str(device).strip().lower() for device in value]
+            wrong = [device for device in value if device == "auto" or not re.fullmatch(DEVICE_NAME, device)]
+            if wrong:
+                raise ValueError(f"{wrong[0]!r} is not cpu, cuda, cuda:N or mps")
+        return value
+
     def resolved_device(self) -> str:
-        """The torch device string to use: 'auto' picks CUDA when torch sees one."""
+        """The torch device string to use: the first of ``devices`` when set, else ``device``,
+        where 'auto' picks CUDA when torch sees one."""
+        if self.devices:
+            return self.devices[0]
         if self.device != "auto":
             return self.device
         import torch
 
         return "cuda" if torch.cuda.is_available() else "cpu"
+
+    def resolved_devices(self) -> list[str]:
+        """The devices that each hold a warm model: ``devices`` when set, else the one device."""
+        return list(self.devices) or [self.resolved_device()]
+
+    def on_device(self, device: str) -> ModelSettings:
+        """These settings for one warm model on ``device`` (what a pipeline is built from)."""
+        values = {name: getattr(self, name) for name in ModelSettings.model_fields}
+        return ModelSettings.model_construct(**{**values, "device": device, "devices": []})
 
     def resolved_dtype(self) -> DTypeChoice:
         """The compute dtype and why: 'auto' picks float16 on CUDA, bfloat16 on a CPU that has it
@@ -463,6 +494,14 @@ class Settings(IntakeSettings, ModelSettings, JobSettings, DaemonSettings, Workf
         validate_default=True,
         protected_namespaces=(),
     )
+
+    @model_validator(mode="after")
+    def _several_devices_have_host_workers(self) -> Settings:
+        """Several warm models hand their parts to host processes: there must be some."""
+        if len(self.devices) > 1 and self.host_workers == 0 and self.executor == "local":
+            raise ValueError(f"devices names {len(self.devices)} devices but host_workers = 0 runs one "
+                             "job at a time; set host_workers >= 1 (or leave it unset)")
+        return self
 
     @model_validator(mode="after")
     def _folders_do_not_feed_back(self) -> Settings:

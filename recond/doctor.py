@@ -79,6 +79,13 @@ def _missing_folder_check(name: str, folder: Path) -> Check:
 def _gpu_check(settings: Settings) -> Check:
     import torch
 
+    seen = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    absent = [device for device in settings.devices
+              if device.startswith("cuda") and int(device.partition(":")[2] or 0) >= seen]
+    if absent:
+        return Check("gpu", "fail", f"devices names {', '.join(absent)} but torch sees {seen} CUDA GPU(s)")
+    if settings.devices and seen:
+        return Check("gpu", "ok", f"{seen} CUDA GPU(s); one warm model on each of {', '.join(settings.devices)}")
     if torch.cuda.is_available():
         return Check("gpu", "ok", f"{torch.cuda.get_device_name(0)} (device setting: {settings.device})")
     if settings.device.startswith("cuda"):

@@ -199,6 +199,16 @@ def test_doctor_reports_missing_weights_with_the_fix_and_fails(config: Path) -> 
     assert checks["daemon"]["level"] == "warn"
 
 
+def test_doctor_fails_on_devices_naming_a_gpu_torch_does_not_see(config: Path) -> None:
+    import torch
+
+    seen = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    result = CliRunner().invoke(cli, ["--config", str(config), "doctor", "--json"],
+                                env={"RECOND_DEVICES": f"cpu,cuda:{seen}"})
+    gpu = next(check for check in json.loads(result.output) if check["name"] == "gpu")
+    assert gpu["level"] == "fail" and f"devices names cuda:{seen} but torch sees {seen}" in gpu["message"]
+
+
 def test_doctor_loads_real_weights(config: Path, tiny_model_dir: Path) -> None:
     result = CliRunner().invoke(cli, ["--config", str(config), "doctor"],
                                 env={"RECOND_MODEL": str(tiny_model_dir)})

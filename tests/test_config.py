@@ -100,6 +100,28 @@ def test_bad_device_is_refused(monkeypatch):
         load_settings()
 
 
+def test_devices_come_from_a_comma_separated_variable_and_win_over_device(monkeypatch):
+    monkeypatch.setenv("RECOND_DEVICES", "cuda:0, CUDA:1")
+    settings = load_settings(device="cpu")
+    assert settings.devices == ["cuda:0", "cuda:1"]
+    assert settings.resolved_devices() == ["cuda:0", "cuda:1"] and settings.resolved_device() == "cuda:0"
+    one = settings.on_device("cuda:1")
+    assert (one.device, one.devices, one.resolved_device()) == ("cuda:1", [], "cuda:1")
+    monkeypatch.delenv("RECOND_DEVICES")
+    assert load_settings(device="cpu").resolved_devices() == ["cpu"]
+
+
+@pytest.mark.parametrize("devices, wrong", [(["cuda:0", "auto"], "auto"), (["gpu1"], "gpu1")])
+def test_a_device_list_names_real_devices(devices, wrong):
+    with pytest.raises(SettingsError, match=f"devices: .*'{wrong}'"):
+        load_settings(devices=devices)
+
+
+def test_several_devices_with_no_host_processes_is_refused_naming_both():
+    with pytest.raises(SettingsError, match="devices names 2 devices but host_workers = 0"):
+        load_settings(devices=["cpu", "cpu"], host_workers=0)
+
+
 def test_outbox_inside_inbox_is_refused_naming_both(tmp_path):
     inbox = tmp_path / "in"
     with pytest.raises(SettingsError) as caught:

@@ -8,6 +8,8 @@ The interface, for whoever writes an executor (inline.py, local.py; ray.py):
   executor is built by the worker thread, then ``start()`` loads the warm model(s) and returns
   :class:`DeviceFacts`; it raises when the model cannot load (the worker shows "model missing",
   keeps jobs queued and builds a new executor after ``model_retry_seconds``).
+- Several devices on one machine (the ``devices`` setting): the local executor holds one warm
+  pipeline per device (``build_device_pipelines``), each a device worker in ``workers()``.
 - ``capacity``: how many jobs the worker may keep in flight, and ``device_slots``: how many of
   them may be in their device part (warm models). The worker claims a job from the store
   (SQLite stays the only queue) only while both have room.
@@ -160,3 +162,17 @@ class Executor(Protocol):
 
     @property
     def lost(self) -> str | None: ...
+
+
+
+def build_device_pipelines(settings: ModelSettings, pipeline_factory: PipelineFactory) -> list[WarmPipeline]:
+    """One warm pipeline per device of ``settings.resolved_devices()``, loaded one after another
+    (each holds its own weights on its device: memory per model in docs/gpu-server.md)."""
+    if len(settings.devices) <= 1:
+        return [pipeline_factory(settings)]
+    return [pipeline_factory(settings.on_device(device)) for device in settings.devices]
+
+
+def device_worker_name(slot: int, count: int) -> str:
+    """'device' for the one warm model, 'device-0', 'device-1' ... for several."""
+    return "device" if count == 1 else f"device-{slot}"

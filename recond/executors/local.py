@@ -5,12 +5,14 @@ daemon while a pool of host processes (recond.executors.host_pool) runs host par
 from __future__ import annotations
 
 import os
+import queue
 import socket
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from recond.config import ModelSettings, Settings, part_of
-from recond.executors import DeviceFacts, DeviceTask, HostTask, PipelineFactory, ProgressSink, WorkerInfo
-from recond.executors.host_pool import HostPool
+from recond.executors import (DeviceFacts, DeviceTask, HostTask, PipelineFactory, ProgressSink, WorkerInfo,
+                              build_device_pipelines, device_worker_name)
+from recond.executors.host_pool import STOP_WAIT_SECONDS, HostPool
 from recond.executors.inline import CancellableReports, device_part
 from recond.pipeline.contract import JobResult, WarmPipeline
 from recond.pipeline.handoff import DeviceOutput
@@ -18,7 +20,8 @@ from recond.pipeline.tuning import HOST_THREADS, cpu_threads, tune_torch
 
 
 class LocalExecutor:
-    """A warm pipeline on one device thread and ``host_workers`` host processes."""
+    """Warm pipelines on device threads (one per device in ``devices``, else one) and
+    ``host_workers`` host processes serving them all."""
 
     lost: str | None = None  # its workers live in this process: never lost apart from it
 
@@ -28,25 +31,36 @@ class LocalExecutor:
         self.pipeline_factory = pipeline_factory
         self.on_progress = on_progress
         self.host_workers = host_workers
-        self.capacity = host_workers + 1  # one job on the device while each host process runs one
-        self.device_slots = 1
+        self.device_slots = max(1, len(self.model_settings.devices))
+        self.capacity = host_workers + self.device_slots  # a job on each device while each host process runs one
         self.reports = CancellableReports(on_progress)
-        self.pipeline: WarmPipeline | None = None
-        self._device_thread = ThreadPoolExecutor(1, thread_name_prefix="recond-device")
-        self._device_job: int | None = None
+        self.pipelines: list[WarmPipeline] = []
+        self._free_devices: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self._device_jobs: dict[int, int] = {}  # device slot -> the job in its device part
+        self._device_thread = ThreadPoolExecutor(self.device_slots, thread_name_prefix="recond-device")
         self._hosts: HostPool | None = None
         self._torch_threads: int | None = None  # the daemon's count before start(), put back by close()
 
+    @property
+    def pipeline(self) -> WarmPipeline | None:
+        """The first warm pipeline (the only one unless ``devices`` names several)."""
+        return self.pipelines[0] if self.pipelines else None
+
     def start(self) -> DeviceFacts:
-        pipeline = self.pipeline = self.pipeline_factory(self.model_settings)
-        if pipeline.device == "cpu":
+        self.pipelines = build_device_pipelines(self.model_settings, self.pipeline_factory)
+        for slot in range(len(self.pipelines)):
+            self._free_devices.put(slot)
+        on_cpu = sum(1 for pipeline in self.pipelines if pipeline.device == "cpu")
+        if on_cpu:
             import torch
 
             self._torch_threads = torch.get_num_threads()  # put back by close()
-            tune_torch(cpu_threads(beside=self.host_workers))  # the host processes take a core each
-        self._hosts = HostPool(self.host_workers, pipeline.host_part, self.on_progress, HOST_THREADS)
-        return DeviceFacts(pipeline.model_id, pipeline.device, pipeline.background_method,
-                           str(pipeline.dtype))
+            # The host processes take a core each, and several models on the CPU share what is left.
+            tune_torch(max(1, cpu_threads(beside=self.host_workers) // on_cpu))
+        first = self.pipelines[0]
+        self._hosts = HostPool(self.host_workers, first.host_part, self.on_progress, HOST_THREADS)
+        return DeviceFacts(first.model_id, ", ".join(pipeline.device for pipeline in self.pipelines),
+                           first.background_method, str(first.dtype))
 
     def submit_device(self, task: DeviceTask) -> Future[DeviceOutput]:
         return self._device_thread.submit(self._device_part, task)
@@ -65,7 +79,7 @@ class LocalExecutor:
         if self._hosts is not None:
             self._hosts.close()
         self._device_thread.shutdown(wait=True, cancel_futures=True)
-        self.pipeline = None
+        self.pipelines = []
         if self._torch_threads is not None:  # the next executor (a SIGHUP to host_workers = 0)
             import torch                     # gets the daemon's threads back (issue 27)
 
@@ -73,15 +87,20 @@ class LocalExecutor:
             self._torch_threads = None
 
     def workers(self) -> list[WorkerInfo]:
-        device = self.pipeline.device if self.pipeline else self.model_settings.device
-        job = self._device_job
-        own = WorkerInfo("device", "device", socket.gethostname(), device, job is not None, job, os.getpid())
-        return [own, *(self._hosts.workers() if self._hosts else [])]
+        devices = ([pipeline.device for pipeline in self.pipelines]
+                   or list(self.model_settings.devices) or [self.model_settings.device])
+        jobs = dict(self._device_jobs)
+        own = [WorkerInfo(device_worker_name(slot, len(devices)), "device", socket.gethostname(), device,
+                          slot in jobs, jobs.get(slot), os.getpid()) for slot, device in enumerate(devices)]
+        return [*own, *(self._hosts.workers() if self._hosts else [])]
 
     def _device_part(self, task: DeviceTask) -> DeviceOutput:
-        assert self.pipeline is not None, "parts run only once start() loaded the model"
-        self._device_job = task.job_id
+        assert self.pipelines, "parts run only once start() loaded the model"
+        # The worker keeps at most device_slots parts here, so a device is always free.
+        slot = self._free_devices.get(timeout=STOP_WAIT_SECONDS)
+        self._device_jobs[slot] = task.job_id
         try:
-            return device_part(self.pipeline, task, self.reports)
+            return device_part(self.pipelines[slot], task, self.reports)
         finally:
-            self._device_job = None
+            del self._device_jobs[slot]
+            self._free_devices.put(slot)

@@ -201,7 +201,8 @@ class DeviceWorker:
         self.board_name = board_name
         self.load_error: Exception | None = None
         try:
-            self.pipeline = build_pipeline(settings)
+            # devices is the local executor's; Ray gives each actor its GPU as `device` sees it.
+            self.pipeline = build_pipeline(settings.on_device(settings.device))
         except Exception as error:  # kept, so facts() raises it as itself (loading_fix reads it)
             self.load_error = error
 

@@ -94,7 +94,7 @@ def run_host_part(handoff: DeviceOutput, job: JobSettings, result_dir: Path,
 
     with tracker.stage("render") as clock:
         frames = render_turntable(oriented, settings.render_views, settings.render_size,
-                                  device=HOST_DEVICE, progress=clock)
+                                  device=HOST_DEVICE, progress=clock, closed=mesh_facts.is_volume)
         write_turntable(frames, result_dir, settings.video_fps, clock, settings.video_seconds)
 
     with tracker.stage("viewer"):

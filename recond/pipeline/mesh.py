@@ -9,9 +9,9 @@ blobs shrink the turntable's framing. So the stage drops pieces that are small n
 main object, then simplifies to ``target_faces`` keeping the surface's topology (a closed
 marching-cubes surface stays a printable solid, issue 15: recond.pipeline.topology) where the
 surface's handles and bodies leave room for that, and degrades where they do not (a noisy
-field: recond.pipeline.budget, issue 22), and only then colours the vertices, since the texture
-carries the detail. It records what it published: solid or not, bodies, the simplification's
-error, and what it did to a noisy surface.
+field: recond.pipeline.budget, issue 22), and only then colours the vertices (when no texture
+is baked: the texture carries the colour). It records what it published: solid or not,
+bodies, and what it did to a noisy surface.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import trimesh
 from recond.config import JobSettings
 from recond.errors import InputError
 from recond.pipeline.budget import Budgeting, coarser_for_noise, drop_floaters, grid_within_faces, to_budget
-from recond.pipeline.topology import hausdorff_to_diagonal, solid_facts
+from recond.pipeline.topology import solid_facts
 from recond.triposr.isosurface import marching_cubes, unit_to_box
 
 NOT_A_SOLID = ("the surface is not a closed solid (it has holes or edges shared by more than two "
@@ -45,7 +45,9 @@ class MeshFacts:
     watertight: bool
     is_volume: bool
     bodies: int  # one per kept piece, when the surface is closed
-    hausdorff: float  # the simplification's shape error, a fraction of the bounding-box diagonal
+    # The simplification's shape error (topology.hausdorff_to_diagonal) is not measured per job:
+    # 0.7 of ~6 CPU-s of the host part to report one number (issue 23). tests/test_result_files.py
+    # holds bench_chair to its bound, benchmarks/bench_simplify.py prints it.
     # How it reached the face budget (recond.pipeline.budget, issue 22): the grid meshed, the
     # handles counted before simplifying, whether topology was kept, and what was done instead
     # when the surface was noisy.
@@ -92,13 +94,12 @@ def build_mesh(density_grid: torch.Tensor, color_at: Callable[[np.ndarray], np.n
     simple = to_budget(kept.mesh, settings.target_faces, kept.pieces - kept.pieces_dropped,
                        settings.floater_fraction, budgeting)
     report(0.8)
-    hausdorff = 0.0 if simple is kept.mesh else hausdorff_to_diagonal(kept.mesh, simple)
+    colored = simple if settings.bake_texture else with_vertex_colors(simple, color_at)  # baked: unused
     report(0.9)
-    colored = with_vertex_colors(simple, color_at)
     solid = solid_facts(simple)
     handles = budgeting.roughness.handles if budgeting.roughness else 0
     facts = MeshFacts(kept.marching_cubes_faces, kept.pieces, kept.pieces_dropped, len(kept.mesh.faces),
-                      len(colored.faces), solid.watertight, solid.is_volume, solid.bodies, round(hausdorff, 6),
+                      len(colored.faces), solid.watertight, solid.is_volume, solid.bodies,
                       budgeting.grid_resolution, handles, budgeting.topology_kept,
                       tuple(budgeting.steps), budgeting.warning())
     return colored, facts

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from recond.config import looks_like_path
 from recond.errors import ModelLoadError
 
 # Upstream's folder: config.yaml + model.ckpt (a plain state dict), plus our optional ViT config.
@@ -36,6 +35,10 @@ class ModelFiles:
 
 def is_hub_id(source: str) -> bool:
     """``owner/name`` rather than a folder path (which recond never downloads into)."""
+    # Here, not at the top: the model package builds and runs without pydantic (the settings'
+    # library) when nothing is loaded by name, as on a bare GPU box (benchmarks/bench_gpu.py).
+    from recond.config import looks_like_path
+
     return not Path(source).expanduser().exists() and not looks_like_path(source)
 
 

@@ -17,10 +17,9 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 
-import mcubes
 import numpy as np
 import torch
-from scipy import ndimage
+import torch.nn.functional as F
 
 DensityAt = Callable[[torch.Tensor], torch.Tensor]  # points [N, 3] -> density_act [N]
 Report = Callable[[float], None]
@@ -86,7 +85,7 @@ def refined_density_grid(density_at: DensityAt, resolution: int, radius: float, 
     inside = coarse > level
     near = np.abs(np.log(np.maximum(coarse, 1e-30)) - math.log(level)) < REFINE_LOG_MARGIN
     blocks = _corner_any(inside) & ~_corner_all(inside) | _corner_any(near)
-    blocks = ndimage.binary_dilation(blocks, structure=np.ones((3, 3, 3), dtype=bool))
+    blocks = _grown_by_one(blocks)
     _fill_unevaluated(values, known, coarse)
 
     fine_report = lambda f: report(COARSE_SHARE + (1 - COARSE_SHARE) * f)  # noqa: E731
@@ -181,9 +180,38 @@ def _cell_corners(cells: np.ndarray) -> np.ndarray:
     return points
 
 
+def _grown_by_one(blocks: np.ndarray) -> np.ndarray:
+    """Blocks and their 26 neighbours (a 3x3x3 binary dilation), in torch rather than scipy:
+    the density grid is the device part's, and that needs only torch, numpy, pillow and
+    pyyaml (benchmarks/bench_gpu.py runs on a GPU box with nothing else, issue 23)."""
+    grid = torch.from_numpy(blocks.astype(np.float32))[None, None]
+    return F.max_pool3d(grid, kernel_size=3, stride=1, padding=1)[0, 0].numpy() > 0
+
+
 def marching_cubes(density_grid: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """Level set density == threshold -> unit-cube vertices [V, 3] float32 and faces [F, 3] int64."""
-    level = (density_grid - np.float32(threshold)).astype(np.float32)
-    vertices, faces = mcubes.marching_cubes(level, 0.0)
-    unit = vertices.astype(np.float32) / np.float32(density_grid.shape[0] - 1.0)
-    return unit, faces.astype(np.int64)
+    """Level set density == threshold -> unit-cube vertices [V, 3] float32 and faces [F, 3] int64.
+
+    Only the box around the points above the level (and one plane beyond) is meshed: every cell
+    the surface passes through lies in it, so the surface is the whole grid's, in the same order,
+    for a tenth of the cells on a 256^3 grid (~0.5 CPU-s of the host part, issue 23)."""
+    import mcubes  # the host part's (the mesh stage); the model's own work needs no PyMCubes
+
+    low, high = _box_above(density_grid, threshold)
+    box = density_grid[low[0]:high[0], low[1]:high[1], low[2]:high[2]]
+    vertices, faces = mcubes.marching_cubes((box - np.float32(threshold)).astype(np.float32), 0.0)
+    unit = (vertices + np.asarray(low, dtype=vertices.dtype)).astype(np.float32)
+    return unit / np.float32(density_grid.shape[0] - 1.0), faces.astype(np.int64)
+
+
+def _box_above(grid: np.ndarray, level: float) -> tuple[list[int], list[int]]:
+    """Index bounds (low inclusive, high exclusive) of the points above ``level``, grown by one
+    point on each side within the grid; an empty box when none is."""
+    above = grid > np.float32(level)
+    low, high = [], []
+    for axis in range(3):
+        present = np.flatnonzero(above.any(axis=tuple(other for other in range(3) if other != axis)))
+        if len(present) == 0:
+            return [0, 0, 0], [0, 0, 0]
+        low.append(max(int(present[0]) - 1, 0))
+        high.append(min(int(present[-1]) + 2, grid.shape[axis]))
+    return low, high

@@ -78,9 +78,9 @@ def test_an_open_surface_is_reported_as_no_solid() -> None:
     facts = solid_facts(simplify(cup, 500))
     assert not facts.watertight and not facts.is_volume
     record = MeshFacts(len(cup.faces), 1, 0, len(cup.faces), 500, facts.watertight, facts.is_volume,
-                       facts.bodies, 0.001)
+                       facts.bodies)
     assert record.warnings() == [NOT_A_SOLID]
-    assert MeshFacts(10, 1, 0, 10, 10, True, True, 1, 0.0).warnings() == []
+    assert MeshFacts(10, 1, 0, 10, 10, True, True, 1).warnings() == []
 
 
 def test_simplification_is_the_same_whatever_pymeshlab_was_last_asked() -> None:
@@ -103,7 +103,8 @@ def test_target_zero_or_above_the_face_count_keeps_every_face() -> None:
 def test_stage_on_the_tiny_model_records_counts_before_and_after(tiny_model_dir: Path) -> None:
     model = TripoSR.from_pretrained(tiny_model_dir)
     scene_code = model.encode([prepare_image(reference_picture())])[0]
-    settings = load_settings(model=str(tiny_model_dir), device="cpu", mc_resolution=48, target_faces=1000)
+    settings = load_settings(model=str(tiny_model_dir), device="cpu", mc_resolution=48, target_faces=1000,
+                             bake_texture=False)
     fractions: list[float] = []
     grid = model.density_grid(scene_code, settings.mc_resolution, level=settings.mc_threshold)
     color_at = color_query(model, scene_code, settings.chunk_size)
@@ -113,9 +114,16 @@ def test_stage_on_the_tiny_model_records_counts_before_and_after(tiny_model_dir:
     assert 900 <= facts.faces == len(mesh.faces) <= 1000
     assert facts.pieces >= 1 + facts.pieces_dropped
     assert mesh.visual.vertex_colors.shape == (len(mesh.vertices), 4)
-    assert facts.as_record()["hausdorff"] == facts.hausdorff > 0
     assert solid_facts(mesh) == SolidFacts(facts.watertight, facts.is_volume, facts.bodies)
     assert fractions == sorted(fractions) and len(fractions) >= 3
+
+    # With a texture to bake, the texture carries the colour: no vertex colours are queried.
+    queried: list[int] = []
+    baked_settings = settings.model_copy(update={"bake_texture": True})
+    bare, bare_facts = build_mesh(grid, lambda points: queried.append(len(points)) or color_at(points),
+                                  model.radius, baked_settings, lambda fraction: None)
+    assert queried == [] and bare.visual.kind is None
+    assert bare_facts == facts and (bare.vertices == mesh.vertices).all() and (bare.faces == mesh.faces).all()
 
 
 # As the daemon runs the pipeline: torch and the simplifier first imported on the worker thread,

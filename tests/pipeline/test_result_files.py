@@ -129,8 +129,7 @@ def test_simplified_surface_stays_within_the_hausdorff_bound(chair_result: JobRe
                                                             unsimplified: trimesh.Trimesh) -> None:
     stl = trimesh.load(chair_result.result_dir / "mesh.stl")
     measured = hausdorff_to_diagonal(unsimplified, stl)
-    assert 0 < measured < HAUSDORFF_BOUND
-    assert chair_result.record["mesh"]["hausdorff"] == pytest.approx(measured, rel=0.01)
+    assert 0 < measured < HAUSDORFF_BOUND  # measured here only: a job no longer pays for it (issue 23)
 
 
 def test_glb_has_no_validator_errors_and_glb_and_obj_a_unit_normal_on_every_vertex(
