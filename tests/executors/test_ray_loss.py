@@ -26,6 +26,21 @@ SECONDS_TO_SEE = 20.0  # the daemon needs 5 s without an answer; polling reconct
 SECONDS_TO_EXIT = 30.0
 
 
+def seen_lost(setup, timeout: float) -> dict:
+    """The first status that says the cluster is lost (the model missing, its detail naming the
+    silence) or that the daemon is down. Ray's core may end the daemon at any moment here, also
+    between two polls: that is one of the outcomes, not a failure of the wait."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status = setup.status()
+        daemon = status["daemon"]
+        if not daemon["running"] or (daemon["model"] == "missing"
+                                     and "has not answered" in (daemon["model_detail"] or "")):
+            return status
+        assert time.monotonic() < deadline, setup.stderr()
+        time.sleep(0.2)
+
+
 def test_raylet_killed_mid_queue_is_seen_and_nothing_is_lost(on_ray, ray_cluster):
     setup = on_ray(**SLOW_DEVICE_PART)
     setup.start()
@@ -40,8 +55,7 @@ def test_raylet_killed_mid_queue_is_seen_and_nothing_is_lost(on_ray, ray_cluster
     # Two outcomes, both measured here: recond sees the cluster silent, says so and waits for
     # it; or Ray's core, which runs inside the daemon, ends the process first when it loses its
     # raylet (exit status 1, for systemd to restart; `reconctl status` then says "down").
-    status = setup.wait(lambda status: "has not answered" in (status["daemon"]["model_detail"] or "")
-                        or not status["daemon"]["running"], timeout=SECONDS_TO_SEE + 60)
+    status = seen_lost(setup, timeout=SECONDS_TO_SEE + 60)
     seen = time.monotonic() - killed
     assert setup.process is not None
     by_recond = status["daemon"]["running"]
