@@ -173,6 +173,7 @@ class Worker:
         self._repeats = Repeats()
         self._stranded: set[int] = set()  # interrupted jobs the store could not put back yet
         self.exit_reason: str | None = None  # why the worker ended the run itself (its cluster is back)
+        self._stuck_in_ray = False  # the lost executor left a call waiting inside Ray
         self.lost_reason: str | None = None  # why the executor's workers are gone, once they are
         self.executor_starting: Executor | None = None  # the one being started, until it runs or fails
         self._workers_shown: list[dict[str, Any]] | None = None
@@ -261,11 +262,11 @@ class Worker:
             if self.executor is None:
                 self._wake.wait(max(0.0, self._next_load - time.monotonic()))
             return
-        self._advance_finished()
-        self._show_workers()
-        if self.executor.lost is not None:
+        if self.executor.lost is not None:  # first: nothing below may wait on a cluster that is gone
             self._executor_lost(self.executor.lost)
             return
+        self._advance_finished()
+        self._show_workers()
         if self._rebuild:
             if not self.in_flight:
                 self._close_executor()
@@ -364,19 +365,23 @@ class Worker:
         ended as cancelled, so their jobs are back in the queue without an attempt counted.
         The worker then waits for the cluster (``_wait_for_return``) and ends the run once it
         answers, for the daemon to start afresh: asking Ray to join again inside this process
-        aborted it in Ray's C++ code (issue 27)."""
-        self._advance_finished()
-        for flight in list(self.in_flight.values()):  # a part Ray never settled
-            self._drop(flight, requeue=True)
-        executor, self.executor = self.executor, None
-        if executor is not None:
-            executor.close()  # without a word to Ray: it is lost
-        self.lost_reason = reason
-        self._next_load = time.monotonic() + LOST_CHECK_SECONDS
+        aborted it in Ray's C++ code (issue 27). Status says so first, before anything here
+        talks to what is left of the executor."""
         self.store.daemon_update(model_status="missing", workers=[], model_detail=(
             f"{reason}; the jobs wait queued, and recond starts afresh once the cluster answers "
             "again (docs/ray.md)"))
         self._workers_shown = []
+        self._advance_finished()
+        for flight in list(self.in_flight.values()):  # a part Ray never settled
+            self._drop(flight, requeue=True)
+        executor, self.executor = self.executor, None
+        # Only the Ray executor can be lost; a call it left waiting inside Ray means starting
+        # afresh before the cluster returns (RayExecutor.calls_left_in_ray).
+        self._stuck_in_ray = bool(getattr(executor, "calls_left_in_ray", False))
+        if executor is not None:
+            executor.close()  # without a word to Ray: it is lost
+        self.lost_reason = reason
+        self._next_load = time.monotonic() + LOST_CHECK_SECONDS
         log.error("executor lost; the jobs in flight are back in the queue", reason=reason,
                   queued=self.store.counts()["queued"])
 
@@ -387,6 +392,11 @@ class Worker:
 
         if time.monotonic() < self._next_load:
             self._wake.wait(max(0.0, self._next_load - time.monotonic()))
+            return
+        if self._stuck_in_ray:
+            self.exit_reason = (f"a call into the lost Ray cluster at {self.settings.ray_address} never "
+                                f"returned; starting afresh before the cluster is back, after: {reason}")
+            self._stopping.set()
             return
         try:
             ask(self.settings.ray_address, self.settings.ray_connect_seconds, self._stopping)

@@ -286,6 +286,7 @@ class RayExecutor:
         self.on_status = on_status
         self.open_warning: str | None = None  # the cluster is open to others (joined anyway)
         self.lost: str | None = None  # why the cluster is gone, once it is
+        self._counting: threading.Thread | None = None  # the latest count of the cluster's CPUs
         self._connect_stop = threading.Event()  # set by cancel(): a connect in progress ends now
         self.model_settings = part_of(settings, ModelSettings)
         self.on_progress = on_progress
@@ -551,10 +552,30 @@ class RayExecutor:
                     self._parts[job_id].node = node
 
     def _count_cluster(self, force: bool = False) -> None:
-        """Host parts at once: the cluster's CPUs less one per CPU actor (at least one)."""
-        if not force and time.monotonic() - self._cluster_checked < CLUSTER_CHECK_SECONDS:
+        """Host parts at once: the cluster's CPUs less one per CPU actor (at least one).
+
+        Counted on a thread of its own, except when ``force``d right after joining: Ray's
+        cluster_resources asks the GCS and waits without a bound when the cluster has just gone
+        (a raylet killed), and the worker, which reads ``capacity`` at every step, must stay free
+        to see ``lost`` and say so."""
+        if not force and (time.monotonic() - self._cluster_checked < CLUSTER_CHECK_SECONDS
+                          or self.lost is not None):
             return
         self._cluster_checked = time.monotonic()
+        if force:
+            self._read_cluster_size()
+            return
+        self._counting = threading.Thread(target=self._read_cluster_size, name="recond-ray-count", daemon=True)
+        self._counting.start()
+
+    @property
+    def calls_left_in_ray(self) -> bool:
+        """A count of the cluster still waits inside Ray: once a new cluster answers, that call
+        aborts the process in Ray's C++ code (WrongClusterID), so the daemon must start afresh
+        before the cluster is back (the worker's ``_wait_for_return``)."""
+        return self._counting is not None and self._counting.is_alive()
+
+    def _read_cluster_size(self) -> None:
         try:
             cpus = int(ray.cluster_resources().get("CPU", 1))
         except Exception as error:  # the head is away for a moment: keep the last count
