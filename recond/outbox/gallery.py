@@ -47,6 +47,7 @@ class Entry:
     faces: int | None
     thumbnail: bool
     error: str | None
+    preset: str | None = None  # the preset it was made with (issue 25)
 
 
 def entries(store: Store, outbox: Path, limit: int, offset: int = 0) -> list[Entry]:
@@ -83,10 +84,11 @@ def _entry(job: Job, outbox: Path) -> Entry:
     seconds = (job.finished_at - job.started_at
                if job.finished_at and job.started_at else None)
     if job.state != DONE or not job.result_name:
-        return Entry(job.id, None, job.source, job.finished_at, seconds, None, False, job.error)
+        return Entry(job.id, None, job.source, job.finished_at, seconds, None, False, job.error,
+                     job.preset)
     result_dir = outbox / job.result_name
     return Entry(job.id, job.result_name, job.source, job.finished_at, seconds, _faces(result_dir),
-                 (result_dir / THUMBNAIL_NAME).is_file(), job.error)
+                 (result_dir / THUMBNAIL_NAME).is_file(), job.error, job.preset)
 
 
 def _faces(result_dir: Path) -> int | None:
@@ -123,6 +125,8 @@ def _card(card: Entry, results_href: str, viewer_file: str) -> str:
                 '</span></div></li>')
     folder = f"{results_href}{quote(card.folder)}/"
     facts = [when]
+    if card.preset:
+        facts.append(f"preset {card.preset}")
     if card.faces is not None:
         facts.append(f"{card.faces:,} faces")
     if card.seconds is not None:
