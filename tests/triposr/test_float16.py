@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from helpers.fidelity import MIN_OCCUPANCY_IOU, chair_occupancy
 from recond.config import JobSettings, ModelSettings
 from recond.inbox.dropped import read_source
 from recond.pipeline.runner import Pipeline
@@ -23,9 +23,6 @@ from recond.triposr.model import TripoSR
 from recond.triposr.preprocess import prepare_image
 from recond.triposr.tiny import reference_picture
 
-LEVEL = JobSettings().mc_threshold
-FIDELITY_RESOLUTION = 128
-MIN_OCCUPANCY_IOU = 0.98  # measured 0.9994 on bench_chair + chair.png (torch 2.13, CPU)
 # The encoder's compute (ViT, transformer, upsampler). The picture's resize before it
 # (_upsample_bilinear2d_aa in model_input) and the learned queries' cast stay float32 by design.
 COMPUTE_OPS = {"linear", "scaled_dot_product_attention", "layer_norm", "group_norm", "conv2d",
@@ -47,17 +44,8 @@ class OpDtypes(TorchDispatchMode):
         return out
 
 
-def occupancy(model: TripoSR, picture: Image.Image) -> Any:
-    scene_code = model.encode([prepare_image(picture)])[0]
-    return model.density_grid(scene_code, FIDELITY_RESOLUTION, level=LEVEL).numpy() > LEVEL
-
-
 def test_float16_occupancy_agrees_with_float32_on_bench_chair(shared_dir: Path) -> None:
-    folder = shared_dir / "reference" / "bench_chair"
-    with Image.open(shared_dir / "examples" / "chair.png") as picture:
-        exact = occupancy(TripoSR.from_pretrained(folder), picture)
-        half = occupancy(TripoSR.from_pretrained(folder, dtype=torch.float16), picture)
-    iou = (exact & half).sum() / (exact | half).sum()
+    exact, iou = chair_occupancy(shared_dir, torch.float16)
     assert exact.sum() > 0.005 * exact.size  # a chair (1.3% of the box), not an empty one
     assert iou >= MIN_OCCUPANCY_IOU, f"float16 occupancy IoU {iou:.4f} against float32"
 

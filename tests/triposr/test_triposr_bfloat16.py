@@ -5,34 +5,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from recond.config import JobSettings
+from helpers.fidelity import MIN_OCCUPANCY_IOU, chair_occupancy
 from recond.triposr import loader
 from recond.triposr.model import ENCODER_PARTS, TripoSR
 from recond.triposr.preprocess import prepare_image
 from recond.triposr.tiny import reference_picture
 
-LEVEL = JobSettings().mc_threshold
-FIDELITY_RESOLUTION = 128
-MIN_OCCUPANCY_IOU = 0.98  # measured 0.9955 on bench_chair + chair.png (issue 16)
-
-
-def occupancy(model: TripoSR, picture: Image.Image) -> np.ndarray:
-    """Grid points with density above the surface level, as the mesh stage evaluates them."""
-    scene_code = model.encode([prepare_image(picture)])[0]
-    return model.density_grid(scene_code, FIDELITY_RESOLUTION, level=LEVEL).numpy() > LEVEL
 
 
 def test_bfloat16_occupancy_agrees_with_float32_on_bench_chair(shared_dir: Path) -> None:
-    folder = shared_dir / "reference" / "bench_chair"
-    with Image.open(shared_dir / "examples" / "chair.png") as picture:
-        exact = occupancy(TripoSR.from_pretrained(folder), picture)
-        half = occupancy(TripoSR.from_pretrained(folder, dtype=torch.bfloat16), picture)
-    iou = (exact & half).sum() / (exact | half).sum()
+    exact, iou = chair_occupancy(shared_dir, torch.bfloat16)
     assert exact.sum() > 0.005 * exact.size  # a chair (1.3% of the box), not an empty one
     assert iou >= MIN_OCCUPANCY_IOU, f"bfloat16 occupancy IoU {iou:.4f} against float32"
 
