@@ -11,7 +11,6 @@ import json
 import os
 import queue
 import re
-import shutil
 import subprocess
 import threading
 import time
@@ -22,10 +21,10 @@ import pytest
 import trimesh
 from PIL import Image
 
+from helpers.browser import CHROMIUM
 from recond.pipeline.texture import bake_texture
 from recond.pipeline.viewer import write_viewer
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 WINDOW = (960, 640)
 PANEL_RIGHT_EDGE = 300  # the file/controls card covers the canvas left of this
 BACKGROUND = np.array([236, 239, 243])

@@ -27,6 +27,7 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from helpers.browser import CHROMIUM
 from helpers.web_server import LOCAL, REPO, WebServer, free_port
 from PIL import Image
 
@@ -414,7 +415,6 @@ def test_upload_folder_removed_by_the_daemon_mid_request_is_made_again(tmp_path:
 
 # Attacks from the same machine, against a server with small limits.
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 BROWSER_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run"]
 LIMITS = {"web_header_seconds": 1.0, "web_upload_seconds": 7.0, "web_upload_min_rate": 20_000,

@@ -25,10 +25,10 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from recond.pipeline.progress import STAGE_WORDS, STAGES
+from helpers.browser import CHROMIUM, WEBGL_FLAGS
 from helpers.installation import Installation
 from helpers.web_server import WebServer, free_port
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 BACKGROUND = np.array([236, 239, 243])  # the viewer's clear colour (viewer_assets/viewer.js)
 
 
@@ -193,8 +193,7 @@ def test_upload_page_shows_live_progress_then_result_and_gallery(
 
     installation, web = site
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--use-angle=swiftshader", "--enable-unsafe-swiftshader"])
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=WEBGL_FLAGS)
         try:
             page = browser.new_page(viewport={"width": 960, "height": 640})
             requested: list[str] = []

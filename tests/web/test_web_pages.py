@@ -5,15 +5,14 @@ real `recond-web`, watched in headless Chromium.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 
+from helpers.browser import CHROMIUM
 from helpers.installation import Installation
 from helpers.web_server import WebServer, free_port
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 BROWSER_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run"]
 

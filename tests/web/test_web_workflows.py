@@ -5,17 +5,16 @@ redo form queues the picture again. Also the API: a preset field, an unknown one
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from helpers.browser import CHROMIUM, WEBGL_FLAGS
 from helpers.installation import Installation
 from helpers.web_server import WebServer, free_port
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 PRESETS = "\n[presets.quick]\nrender_views = 2\n\n[presets.print]\ntarget_faces = 0\n"
 
 
@@ -46,8 +45,7 @@ def test_choose_a_preset_upload_and_the_result_says_its_preset_then_redo(site) -
 
     installation, web = site
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--use-angle=swiftshader", "--enable-unsafe-swiftshader"])
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=WEBGL_FLAGS)
         try:
             page = browser.new_page(viewport={"width": 960, "height": 640})
             page.goto(f"{web.url}/")
