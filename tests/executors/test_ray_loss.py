@@ -32,7 +32,7 @@ def seen_lost(setup, timeout: float) -> dict:
     between two polls: that is one of the outcomes, not a failure of the wait."""
     deadline = time.monotonic() + timeout
     while True:
-        status = setup.status()
+        status = setup.report()
         daemon = status["daemon"]
         if not daemon["running"] or (daemon["model"] == "missing"
                                      and "has not answered" in (daemon["model_detail"] or "")):

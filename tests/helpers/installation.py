@@ -16,6 +16,8 @@ from typing import Any
 
 
 from helpers.paths import REPO
+from recond.config import load_settings
+from recond.status import status_report
 
 
 class Installation:
@@ -52,14 +54,22 @@ class Installation:
                                *arguments], cwd=REPO, capture_output=True, text=True, timeout=120)
 
     def status(self) -> dict[str, Any]:
+        """What `reconctl status --json` prints, from a real reconctl run."""
         result = self.reconctl("status", "--json")
         assert result.returncode == 0, result.stderr
         return json.loads(result.stdout)
 
+    def report(self) -> dict[str, Any]:
+        """The same report, made in this process by the function `reconctl status --json` prints
+        (recond.status.status_report): for polling. A reconctl run per poll is a Python start and
+        its imports, about 0.6 CPU-s; the waits of the daemon tests spent minutes of the suite's
+        CPU on them. A test about the command itself calls ``status``."""
+        return json.loads(json.dumps(status_report(load_settings(self.config))))
+
     def wait(self, condition: Callable[[dict[str, Any]], Any], timeout: float = 90) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            status = self.status()
+            status = self.report()
             if condition(status):
                 return status
             assert self.process is None or self.process.poll() is None, self.stderr()

@@ -68,7 +68,7 @@ def post_picture(web: WebServer, path: Path) -> dict:
 
 
 def store_counts(installation: Installation) -> dict[str, int]:
-    return installation.status()["counts"]
+    return installation.report()["counts"]
 
 
 def test_api_upload_followed_over_sse_to_done(site: tuple[Installation, WebServer]) -> None:
