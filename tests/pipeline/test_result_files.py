@@ -76,10 +76,21 @@ def run_chair(pipeline: Pipeline, picture: Path, outbox: Path, **job: object) ->
     return result
 
 
-@pytest.fixture(scope="module", params=[True, False], ids=["textured", "vertex-coloured"])
-def chair_result(request, chair_pipeline: Pipeline, chair: tuple[Path, Path],
-                 tmp_path_factory: pytest.TempPathFactory) -> JobResult:
-    return run_chair(chair_pipeline, chair[1], tmp_path_factory.mktemp("outbox"), bake_texture=request.param)
+@pytest.fixture(scope="module")
+def chair_results() -> dict[bool, JobResult]:
+    """The module's two results, each made once when a test first asks for it: a module-scoped
+    parametrized fixture is torn down and made again when pytest-xdist runs its tests out of
+    pytest's param order (it did: four chair jobs instead of two)."""
+    return {}
+
+
+@pytest.fixture(params=[True, False], ids=["textured", "vertex-coloured"])
+def chair_result(request, chair_results: dict[bool, JobResult], chair_pipeline: Pipeline,
+                 chair: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> JobResult:
+    if request.param not in chair_results:
+        chair_results[request.param] = run_chair(chair_pipeline, chair[1], tmp_path_factory.mktemp("outbox"),
+                                                 bake_texture=request.param)
+    return chair_results[request.param]
 
 
 def glb_primitive(path: Path) -> dict[str, np.ndarray]:
