@@ -69,15 +69,13 @@ def main() -> None:
     from recond.pipeline.runner import Pipeline
     from recond.pipeline.tuning import host_threads
     from recond.pipeline.warm import load_main_thread_libraries
+    from recond.workflows.redo import parse_assignments
 
     load_main_thread_libraries()
     print(f"machine: {platform.machine()}, {len(os.sched_getaffinity(0))} cpus, "
           f"load average {os.getloadavg()[0]:.1f}")
     print(f"command: {' '.join(sys.argv)}")
-    extra = dict(QUICK if args.quick else {})
-    for assignment in args.set:
-        key, _, value = assignment.partition("=")
-        extra[key] = value
+    extra = {**(QUICK if args.quick else {}), **parse_assignments(args.set)}
     with tempfile.TemporaryDirectory() as scratch:
         settings = load_settings(device="cpu", model=str(BENCH_CHAIR), rembg_home=Path(scratch) / "no-rembg",
                                  **extra)
