@@ -84,10 +84,13 @@ def test_sigterm_puts_jobs_on_ray_back_in_the_queue_and_a_restart_finishes_them(
 
 def test_six_pictures_through_ray_client_give_six_results_once_each_and_status_names_the_actor(
         on_ray, ray_cluster):
-    setup = on_ray(ray_address=ray_cluster.client_address)  # ray://: no shared sockets, as off the cluster
+    # ray://: no shared sockets, as off the cluster. Each Ray Client connection (the probe's, then
+    # the join) starts a server process on the head; on a busy 2-core CI machine the join once
+    # took over the default 60 s, so the limit here matches the head's 120 s channel timeout.
+    setup = on_ray(ray_address=ray_cluster.client_address, ray_connect_seconds=150)
     setup.start()
     dropped = drop(setup, SIX_PICTURES)
-    status = setup.wait(all_done(6), timeout=150)
+    status = setup.wait(all_done(6), timeout=300)
     assert_each_published_once(setup, dropped)
     assert status["counts"]["failed"] == 0
     devices = [worker for worker in status["daemon"]["workers"] if worker["kind"] == "device"]
