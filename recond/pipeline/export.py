@@ -10,7 +10,9 @@ closed solid (issue 15) and not the seam-split copy the textured files need.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
+from typing import IO, Any
 
 import numpy as np
 import trimesh
@@ -42,18 +44,45 @@ def texture_image(mesh: trimesh.Trimesh):
     return getattr(material, "image", None) or getattr(material, "baseColorTexture", None)
 
 
+class EncodedPng:
+    """A texture that trimesh's OBJ and GLB writers save as PNG bytes made once.
+
+    Both writers call ``image.save(file, format=...)``; a 1024 texture takes ~0.3 CPU-s to
+    encode, so encoding it once instead of twice is a tenth of the export stage (issue 23).
+    Everything else (size, mode, the array a material hashes) is the image's own.
+    """
+
+    format = "PNG"
+
+    def __init__(self, image: Any) -> None:
+        self.image = image
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        self.data = buffer.getvalue()
+
+    def save(self, fp: IO[bytes], format: str | None = None, **options: Any) -> None:  # noqa: A002 - PIL's name
+        if (format or "png").lower() != "png" or options:
+            self.image.save(fp, format=format, **options)
+        else:
+            fp.write(self.data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.image, name)
+
+
 def export_meshes(mesh: trimesh.Trimesh, result_dir: Path) -> list[str]:
     """Write mesh.obj (+ mesh.mtl + mesh_texture.png when textured), mesh.stl, mesh.glb."""
     result_dir = Path(result_dir)
-    written = _write_obj(mesh, result_dir)
+    image = texture_image(mesh)
+    encoded = None if image is None else EncodedPng(image)
+    written = _write_obj(mesh, result_dir, encoded)
     # The seams the OBJ and GLB need are welded shut again: the STL is the mesh stage's solid.
     (result_dir / STL_NAME).write_bytes(welded(mesh).export(file_type="stl"))
-    (result_dir / GLB_NAME).write_bytes(_glb_ready(mesh).export(file_type="glb"))
+    (result_dir / GLB_NAME).write_bytes(_glb_ready(mesh, encoded).export(file_type="glb"))
     return [*written, STL_NAME, GLB_NAME]
 
 
-def _write_obj(mesh: trimesh.Trimesh, result_dir: Path) -> list[str]:
-    image = texture_image(mesh)
+def _write_obj(mesh: trimesh.Trimesh, result_dir: Path, image: EncodedPng | None) -> list[str]:
     if image is None:
         text = export_obj(mesh, include_normals=True, include_color=True, include_texture=False)
         (result_dir / OBJ_NAME).write_text(text, encoding="utf-8")
@@ -72,9 +101,8 @@ def _write_obj(mesh: trimesh.Trimesh, result_dir: Path) -> list[str]:
     return [OBJ_NAME, *sorted(extra_files)]
 
 
-def _glb_ready(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
+def _glb_ready(mesh: trimesh.Trimesh, image: EncodedPng | None) -> trimesh.Trimesh:
     """A textured mesh with a plain PBR material (not metallic, fully rough), as a scan looks."""
-    image = texture_image(mesh)
     if image is None:
         return mesh
     material = PBRMaterial(baseColorTexture=image, metallicFactor=0.0, roughnessFactor=1.0,
