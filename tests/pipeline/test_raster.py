@@ -90,3 +90,22 @@ def test_margin_grows_coverage_but_inside_pixels_keep_their_own_triangle():
     x = interpolate(grown, faces, vertices[:, :1])[..., 0]
     assert x[5, 14] <= 14.0 + 1e-4 and x[5, 16] >= 17.0 - 1e-4
     assert torch.all(grown.bary[grown.covered] >= 0)
+
+
+def test_the_compiled_cpu_path_answers_exactly_as_the_batched_torch_one():
+    """recond.pipeline.raster_cpu must decide every pixel as the batched path does (same face,
+    barycentrics and depth, bit for bit), with and without the bake's margin."""
+    from recond.pipeline import raster, raster_cpu
+
+    assert raster_cpu.worth_it(raster_cpu.COMPILE_FROM_TRIANGLES), "numba is a dependency: it must compile here"
+    generator = torch.Generator().manual_seed(7)
+    for margin in (0.0, 1.5):
+        for count in (40, 3000):
+            corners = torch.rand(count * 3, 3, generator=generator) * torch.tensor([70.0, 70.0, 1.0]) - 3.0
+            triangles = corners.reshape(count, 3, 3)
+            batched = raster.rasterize_batched(triangles, 64, 64, margin)
+            face_id, bary, depth = raster_cpu.rasterize_cpu(triangles, 64, 64, margin)
+            assert batched.covered.any()
+            assert torch.equal(face_id, batched.face_id)
+            assert torch.equal(bary, batched.bary)
+            assert torch.equal(depth, batched.depth)
