@@ -102,6 +102,9 @@ class Pipeline:
             grid = self.model.density_grid(scene_code, settings.mc_resolution, settings.chunk_size,
                                            level=settings.mc_threshold, progress=progress)
             density = DensityBox.around_surface(grid.numpy(), settings.mc_threshold)
+            if grid.shape[0] != settings.mc_resolution:  # isosurface.MAX_REFINED_SHARE
+                warnings.append(f"the density field is noisy (its surface would fill more than a quarter of the "
+                                f"{settings.mc_resolution}^3 grid), so it was sampled on a {grid.shape[0]}^3 grid")
 
         return DeviceOutput(
             source_name=source.name, source_folder=source.folder, source_bytes=source.data,

@@ -10,6 +10,13 @@ region until no surface crosses its border. Its marching-cubes surface therefore
 full grid's vertices in every evaluated cell; what it can miss is a piece of surface lying
 wholly between coarse samples that are all far from the level (a speck smaller than a block,
 which the mesh stage would drop as a floater anyway). tests/triposr/test_density_grid.py checks both.
+
+An object's surface is thin: the blocks it passes through are a few per cent of the grid
+(bench_chair at 256^3: 6 % of the points evaluated in all). A noisy field's "surface" fills the
+box, and refining it would evaluate every point, which on a CPU and the full-size decoder is
+upstream's ~12 minutes (issue 22). So when the blocks to refine pass MAX_REFINED_SHARE of the
+grid (and MIN_REFINED_POINTS), the field is sampled on a grid REFINE_STRIDE times coarser instead, and the caller sees the
+smaller grid (recond.pipeline.runner warns; the mesh stage meshes what it is given).
 """
 
 from __future__ import annotations
@@ -33,6 +40,12 @@ REFINE_LOG_MARGIN = 2.0
 # Share of the refined grid's progress given to the coarse pass (1/64 of the points, but
 # the fine pass usually evaluates only a few times as many).
 COARSE_SHARE = 0.1
+# Past this share of the grid's blocks to refine, the field is taken for noise (see the module doc):
+# bench_chair's surface needs 5 % at 256^3, a random-weight full-size field 100 %.
+MAX_REFINED_SHARE = 0.25
+# ... and past this many points: a small grid's blocks are coarse next to its surface (a clean tiny
+# field at 48^3 needs most of them), and a 64^3 grid costs little whatever its field.
+MIN_REFINED_POINTS = 64 ** 3
 
 
 def grid_axis(resolution: int, radius: float) -> torch.Tensor:
@@ -68,8 +81,11 @@ def full_density_grid(density_at: DensityAt, resolution: int, radius: float, chu
 
 
 def refined_density_grid(density_at: DensityAt, resolution: int, radius: float, level: float,
-                         chunk_size: int, progress: Report | None = None) -> torch.Tensor:
-    """The grid, exact wherever the surface density_act == level can pass (see the module doc)."""
+                         chunk_size: int, progress: Report | None = None,
+                         max_refined_share: float | None = MAX_REFINED_SHARE) -> torch.Tensor:
+    """The grid, exact wherever the surface density_act == level can pass; or, for a field whose
+    surface would need more than ``max_refined_share`` of the grid refined (None: no bound), the
+    whole grid at resolution / REFINE_STRIDE (see the module doc)."""
     report = progress or (lambda fraction: None)
     axis = grid_axis(resolution, radius)
     coarse_index = np.unique(np.r_[np.arange(0, resolution - 1, REFINE_STRIDE), resolution - 1])
@@ -86,6 +102,8 @@ def refined_density_grid(density_at: DensityAt, resolution: int, radius: float, 
     near = np.abs(np.log(np.maximum(coarse, 1e-30)) - math.log(level)) < REFINE_LOG_MARGIN
     blocks = _corner_any(inside) & ~_corner_all(inside) | _corner_any(near)
     blocks = _grown_by_one(blocks)
+    if _too_much_surface(blocks, resolution, max_refined_share):
+        return _coarser_grid(density_at, resolution, radius, chunk_size, report)
     _fill_unevaluated(values, known, coarse)
 
     fine_report = lambda f: report(COARSE_SHARE + (1 - COARSE_SHARE) * f)  # noqa: E731
@@ -103,8 +121,26 @@ def refined_density_grid(density_at: DensityAt, resolution: int, radius: float, 
         fine_report = lambda f: None  # noqa: E731
         ix, iy, iz = np.nonzero(crossing)
         blocks[ix // REFINE_STRIDE, iy // REFINE_STRIDE, iz // REFINE_STRIDE] = True
+        if _too_much_surface(blocks, resolution, max_refined_share):  # it grew into noise after all
+            return _coarser_grid(density_at, resolution, radius, chunk_size, report)
     report(1.0)
     return torch.from_numpy(values)
+
+
+def _too_much_surface(blocks: np.ndarray, resolution: int, max_refined_share: float | None) -> bool:
+    """Would refining these blocks evaluate more than the bound (see MAX_REFINED_SHARE)?"""
+    if max_refined_share is None:
+        return False
+    points = int(np.count_nonzero(blocks)) * REFINE_STRIDE ** 3
+    return points > max(max_refined_share * resolution ** 3, MIN_REFINED_POINTS)
+
+
+def _coarser_grid(density_at: DensityAt, resolution: int, radius: float, chunk_size: int,
+                  report: Report) -> torch.Tensor:
+    """The whole grid REFINE_STRIDE times coarser, for a field too noisy to refine. Evaluated
+    anew (1/64 of the points): the coarse samples above end unevenly spaced at the last plane."""
+    return full_density_grid(density_at, max(2, math.ceil(resolution / REFINE_STRIDE)), radius, chunk_size,
+                             lambda f: report(COARSE_SHARE + (1 - COARSE_SHARE) * f))
 
 
 def _fill_unevaluated(values: np.ndarray, known: np.ndarray, coarse: np.ndarray) -> None:

@@ -117,12 +117,15 @@ class TripoSR(nn.Module):
 
     def density_grid(self, scene_code: torch.Tensor, resolution: int,
                      chunk_size: int = DEFAULT_CHUNK_SIZE, level: float | None = None,
-                     progress: Callable[[float], None] | None = None) -> torch.Tensor:
+                     progress: Callable[[float], None] | None = None,
+                     max_refined_share: float | None = isosurface.MAX_REFINED_SHARE) -> torch.Tensor:
         """density_act on the R^3 grid spanning the box, indexed [ix, iy, iz], float32 on the CPU.
 
         Without ``level`` every grid point is evaluated (upstream's grid). With it, the grid is
         evaluated coarse to fine: exact wherever the surface density_act == level can pass,
-        elsewhere only on the right side of the level (isosurface.refined_density_grid).
+        elsewhere only on the right side of the level (isosurface.refined_density_grid). A field
+        so noisy that refining it would pass ``max_refined_share`` of the grid (None: no bound)
+        comes back as a coarser grid instead, so a bad picture costs what a good one does.
         """
         with torch.inference_mode():
             code = scene_code.to(self.device)
@@ -133,7 +136,7 @@ class TripoSR(nn.Module):
             if level is None:
                 return isosurface.full_density_grid(density_at, resolution, self.radius, chunk_size, progress)
             return isosurface.refined_density_grid(density_at, resolution, self.radius, level,
-                                                   chunk_size, progress)
+                                                   chunk_size, progress, max_refined_share)
 
     @contextlib.contextmanager
     def _block_progress(self, progress: Callable[[float], None] | None) -> Iterator[None]:

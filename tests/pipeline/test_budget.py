@@ -4,12 +4,18 @@ is degraded by measuring it, with a warning in words, and a hard cap holds whate
 
 from __future__ import annotations
 
+import io
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 import trimesh
 
-from recond.config import JobSettings
+from recond.config import JobSettings, load_settings, part_of
+from recond.pipeline.contract import SourcePicture
+from recond.pipeline.runner import Pipeline
+from recond.triposr.isosurface import REFINE_STRIDE
 from recond.pipeline.budget import (
     BUDGET_SLACK,
     NOISY,
@@ -36,11 +42,30 @@ def GREY(points: np.ndarray) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def noisy_grid(tmp_path_factory: pytest.TempPathFactory) -> tuple[torch.Tensor, float]:
+def noisy_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_noisy_checkpoint(tmp_path_factory.mktemp("noisy"))
+
+
+@pytest.fixture(scope="module")
+def noisy_grid(noisy_model_dir: Path) -> tuple[torch.Tensor, float]:
     """The noisy checkpoint's density grid at 64^3 (~350k faces, ~2,600 handles) and its radius."""
-    model = TripoSR.from_pretrained(build_noisy_checkpoint(tmp_path_factory.mktemp("noisy")))
+    model = TripoSR.from_pretrained(noisy_model_dir)
     scene_code = model.encode([prepare_image(reference_picture())])[0]
     return model.density_grid(scene_code, 64), model.radius
+
+
+def test_the_device_part_samples_a_noisy_field_coarser_and_says_so(noisy_model_dir: Path, tmp_path: Path) -> None:
+    """The work before the mesh stage is bounded too: at 128^3 refining the noise would evaluate
+    every one of the 2.1 M points (the full-size model: minutes on a CPU); a 32^3 grid instead."""
+    settings = load_settings(model=str(noisy_model_dir), device="cpu", rembg_home=tmp_path / "rembg",
+                             mc_resolution=128)
+    picture = io.BytesIO()
+    reference_picture().save(picture, format="PNG")
+    handoff = Pipeline(settings).device_part(SourcePicture("noise.png", picture.getvalue()),
+                                             part_of(settings, JobSettings))
+    assert handoff.density.resolution == 128 // REFINE_STRIDE
+    assert any(warning.startswith("the density field is noisy") and "32^3" in warning
+               for warning in handoff.warnings), handoff.warnings
 
 
 def test_a_noisy_field_reaches_the_budget_with_a_warning(noisy_grid: tuple[torch.Tensor, float]) -> None:

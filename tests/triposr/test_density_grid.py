@@ -88,3 +88,36 @@ def test_grid_reports_progress_while_it_is_computed(tiny: tuple[TripoSR, torch.T
         model.density_grid(scene_code, 40, chunk_size=1024, level=level, progress=fractions.append)
         assert len(fractions) >= 8  # one report per chunk of points
         assert fractions == sorted(fractions) and fractions[-1] == 1.0
+
+
+def white_noise(points: torch.Tensor) -> torch.Tensor:
+    """A field with no surface to speak of: density around LEVEL at random, point by point (a
+    hash of the coordinates, so a point gets the same value however the grid is chunked)."""
+    key = (points * 1000).round().to(torch.int64) @ torch.tensor([73856093, 19349663, 83492791])
+    return LEVEL * torch.exp(((key % 1000).float() / 1000 - 0.5) * 4)
+
+
+def test_a_noise_field_is_sampled_coarser_instead_of_evaluating_every_point() -> None:
+    evaluated = []
+
+    def counted(points: torch.Tensor) -> torch.Tensor:
+        evaluated.append(len(points))
+        return white_noise(points)
+
+    grid = refined_density_grid(counted, 128, 0.87, LEVEL, 4096)
+    assert grid.shape == (32, 32, 32)  # 128 / REFINE_STRIDE
+    assert sum(evaluated) <= 2 * 33 ** 3  # the coarse samples and the coarser grid: no fine pass
+    assert np.array_equal(grid.numpy(), full_density_grid(white_noise, 32, 0.87, 4096).numpy())
+    unbounded = refined_density_grid(white_noise, 128, 0.87, LEVEL, 4096, max_refined_share=None)
+    assert unbounded.shape == (128, 128, 128)
+
+
+def test_a_clean_surface_is_refined_well_within_the_noise_bound() -> None:
+    evaluated = []
+
+    def counted(points: torch.Tensor) -> torch.Tensor:
+        evaluated.append(len(points))
+        return sphere_with_thin_rod(points)
+
+    assert refined_density_grid(counted, 128, 0.87, LEVEL, 4096).shape == (128, 128, 128)
+    assert sum(evaluated) < 0.25 * 128 ** 3  # well within the bound: refined as before
