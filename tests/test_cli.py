@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -297,13 +299,22 @@ def test_logs_prints_the_last_lines_readably_and_follows_new_ones(config: Path) 
 
     follower = subprocess.Popen([sys.executable, "-m", "recond.cli", "--config", str(config), "logs", "-f",
                                  "-n", "0"], stdout=subprocess.PIPE, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+    assert follower.stdout is not None
+    threading.Thread(target=lambda: [lines.put(line) for line in follower.stdout], daemon=True).start()
     try:
-        time.sleep(2.0)  # it has opened the log and reached its end
-        with log.open("a") as appended:
-            appended.write(json.dumps({"event": "recond started", "level": "info",
-                                       "timestamp": "2026-12-07T02:00:00.0Z", "pid": 7}) + "\n")
-        assert follower.stdout is not None
-        assert follower.stdout.readline().strip() == "2026-12-07 02:00:00 info    recond started  pid=7"
+        # A line is appended until the follower shows one: when it reaches the log's end is its
+        # own business (a Python start, seconds on a busy machine), and -n 0 skips what came before.
+        deadline, first = time.monotonic() + 60, None
+        while first is None and time.monotonic() < deadline:
+            with log.open("a") as appended:
+                appended.write(json.dumps({"event": "recond started", "level": "info",
+                                           "timestamp": "2026-12-07T02:00:00.0Z", "pid": 7}) + "\n")
+            try:
+                first = lines.get(timeout=0.5)
+            except queue.Empty:
+                continue
+        assert first is not None and first.strip() == "2026-12-07 02:00:00 info    recond started  pid=7"
     finally:
         follower.terminate()
         follower.wait(10)
