@@ -16,6 +16,7 @@ GREY_BACKGROUND = 0.5
 # memory (a 1x50000 strip would pad to 50000^2 pixels, 10 GB as RGBA). Crops whose square would
 # be larger are shrunk first, by whole-block averaging, so memory stays bounded (issue 11).
 MAX_FRAMED_SIDE = 4096
+COMPOSITE_ROWS = 256  # rows composited over the grey at once (prepare_image)
 
 
 def prepare_image(image: Image.Image, foreground_ratio: float = 0.85) -> np.ndarray:
@@ -24,6 +25,16 @@ def prepare_image(image: Image.Image, foreground_ratio: float = 0.85) -> np.ndar
     Pictures without alpha are taken as fully opaque. Raises ValueError when nothing is visible.
     """
     framed = frame_foreground(_rgba_array(image), foreground_ratio)
+    composited = np.empty(framed.shape[:2] + (3,), dtype=np.float32)
+    # A band of rows at a time: the same float32 operations on each pixel as on the whole, so the
+    # same values, but the temporaries of a 4096^2 frame are a band's, not ~1 GB (issue 11's strip).
+    for start in range(0, framed.shape[0], COMPOSITE_ROWS):
+        rows = slice(start, start + COMPOSITE_ROWS)
+        composited[rows] = _over_grey(framed[rows])
+    return composited
+
+
+def _over_grey(framed: np.ndarray) -> np.ndarray:
     rgba = framed.astype(np.float32) / 255.0
     alpha = rgba[..., 3:4]
     rgb = rgba[..., :3] * alpha + (1 - alpha) * GREY_BACKGROUND
