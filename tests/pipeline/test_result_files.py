@@ -3,8 +3,8 @@ as large as the unsimplified surface, the GLB passes the Khronos validator with 
 every vertex, no file carries unreferenced vertices, and job.json says so.
 
 A real Pipeline runs bench_chair (the official decoder fitted to a chair for examples/chair.png,
-../shared/reference/bench_chair/README.md) on chair.png, once textured and once vertex-coloured,
-with the default mesh and texture settings; only the turntable is smaller, as no file checked
+../shared/reference/bench_chair/README.md) on chair.png: its device part once, its host part once
+textured and once vertex-coloured, with the default mesh and texture settings; only the turntable is smaller, as no file checked
 here depends on it. chair.png carries its own cutout, so background "alpha" is what "auto" picks.
 """
 
@@ -24,11 +24,11 @@ from recond.config import JobSettings, load_settings, part_of
 from recond.inbox.dropped import read_source
 from recond.outbox import publish
 from recond.pipeline.export import orient_y_up
-from recond.pipeline.image import decode_image
+from recond.pipeline.handoff import DeviceOutput
+from recond.pipeline.host import run_host_part
 from recond.pipeline.mesh import NOT_A_SOLID, kept_surface
 from recond.pipeline.runner import JobResult, Pipeline
 from recond.pipeline.topology import hausdorff_to_diagonal
-from recond.triposr.preprocess import prepare_image
 
 # The simplification may move the surface by at most 1% of its bounding-box diagonal;
 # bench_chair at 20,000 faces measures 0.74% (benchmarks/bench_simplify.py).
@@ -54,24 +54,26 @@ def chair_pipeline(chair: tuple[Path, Path]) -> Pipeline:
 
 
 @pytest.fixture(scope="module")
-def unsimplified(chair_pipeline: Pipeline, chair: tuple[Path, Path]) -> trimesh.Trimesh:
-    """The surface the mesh stage simplifies, made again from the picture, turned +Y up like the files."""
+def chair_handoff(chair_pipeline: Pipeline, chair: tuple[Path, Path]) -> DeviceOutput:
+    """The device part of chair.png, once: both results and the unsimplified surface come from
+    the same density grid (two fewer 256^3 grids for the suite to compute)."""
     _, picture = chair
     job = JobSettings()
-    image = decode_image(read_source(picture, job.max_file_bytes).data, picture.name, job.max_image_pixels,
-                         job.max_aspect_ratio)
-    with torch.no_grad():
-        scene_code = chair_pipeline.model.encode([prepare_image(image, job.foreground_ratio)])[0]
-        grid = chair_pipeline.model.density_grid(scene_code, job.mc_resolution, job.chunk_size,
-                                                 level=job.mc_threshold)
-    return orient_y_up(kept_surface(grid, chair_pipeline.model.radius, job).mesh)
+    return chair_pipeline.device_part(read_source(picture, job.max_file_bytes), job)
 
 
-def run_chair(pipeline: Pipeline, picture: Path, outbox: Path, **job: object) -> JobResult:
+@pytest.fixture(scope="module")
+def unsimplified(chair_pipeline: Pipeline, chair_handoff: DeviceOutput) -> trimesh.Trimesh:
+    """The surface the mesh stage simplifies, from the jobs' own grid, turned +Y up like the files."""
+    grid = torch.from_numpy(chair_handoff.density.full_grid())
+    return orient_y_up(kept_surface(grid, chair_pipeline.model.radius, JobSettings()).mesh)
+
+
+def run_chair(handoff: DeviceOutput, outbox: Path, **job: object) -> JobResult:
+    """The host part of the chair's job, published as the worker publishes it."""
     settings = part_of(load_settings(**SMALL_TURNTABLE, **job), JobSettings)
     result, folder = publish.build_result(outbox, "chair", "test",
-                                         lambda staging: pipeline.run(read_source(picture, settings.max_file_bytes),
-                                                                      staging, settings))
+                                         lambda staging: run_host_part(handoff, settings, staging))
     result.result_dir = folder
     return result
 
@@ -85,10 +87,10 @@ def chair_results() -> dict[bool, JobResult]:
 
 
 @pytest.fixture(params=[True, False], ids=["textured", "vertex-coloured"])
-def chair_result(request, chair_results: dict[bool, JobResult], chair_pipeline: Pipeline,
-                 chair: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> JobResult:
+def chair_result(request, chair_results: dict[bool, JobResult], chair_handoff: DeviceOutput,
+                 tmp_path_factory: pytest.TempPathFactory) -> JobResult:
     if request.param not in chair_results:
-        chair_results[request.param] = run_chair(chair_pipeline, chair[1], tmp_path_factory.mktemp("outbox"),
+        chair_results[request.param] = run_chair(chair_handoff, tmp_path_factory.mktemp("outbox"),
                                                  bake_texture=request.param)
     return chair_results[request.param]
 
