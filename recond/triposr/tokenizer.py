@@ -16,9 +16,12 @@ class TriplaneTokenizer(nn.Module):
         super().__init__()
         self.plane_size = config.plane_size
         self.num_channels = config.num_channels
-        self.embeddings = nn.Parameter(
-            torch.randn(3, config.num_channels, config.plane_size, config.plane_size)
-            / config.num_channels ** 0.5)
+        queries = torch.randn(3, config.num_channels, config.plane_size, config.plane_size)
+        if not queries.is_meta:  # built on the meta device to load a checkpoint: no values to scale,
+            # and arithmetic on meta tensors goes through torch._refs, whose first use imports
+            # torch._dynamo (~1.4 CPU-s at every daemon start, each Ray actor's too)
+            queries = queries / config.num_channels ** 0.5
+        self.embeddings = nn.Parameter(queries)
 
     def forward(self, batch_size: int) -> torch.Tensor:
         """The query tokens [B, C, 3 * p * p] for a batch."""
