@@ -131,7 +131,8 @@ def _format_status(report: dict[str, Any]) -> str:
         lines.append(f"stopped: #{stop['job_id']} {stop['source']}: the {stop['stage']} stage ran "
                      f"{_duration(stop['seconds'])} (limit {_duration(stop['limit_s'])}) at "
                      f"{time.strftime('%H:%M:%S', time.localtime(stop['at']))}; host process {stop['pid']} "
-                     f"was killed and a fresh one ({stop['fresh_pid']}) took its place")
+                     "was killed and a fresh one " + (f"({stop['fresh_pid']}) took its place" if stop["fresh_pid"]
+                                                      else "takes its place (Ray starts it)"))
     if report["recent"]:
         lines.append("recent:")
         for job in report["recent"]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import tempfile
 import threading
@@ -56,11 +57,13 @@ from recond.executors import (
     WorkerLost,
     ray_probe,
 )
+from recond.errors import HostStopped
+from recond.executors.host_pool import FIRST_HOST_STAGE, START_ALLOWANCE_SECONDS, STOP_GRACE_SECONDS
 from recond.executors.ray_probe import ClusterFacts, open_to_others
 from recond.logging import get_logger
 from recond.pipeline.contract import JobResult, SourcePicture
 from recond.pipeline.handoff import DeviceOutput
-from recond.pipeline.progress import StageReport
+from recond.pipeline.progress import DEFAULT_STAGE_SECONDS, StageReport, stage_limit_s
 
 log = get_logger("recond.executors.ray")
 
@@ -154,12 +157,12 @@ class ProgressBoard:
     remote part cannot call into the daemon)."""
 
     def __init__(self) -> None:
-        self.reports: list[tuple[int, str, float, str]] = []
+        self.reports: list[tuple[int, str, float, str, int]] = []
 
-    def report(self, job_id: int, stage: str, fraction: float, node: str) -> None:
-        self.reports.append((job_id, stage, fraction, node))
+    def report(self, job_id: int, stage: str, fraction: float, node: str, pid: int = 0) -> None:
+        self.reports.append((job_id, stage, fraction, node, pid))
 
-    def take(self) -> list[tuple[int, str, float, str]]:
+    def take(self) -> list[tuple[int, str, float, str, int]]:
         reports, self.reports = self.reports, []
         return reports
 
@@ -186,7 +189,7 @@ def board_reporter(board_name: str, job_id: int) -> StageReport:
     def report(stage: str, fraction: float) -> None:
         now = time.monotonic()
         if stage != last["stage"] or fraction >= 1.0 or now - last["at"] >= REPORT_SECONDS:
-            board.report.remote(job_id, stage, fraction, node)
+            board.report.remote(job_id, stage, fraction, node, os.getpid())
             last["stage"], last["at"] = stage, now
 
     return report
@@ -273,6 +276,23 @@ class RemotePart:
     ref: Any  # ray.ObjectRef
     future: Future[Any]
     node: str = "?"
+    task: HostTask | None = None  # a host part's, for its stages' limits
+    stage: str = FIRST_HOST_STAGE  # the stage it last reported
+    stage_started: float = field(default_factory=time.monotonic)  # submitted, then each new stage
+    reported: bool = False  # it has started: a report came
+    pid: int = 0  # the Ray worker process that runs it, once it reported
+    stopped: bool = False  # past its stage's limit: killed and failed
+
+    def overdue(self, now: float) -> tuple[str, float, float, float] | None:
+        """(stage, seconds spent, limit, expected) for a host part whose stage ran past its limit
+        (as recond.executors.host_pool holds its processes), else None."""
+        if self.task is None or self.stopped:
+            return None
+        expected = (self.task.expected_s or DEFAULT_STAGE_SECONDS).get(self.stage, DEFAULT_STAGE_SECONDS[self.stage])
+        limit = stage_limit_s(expected, self.task.job.stage_limit_factor, self.task.job.stage_limit_floor_s)
+        spent = now - self.stage_started
+        allowed = limit + STOP_GRACE_SECONDS + (0.0 if self.reported else START_ALLOWANCE_SECONDS)
+        return (self.stage, spent, limit, expected) if spent > allowed else None
 
 
 class RayExecutor:
@@ -367,7 +387,7 @@ class RayExecutor:
                 return _failed(JobCancelled())
             ref = host_part_on_node.remote(task.job_id, task.handoff, task.job, self._board_name,
                                            task.expected_s)
-            part = self._parts[task.job_id] = RemotePart(task.job_id, "host", ref, Future())
+            part = self._parts[task.job_id] = RemotePart(task.job_id, "host", ref, Future(), task=task)
         ref.future().add_done_callback(lambda done: self._writer.submit(self._host_done, task, part, done))
         return part.future
 
@@ -530,6 +550,7 @@ class RayExecutor:
                 continue
             answered = time.monotonic()
             self._take(reports)
+            self._stop_overdue()
 
     def _cluster_lost(self, reason: str) -> None:
         """The cluster is gone: every part in flight ends as cancelled (requeued, no attempt
@@ -538,18 +559,48 @@ class RayExecutor:
         self.lost = reason
         self.cancel()
 
-    def _take(self, reports: list[tuple[int, str, float, str]]) -> None:
+    def _take(self, reports: list[tuple[int, str, float, str, int]]) -> None:
         latest_node: dict[int, str] = defaultdict(str)
-        for job_id, stage, fraction, node in reports:
+        for job_id, stage, fraction, node, pid in reports:
             latest_node[job_id] = node
             with self._lock:
-                running = job_id in self._parts
-            if running:
+                part = self._parts.get(job_id)
+                if part is not None and part.kind == "host" and (stage != part.stage or not part.reported):
+                    part.stage, part.stage_started, part.reported, part.pid = stage, time.monotonic(), True, pid
+            if part is not None:
                 self.on_progress(PartProgress(job_id, stage, fraction))
         with self._lock:
             for job_id, node in latest_node.items():
                 if job_id in self._parts:
                     self._parts[job_id].node = node
+
+    def _stop_overdue(self) -> None:
+        """A host task whose stage ran past its limit (a C call that never returns, a process
+        frozen by SIGSTOP) is stopped as the host pool stops its processes: Ray is asked to kill
+        its worker, and on this host the worker is killed outright (a frozen process answers no
+        request); its part fails with HostStopped, which the worker retries (issue 22). Ray starts
+        a fresh worker process for the next task."""
+        now = time.monotonic()
+        with self._lock:
+            if self._cancelled:
+                return
+            overdue = [(part, facts) for part in self._parts.values() if (facts := part.overdue(now))]
+            for part, _ in overdue:
+                part.stopped = True
+        for part, (stage, spent, limit, expected) in overdue:
+            try:
+                ray.cancel(part.ref, force=True)
+            except Exception as error:  # it may have ended meanwhile
+                log.debug("host task not cancelled", job=part.job_id, error=str(error))
+            if part.pid and part.node.endswith(f"({socket.gethostname()})"):
+                try:
+                    os.kill(part.pid, signal.SIGKILL)
+                except OSError:  # gone already
+                    pass
+            log.error("ray host task stopped: a stage ran past its limit; Ray starts a fresh worker",
+                      job=part.job_id, stage=stage, seconds=round(spent, 1), limit_s=round(limit, 1),
+                      node=part.node, pid=part.pid or None)
+            _settle(part.future, error=HostStopped(stage, spent, limit, expected, part.pid, None))
 
     def _count_cluster(self, force: bool = False) -> None:
         """Host parts at once: the cluster's CPUs less one per CPU actor (at least one).
