@@ -368,6 +368,7 @@ def process(ctx: click.Context, images: tuple[Path, ...], out: Path | None, mode
 
     from recond.errors import describe_failure
     from recond.executors import DeviceTask, HostTask, PartProgress
+    from recond.executors.host_pool import START_ALLOWANCE_SECONDS
     from recond.executors.inline import InlineExecutor
     from recond.inbox.dropped import read_source
     from recond.logging import configure_logging
@@ -396,6 +397,9 @@ def process(ctx: click.Context, images: tuple[Path, ...], out: Path | None, mode
         executor.close()
         raise click.ClickException(
             f"pipeline not loaded: {error} -- to fix: {process_loading_fix(error)}") from None
+    # The host process imports torch while the model loads; what is left of that is waited for
+    # here, or the first picture's device part would share the CPUs with it (2x its grid stage).
+    executor.wait_for_host_process(START_ALLOWANCE_SECONDS)
     out = (out or settings.outbox).resolve()
     out.mkdir(parents=True, exist_ok=True)
     leftovers.clean_staging(out, leftovers.process_owner(os.getpid()))  # those of killed runs

@@ -157,6 +157,7 @@ class HostPool:
         self._cancelled = False
         self._closed = False
         self._empty_slots: dict[int, float] = {}  # slot -> when to start its next process
+        self._readiness = threading.Condition(self._lock)  # notified as each process finishes its imports
         self._wake_reader, self._wake_writer = CONTEXT.Pipe(duplex=False)
         self._processes = [self._spawn(slot) for slot in range(size)]
         self._watcher = threading.Thread(target=self._watch, name="recond-host-pool", daemon=True)
@@ -176,6 +177,13 @@ class HostPool:
     def workers(self) -> list[WorkerInfo]:
         with self._lock:
             return [host.info() for host in sorted(self._processes, key=lambda host: host.slot)]
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Wait (at most ``timeout`` s) until every process has done its imports. A caller with
+        nothing else to do meanwhile (``reconctl process``) waits here, so its first device part
+        does not share the CPUs with a host process still importing torch (issue 26)."""
+        with self._readiness:
+            return self._readiness.wait_for(lambda: all(host.ready for host in self._processes), timeout)
 
     def cancel(self) -> None:
         """Kill the processes running parts and fail every part, running or waiting, with
@@ -238,7 +246,9 @@ class HostPool:
     def _handle(self, host: HostProcess, message: tuple[Any, ...]) -> None:
         """("ready",), ("progress", stage, fraction), ("done", JobResult) or ("error", error, traceback)."""
         if message[0] == "ready":
-            host.ready = True
+            with self._readiness:
+                host.ready = True
+                self._readiness.notify_all()
             host.stage_started = time.monotonic()  # a part handed over meanwhile starts now
             return
         task, future = host.task, host.future

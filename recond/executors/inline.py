@@ -89,6 +89,10 @@ class InlineExecutor:
         return DeviceFacts(pipeline.model_id, pipeline.device, pipeline.background_method,
                            str(pipeline.dtype))
 
+    def wait_for_host_process(self, timeout: float) -> bool:
+        """True once the host process has done its imports (at once without one)."""
+        return self._hosts is None or self._hosts.wait_ready(timeout)
+
     def submit_device(self, task: DeviceTask) -> Future[DeviceOutput]:
         pipeline = self._started()
         return self._running(task.job_id, lambda: device_part(pipeline, task, self.reports))
