@@ -429,7 +429,8 @@ class RayExecutor:
     def workers(self) -> list[WorkerInfo]:
         with self._lock:
             devices = [slot.info() for slot in self._slots]
-            hosts = [WorkerInfo(f"ray-host-job-{part.job_id}", "host", part.node, "cpu", True, part.job_id)
+            hosts = [WorkerInfo(f"ray-host-job-{part.job_id}", "host", part.node, "cpu", True, part.job_id,
+                                part.pid or None)  # the Ray worker's, once it reported
                      for part in self._parts.values() if part.kind == "host"]
         return devices + hosts
 

@@ -136,26 +136,27 @@ def test_the_cluster_refuses_a_client_without_the_token_and_recond_sees_its_auth
     assert refused.returncode != 0 and "InvalidAuthToken" in refused.stderr, refused.stderr[-2000:]
 
 
-def ray_host_task_pids() -> list[int]:
-    """Ray worker processes running a host part now (Ray titles a busy worker with its task)."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
-                if cmdline.read().startswith(b"ray::host_part_on_node"):
-                    pids.append(int(entry))
-        except (OSError, ValueError):
-            continue
-    return pids
+def pid_running(pid: int) -> bool:
+    """A live process (not a zombie) with this pid."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def test_a_ray_host_task_frozen_with_sigstop_is_killed_at_its_limit_and_the_job_retried(on_ray):
     setup = on_ray(stage_limit_factor=1.0, stage_limit_floor_s=10.0, **SLOWER_JOB)
     setup.start()
     dropped = drop(setup, ("robot.png",))
-    setup.wait_for_stage(("texture", "export", "render"), timeout=120)  # it has reported: started
-    victims = ray_host_task_pids()
-    assert len(victims) == 1, victims
+    setup.wait_for_stage(("texture", "export", "render"), timeout=120)
+    deadline = time.monotonic() + 30
+    while not (victims := [worker["pid"] for worker in daemon_workers(setup)  # its Ray worker, as reported
+                           if worker["kind"] == "host" and worker["pid"]]):
+        assert time.monotonic() < deadline, setup.stderr()
+        time.sleep(0.05)
+    with open(f"/proc/{victims[0]}/cmdline", "rb") as cmdline:
+        assert cmdline.read().startswith(b"ray::host_part_on_node")  # Ray's title for a busy worker
     os.kill(victims[0], signal.SIGSTOP)
 
     status = setup.wait(all_done(1), timeout=120)
@@ -163,6 +164,6 @@ def test_a_ray_host_task_frozen_with_sigstop_is_killed_at_its_limit_and_the_job_
     assert [row["attempts"] for row in job_rows(setup)] == [2]  # the frozen run, then the one that published
     stop = status["daemon"]["host_stops"][0]
     assert stop["pid"] == victims[0] and stop["seconds"] > stop["limit_s"] == 10.0
-    assert not os.path.exists(f"/proc/{victims[0]}/cmdline") or victims[0] not in ray_host_task_pids()
+    assert not pid_running(victims[0])
     assert "ray host task stopped: a stage ran past its limit" in setup.stderr()
     assert f"stopped: #{stop['job_id']} robot.png" in setup.reconctl("status").stdout
