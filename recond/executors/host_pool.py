@@ -135,13 +135,20 @@ class HostProcess:
     def overdue(self, now: float) -> tuple[str, float, float, float] | None:
         """(stage, seconds spent, limit, expected seconds) when its part's stage ran past the
         limit, else None."""
-        if self.task is None:
-            return None
-        expected = (self.task.expected_s or DEFAULT_STAGE_SECONDS).get(self.stage, DEFAULT_STAGE_SECONDS[self.stage])
-        limit = stage_limit_s(expected, self.task.job.stage_limit_factor, self.task.job.stage_limit_floor_s)
-        spent = now - self.stage_started
-        allowed = limit + STOP_GRACE_SECONDS + (0.0 if self.ready else START_ALLOWANCE_SECONDS)
-        return (self.stage, spent, limit, expected) if spent > allowed else None
+        return None if self.task is None else overdue_stage(self.task, self.stage, self.stage_started, self.ready, now)
+
+
+def overdue_stage(task: HostTask, stage: str, stage_started: float, started: bool,
+                  now: float) -> tuple[str, float, float, float] | None:
+    """(stage, seconds spent, limit, expected seconds) when a host part's ``stage``, begun at
+    ``stage_started`` (monotonic), ran past its limit and STOP_GRACE_SECONDS, plus
+    START_ALLOWANCE_SECONDS while the part has not ``started`` (its process still importing);
+    else None. The host pool's processes and the Ray executor's host tasks are held to it."""
+    expected = (task.expected_s or DEFAULT_STAGE_SECONDS).get(stage, DEFAULT_STAGE_SECONDS[stage])
+    limit = stage_limit_s(expected, task.job.stage_limit_factor, task.job.stage_limit_floor_s)
+    spent = now - stage_started
+    allowed = limit + STOP_GRACE_SECONDS + (0.0 if started else START_ALLOWANCE_SECONDS)
+    return (stage, spent, limit, expected) if spent > allowed else None
 
 
 class HostPool:

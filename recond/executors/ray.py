@@ -58,12 +58,12 @@ from recond.executors import (
     ray_probe,
 )
 from recond.errors import HostStopped
-from recond.executors.host_pool import FIRST_HOST_STAGE, START_ALLOWANCE_SECONDS, STOP_GRACE_SECONDS
+from recond.executors.host_pool import FIRST_HOST_STAGE, overdue_stage
 from recond.executors.ray_probe import ClusterFacts, open_to_others
 from recond.logging import get_logger
 from recond.pipeline.contract import JobResult, SourcePicture
 from recond.pipeline.handoff import DeviceOutput
-from recond.pipeline.progress import DEFAULT_STAGE_SECONDS, StageReport, stage_limit_s
+from recond.pipeline.progress import StageReport
 
 log = get_logger("recond.executors.ray")
 
@@ -288,11 +288,7 @@ class RemotePart:
         (as recond.executors.host_pool holds its processes), else None."""
         if self.task is None or self.stopped:
             return None
-        expected = (self.task.expected_s or DEFAULT_STAGE_SECONDS).get(self.stage, DEFAULT_STAGE_SECONDS[self.stage])
-        limit = stage_limit_s(expected, self.task.job.stage_limit_factor, self.task.job.stage_limit_floor_s)
-        spent = now - self.stage_started
-        allowed = limit + STOP_GRACE_SECONDS + (0.0 if self.reported else START_ALLOWANCE_SECONDS)
-        return (self.stage, spent, limit, expected) if spent > allowed else None
+        return overdue_stage(self.task, self.stage, self.stage_started, self.reported, now)
 
 
 class RayExecutor:
