@@ -589,7 +589,7 @@ class RayExecutor:
                 ray.cancel(part.ref, force=True)
             except Exception as error:  # it may have ended meanwhile
                 log.debug("host task not cancelled", job=part.job_id, error=str(error))
-            if part.pid and part.node.endswith(f"({socket.gethostname()})"):
+            if part.pid and part.node.endswith(f"({socket.gethostname()})") and _is_ray_worker(part.pid):
                 try:
                     os.kill(part.pid, signal.SIGKILL)
                 except OSError:  # gone already
@@ -630,6 +630,16 @@ class RayExecutor:
             log.debug("cluster size not read", error=str(error))
             return
         self._host_slots = max(1, cpus - self._cpu_actors)
+
+
+def _is_ray_worker(pid: int) -> bool:
+    """Is ``pid`` still a Ray worker process (Ray titles them "ray::...")? The worker may have
+    ended and its pid gone to another process since it reported; that one is left alone."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            return cmdline.read().startswith(b"ray::")
+    except OSError:
+        return False
 
 
 def _bounded(step: Callable[[], None], what: str) -> None:

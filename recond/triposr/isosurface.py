@@ -103,7 +103,8 @@ def refined_density_grid(density_at: DensityAt, resolution: int, radius: float, 
     blocks = _corner_any(inside) & ~_corner_all(inside) | _corner_any(near)
     blocks = _grown_by_one(blocks)
     if _too_much_surface(blocks, resolution, max_refined_share):
-        return _coarser_grid(density_at, resolution, radius, chunk_size, report)
+        return _coarser_grid(density_at, resolution, radius, chunk_size,
+                             lambda f: report(COARSE_SHARE + (1 - COARSE_SHARE) * f))
     _fill_unevaluated(values, known, coarse)
 
     fine_report = lambda f: report(COARSE_SHARE + (1 - COARSE_SHARE) * f)  # noqa: E731
@@ -122,7 +123,8 @@ def refined_density_grid(density_at: DensityAt, resolution: int, radius: float, 
         ix, iy, iz = np.nonzero(crossing)
         blocks[ix // REFINE_STRIDE, iy // REFINE_STRIDE, iz // REFINE_STRIDE] = True
         if _too_much_surface(blocks, resolution, max_refined_share):  # it grew into noise after all
-            return _coarser_grid(density_at, resolution, radius, chunk_size, report)
+            # (the fine pass reported its progress to the end already: no second, backward run)
+            return _coarser_grid(density_at, resolution, radius, chunk_size, lambda f: None)
     report(1.0)
     return torch.from_numpy(values)
 
@@ -137,10 +139,10 @@ def _too_much_surface(blocks: np.ndarray, resolution: int, max_refined_share: fl
 
 def _coarser_grid(density_at: DensityAt, resolution: int, radius: float, chunk_size: int,
                   report: Report) -> torch.Tensor:
-    """The whole grid REFINE_STRIDE times coarser, for a field too noisy to refine. Evaluated
-    anew (1/64 of the points): the coarse samples above end unevenly spaced at the last plane."""
-    return full_density_grid(density_at, max(2, math.ceil(resolution / REFINE_STRIDE)), radius, chunk_size,
-                             lambda f: report(COARSE_SHARE + (1 - COARSE_SHARE) * f))
+    """The whole grid REFINE_STRIDE times coarser, for a field too noisy to refine, its progress
+    (0..1) handed to ``report``. Evaluated anew (1/64 of the points): the coarse samples above end
+    unevenly spaced at the last plane."""
+    return full_density_grid(density_at, max(2, math.ceil(resolution / REFINE_STRIDE)), radius, chunk_size, report)
 
 
 def _fill_unevaluated(values: np.ndarray, known: np.ndarray, coarse: np.ndarray) -> None:

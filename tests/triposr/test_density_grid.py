@@ -104,8 +104,10 @@ def test_a_noise_field_is_sampled_coarser_instead_of_evaluating_every_point() ->
         evaluated.append(len(points))
         return white_noise(points)
 
-    grid = refined_density_grid(counted, 128, 0.87, LEVEL, 4096)
+    fractions: list[float] = []
+    grid = refined_density_grid(counted, 128, 0.87, LEVEL, 4096, fractions.append)
     assert grid.shape == (32, 32, 32)  # 128 / REFINE_STRIDE
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0  # progress on to the end, never back
     assert sum(evaluated) <= 2 * 33 ** 3  # the coarse samples and the coarser grid: no fine pass
     assert np.array_equal(grid.numpy(), full_density_grid(white_noise, 32, 0.87, 4096).numpy())
     unbounded = refined_density_grid(white_noise, 128, 0.87, LEVEL, 4096, max_refined_share=None)
