@@ -16,11 +16,13 @@ class TriplaneTokenizer(nn.Module):
         super().__init__()
         self.plane_size = config.plane_size
         self.num_channels = config.num_channels
-        queries = torch.randn(3, config.num_channels, config.plane_size, config.plane_size)
-        if not queries.is_meta:  # built on the meta device to load a checkpoint: no values to scale,
-            # and arithmetic on meta tensors goes through torch._refs, whose first use imports
-            # torch._dynamo (~1.4 CPU-s at every daemon start, each Ray actor's too)
-            queries = queries / config.num_channels ** 0.5
+        queries = torch.empty(3, config.num_channels, config.plane_size, config.plane_size)
+        if not queries.is_meta:  # built on the meta device to load a checkpoint: no values to draw.
+            # Drawing (normal_) or arithmetic on meta tensors goes through torch._refs, whose first
+            # use imports torch._dynamo and sympy (~1.5 CPU-s at every daemon start, each Ray
+            # actor's too, measured). empty().normal_() draws what torch.randn draws (at::randn
+            # is the same call), so a seeded model is unchanged.
+            queries = queries.normal_() / config.num_channels ** 0.5
         self.embeddings = nn.Parameter(queries)
 
     def forward(self, batch_size: int) -> torch.Tensor:
