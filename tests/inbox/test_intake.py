@@ -13,6 +13,7 @@ from helpers.settings import TEST_TIMINGS, settings_for
 from helpers.waiting import wait_for
 from watchdog.observers.api import EventEmitter
 
+from recond.inbox import intake as intake_module
 from recond.inbox.intake import Intake
 from recond.store import DUPLICATE, Store
 
@@ -146,5 +147,34 @@ def test_dead_emitter_thread_is_detected_and_rearmed(tmp_path: Path) -> None:
         wait_for(lambda: any("emitter thread died" in w for w in watcher.warnings), tick=watcher.supervise)
         (settings.inbox / "later.jpg").write_bytes(b"later")
         wait_for(lambda: sources(watcher) == ["later.jpg"])
+    finally:
+        watcher.stop()
+
+
+def test_reading_an_inbox_file_brings_the_watcher_no_events(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """recond reads each file it takes (its hash, the copy into the result); by default the kernel
+    reports every open and close, two events a read for watchdog to parse and for the kernel's queue
+    to hold. The watcher asks only for the events intake acts on, so reading costs none, while a
+    change to the file still arrives."""
+    dispatched: list[str] = []
+    original = intake_module._Events.dispatch
+    monkeypatch.setattr(intake_module._Events, "dispatch",
+                        lambda handler, event: (dispatched.append(event.event_type), original(handler, event))[1])
+    settings = settings_for(tmp_path)
+    watcher = Intake(settings, Store(settings.db_path))
+    watcher.start()
+    try:
+        target = watcher.inbox / "photo.jpg"
+        target.write_bytes(b"z" * 1000)
+        wait_for(lambda: watcher.store.jobs())
+        time.sleep(SETTLE)
+        dispatched.clear()
+        for _ in range(50):
+            target.read_bytes()
+        time.sleep(SETTLE * 2)
+        assert dispatched == []
+        with target.open("ab") as stream:
+            stream.write(b"more")
+        wait_for(lambda: "modified" in dispatched)
     finally:
         watcher.stop()
