@@ -156,7 +156,7 @@ class HostPool:
     whose stage runs past its limit is killed and replaced, and its part fails with HostStopped."""
 
     def __init__(self, size: int, host_part: HostPart, on_progress: ProgressSink, torch_threads: int = 1) -> None:
-        self.host_part = host_part  # module-level: it pickles as its name
+        self.host_part = host_part  # module-level or by name: it pickles as its name
         self.on_progress = on_progress
         self.torch_threads = torch_threads
         self._lock = threading.Lock()

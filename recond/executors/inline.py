@@ -23,7 +23,7 @@ from recond.config import ModelSettings, Settings, part_of
 from recond.executors import (DeviceFacts, DeviceTask, HostTask, JobCancelled, PartProgress,
                               PipelineFactory, ProgressSink, WorkerInfo)
 from recond.executors.host_pool import HostPool
-from recond.pipeline.contract import JobResult, WarmPipeline
+from recond.pipeline.contract import HostPartByName, JobResult, WarmPipeline
 from recond.pipeline.handoff import DeviceOutput
 from recond.pipeline.progress import StageReport
 
@@ -86,6 +86,8 @@ class InlineExecutor:
             # One job at a time: its host part has the CPUs to itself while it runs.
             self._hosts = HostPool(1, pipeline.host_part, self.on_progress,
                                    torch_threads=len(os.sched_getaffinity(0)))
+        elif isinstance(pipeline.host_part, HostPartByName):
+            pipeline.host_part.load()  # its imports now, not in the first job's mesh stage
         return DeviceFacts(pipeline.model_id, pipeline.device, pipeline.background_method,
                            str(pipeline.dtype))
 

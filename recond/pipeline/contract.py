@@ -7,6 +7,7 @@ loads only when a pipeline is built.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,28 @@ HostPart = Callable[[DeviceOutput, JobSettings, Path, "StageReport | None", "Map
                     JobResult]
 
 
+@dataclass(frozen=True)
+class HostPartByName:
+    """A host part named by its module and function. It pickles as the two names, and imports
+    the module only in the process that calls it: a daemon whose host parts run in host
+    processes or on Ray never loads what they need (trimesh, scipy, xatlas: about 1 CPU-s and
+    60 MB at each start, measured with `python -X importtime`)."""
+
+    module: str
+    name: str
+
+    def load(self) -> HostPart:
+        function: HostPart = getattr(importlib.import_module(self.module), self.name)
+        return function
+
+    def __call__(self, handoff: DeviceOutput, job: JobSettings, result_dir: Path,
+                 report: StageReport | None = None, expected: Mapping[str, float] | None = None) -> JobResult:
+        return self.load()(handoff, job, result_dir, report, expected)
+
+
+RUN_HOST_PART = HostPartByName("recond.pipeline.host", "run_host_part")
+
+
 class WarmPipeline(Protocol):
     """Built once from the model settings; turns one picture into one result folder per call,
     whole (``run``) or in its two parts (recond/pipeline/runner.py, issue 14)."""
@@ -66,7 +89,8 @@ class WarmPipeline(Protocol):
 
     @property
     def host_part(self) -> HostPart:
-        """The host part, a module-level function any process can import and run."""
+        """The host part, a module-level function or a HostPartByName: any process can import
+        and run it."""
         ...
 
     def run(self, source: SourcePicture, result_dir: Path, job: JobSettings,

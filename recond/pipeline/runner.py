@@ -24,9 +24,8 @@ from PIL import Image
 from recond.config import JobSettings, ModelSettings, part_of
 from recond.errors import InputError
 from recond.pipeline.background import BackgroundRemover
-from recond.pipeline.contract import JobResult, ProgressCallback, SourcePicture
+from recond.pipeline.contract import RUN_HOST_PART, JobResult, ProgressCallback, SourcePicture
 from recond.pipeline.handoff import DecoderWeights, DensityBox, DeviceOutput
-from recond.pipeline.host import run_host_part
 from recond.pipeline.image import check_size, decode_image
 from recond.pipeline.progress import EtaEstimate, Progress, ProgressTracker, StageReport
 from recond.pipeline.reconstruct import reconstruct
@@ -62,7 +61,7 @@ class Pipeline:
             name: tensor.detach().float().cpu().numpy() for name, tensor in self.model.decoder.state_dict().items()})
         freeze_heap()  # the warm parts stay: later collections scan a job's objects only
 
-    host_part = staticmethod(run_host_part)
+    host_part = RUN_HOST_PART  # imported where it runs (contract.HostPartByName)
 
     def run(self, source: SourcePicture, result_dir: Path, job: JobSettings,
             progress: ProgressCallback | None = None,
@@ -75,7 +74,7 @@ class Pipeline:
         report = EtaEstimate(progress, expected)
         handoff = self.device_part(source, job, report)
         with host_threads():  # as the daemon's host processes run it (tuning.py)
-            return run_host_part(handoff, job, Path(result_dir), report, expected)
+            return RUN_HOST_PART(handoff, job, Path(result_dir), report, expected)
 
     def device_part(self, source: SourcePicture, job: JobSettings,
                     report: StageReport | None = None) -> DeviceOutput:
