@@ -55,19 +55,43 @@ class RembgStatus:
 
 
 def rembg_model_status(settings: ModelSettings) -> RembgStatus:
-    """Is the rembg model file on disk? Looked up where rembg itself looks, without a download."""
+    """Is the rembg model file on disk? Looked up where rembg itself looks, without a download.
+
+    With ``rembg_home`` set, the two places rembg looks in it are tried first: when neither holds
+    the file, the answer needs no rembg import (1.2 CPU-s at each start, mostly pymatting loading
+    its numba kernels), which every start of an offline server still waiting for its model paid.
+    """
     point_rembg_at(settings)
-    session_class = _rembg_session_class(settings.rembg_model)
     file_name = f"{settings.rembg_model}.onnx"
+    if settings.rembg_home is not None:
+        expected, legacy = named_home_places(settings)
+        if not (expected.exists() or legacy.exists()):
+            return _not_found(settings, expected, legacy)
+    session_class = _rembg_session_class(settings.rembg_model)
     found = session_class.resolve_existing(file_name)
     if found:
         return RembgStatus(True, Path(found), f"rembg model {settings.rembg_model} found at {found}")
-    expected = Path(session_class.model_dir()) / file_name
+    return _not_found(settings, Path(session_class.model_dir()) / file_name,
+                      Path(session_class.legacy_home()) / file_name)
+
+
+def named_home_places(settings: ModelSettings) -> tuple[Path, Path]:
+    """Where rembg looks for the model file when U2NET_HOME names ``rembg_home`` (point_rembg_at):
+    ``<home>/models/<name>/<name>.onnx``, then the older flat ``<home>/<name>.onnx`` (rembg's
+    BaseSession.model_dir and legacy_home; tests/pipeline/test_background.py holds the two to
+    rembg's own answer, so a rembg that looks elsewhere fails the suite, not a server)."""
+    assert settings.rembg_home is not None
+    home = settings.rembg_home.expanduser().resolve()
+    file_name = f"{settings.rembg_model}.onnx"
+    return home / "models" / settings.rembg_model / file_name, home / file_name
+
+
+def _not_found(settings: ModelSettings, expected: Path, legacy: Path) -> RembgStatus:
     return RembgStatus(
         False,
         expected,
         f"rembg model {settings.rembg_model} not found (looked in {expected} and "
-        f"{Path(session_class.legacy_home()) / file_name}); {GRABCUT_FALLBACK}",
+        f"{legacy}); {GRABCUT_FALLBACK}",
     )
 
 

@@ -21,7 +21,9 @@ from recond.config import Settings, load_settings
 from recond.pipeline.background import (
     BackgroundRemover,
     BackgroundUnavailable,
+    _rembg_session_class,
     has_real_alpha,
+    named_home_places,
     rembg_model_status,
 )
 
@@ -70,6 +72,28 @@ def test_status_says_where_it_looked_for_the_missing_rembg_model(offline_setting
     assert str(status.path).startswith(home)
     assert status.path.name == "u2net.onnx"
     assert str(status.path) in status.message and "not found" in status.message
+
+
+@pytest.mark.parametrize("model", ["u2net", "isnet-general-use"])
+def test_the_places_looked_in_without_rembg_are_rembgs_own(offline_settings, model: str) -> None:
+    """rembg_model_status answers "not found" in rembg_home without importing rembg; the two
+    places it tries must be the two rembg itself looks in, for any model."""
+    settings = offline_settings(rembg_model=model)
+    rembg_model_status(settings)  # hands rembg_home to rembg (U2NET_HOME)
+    session_class = _rembg_session_class(model)
+    assert named_home_places(settings) == (Path(session_class.model_dir()) / f"{model}.onnx",
+                                           Path(session_class.legacy_home()) / f"{model}.onnx")
+
+
+@pytest.mark.parametrize("where", ["models", "flat"])
+def test_status_finds_a_model_file_in_either_place_of_rembg_home(offline_settings, where: str) -> None:
+    settings = offline_settings()
+    expected, legacy = named_home_places(settings)
+    placed = expected if where == "models" else legacy
+    placed.parent.mkdir(parents=True, exist_ok=True)
+    placed.write_bytes(b"placeholder")
+    status = rembg_model_status(settings)
+    assert status.available and status.path.resolve() == placed.resolve()
 
 
 def test_status_finds_a_model_file_placed_in_rembg_home(offline_settings) -> None:
