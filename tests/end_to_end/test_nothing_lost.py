@@ -527,10 +527,13 @@ def test_database_of_another_user_is_one_sentence(open_dir: Path) -> None:
 
 
 def test_no_writable_home_gives_the_numba_cache_fix(open_dir: Path) -> None:
+    # A model file in rembg_home, so that the remover imports rembg (whose pymatting compiles
+    # numba kernels into a cache); without one it no longer imports rembg at all.
+    (open_dir / "u2net.onnx").write_bytes(b"placeholder")
     probe = ("from recond.config import load_settings\n"
              "from recond.errors import loading_fix\n"
              "from recond.pipeline.background import BackgroundRemover\n"
-             "try:\n    BackgroundRemover(load_settings(rembg_home='/tmp'))\n"
+             f"try:\n    BackgroundRemover(load_settings(rembg_home={str(open_dir)!r}))\n"
              "except Exception as error:\n    print(loading_fix(error))\n")
     result = as_nobody(sys.executable, "-c", probe)
     assert "NUMBA_CACHE_DIR" in result.stdout, result.stderr[-2000:]

@@ -161,8 +161,9 @@ def test_status_and_metrics_match_the_store(site: tuple[Installation, WebServer]
     # A job of its own: the module's other tests may run after this one, or on another worker
     # with a site of their own (seen under `-n 3`: nothing done after 90 s of waiting).
     installation.drop_like_a_share("horse.png")
-    installation.wait(lambda status: status["counts"]["done"] >= 1 and status["counts"]["running"] == 0
-                      and status["counts"]["queued"] == 0)
+    installation.wait(lambda status: any(job["source"] == "horse.png" and job["state"] == "done"
+                                         for job in status["recent"])
+                      and status["counts"]["running"] == 0 and status["counts"]["queued"] == 0)
     with web.client() as client:
         status = client.get("/api/status").json()
         deadline = time.monotonic() + 10
