@@ -78,6 +78,7 @@ log = get_logger("recond.worker")
 PROGRESS_WRITE_SECONDS = 0.5  # how often a running job's progress reaches the database
 ERROR_PAUSE_SECONDS = 2.0  # after an unexpected error in the loop, before the next step
 WAIT_SECONDS = 5.0  # between checks while the outbox is paused or the inbox share is gone
+HOST_IMPORT_WAIT_SECONDS = 30.0  # at most, after the model loaded, for the host processes' imports
 HOST_STOPS_SHOWN = 5  # the latest host processes stopped past a stage's limit, in the daemon row
 # Worker.stop waits this long for the thread: cancelling a connect is at once, a device part on
 # a CPU ends at its next progress report (seconds, longer on a loaded machine), closing a Ray
@@ -352,6 +353,7 @@ class Worker:
             log.error("model not loaded; jobs stay queued", model=self.settings.model,
                       error=str(error), fix=fix, retry_in_s=self.settings.model_retry_seconds)
             return
+        self._wait_for_host_processes(executor)
         self.executor, self.executor_starting = executor, None
         self.store.daemon_update(
             model_status="ready", device=facts.device, dtype=facts.dtype,
@@ -359,6 +361,16 @@ class Worker:
                          + (f" -- WARNING: {facts.warning}" if facts.warning else ""))
         log.info("model loaded", model=self.settings.model, device=facts.device, dtype=facts.dtype,
                  jobs_at_once=executor.capacity, seconds=round(time.monotonic() - started, 2))
+
+    def _wait_for_host_processes(self, executor: Executor) -> None:
+        """The host processes import torch while the model loads; what is left of that is waited
+        for (at most HOST_IMPORT_WAIT_SECONDS, a stop ends it at once), or the first picture's
+        device part would share the CPUs with it: with host_workers = 0 its grid stage took
+        1.1-1.2 s instead of 0.5 (benchmarks/bench_same_speed.py, issue 26)."""
+        deadline = time.monotonic() + HOST_IMPORT_WAIT_SECONDS
+        while not executor.wait_for_host_process(0.25):
+            if self._stopping.is_set() or time.monotonic() > deadline:
+                return
 
     def _executor_lost(self, reason: str) -> None:
         """The executor's workers are gone (a Ray cluster that stopped answering): its parts

@@ -50,7 +50,7 @@ from recond.executors import (
 from recond.logging import get_logger
 from recond.pipeline.contract import HostPart, JobResult
 from recond.pipeline.progress import DEFAULT_STAGE_SECONDS, stage_limit_s
-from recond.pipeline.tuning import tune_torch
+from recond.pipeline.tuning import freeze_heap, tune_torch
 
 log = get_logger("recond.executors")
 
@@ -85,6 +85,7 @@ def serve_host_parts(tasks: Connection, results: Connection, parent_pid: int, to
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     tune_torch(torch_threads)  # as every process that runs parts of jobs (pipeline/tuning.py)
     importlib.import_module(HOST_MODULE)
+    freeze_heap()  # its libraries stay: collections during a part scan only the part's objects
     results.send(("ready",))  # a part's clock runs from here (or from its hand-off, if later)
     while True:
         try:

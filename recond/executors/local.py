@@ -62,6 +62,9 @@ class LocalExecutor:
         return DeviceFacts(first.model_id, ", ".join(pipeline.device for pipeline in self.pipelines),
                            first.background_method, str(first.dtype))
 
+    def wait_for_host_process(self, timeout: float) -> bool:
+        return self._hosts is None or self._hosts.wait_ready(timeout)
+
     def submit_device(self, task: DeviceTask) -> Future[DeviceOutput]:
         return self._device_thread.submit(self._device_part, task)
 
