@@ -63,7 +63,7 @@ from recond.executors.ray_probe import ClusterFacts, open_to_others
 from recond.logging import get_logger
 from recond.pipeline.contract import JobResult, SourcePicture
 from recond.pipeline.handoff import DeviceOutput
-from recond.pipeline.progress import StageReport
+from recond.pipeline.progress import HOST_STAGES, StageReport
 
 log = get_logger("recond.executors.ray")
 
@@ -565,7 +565,11 @@ class RayExecutor:
             latest_node[job_id] = node
             with self._lock:
                 part = self._parts.get(job_id)
-                if part is not None and part.kind == "host" and (stage != part.stage or not part.reported):
+                # A host stage only: the device actor's last reports of the same job can still be
+                # on the board when its host part has begun, and their pid is the actor's (seen
+                # under load: the stop would have killed the warm model's process).
+                if (part is not None and part.kind == "host" and stage in HOST_STAGES
+                        and (stage != part.stage or not part.reported)):
                     part.stage, part.stage_started, part.reported, part.pid = stage, time.monotonic(), True, pid
             if part is not None:
                 self.on_progress(PartProgress(job_id, stage, fraction))

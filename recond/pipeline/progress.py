@@ -33,6 +33,7 @@ DEFAULT_STAGE_SECONDS: dict[str, float] = {
     "record": 0.05,
 }
 STAGES = tuple(DEFAULT_STAGE_SECONDS)
+HOST_STAGES = STAGES[STAGES.index("mesh"):]  # the host part's (recond/pipeline/host.py), in order
 # Each stage as the pages say it to people (recond-web's upload page), in the order of STAGES.
 STAGE_WORDS: dict[str, str] = {
     "load": "reading the photo",
