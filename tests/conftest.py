@@ -55,8 +55,8 @@ def open_dir() -> Iterator[Path]:
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     """``--numprocesses=auto`` (pyproject.toml): one worker more than the CPUs this process may
     use. A good part of the suite waits on its daemons (a stage limit, a lock held, a cluster
-    starting), and a third worker on 2 cores fills those waits: 11 min 35 s against 12 min 27 s
-    to 13 min 11 s with two (docs/development.md). --maxprocesses still caps it."""
+    starting), and a third worker on 2 cores fills those waits: 9 min 8 s to 9 min 27 s against
+    12 min 27 s to 13 min 11 s with two (docs/development.md). --maxprocesses still caps it."""
     return len(os.sched_getaffinity(0)) + 1
 
 

@@ -49,14 +49,14 @@ from recond.executors import (
 )
 from recond.logging import get_logger
 from recond.pipeline.contract import HostPart, JobResult
-from recond.pipeline.progress import DEFAULT_STAGE_SECONDS, stage_limit_s
+from recond.pipeline.progress import DEFAULT_STAGE_SECONDS, HOST_STAGES, stage_limit_s
 from recond.pipeline.tuning import freeze_heap, tune_torch
 
 log = get_logger("recond.executors")
 
 CONTEXT = get_context("spawn")
 HOST_MODULE = "recond.pipeline.host"  # imported at a process's start, so its first job is warm
-FIRST_HOST_STAGE = "mesh"  # the stage a part is in until its process reports one
+FIRST_HOST_STAGE = HOST_STAGES[0]  # the stage a part is in until its process reports one
 # linux/prctl.h. The signal comes when the thread that started the process ends: the worker
 # thread or the pool's watcher thread, both of which outlive the pool.
 PR_SET_PDEATHSIG = 1
