@@ -75,7 +75,8 @@ def test_raylet_killed_mid_queue_is_seen_and_nothing_is_lost(on_ray, ray_cluster
 
     # Ray comes back at the same address (a new head: the old one ended with its raylet).
     stop_cluster(ray_cluster.head, ray_cluster.temp)
-    again = start_documented_cluster(ray_cluster.home, port=int(ray_cluster.address.rsplit(":", 1)[1]))
+    again = start_documented_cluster(ray_cluster.home, ray_cluster.ports)
+    setup.cluster = again
     try:
         if not by_recond:  # as systemd's Restart=on-failure would
             setup.start()
