@@ -48,4 +48,19 @@ python_env() {
         "$VENV/bin/pip" install -q -e "$CHECKOUT$extras"
         touch "$stamp"
     fi
+    compile_numba_kernels
+}
+
+# compile_numba_kernels: numba compiles rembg's alpha matting (pymatting, explicit signatures) on
+# its first import, about 60 CPU-s, and caches the result beside the package. Done once here, so
+# neither the first daemon start nor the suite's first processes (several at once, each
+# compiling the same kernels) pay it. Under NUMBA_CACHE_DIR the check cannot see that cache, so
+# it imports every time (about 3 s once compiled).
+compile_numba_kernels() {
+    if [ -z "${NUMBA_CACHE_DIR:-}" ] \
+            && ls "$VENV"/lib/python3*/site-packages/pymatting/*/__pycache__/*.nbi >/dev/null 2>&1; then
+        return
+    fi
+    echo "setup: compiling rembg's numba kernels (about a minute, once)" >&2
+    "$VENV/bin/python" -c "import rembg; from recond.pipeline import raster_cpu; raster_cpu.kernel()"
 }
