@@ -320,6 +320,8 @@ class RayExecutor:
         # Result files are written off Ray's callback thread, which must not wait on a disk.
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="recond-ray-results")
         self._poller = threading.Thread(target=self._poll_progress, name="recond-ray-progress", daemon=True)
+        self._answered_at = 0.0  # when the board last answered (monotonic); 0 before the poller starts
+        self._watch = threading.Thread(target=self._watch_silence, name="recond-ray-silence", daemon=True)
 
     # The interface (recond/executors/__init__.py).
 
@@ -357,7 +359,9 @@ class RayExecutor:
         self._slots = [DeviceSlot(index, self._new_actor()) for index in range(count)]
         for slot in self._slots:  # waits for every model to load; a load error raises as itself
             slot.facts, slot.ready = self._facts_of(slot.actor), True
+        self._answered_at = time.monotonic()
         self._poller.start()
+        self._watch.start()
         first = self._slots[0].facts
         devices = sorted({slot.facts["device"] for slot in self._slots})
         log.info("ray actors ready", actors=count, nodes=sorted({slot.facts["node"] for slot in self._slots}),
@@ -393,8 +397,9 @@ class RayExecutor:
         with self._lock:
             self._cancelled = True
             parts = list(self._parts.values())
-        for part in parts:
+        for part in parts:  # all settled first: a lost cluster can keep ray.cancel waiting
             _settle(part.future, error=JobCancelled())
+        for part in parts:
             if part.kind == "host":
                 try:
                     ray.cancel(part.ref, force=True)
@@ -536,27 +541,43 @@ class RayExecutor:
     # Progress and cluster size.
 
     def _poll_progress(self) -> None:
-        answered = time.monotonic()
-        while not self._closed.wait(PROGRESS_POLL_SECONDS):
+        while not self._closed.wait(PROGRESS_POLL_SECONDS) and self.lost is None:
             try:
                 reports = ray.get(self._board.take.remote(), timeout=BOARD_ASK_SECONDS)
             except Exception as error:  # the board restarts or the cluster is busy: skip a beat
-                silent = time.monotonic() - answered
+                silent = time.monotonic() - self._answered_at
                 log.debug("progress not collected", error=str(error), silent_s=round(silent, 1))
                 if silent >= CLUSTER_LOST_SECONDS and not self._closed.is_set():
                     self._cluster_lost(f"the Ray cluster at {self.settings.ray_address} has not "
                                        f"answered for {silent:.0f} s ({' '.join(str(error).split())[:200]})")
                     return
                 continue
-            answered = time.monotonic()
+            self._answered_at = time.monotonic()
             self._take(reports)
             self._stop_overdue()
 
+    def _watch_silence(self) -> None:
+        """The same judgement as the poller's, made from the clock alone: a call into Ray's core
+        (submitting the question, not only waiting for the answer) can itself hang once the
+        raylet is gone, and the poller would never reach its own check (seen once in seven full
+        runs: the loss was noticed only when Ray ended the process, 26 s after the kill)."""
+        limit = CLUSTER_LOST_SECONDS + BOARD_ASK_SECONDS  # the poller, if it can, says it first
+        while not self._closed.wait(PROGRESS_POLL_SECONDS) and self.lost is None:
+            silent = time.monotonic() - self._answered_at
+            if silent >= limit:
+                self._cluster_lost(f"the Ray cluster at {self.settings.ray_address} has not "
+                                   f"answered for {silent:.0f} s (its last question still waits)")
+                return
+
     def _cluster_lost(self, reason: str) -> None:
         """The cluster is gone: every part in flight ends as cancelled (requeued, no attempt
-        counted: the picture did nothing wrong) and the worker sees ``lost``."""
+        counted: the picture did nothing wrong) and the worker sees ``lost``. Said once, by
+        whichever of the poller and the silence watch sees it first."""
+        with self._lock:
+            if self.lost is not None:
+                return
+            self.lost = reason
         log.error("ray cluster lost", reason=reason)
-        self.lost = reason
         self.cancel()
 
     def _take(self, reports: list[tuple[int, str, float, str, int]]) -> None:
