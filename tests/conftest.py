@@ -58,15 +58,3 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     starting), and a third worker on 2 cores fills those waits: 9 min 8 s to 9 min 27 s against
     12 min 27 s to 13 min 11 s with two (docs/development.md). --maxprocesses still caps it."""
     return len(os.sched_getaffinity(0)) + 1
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Group the tests for pytest-xdist's ``--dist loadgroup`` (pyproject.toml): a module's tests
-    stay together on one worker (they share module-scoped servers and clusters), and each
-    ``slow`` test (a minute-long liveness case) is a group of its own, so two of them can run side
-    by side instead of one module's queue holding them all."""
-    for item in items:
-        if item.get_closest_marker("xdist_group") is None:
-            group = item.nodeid if item.get_closest_marker("slow") else item.nodeid.split("::")[0]
-            item.add_marker(pytest.mark.xdist_group(group))
