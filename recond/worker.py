@@ -227,6 +227,13 @@ class Worker:
         self._wake.set()
         self._thread.join(timeout)
 
+    def close(self) -> None:
+        """For a caller that ran jobs with process() and never start(): close the executor the
+        first job loaded (its host processes ignore SIGTERM, so a pool left open would hold the
+        caller's exit, where multiprocessing joins its children)."""
+        assert not self._thread.is_alive(), "a started worker is ended with stop()"
+        self._close_executor()
+
     def wake(self) -> None:
         self._wake.set()
 

@@ -58,3 +58,24 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     starting), and a third worker on 2 cores fills those waits: 9 min 8 s to 9 min 27 s against
     12 min 27 s to 13 min 11 s with two (docs/development.md). --maxprocesses still caps it."""
     return len(os.sched_getaffinity(0)) + 1
+
+
+# The longest modules of a full run (wall seconds on the 2-core VM: the Ray module ~300, liveness
+# ~175, workflows ~145, first run ~110, host stops ~100, then 80 to 35), longest first. xdist's
+# loadfile hands out whole modules in collection order; started first, none of them is the last
+# thing one worker runs while the others have nothing left.
+LONGEST_FIRST = (
+    "executors/test_ray_executor.py", "end_to_end/test_liveness.py", "end_to_end/test_workflows_e2e.py",
+    "end_to_end/test_first_run.py", "executors/test_host_stop.py", "end_to_end/test_nothing_lost.py",
+    "end_to_end/test_daemon_e2e.py", "executors/test_executors.py", "test_heartbeat.py",
+    "executors/test_ray_loss.py", "executors/test_status_of_parts.py", "web/test_web_e2e.py",
+    "end_to_end/test_two_daemons_one_inbox.py", "inbox/test_watching.py", "web/test_web_attacks.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The modules of LONGEST_FIRST first, in its order; the rest after, as collected (a stable
+    sort: each module's own tests keep their order)."""
+    rank = {module: place for place, module in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0].removeprefix("tests/"), len(rank)))
+

@@ -35,3 +35,9 @@ def test_each_module_runs_on_one_worker_under_the_projects_options(tmp_path: Pat
         workers[module].add(worker)
     assert sorted(workers) == ["test_alpha", "test_beta"], run.stdout[-3000:]
     assert all(len(found) == 1 for found in workers.values()), dict(workers)
+
+
+def test_the_longest_modules_named_to_start_first_exist() -> None:
+    from conftest import LONGEST_FIRST
+
+    assert [module for module in LONGEST_FIRST if not (REPO / "tests" / module).is_file()] == []

@@ -145,7 +145,10 @@ def test_a_daemon_kill_9_charges_only_the_job_whose_part_ran_inside_it(tmp_path:
     worker.recover()  # max_attempts = 1: the job that may have crashed the daemon fails ...
     assert store.get(hosted).state == QUEUED and store.get(hosted).attempts == 0  # ... the other does not
     assert store.get(on_device).state == "failed" and "stopped unexpectedly" in store.get(on_device).error
-    worker.process(store.claim_next())
+    try:
+        worker.process(store.claim_next())
+    finally:
+        worker.close()  # its host process, which would otherwise outlive the test
     assert store.get(hosted).state == DONE
     places = assert_each_in_one_place(list(pictures.values()), settings.inbox, settings.outbox)
     assert places[0].startswith("result") and places[1].startswith("failed")
