@@ -39,8 +39,10 @@ CLUSTER_START_SECONDS = 90
 # seconds later. In that gap any outgoing connection of a test beside it may be given the same
 # port, the agent fails, and the raylet ends with it (`ray start --block` then stops the whole
 # cluster): CI saw a cluster die under a daemon before its first job. Blocks are split among the
-# xdist workers, so two clusters started at once never share one.
-PORT_BLOCKS_START = 20000
+# xdist workers, so two clusters started at once never share one. They start above 24000: the
+# Ray Client proxy gives each connection a server on a port of 23000-24000
+# (ray/util/client/server/proxier.py, MIN/MAX_SPECIFIC_SERVER_PORT), found free by binding it.
+PORT_BLOCKS_START = 24000
 PORT_BLOCK_SIZE = 200
 PORT_BLOCKS_PER_WORKER = 10
 SERVICE_PORTS = 10  # the first ports of a block; the rest are Ray workers' ports
@@ -69,7 +71,7 @@ class RayPorts:
         for _ in range(PORT_BLOCKS_PER_WORKER):
             taken = next(_blocks_taken) % PORT_BLOCKS_PER_WORKER
             base = PORT_BLOCKS_START + (first + taken) * PORT_BLOCK_SIZE
-            assert base + PORT_BLOCK_SIZE <= 32768, "more xdist workers than port blocks"
+            assert base + PORT_BLOCK_SIZE <= 32768, "more xdist workers than port blocks (four fit)"
             if all(_bindable(port) for port in range(base, base + SERVICE_PORTS)):
                 return cls(base)
         raise AssertionError("no free block of ports for a test Ray cluster")
