@@ -83,6 +83,9 @@ CLOSE_SECONDS = 10.0  # each step of close(): the writer's last files, leaving t
 # raylet the queue sat for 80 s under "model: ready").
 CLUSTER_LOST_SECONDS = 5.0
 BOARD_ASK_SECONDS = 2.0  # one question to the board
+# Right after a host task is stopped, a host task whose worker dies before its first report is
+# the stop's aftermath, not its picture's doing: requeued without an attempt counted.
+AFTER_STOP_SECONDS = 10.0
 
 
 class RayUnavailable(RuntimeError):
@@ -317,6 +320,7 @@ class RayExecutor:
         self._cpu_actors = 0
         self._actor_options: dict[str, Any] = {}  # {"num_gpus": 1} on a cluster with GPUs
         self._cluster_checked = 0.0
+        self._last_stop = float("-inf")  # when a host task was last stopped at its limit (monotonic)
         # Result files are written off Ray's callback thread, which must not wait on a disk.
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="recond-ray-results")
         self._poller = threading.Thread(target=self._poll_progress, name="recond-ray-progress", daemon=True)
@@ -505,9 +509,23 @@ class RayExecutor:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(data)
         except BaseException as error:  # noqa: BLE001 - every outcome is handed to the worker
-            _settle(part.future, error=_lost(error) or _cause(error))
+            lost = _lost(error)
+            if lost is not None and self._died_of_a_stop(part):
+                log.warning("ray host task lost to the worker just stopped; requeued uncharged",
+                            job=part.job_id, error=" ".join(str(error).split())[:200])
+                _settle(part.future, error=JobCancelled())
+                return
+            _settle(part.future, error=lost or _cause(error))
         else:
             _settle(part.future, value=replace(result, result_dir=task.result_dir))
+
+    def _died_of_a_stop(self, part: RemotePart) -> bool:
+        """A host task whose worker died before it reported a stage, within AFTER_STOP_SECONDS
+        of a stop. The worker retries a stopped job at once, and Ray may hand the retry the very
+        worker just killed (its lease still held) before it has seen that worker die: the retry
+        then fails with WorkerCrashedError, never having started (seen in full runs). Anything
+        later, or once a stage has begun, is charged as a crash as before."""
+        return not part.reported and time.monotonic() - self._last_stop < AFTER_STOP_SECONDS
 
     def _restarting(self, slot: DeviceSlot, error: BaseException) -> None:
         """A dead actor: Ray restarts it (its __init__ reloads the model); it takes jobs again
@@ -625,6 +643,7 @@ class RayExecutor:
             log.error("ray host task stopped: a stage ran past its limit; Ray starts a fresh worker",
                       job=part.job_id, stage=stage, seconds=round(spent, 1), limit_s=round(limit, 1),
                       node=part.node, pid=part.pid or None)
+            self._last_stop = time.monotonic()
             _settle(part.future, error=HostStopped(stage, spent, limit, expected, part.pid, None))
 
     def _count_cluster(self, force: bool = False) -> None:

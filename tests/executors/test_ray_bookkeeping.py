@@ -75,3 +75,27 @@ def test_a_cluster_that_answered_lately_is_not_lost(tmp_path):
     ray_executor._closed.set()
     watch.join(5)
     assert not watch.is_alive() and ray_executor.lost is None
+
+
+def crashed() -> Future:
+    from ray.exceptions import WorkerCrashedError
+
+    done: Future = Future()
+    done.set_exception(WorkerCrashedError())
+    return done
+
+
+def test_a_retry_given_the_worker_just_stopped_is_requeued_uncharged_and_a_later_crash_is_not(tmp_path):
+    ray_executor = executor(tmp_path)
+    ray_executor._last_stop = time.monotonic()  # a host task was just stopped at its limit
+    retry = RemotePart(5, "host", ref=None, future=Future())
+    ray_executor._host_done(None, retry, crashed())  # type: ignore[arg-type]  # only a success reads the task
+    with pytest.raises(JobCancelled):
+        retry.future.result(timeout=0)
+    begun = RemotePart(6, "host", ref=None, future=Future(), reported=True)  # it had started a stage
+    ray_executor._host_done(None, begun, crashed())  # type: ignore[arg-type]
+    assert not isinstance(begun.future.exception(timeout=0), JobCancelled)
+    ray_executor._last_stop = time.monotonic() - 60
+    later = RemotePart(7, "host", ref=None, future=Future())
+    ray_executor._host_done(None, later, crashed())  # type: ignore[arg-type]
+    assert not isinstance(later.future.exception(timeout=0), JobCancelled)
