@@ -566,8 +566,7 @@ class RayExecutor:
                 silent = time.monotonic() - self._answered_at
                 log.debug("progress not collected", error=str(error), silent_s=round(silent, 1))
                 if silent >= CLUSTER_LOST_SECONDS and not self._closed.is_set():
-                    self._cluster_lost(f"the Ray cluster at {self.settings.ray_address} has not "
-                                       f"answered for {silent:.0f} s ({' '.join(str(error).split())[:200]})")
+                    self._cluster_lost(self._silence(silent, " ".join(str(error).split())[:200]))
                     return
                 continue
             self._answered_at = time.monotonic()
@@ -583,9 +582,11 @@ class RayExecutor:
         while not self._closed.wait(PROGRESS_POLL_SECONDS) and self.lost is None:
             silent = time.monotonic() - self._answered_at
             if silent >= limit:
-                self._cluster_lost(f"the Ray cluster at {self.settings.ray_address} has not "
-                                   f"answered for {silent:.0f} s (its last question still waits)")
+                self._cluster_lost(self._silence(silent, "its last question still waits"))
                 return
+
+    def _silence(self, silent: float, detail: str) -> str:
+        return f"the Ray cluster at {self.settings.ray_address} has not answered for {silent:.0f} s ({detail})"
 
     def _cluster_lost(self, reason: str) -> None:
         """The cluster is gone: every part in flight ends as cancelled (requeued, no attempt

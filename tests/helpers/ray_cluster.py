@@ -89,10 +89,11 @@ class RayPorts:
         return self.base + 8
 
     def flags(self) -> str:
-        named = {"ray-client-server-port": 1, "node-manager-port": 2, "object-manager-port": 3,
-                 "runtime-env-agent-port": 4, "dashboard-agent-grpc-port": 5,
-                 "dashboard-agent-listen-port": 6, "metrics-export-port": 7}
-        return " ".join(f"--{flag}={self.base + offset}" for flag, offset in named.items()) + (
+        named = {"ray-client-server-port": self.client, "node-manager-port": self.base + 2,
+                 "object-manager-port": self.base + 3, "runtime-env-agent-port": self.base + 4,
+                 "dashboard-agent-grpc-port": self.base + 5, "dashboard-agent-listen-port": self.base + 6,
+                 "metrics-export-port": self.base + 7}
+        return " ".join(f"--{flag}={port}" for flag, port in named.items()) + (
             f" --min-worker-port={self.base + SERVICE_PORTS}"
             f" --max-worker-port={self.base + PORT_BLOCK_SIZE - 1}")
 
