@@ -193,7 +193,7 @@ def test_status_and_metrics_match_the_store(site: tuple[Installation, WebServer]
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
 def test_upload_page_shows_live_progress_then_result_and_gallery(
         site: tuple[Installation, WebServer], tmp_path: Path) -> None:
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
     installation, web = site
     with sync_playwright() as playwright:
@@ -241,8 +241,11 @@ def test_upload_page_shows_live_progress_then_result_and_gallery(
                 "flamingo.png", "chair.png"] or page.locator(
                 "#uploads li[data-state=done] .name").all_inner_texts() == ["chair.png", "flamingo.png"]
 
-            page.click("#uploads li[data-state=done]:has-text('chair.png') a")
-            assert page.title() == "chair.png · recond"  # no upload id in the title
+            # The click starts a navigation and returns before it ends: reading the title at once
+            # once gave the blank page's '' (stop 33's full run), so the title is awaited.
+            with page.expect_navigation():
+                page.click("#uploads li[data-state=done]:has-text('chair.png') a")
+            expect(page).to_have_title("chair.png · recond")  # no upload id in the title
             viewer = page.wait_for_selector("iframe.viewer").content_frame()
             assert viewer is not None
             viewer.wait_for_function("document.documentElement.dataset.viewer === 'ready'", timeout=60_000)
