@@ -39,6 +39,7 @@ def call_within(function: Callable[[], T], seconds: float, clock: StageClock) ->
     pid = os.fork()
     if pid == 0:  # the copy: answer, then leave without running the parent's exit handlers
         os.close(read_end)
+        _keep_to_one_cpu()
         try:
             answer = pickle.dumps(("value", function()))
         except BaseException as error:  # noqa: BLE001 (everything goes back as words)
@@ -72,6 +73,22 @@ def call_within(function: Callable[[], T], seconds: float, clock: StageClock) ->
     if kind == "error":
         raise ForkedCallFailed(value)
     return value
+
+
+def _keep_to_one_cpu() -> None:
+    """Hold the copy to the one CPU its parent last ran on, as the host process holds torch to
+    one thread (recond.pipeline.tuning). xatlas starts a worker thread per CPU of the machine,
+    and on this 2-core VM the unwrap's copy then spent up to 1.3 s of system time beside its
+    1.5 s of work on one run in two (a fork per run, getrusage in the copy); kept to one CPU, it
+    never did. The parent's own CPU, not a fixed one: the copies of the host processes of a
+    many-core server stay spread as the kernel spread their parents."""
+    try:
+        with open("/proc/self/stat", "rb") as stat:  # field 39, after the name's closing bracket
+            cpu = int(stat.read().rsplit(b")", 1)[1].split()[36])
+        if cpu in os.sched_getaffinity(0):
+            os.sched_setaffinity(0, {cpu})
+    except (OSError, ValueError, IndexError):  # not Linux, or a container that forbids it: run as is
+        pass
 
 
 def _end(pid: int) -> int:

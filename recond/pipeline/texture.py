@@ -35,6 +35,16 @@ ATLAS_BORDER_TEXELS = 3
 # UniformGrid2 createGrid/traverse). Capping the boundary at ~100 edges cut that to ~10 s
 # here, with fewer seam vertices and utilisation 0.78 instead of 0.81.
 CHART_BOUNDARY_EDGES = 100
+# xatlas grows its charts from seeds, then by default moves the seeds and grows them again
+# (max_iterations 1), and tries each chart at several rotations while packing. Both cost more
+# than they give on marching-cubes charts: on bench_chair's 20k faces one growing pass and no
+# rotations took 0.74 instead of 1.54 CPU-s, with 838 charts instead of 599 and 80% of the
+# atlas used instead of 76%; on its unsimplified 148k faces, 6.4 s instead of 21.5 s (issue 23,
+# one CPU, median of three; the options are xatlas's ChartOptions and PackOptions). More charts
+# can be too many for a small texture (a 3k-face mesh made 65 where a 128 texture holds 64):
+# then the unwrap is made again with xatlas's defaults, which make fewer.
+QUICK_CHARTS = {"max_iterations": 0}
+QUICK_PACKING = {"rotate_charts": False}
 QUERY_CHUNK = 1 << 18
 # The colour field is sampled on every BAKE_STEP-th texel along each axis, then the image is
 # upsampled to the requested size. TripoSR's colour comes from 64 x 64 triplanes (0.027 units
@@ -138,7 +148,16 @@ def bake_texture(
 
 
 def _unwrap(mesh: trimesh.Trimesh, resolution: int) -> Unwrapped:
-    """xatlas charts + packing for a square atlas of `resolution` texels; also the chart count."""
+    """xatlas charts + packing for a square atlas of `resolution` texels; also the chart count.
+    Made the quick way first, and the thorough way when that made more charts than the atlas
+    holds (chart_capacity)."""
+    unwrapped = _unwrap_with(mesh, resolution, quick=True)
+    if unwrapped[3] > chart_capacity(resolution):
+        unwrapped = _unwrap_with(mesh, resolution, quick=False)
+    return unwrapped
+
+
+def _unwrap_with(mesh: trimesh.Trimesh, resolution: int, quick: bool) -> Unwrapped:
     atlas = xatlas.Atlas()
     atlas.add_mesh(np.asarray(mesh.vertices, dtype=np.float32), np.asarray(mesh.faces, dtype=np.uint32))
     pack = xatlas.PackOptions()
@@ -149,6 +168,9 @@ def _unwrap(mesh: trimesh.Trimesh, resolution: int) -> Unwrapped:
     pack.blockAlign = True
     charts = xatlas.ChartOptions()
     charts.max_boundary_length = CHART_BOUNDARY_EDGES * _mean_edge_length(mesh)
+    for options, quicker in ((charts, QUICK_CHARTS), (pack, QUICK_PACKING)):
+        for name, value in quicker.items() if quick else ():
+            setattr(options, name, value)
     atlas.generate(charts, pack)
     vertex_map, faces, uv = atlas[0]
     # xatlas packs charts against the atlas border; a viewer sampling with REPEAT wrapping

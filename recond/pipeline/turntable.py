@@ -37,6 +37,12 @@ DIFFUSE = 0.38
 # x264's constant rate factor: 15 is what imageio-ffmpeg's quality=7, used before, maps to
 # (1 - 7/10) * 51); visually clean at the frame sizes we render.
 VIDEO_CRF = 15
+# x264's speed: its "veryfast" preset on one thread encoded the 4 s turntable of bench_chair in
+# 0.14 instead of 0.35 CPU-s (the "medium" default on all cores), for a file 0.6% larger at the
+# same CRF (issue 23; ffmpeg's CPU time from getrusage, two runs each). One thread: a host
+# process is one core's work, and x264's frame threads only add overhead at 256 x 256.
+VIDEO_PRESET = "veryfast"
+VIDEO_THREADS = 1
 # zlib level of the PNG frames: the same pixels as Pillow's default 6 in a quarter of its time
 # (30 frames: ~0.4 CPU-s of the host part, issue 23), files ~25% larger.
 FRAME_PNG_LEVEL = 1
@@ -44,17 +50,22 @@ FRAME_PNG_LEVEL = 1
 
 @dataclass
 class _SceneTensors:
-    """The mesh prepared once for every view: geometry, normals and the colour source."""
+    """The mesh prepared once for every view: geometry, the per-vertex shading table and the
+    colour source."""
 
     positions: torch.Tensor  # [V, 3]
     faces: torch.Tensor  # [F, 3]
-    normals: torch.Tensor  # [V, 3]
-    uv: torch.Tensor | None  # [V, 2] when textured
+    # [V, 5] normal and UV when textured, [V, 6] normal and colour when vertex-coloured: one
+    # table, so a view gathers and interpolates it once for all the covered pixels (two passes
+    # over the pixels' corners cost ~0.1 CPU-s more a turntable on bench_chair, issue 23).
+    shading: torch.Tensor
     texture: torch.Tensor | None  # [1, 3, H, W] when textured
-    colors: torch.Tensor | None  # [V, 3] when vertex-coloured
     center: torch.Tensor  # [3]
     radius: float
     face_normals: torch.Tensor | None  # [F, 3] outward, unnormalised: a closed solid's, for culling
+    # [F] each face's normal . its first corner, with face_normals: a face faces an eye e when
+    # face_normals @ e >= face_offsets (the plane test without gathering corners per view).
+    face_offsets: torch.Tensor | None
 
 
 def render_turntable(
@@ -111,11 +122,18 @@ def _scene_tensors(mesh: trimesh.Trimesh, device: torch.device, closed: bool = F
     center, radius = bounding_sphere(vertices)
     color = surface_color(mesh)
     texture = None
-    if color.texture is not None:
+    if color.texture is not None and color.uv is not None:
         texture = (np.asarray(color.texture, dtype=np.float32) / 255.0).transpose(2, 0, 1)[None].copy()
+        surface = color.uv
+    else:
+        assert color.vertex_colors is not None, "an untextured mesh carries vertex colours"
+        surface = color.vertex_colors
+    shading = np.concatenate([vertex_normals(vertices, faces), surface], axis=1).astype(np.float32)
+    face_normals = _face_normals(vertices, faces) if closed else None
+    face_offsets = None if face_normals is None else np.einsum("fc,fc->f", face_normals, vertices[faces[:, 0]])
 
     def as_tensor(array: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(array).to(device)
+        return torch.from_numpy(np.ascontiguousarray(array)).to(device)
 
     def optional(array: np.ndarray | None) -> torch.Tensor | None:
         return None if array is None else as_tensor(array)
@@ -123,13 +141,12 @@ def _scene_tensors(mesh: trimesh.Trimesh, device: torch.device, closed: bool = F
     return _SceneTensors(
         positions=as_tensor(vertices),
         faces=as_tensor(faces),
-        normals=as_tensor(vertex_normals(vertices, faces)),
-        uv=optional(color.uv),
+        shading=as_tensor(shading),
         texture=optional(texture),
-        colors=optional(color.vertex_colors),
         center=as_tensor(center),
         radius=radius,
-        face_normals=as_tensor(_face_normals(vertices, faces)) if closed else None,
+        face_normals=optional(face_normals),
+        face_offsets=optional(face_offsets),
     )
 
 
@@ -142,10 +159,9 @@ def _face_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
 def _facing(scene: _SceneTensors, eye: torch.Tensor) -> torch.Tensor:
     """The faces to rasterise from ``eye``: all, or for a closed solid those not turned away
     (seen edge-on included); a camera outside the solid sees none of the others."""
-    if scene.face_normals is None:
+    if scene.face_normals is None or scene.face_offsets is None:
         return scene.faces
-    towards_eye = eye - scene.positions[scene.faces[:, 0]]
-    return scene.faces[(towards_eye * scene.face_normals).sum(-1) >= 0]
+    return scene.faces[scene.face_normals @ eye >= scene.face_offsets]
 
 
 def _render_view(scene: _SceneTensors, azimuth: float, size: int) -> torch.Tensor:
@@ -172,31 +188,28 @@ def _render_view(scene: _SceneTensors, azimuth: float, size: int) -> torch.Tenso
     # Screen-space barycentrics -> perspective-correct ones (weights divided by depth).
     weights = fragments.bary[covered] / distance[corners]
     bary = weights / weights.sum(-1, keepdim=True).clamp(min=1e-12)
+    # The shading table at the pixels: [N, 1, 3] x [N, 3, C] -> [N, C].
+    shading = torch.bmm(bary.unsqueeze(1), scene.shading[corners]).squeeze(1)
 
-    def at_pixels(attributes: torch.Tensor) -> torch.Tensor:
-        """Per-vertex attributes [V, C] interpolated at the covered pixels -> [N, C]."""
-        return (bary.unsqueeze(-1) * attributes[corners]).sum(dim=-2)
-
-    albedo = _albedo(scene, at_pixels)
-    normal = F.normalize(at_pixels(scene.normals), dim=-1)
+    albedo = _albedo(scene, shading[:, 3:])
+    normal = F.normalize(shading[:, :3], dim=-1)
     # Two-sided lighting: inner walls seen through openings are lit, not black.
     view_dir = -forward
     normal = torch.where((normal @ view_dir)[..., None] < 0, -normal, normal)
     light = F.normalize(view_dir + 0.45 * up - 0.3 * right, dim=0)
     shade = AMBIENT + DIFFUSE * (normal @ light).clamp(min=0)
-    image = torch.tensor(BACKGROUND, device=albedo.device).repeat(size, size, 1)
+    image = torch.tensor(BACKGROUND, device=albedo.device).expand(size, size, 3).clone()
     image[covered] = albedo * shade[..., None]
     return image
 
 
-def _albedo(scene: _SceneTensors, at_pixels: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    """The surface colour at the covered pixels [N, 3]: the texture's, else the vertices'."""
-    if scene.texture is None or scene.uv is None:
-        assert scene.colors is not None, "an untextured scene carries vertex colours"
-        return at_pixels(scene.colors)
-    uv = at_pixels(scene.uv)
+def _albedo(scene: _SceneTensors, surface: torch.Tensor) -> torch.Tensor:
+    """The surface colour at the covered pixels [N, 3] from their interpolated UV (textured) or
+    vertex colour (``surface``)."""
+    if scene.texture is None:
+        return surface
     # grid_sample's y runs down the image while UV v runs up.
-    grid = torch.stack([uv[..., 0] * 2 - 1, 1 - uv[..., 1] * 2], dim=-1)[None, None]
+    grid = torch.stack([surface[..., 0] * 2 - 1, 1 - surface[..., 1] * 2], dim=-1)[None, None]
     sampled = F.grid_sample(scene.texture, grid, mode="bilinear", padding_mode="border", align_corners=False)
     return sampled[0, :, 0].T
 
@@ -237,6 +250,7 @@ def _write_video(frames: list[np.ndarray], path: Path, fps: int, clock: StageClo
         "-f", "rawvideo", "-vcodec", "rawvideo", "-pix_fmt", "rgb24",
         "-s", f"{width + width % 2}x{height + height % 2}", "-r", input_rate, "-i", "-", "-an", *blend,
         "-vcodec", "libx264", "-pix_fmt", "yuv420p", "-crf", str(VIDEO_CRF),
+        "-preset", VIDEO_PRESET, "-threads", str(VIDEO_THREADS),
         "-movflags", "+faststart", str(path),
     ]
     run_child(command, raw, clock, "render", "ffmpeg")
