@@ -62,12 +62,15 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
 
 # The longest modules of a full run (wall seconds on the 2-core VM: the Ray module ~300, liveness
 # ~175, workflows ~145, first run ~110, host stops ~100, then 80 to 35), longest first. xdist's
-# loadfile hands out whole modules in collection order; started first, none of them is the last
-# thing one worker runs while the others have nothing left.
+# loadfile hands out whole modules in collection order (with --no-loadscope-reorder, pyproject.toml:
+# by default xdist re-sorts them by their number of tests, which put the 67 quick web attacks
+# first and the heartbeat's 67 s wait last, stop 34's probe); started first, none of them is the
+# last thing one worker runs while the others have nothing left. The heartbeat test mostly
+# waits (3 CPU-s in 67 s), so it goes early, beside the daemons that need the CPUs.
 LONGEST_FIRST = (
     "executors/test_ray_executor.py", "end_to_end/test_liveness.py", "end_to_end/test_workflows_e2e.py",
-    "end_to_end/test_first_run.py", "executors/test_host_stop.py", "end_to_end/test_nothing_lost.py",
-    "end_to_end/test_daemon_e2e.py", "executors/test_executors.py", "test_heartbeat.py",
+    "test_heartbeat.py", "end_to_end/test_first_run.py", "executors/test_host_stop.py",
+    "end_to_end/test_nothing_lost.py", "end_to_end/test_daemon_e2e.py", "executors/test_executors.py",
     "executors/test_ray_loss.py", "executors/test_status_of_parts.py", "web/test_web_e2e.py",
     "end_to_end/test_two_daemons_one_inbox.py", "inbox/test_watching.py", "web/test_web_attacks.py",
 )
