@@ -43,8 +43,7 @@ CHART_BOUNDARY_EDGES = 100
 # one CPU, median of three; the options are xatlas's ChartOptions and PackOptions). More charts
 # can be too many for a small texture (a 3k-face mesh made 65 where a 128 texture holds 64):
 # then the unwrap is made again with xatlas's defaults, which make fewer.
-QUICK_CHARTS = {"max_iterations": 0}
-QUICK_PACKING = {"rotate_charts": False}
+QUICK_GROWING_PASSES = 0  # xatlas's ChartOptions.max_iterations
 QUERY_CHUNK = 1 << 18
 # The colour field is sampled on every BAKE_STEP-th texel along each axis, then the image is
 # upsampled to the requested size. TripoSR's colour comes from 64 x 64 triplanes (0.027 units
@@ -168,9 +167,9 @@ def _unwrap_with(mesh: trimesh.Trimesh, resolution: int, quick: bool) -> Unwrapp
     pack.blockAlign = True
     charts = xatlas.ChartOptions()
     charts.max_boundary_length = CHART_BOUNDARY_EDGES * _mean_edge_length(mesh)
-    for options, quicker in ((charts, QUICK_CHARTS), (pack, QUICK_PACKING)):
-        for name, value in quicker.items() if quick else ():
-            setattr(options, name, value)
+    if quick:
+        charts.max_iterations = QUICK_GROWING_PASSES
+        pack.rotate_charts = False
     atlas.generate(charts, pack)
     vertex_map, faces, uv = atlas[0]
     # xatlas packs charts against the atlas border; a viewer sampling with REPEAT wrapping

@@ -133,7 +133,7 @@ def _scene_tensors(mesh: trimesh.Trimesh, device: torch.device, closed: bool = F
     face_offsets = None if face_normals is None else np.einsum("fc,fc->f", face_normals, vertices[faces[:, 0]])
 
     def as_tensor(array: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(array)).to(device)
+        return torch.from_numpy(array).to(device)
 
     def optional(array: np.ndarray | None) -> torch.Tensor | None:
         return None if array is None else as_tensor(array)
