@@ -34,10 +34,12 @@ def bench(shared_dir: Path) -> ModuleType:
 def test_the_stand_in_has_everything_the_worker_reads_of_a_warm_pipeline(bench: ModuleType,
                                                                          shared_dir: Path) -> None:
     job = JobSettings(**TINY_JOBS)
-    stand_in = bench.SimulatedGpu(ModelSettings(model=str(bench.BENCH_CHAIR), device="cpu"), 0.01, job)
+    model = ModelSettings(model=str(bench.BENCH_CHAIR), device="cpu")
+    stand_in = bench.SimulatedGpu(model, 0.01, job)
     wanted = set(get_type_hints(WarmPipeline)) | {"device_part", "host_part", "run"}
     assert not {name for name in wanted if not hasattr(stand_in, name)}
-    assert str(stand_in.dtype).startswith("float32 (stand-in")
+    # The real pipeline's choice on this CPU: float32, or bfloat16 where the CPU has it natively.
+    assert str(stand_in.dtype).startswith(f"{model.resolved_dtype().name} (stand-in")
 
 
 def test_simulated_gpu_rows_finish_and_print(bench: ModuleType, tmp_path: Path,
