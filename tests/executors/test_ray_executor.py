@@ -69,7 +69,7 @@ def test_sigterm_puts_jobs_on_ray_back_in_the_queue_and_a_restart_finishes_them(
     while not any(worker["busy"] for worker in daemon_workers(setup)):
         assert time.monotonic() < deadline, setup.stderr()
         time.sleep(0.01)
-    assert setup.stop() == 0
+    assert setup.stop() == 0, setup.stderr()
 
     rows = job_rows(setup)
     assert not [row for row in rows if row["state"] == "running"]
