@@ -53,11 +53,12 @@ def open_dir() -> Iterator[Path]:
 
 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
-    """``--numprocesses=auto`` (pyproject.toml): one worker more than the CPUs this process may
-    use. A good part of the suite waits on its daemons (a stage limit, a lock held, a cluster
-    starting), and a third worker on 2 cores fills those waits: 9 min 8 s to 9 min 27 s against
-    12 min 27 s to 13 min 11 s with two (docs/development.md). --maxprocesses still caps it."""
-    return len(os.sched_getaffinity(0)) + 1
+    """``--numprocesses=auto`` (pyproject.toml): two workers more than the CPUs this process may
+    use. A good part of the suite waits on its daemons (a stage limit, a lock held 65 s, a
+    cluster starting), and extra workers fill those waits. On 2 cores, fresh clones of one tree
+    (docs/development.md, stop 35): four workers 5 min 37 s, three 6 min 16 s, at the same CPU
+    time; on stop 34's slower VM four and three were within 15 s. --maxprocesses still caps it."""
+    return len(os.sched_getaffinity(0)) + 2
 
 
 # The longest modules of a full run (wall seconds on the 2-core VM: the Ray module ~300, liveness
