@@ -53,12 +53,14 @@ def open_dir() -> Iterator[Path]:
 
 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
-    """``--numprocesses=auto`` (pyproject.toml): two workers more than the CPUs this process may
+    """``--numprocesses=auto`` (pyproject.toml): one worker more than the CPUs this process may
     use. A good part of the suite waits on its daemons (a stage limit, a lock held 65 s, a
-    cluster starting), and extra workers fill those waits. On 2 cores, fresh clones of one tree
-    (docs/development.md, stop 35): four workers 5 min 37 s, three 6 min 16 s, at the same CPU
-    time; on stop 34's slower VM four and three were within 15 s. --maxprocesses still caps it."""
-    return len(os.sched_getaffinity(0)) + 2
+    cluster starting), and a third worker on 2 cores fills those waits: 6 min 16 s for a fresh
+    clone on stop 35's VM. A fourth was faster there (5 min 32 s to 5 min 52 s) but in 3 of 8
+    full runs a Ray test failed under it: the raylet's loss seen only when Ray ended the daemon,
+    29-30 s after the kill, and once a daemon aborted (-6) on SIGTERM; none in the runs with
+    three (docs/development.md, stop 35). --maxprocesses still caps it."""
+    return len(os.sched_getaffinity(0)) + 1
 
 
 # The longest modules of a full run (wall seconds on the 2-core VM: the Ray module ~300, liveness
