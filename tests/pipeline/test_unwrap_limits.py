@@ -15,7 +15,7 @@ import trimesh
 
 from recond.pipeline.forked import ForkedCallFailed, call_within
 from recond.pipeline.progress import StageClock
-from recond.pipeline.texture import bake_within_limits, chart_capacity
+from recond.pipeline.texture import _unwrap_with, bake_within_limits, chart_capacity
 
 
 def GREY(points: np.ndarray) -> np.ndarray:
@@ -51,6 +51,19 @@ def test_an_unwrap_within_its_share_bakes_a_texture() -> None:
     sphere = trimesh.creation.icosphere(subdivisions=3)
     baked, atlas, warnings = bake_within_limits(sphere, GREY, 128, clock(120))
     assert warnings == [] and atlas is not None and atlas.charts >= 1
+    assert isinstance(baked.visual, trimesh.visual.TextureVisuals)
+
+
+def test_charts_past_the_atlas_from_the_quick_unwrap_are_made_again_the_thorough_way() -> None:
+    # A bumpy sphere (fixed seed): xatlas's quick unwrap (one growing pass, no rotations) makes
+    # ~350 charts of it, its defaults ~254; a 272 texture holds 289.
+    sphere = trimesh.creation.icosphere(subdivisions=4)
+    bumps = np.random.default_rng(2).random((len(sphere.vertices), 1))
+    bumpy = trimesh.Trimesh(sphere.vertices + 0.15 * bumps * sphere.vertex_normals, sphere.faces)
+    capacity = chart_capacity(272)
+    assert _unwrap_with(bumpy, 272, quick=True)[3] > capacity  # the quick way alone would not fit
+    baked, atlas, warnings = bake_within_limits(bumpy, GREY, 272, clock(120))
+    assert warnings == [] and atlas is not None and atlas.charts <= capacity
     assert isinstance(baked.visual, trimesh.visual.TextureVisuals)
 
 
